@@ -1,0 +1,144 @@
+"""ramdex settings: one pydantic-settings tree, read from ``RAMDEX_*`` environment variables.
+
+Nested groups use ``__`` as the delimiter, for example ``RAMDEX_DATABASE__URL`` or
+``RAMDEX_MODEL__DEVICE``. A ``.env`` file in the working directory is read too. The model package
+(``ram_pp``) never reads settings: callers pass it what it needs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """Where ramdex keeps its data when nothing else is configured."""
+    return Path.home() / ".local" / "share" / "ramdex"
+
+
+class DatabaseSettings(BaseModel):
+    """Relational store. SQLite file by default; PostgreSQL (psycopg 3) in production."""
+
+    url: str = Field(default="", description="SQLAlchemy URL; empty means a SQLite file in home")
+    echo: bool = False
+    pool_size: int = 5
+
+
+class BrokerSettings(BaseModel):
+    """Celery broker. Empty URL means the embedded mode: tasks run in-process, no broker."""
+
+    url: str = Field(default="", description="redis://... or amqp://...; empty = in-process")
+    result_backend: str = ""
+    model_queue: str = "ramdex.model"
+    default_queue: str = "ramdex.default"
+    batch_size: int = Field(default=16, ge=1, description="assets per model batch")
+    batch_timeout_ms: int = Field(default=200, ge=0, description="wait at most this to fill a batch")
+
+
+class ModelSettings(BaseModel):
+    """Which RAM++ model the service runs, and where."""
+
+    name: str = Field(default="", description="registered config name; empty = the default model")
+    checkpoint: Path | None = Field(default=None, description="checkpoint file (.pth/.safetensors)")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(default=8, ge=1)
+    apply_exif_orientation: bool = True
+    fast_decode: bool = Field(default=False, description="JPEG draft (reduced DCT) decoding")
+    trust_checkpoint: bool = Field(
+        default=False, description="allow full unpickling of checkpoints (only for trusted files)"
+    )
+    text_encoder: str = Field(default="", description="local path or hub id of the text encoder")
+    cache_dir: Path | None = Field(default=None, description="where downloaded weights are kept")
+
+
+class IndexSettings(BaseModel):
+    """FAISS index and token store."""
+
+    exact_max_size: int = Field(default=200_000, description="flat index up to this many vectors")
+    ivf_nlist: int = 4096
+    pq_m: int = 64
+    shortlist: int = Field(default=2000, ge=1, description="stage-1 candidates for concepts")
+    token_format: Literal["float16", "int8"] = "float16"
+    score_floor: float = Field(default=0.2, ge=0.0, le=1.0, description="store scores >= floor")
+
+
+class IngestSettings(BaseModel):
+    """Ingest limits and network safety for URLs."""
+
+    max_bytes: int = Field(default=200 * 1024 * 1024, description="largest accepted file")
+    max_pixels: int = Field(default=178_956_970, description="Pillow decompression-bomb limit")
+    url_timeout_s: float = 20.0
+    url_max_redirects: int = 3
+    allow_private_urls: bool = False
+    thumbnail_size: int = 320
+    decode_workers: int = Field(default=0, ge=0, description="0 = one per core")
+
+
+class ApiSettings(BaseModel):
+    """HTTP service."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    cors_origins: list[str] = Field(default_factory=list)
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_json_bytes: int = 1024 * 1024
+    require_auth: bool = True
+
+
+class LlmSettings(BaseModel):
+    """Optional OpenAI-compatible chat-completions endpoint for concept descriptions."""
+
+    url: str = ""
+    model: str = ""
+    api_key: str = ""
+    timeout_s: float = 60.0
+
+
+class Settings(BaseSettings):
+    """All ramdex settings. Build with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAMDEX_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    home: Path = Field(default_factory=default_home, description="data directory")
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def database_url(self) -> str:
+        """The configured database URL, or a SQLite file under ``home``."""
+        return self.database.url or f"sqlite:///{self.home / 'ramdex.sqlite3'}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.home / "tokens"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.home / "media"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
