@@ -1,0 +1,250 @@
+"""Batched RAM++ inference: load once, decode ahead, run batches, select tags.
+
+The engine returns, per image, the probability of every tag, the selected tags, the unit-norm
+image embedding ``c`` and the token embeddings ``E`` (float16) that open-set search stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ram_pp.factory import LoadedModel
+from ram_pp.preprocess import DecodeOptions, ImageDecodeError, Preprocessor, open_image
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: float32 on CPU (the exact mode), bfloat16 on GPUs that support it, else float16."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+@dataclass(frozen=True)
+class TagSelection:
+    """How tags are chosen from probabilities.
+
+    Per-tag thresholds by default; ``threshold`` replaces them with one global value; ``top_k``
+    keeps the k most probable tags (after the threshold, if one is given).
+    """
+
+    threshold: float | None = None
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class SelectedTag:
+    index: int
+    english: str
+    chinese: str
+    probability: float
+
+
+@dataclass
+class ImageResult:
+    """Everything the model says about one image."""
+
+    source: str
+    probabilities: np.ndarray  # (num_tags,) float32
+    tags: list[SelectedTag]
+    embedding: np.ndarray  # (embed_dim,) float32, unit norm: c = E[0] / |E[0]|
+    tokens: np.ndarray  # (num_tokens, embed_dim) float16: E
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class FailedImage:
+    """An input that could not be tagged, and why."""
+
+    source: str
+    error: str
+
+
+@dataclass
+class BatchOutput:
+    logits: torch.Tensor  # (B, K) float32
+    tokens: torch.Tensor  # (B, T, dim) float32
+
+
+@dataclass
+class _Decoded:
+    source: str
+    pixels: torch.Tensor | None = None
+    size: tuple[int, int] = (0, 0)
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class TaggingEngine:
+    """Loads a model once and tags batches of images.
+
+    Args:
+        loaded: model, config and vocabulary (see :func:`ram_pp.factory.load_model`).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        dtype: ``auto`` (float32 on CPU), ``float32``, ``bfloat16`` or ``float16``. Reduced
+            precision runs the model under autocast with the weights kept in float32 for layer
+            norms and softmax statistics.
+        batch_size: images per forward pass.
+        decode: decoding options (EXIF orientation, pixel limit, JPEG draft mode).
+        decode_workers: threads decoding the next batch while the model runs (0 = none).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 8,
+        decode: DecodeOptions = DecodeOptions(),
+        decode_workers: int = 2,
+    ) -> None:
+        self.loaded = loaded
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.decode_options = decode
+        self.decode_workers = decode_workers
+        self.model = loaded.model.to(self.device).eval()
+        cfg = loaded.config
+        self.preprocess = Preprocessor(cfg.vision.image_size, cfg.mean, cfg.std)
+        self.thresholds = torch.from_numpy(loaded.vocabulary.thresholds.astype(np.float32))
+
+    @property
+    def vocabulary(self):
+        return self.loaded.vocabulary
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def run(self, pixels: torch.Tensor) -> BatchOutput:
+        """Forward a pre-processed batch (B, 3, S, S): logits and token embeddings E."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        with self._autocast():
+            tokens = self.model.encode_image(pixels)
+            logits = self.model.logits_from_embeddings(tokens)
+        return BatchOutput(logits.float(), tokens.float())
+
+    def select(self, probabilities: np.ndarray, selection: TagSelection) -> list[SelectedTag]:
+        """Selected tags for one image, most probable first."""
+        vocab = self.loaded.vocabulary
+        if selection.threshold is not None:
+            keep = probabilities > selection.threshold
+        elif selection.top_k is not None:
+            keep = np.ones_like(probabilities, dtype=bool)
+        else:
+            keep = probabilities > vocab.thresholds
+        index = np.flatnonzero(keep)
+        index = index[np.argsort(-probabilities[index], kind="stable")]
+        if selection.top_k is not None:
+            index = index[: selection.top_k]
+        return [
+            SelectedTag(int(i), vocab.english[i], vocab.chinese[i], float(probabilities[i]))
+            for i in index
+        ]
+
+    def results_for_batch(
+        self,
+        pixels: torch.Tensor,
+        sources: Sequence[str],
+        selection: TagSelection = TagSelection(),
+        sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[ImageResult]:
+        """Run a batch and package one :class:`ImageResult` per image."""
+        out = self.run(pixels)
+        probs = torch.sigmoid(out.logits).cpu().numpy()
+        tokens = out.tokens.cpu()
+        cls = tokens[:, 0]
+        emb = (cls / cls.norm(dim=-1, keepdim=True)).numpy().astype(np.float32)
+        tok16 = tokens.to(torch.float16).numpy()
+        results = []
+        for i, source in enumerate(sources):
+            w, h = sizes[i] if sizes else (0, 0)
+            results.append(
+                ImageResult(source, probs[i], self.select(probs[i], selection), emb[i], tok16[i], w, h)
+            )
+        return results
+
+    def _decode(self, source: str | Path) -> _Decoded:
+        try:
+            image = open_image(source, self.decode_options)
+            return _Decoded(str(source), self.preprocess(image), image.size)
+        except ImageDecodeError as exc:
+            return _Decoded(str(source), error=exc.reason)
+
+    def tag_files(
+        self,
+        sources: Iterable[str | Path],
+        selection: TagSelection = TagSelection(),
+        on_done: Callable[[int], None] | None = None,
+    ) -> Iterator[ImageResult | FailedImage]:
+        """Tag image files in batches; failures are yielded as :class:`FailedImage`, not raised.
+
+        Decoding of the next images overlaps with the forward pass of the current batch.
+        """
+        pool = ThreadPoolExecutor(max(1, self.decode_workers)) if self.decode_workers else None
+        try:
+            pending: list[Future[_Decoded] | _Decoded] = []
+            batch: list[_Decoded] = []
+            iterator = iter(sources)
+            lookahead = self.batch_size * 2
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < lookahead:
+                    try:
+                        src = next(iterator)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.append(pool.submit(self._decode, src) if pool else self._decode(src))
+                if not pending:
+                    break
+                head = pending.pop(0)
+                item = head.result() if isinstance(head, Future) else head
+                if item.error is not None:
+                    yield FailedImage(item.source, item.error)
+                    if on_done:
+                        on_done(1)
+                else:
+                    batch.append(item)
+                if len(batch) == self.batch_size or (not pending and batch):
+                    pixels = torch.stack([b.pixels for b in batch])  # type: ignore[misc]
+                    sizes = [b.size for b in batch]
+                    yield from self.results_for_batch(
+                        pixels, [b.source for b in batch], selection, sizes
+                    )
+                    if on_done:
+                        on_done(len(batch))
+                    batch = []
+        finally:
+            if pool:
+                pool.shutdown(wait=False, cancel_futures=True)

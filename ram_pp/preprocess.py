@@ -1,0 +1,126 @@
+"""Image decoding and RAM++ pre-processing (step 1 of the reference computation).
+
+Decoding is defensive: Pillow's decompression-bomb limit is enforced (as an error, not a warning),
+and truncated, empty or non-image files raise :class:`ImageDecodeError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ram_pp.config import IMAGENET_MEAN, IMAGENET_STD
+
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's default limit (about 13k x 13k)
+
+try:  # HEIC/HEIF support, when pillow-heif is installed
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - optional
+    pass
+
+
+class ImageDecodeError(ValueError):
+    """An input that is not a decodable image, with the file named in the message."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to open an image.
+
+    Attributes:
+        apply_exif_orientation: rotate/flip by the EXIF orientation tag (upstream does not).
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+        draft_size: if set, let JPEG decode at a reduced DCT scale no smaller than this side
+            (about 5x faster on large photos; slightly different pixels).
+    """
+
+    apply_exif_orientation: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    draft_size: int | None = None
+
+
+def open_image(
+    source: str | Path | bytes, options: DecodeOptions = DecodeOptions(), name: str | None = None
+) -> Image.Image:
+    """Decode an image file (or bytes) fully into an RGB PIL image.
+
+    Raises:
+        ImageDecodeError: empty, truncated, oversize or non-image input.
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageDecodeError(label, "empty file (0 bytes)")
+            stream: io.BytesIO | Path = io.BytesIO(source)
+        else:
+            stream = Path(source)
+            if stream.stat().st_size == 0:
+                raise ImageDecodeError(label, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream) as img:
+                width, height = img.size
+                if width * height > options.max_pixels:
+                    raise ImageDecodeError(
+                        label,
+                        f"image is {width}x{height} pixels, over the limit of "
+                        f"{options.max_pixels} (possible decompression bomb)",
+                    )
+                if options.draft_size and img.format == "JPEG":
+                    img.draft("RGB", (options.draft_size, options.draft_size))
+                img.load()
+                if options.apply_exif_orientation:
+                    img = ImageOps.exif_transpose(img)
+                return img.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(label, f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(label, "not an image file (format not recognised)") from exc
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(label, "file not found") from exc
+    except PermissionError as exc:
+        raise ImageDecodeError(label, "permission denied") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(label, f"corrupt or truncated image: {exc}") from exc
+
+
+class Preprocessor:
+    """RGB PIL image -> normalised (3, S, S) float32 tensor, exactly as the reference step 1."""
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        self.image_size = image_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        resized = image.convert("RGB").resize(
+            (self.image_size, self.image_size), Image.Resampling.BILINEAR
+        )
+        array = np.asarray(resized, dtype=np.uint8)
+        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return pixels.sub_(self.mean).div_(self.std)
+
+    def load(self, source: str | Path | bytes, options: DecodeOptions = DecodeOptions()) -> torch.Tensor:
+        """Decode and pre-process one file."""
+        return self(open_image(source, options))
