@@ -36,7 +36,9 @@ class BrokerSettings(BaseModel):
     model_queue: str = "ramdex.model"
     default_queue: str = "ramdex.default"
     batch_size: int = Field(default=16, ge=1, description="assets per model batch")
-    batch_timeout_ms: int = Field(default=200, ge=0, description="wait at most this to fill a batch")
+    batch_timeout_ms: int = Field(
+        default=200, ge=0, description="wait at most this to fill a batch"
+    )
 
 
 class ModelSettings(BaseModel):

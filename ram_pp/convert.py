@@ -21,7 +21,9 @@ from ram_pp.config import HeadConfig, LabelConfig, RamPlusConfig, VisionConfig
 RAMDEX_FORMAT = "ramdex/1"
 _IGNORED_BUFFERS = re.compile(r"\.(relative_position_index|attn_mask)$")
 _UPSTREAM_DOWNSAMPLE = re.compile(r"^visual_encoder\.layers\.(\d+)\.downsample\.")
-_BIAS_TABLE = re.compile(r"^visual_encoder\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table$")
+_BIAS_TABLE = re.compile(
+    r"^visual_encoder\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table$"
+)
 
 
 class CheckpointError(ValueError):
@@ -29,7 +31,7 @@ class CheckpointError(ValueError):
 
 
 class LoadedCheckpoint:
-    """What a checkpoint file holds: the model state and, for ramdex files, config and vocabulary."""
+    """A checkpoint's model state and, for ramdex files, its config and vocabulary."""
 
     def __init__(
         self,
@@ -129,11 +131,10 @@ def upstream_to_timm(
 ) -> dict[str, torch.Tensor]:
     """Remap a published state dict to this package's parameter names.
 
-    Drops the ``relative_position_index`` and ``attn_mask`` buffers (rebuilt by timm), moves
+    Drops the ``relative_position_index`` and ``attn_mask`` buffers (rebuilt by timm) and moves
     upstream's ``layers.i.downsample`` (end of stage i) to timm's ``layers.{i+1}.downsample``
-    (start of stage i+1) and resizes relative-position bias tables to the config's window.
+    (start of stage i+1).
     """
-    window = config.vision.window_size
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if _IGNORED_BUFFERS.search(key):
@@ -142,10 +143,19 @@ def upstream_to_timm(
         if match:
             stage = int(match.group(1))
             key = key.replace(f"layers.{stage}.downsample.", f"layers.{stage + 1}.downsample.", 1)
-        if _BIAS_TABLE.match(key):
-            value = resize_bias_table(value, window)
         out[key] = value
     return out
+
+
+def adapt_bias_tables(
+    state_dict: dict[str, torch.Tensor], config: RamPlusConfig
+) -> dict[str, torch.Tensor]:
+    """Resize relative-position bias tables whose window differs from the config's."""
+    window = config.vision.window_size
+    return {
+        key: resize_bias_table(value, window) if _BIAS_TABLE.match(key) else value
+        for key, value in state_dict.items()
+    }
 
 
 def resize_bias_table(table: torch.Tensor, window: int) -> torch.Tensor:
@@ -227,7 +237,9 @@ def infer_config(
             num_heads=4,  # not visible in shapes; RAM++ uses 4
             intermediate_size=inter,
         ),
-        labels=LabelConfig(num_tags=rows // descriptions_per_tag, descriptions_per_tag=descriptions_per_tag),
+        labels=LabelConfig(
+            num_tags=rows // descriptions_per_tag, descriptions_per_tag=descriptions_per_tag
+        ),
     )
     return _match_registered(inferred)
 

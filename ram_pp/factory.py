@@ -10,6 +10,7 @@ import torch
 from ram_pp.config import RamPlusConfig, get_config, list_configs
 from ram_pp.convert import (
     CheckpointError,
+    adapt_bias_tables,
     check_keys,
     infer_config,
     is_upstream_layout,
@@ -65,6 +66,7 @@ def load_model(
         cfg = infer_config(state)
     if is_upstream_layout(state):
         state = upstream_to_timm(state, cfg)
+    state = adapt_bias_tables(state, cfg)
     model = RamPlus(cfg)
     check_keys(model, state)
     model.load_state_dict(state)
@@ -86,3 +88,63 @@ def random_model(config: str | Path | RamPlusConfig, seed: int = 0) -> LoadedMod
     torch.manual_seed(seed)
     model = RamPlus(cfg).eval()
     return LoadedModel(model, cfg, vocabulary_for(cfg.labels.vocabulary, cfg.labels.num_tags))
+
+
+DEMO_MODEL = "demo"
+
+
+def demo_checkpoint() -> Path | None:
+    """The bundled demo model file, when this build ships one."""
+    from importlib import resources
+
+    folder = resources.files("ram_pp") / "demo"
+    for name in ("model.safetensors", "model.pth"):
+        entry = folder / name
+        if entry.is_file():
+            return Path(str(entry))
+    return None
+
+
+def resolve_model(
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    cache_dir: Path | None = None,
+    trust: bool = False,
+) -> LoadedModel:
+    """The model a user asked for, by checkpoint path or by name.
+
+    ``name`` may be a published model (loaded from the download cache), ``demo`` (the bundled
+    demo model), or a registered ``test_*`` config (random weights, for tests and benchmarks).
+    With neither argument, the bundled demo model is used.
+
+    Raises:
+        CheckpointError: the file is unusable.
+        LookupError: the named model is not available here; the message says what to do.
+    """
+    from ram_pp import pretrained
+
+    if checkpoint is not None:
+        return load_model(checkpoint, trust=trust)
+    name = name or DEMO_MODEL
+    if name == DEMO_MODEL:
+        path = demo_checkpoint()
+        if path is None:
+            raise LookupError(
+                "this build ships no demo model; run `ramdex train --preset demo` or pass "
+                "--checkpoint PATH"
+            )
+        return load_model(path)
+    if name in pretrained.PRETRAINED:
+        path = pretrained.cached_path(name, cache_dir)
+        if not path.is_file():
+            raise LookupError(
+                f"{name} is not downloaded yet: run `ramdex models download {name}`, or "
+                + pretrained.manual_placement_hint(name, cache_dir)
+            )
+        return load_model(path, config=name, trust=trust)
+    if name.startswith("test_") and name in list_configs():
+        return random_model(name)
+    raise LookupError(
+        f"unknown model {name!r}; choose one of: {DEMO_MODEL}, "
+        f"{', '.join(sorted(pretrained.PRETRAINED))}, or a test_* config, or pass --checkpoint PATH"
+    )

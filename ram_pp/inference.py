@@ -43,7 +43,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
             dtype
         ]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+        raise ValueError(
+            f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ImageResult:
     """Everything the model says about one image."""
 
     source: str
+    logits: np.ndarray  # (num_tags,) float32
     probabilities: np.ndarray  # (num_tags,) float32
     tags: list[SelectedTag]
     embedding: np.ndarray  # (embed_dim,) float32, unit norm: c = E[0] / |E[0]|
@@ -181,7 +184,8 @@ class TaggingEngine:
     ) -> list[ImageResult]:
         """Run a batch and package one :class:`ImageResult` per image."""
         out = self.run(pixels)
-        probs = torch.sigmoid(out.logits).cpu().numpy()
+        logits = out.logits.cpu().numpy()
+        probs = 1.0 / (1.0 + np.exp(-logits))
         tokens = out.tokens.cpu()
         cls = tokens[:, 0]
         emb = (cls / cls.norm(dim=-1, keepdim=True)).numpy().astype(np.float32)
@@ -190,7 +194,16 @@ class TaggingEngine:
         for i, source in enumerate(sources):
             w, h = sizes[i] if sizes else (0, 0)
             results.append(
-                ImageResult(source, probs[i], self.select(probs[i], selection), emb[i], tok16[i], w, h)
+                ImageResult(
+                    source,
+                    logits[i],
+                    probs[i],
+                    self.select(probs[i], selection),
+                    emb[i],
+                    tok16[i],
+                    w,
+                    h,
+                )
             )
         return results
 

@@ -121,6 +121,8 @@ class Preprocessor:
         pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         return pixels.sub_(self.mean).div_(self.std)
 
-    def load(self, source: str | Path | bytes, options: DecodeOptions = DecodeOptions()) -> torch.Tensor:
+    def load(
+        self, source: str | Path | bytes, options: DecodeOptions = DecodeOptions()
+    ) -> torch.Tensor:
         """Decode and pre-process one file."""
         return self(open_image(source, options))

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Run the whole ramdex test suite on this machine.
+#
+# Creates the virtual environment .venv (if missing), installs ramdex with its test extras, makes
+# sure PostgreSQL, Redis and RabbitMQ are running (starting any that are not), installs Chromium
+# for the web-UI test when it is missing, then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${RAMDEX_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '\033[1m[test.sh]\033[0m %s\n' "$*" >&2; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+log "installing ramdex[dev] into $VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torchvision must match torch; this pair installs offline from this machine's disk.
+"$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
+
+bash scripts/services.sh
+
+if ! command -v chromium >/dev/null 2>&1; then
+    log "installing Chromium for the web-UI test"
+    if command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+            || log "could not install chromium; the browser test will report it"
+    fi
+fi
+
+log "running pytest"
+set +e
+"$VENV/bin/python" -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    log "pytest collected no tests"
+fi
+exit "$status"
