@@ -1,0 +1,366 @@
+"""Media files: content hashing, type sniffing, defensive decoding, thumbnails and the media store.
+
+The media store keeps every accepted original once, addressed by its sha256
+(``media/originals/ab/cd/<sha>.<ext>``), and one WebP thumbnail per asset
+(``media/thumbs/ab/<sha>.webp``). Files are written to a temporary name in the same folder and
+renamed into place, so a crash never leaves a half-written file under a final name.
+
+Decoding accepts JPEG, PNG, WebP, GIF (first frame), BMP, TIFF (first page), HEIC/HEIF
+(pillow-heif) and AVIF (built into Pillow >= 11.2). Every failure is an
+:class:`ram_pp.preprocess.ImageDecodeError` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import features as pil_features
+
+from ram_pp.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError
+
+try:  # HEIC/HEIF through pillow-heif (a declared dependency; guarded so a broken wheel is visible)
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_AVAILABLE = True
+except ImportError:  # pragma: no cover - depends on the installation
+    HEIF_AVAILABLE = False
+
+CHUNK_SIZE = 1 << 20  # 1 MiB reads keep hashing at disk speed without holding files in memory
+SNIFF_BYTES = 64  # enough for every signature below
+
+#: MIME type -> file extension used in the media store.
+EXTENSIONS: dict[str, str] = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tif",
+    "image/heic": ".heic",
+    "image/heif": ".heif",
+    "image/avif": ".avif",
+}
+SUPPORTED_MIME = frozenset(EXTENSIONS)
+
+# ISO-BMFF "ftyp" brands: HEIC (HEVC) and generic HEIF / AVIF (AV1) still images and sequences.
+_HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+_HEIF_BRANDS = {b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def avif_available() -> bool:
+    """Whether this Pillow build decodes AVIF."""
+    return bool(pil_features.check("avif"))
+
+
+def sniff_mime(head: bytes) -> str | None:
+    """The image MIME type from a file's first bytes, or None when it is not a supported image.
+
+    The type is decided by content, never by file name or a server's Content-Type.
+    """
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"BM") and len(head) >= 14:
+        return "image/bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "image/tiff"
+    if head[4:8] == b"ftyp":
+        # The major brand and the compatible brands follow; any one may name the format.
+        box_size = int.from_bytes(head[:4], "big")
+        brands = [head[8:12]] + [
+            head[i : i + 4] for i in range(16, min(box_size, len(head)) - 3, 4)
+        ]
+        if any(b in _AVIF_BRANDS for b in brands):
+            return "image/avif"
+        if any(b in _HEIC_BRANDS for b in brands):
+            return "image/heic"
+        if any(b in _HEIF_BRANDS for b in brands):
+            return "image/heif"
+    return None
+
+
+def sniff_file(path: str | Path) -> str | None:
+    """:func:`sniff_mime` of a file's first bytes."""
+    with open(path, "rb") as handle:
+        return sniff_mime(handle.read(SNIFF_BYTES))
+
+
+def iter_chunks(handle: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Read a binary stream in chunks until it ends."""
+    while chunk := handle.read(chunk_size):
+        yield chunk
+
+
+def sha256_file(path: str | Path, chunk_size: int = CHUNK_SIZE) -> tuple[str, int]:
+    """The sha256 hex digest and byte size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        for chunk in iter_chunks(handle, chunk_size):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The sha256 hex digest of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class FileTooLargeError(ValueError):
+    """A file over the configured size limit."""
+
+
+@dataclass(frozen=True)
+class StoredOriginal:
+    """An original file in the media store."""
+
+    sha256: str
+    size: int
+    mime: str | None  # None: not a supported image (the bytes are then not kept)
+    path: Path | None  # where the store keeps it; None when not kept
+
+
+class MediaStore:
+    """Content-addressed originals and thumbnails under one folder.
+
+    Args:
+        root: the media folder (``settings.media_dir``).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+
+    def original_path(self, sha256: str, mime: str) -> Path:
+        """Where the original with this digest and type lives."""
+        ext = EXTENSIONS.get(mime, ".bin")
+        return self.root / "originals" / sha256[:2] / sha256[2:4] / f"{sha256}{ext}"
+
+    def thumbnail_path(self, sha256: str) -> Path:
+        """Where the WebP thumbnail of this asset lives."""
+        return self.root / "thumbs" / sha256[:2] / f"{sha256}.webp"
+
+    def find_original(self, sha256: str) -> Path | None:
+        """The stored original with this digest, whatever its type, if any."""
+        folder = self.root / "originals" / sha256[:2] / sha256[2:4]
+        for ext in dict.fromkeys(EXTENSIONS.values()):
+            candidate = folder / f"{sha256}{ext}"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def _temp(self) -> tuple[int, Path]:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="in-", suffix=".part")
+        return fd, Path(name)
+
+    def put_file(self, source: str | Path, max_bytes: int | None = None) -> StoredOriginal:
+        """Copy a file into the store, hashing it in the same pass.
+
+        Unsupported content (not a known image signature) is hashed but not kept.
+
+        Raises:
+            OSError: the file cannot be read (missing, permission denied, a folder ...).
+            FileTooLargeError: the file is larger than ``max_bytes``.
+        """
+        source = Path(source)
+        with open(source, "rb") as handle:
+            if max_bytes is not None:
+                size = os.fstat(handle.fileno()).st_size
+                if size > max_bytes:
+                    raise FileTooLargeError(
+                        f"file is {size} bytes, over the limit of {max_bytes} bytes"
+                    )
+            return self._put_stream(handle, max_bytes)
+
+    def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredOriginal:
+        """Store bytes (an upload) like :meth:`put_file`."""
+        if max_bytes is not None and len(data) > max_bytes:
+            raise FileTooLargeError(
+                f"file is {len(data)} bytes, over the limit of {max_bytes} bytes"
+            )
+        return self._put_stream(io.BytesIO(data), max_bytes)
+
+    def adopt(self, temp_path: Path, sha256: str, size: int) -> StoredOriginal:
+        """Move an already hashed file (a finished download) into the store."""
+        mime = sniff_file(temp_path)
+        if mime is None:
+            temp_path.unlink(missing_ok=True)
+            return StoredOriginal(sha256, size, None, None)
+        return self._place(temp_path, sha256, size, mime)
+
+    def _put_stream(self, handle: BinaryIO, max_bytes: int | None) -> StoredOriginal:
+        digest = hashlib.sha256()
+        size = 0
+        head = b""
+        fd, temp = self._temp()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in iter_chunks(handle):
+                    if not head:
+                        head = chunk[:SNIFF_BYTES]
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise FileTooLargeError(
+                            f"file is over the limit of {max_bytes} bytes (it grew while read)"
+                        )
+                    digest.update(chunk)
+                    out.write(chunk)
+            sha = digest.hexdigest()
+            mime = sniff_mime(head)
+            if mime is None:
+                temp.unlink(missing_ok=True)
+                return StoredOriginal(sha, size, None, None)
+            return self._place(temp, sha, size, mime)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def _place(self, temp: Path, sha256: str, size: int, mime: str) -> StoredOriginal:
+        final = self.original_path(sha256, mime)
+        if final.is_file():
+            # Same bytes already stored (content addressing makes the copies identical).
+            temp.unlink(missing_ok=True)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, final)  # atomic; a concurrent writer of the same bytes is harmless
+        return StoredOriginal(sha256, size, mime, final)
+
+    def put_thumbnail(self, sha256: str, data: bytes) -> Path:
+        """Write a thumbnail atomically; returns its path."""
+        final = self.thumbnail_path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=final.parent, prefix=".thumb-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(temp, final)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return final
+
+
+@dataclass
+class DecodedImage:
+    """A decoded RGB image and facts about the file it came from."""
+
+    image: Image.Image  # RGB; smaller than width x height when decoded in draft mode
+    width: int  # of the original, after EXIF orientation
+    height: int
+    format: str  # Pillow's format name (JPEG, PNG, HEIF, AVIF ...)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB conversion that keeps 16-bit and float images visible (Pillow clips them otherwise)."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit (or wider) grey: scale to 8 bits instead of clipping everything to white.
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite transparent pixels on white, as a viewer shows them (not on black garbage).
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    apply_exif_orientation: bool = True,
+    draft_size: int | None = None,
+    name: str | None = None,
+) -> DecodedImage:
+    """Decode the first frame of an image file fully into RGB, refusing bombs before decoding.
+
+    Args:
+        source: a path or the file's bytes.
+        max_pixels: refuse images whose header declares more pixels than this.
+        apply_exif_orientation: rotate/flip by the EXIF orientation tag.
+        draft_size: JPEG only: decode at the smallest DCT scale whose sides are both at least
+            this (fast-decode mode, about 5x faster on large photos).
+        name: how to name the input in errors (defaults to the path).
+
+    Raises:
+        ImageDecodeError: empty, unreadable, truncated, corrupt, oversize or non-image input.
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageDecodeError(label, "empty file (0 bytes)")
+            stream: io.BytesIO | Path = io.BytesIO(source)
+        else:
+            stream = Path(source)
+            if stream.is_dir():
+                raise ImageDecodeError(label, "is a folder, not a file")
+            if stream.stat().st_size == 0:
+                raise ImageDecodeError(label, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; we refuse, and check ourselves too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream) as opened:
+                width, height = opened.size
+                if width * height > max_pixels:
+                    raise ImageDecodeError(
+                        label,
+                        f"image declares {width}x{height} pixels, over the limit of {max_pixels} "
+                        "(decompression-bomb guard; raise ingest.max_pixels to accept it)",
+                    )
+                fmt = opened.format or "unknown"
+                if getattr(opened, "n_frames", 1) > 1:
+                    opened.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
+                if draft_size and fmt == "JPEG":
+                    opened.draft("RGB", (draft_size, draft_size))
+                opened.load()
+                image: Image.Image = opened
+                orientation = opened.getexif().get(0x0112, 1) if apply_exif_orientation else 1
+                if orientation in (5, 6, 7, 8):
+                    width, height = height, width
+                if apply_exif_orientation and orientation != 1:
+                    image = ImageOps.exif_transpose(image)
+                return DecodedImage(_to_rgb(image), width, height, fmt)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(label, f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(label, "not an image file (format not recognised)") from exc
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(label, "file not found") from exc
+    except PermissionError as exc:
+        raise ImageDecodeError(label, "permission denied") from exc
+    except MemoryError as exc:
+        raise ImageDecodeError(label, "image too large to decode in memory") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
+        raise ImageDecodeError(label, f"corrupt or truncated image: {exc}") from exc
+
+
+def make_thumbnail(image: Image.Image, size: int = 320, quality: int = 80) -> bytes:
+    """A WebP thumbnail whose longer side is at most ``size`` pixels (aspect ratio kept)."""
+    if size < 1:
+        raise ValueError(f"thumbnail size must be positive, got {size}")
+    thumb = image.copy()
+    # reducing_gap lets Pillow shrink by whole factors first (fast), then resample exactly.
+    thumb.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    out = io.BytesIO()
+    thumb.save(out, format="WEBP", quality=quality, method=4)
+    return out.getvalue()
