@@ -1,0 +1,113 @@
+"""The FastAPI application: ``create_app(settings)`` wires routers, errors, limits, CORS and UI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from api.metrics import LatencyMiddleware, Metrics
+from api.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
+from api.routers import health
+from api.services import Services
+from indexer.settings import Settings, get_settings
+
+STATIC_DIR = resources.files("api") / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: :func:`get_settings`).
+
+    The lifespan opens the shared :class:`Services` on start and closes them on shutdown; routes
+    reach them through the dependencies in :mod:`api.deps`.
+    """
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await run_in_threadpool(Services, settings, metrics)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await run_in_threadpool(services.close)
+
+    app = FastAPI(
+        title="ramdex",
+        summary="Media-asset indexing and open-set search with RAM++",
+        version="0.1.0",
+        lifespan=lifespan,
+        # Default cap for JSON and form bodies; upload routes set their own larger cap.
+        max_body_size=settings.api.max_json_bytes,
+    )
+    install_problem_handlers(app)
+    for router in (health.router,):
+        app.include_router(router)
+    _mount_ui(app)
+
+    if settings.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["Retry-After", "Location"],
+        )
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
+    return app
+
+
+def _mount_ui(app: FastAPI) -> None:
+    index = STATIC_DIR / "index.html"
+
+    @app.get("/", include_in_schema=False)
+    async def ui() -> FileResponse:
+        return FileResponse(str(index), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+
+def _openapi_with_problems(app: FastAPI) -> dict[str, Any]:
+    """OpenAPI where every operation documents its errors as ``application/problem+json``.
+
+    FastAPI documents 422 with its own JSON shape; this API answers every error, 422 included,
+    with a problem document, so the schema says so (clients and the fuzz tests rely on it).
+    """
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for defname, definition in components["Problem"].pop("$defs", {}).items():
+        components.setdefault(defname, definition)
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    problem = {
+        "description": "Problem details (RFC 9457)",
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            for code in list(responses):
+                if code.startswith(("4", "5")):
+                    described = responses[code].get("description") or problem["description"]
+                    responses[code] = {**problem, "description": described}
+            responses["default"] = problem
+    app.openapi_schema = schema
+    return schema
