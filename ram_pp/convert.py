@@ -71,8 +71,10 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> LoadedCheckpoint:
                 "unpickling with --trust-checkpoint (RAMDEX_MODEL__TRUST_CHECKPOINT=1)."
             ) from exc
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: {message}") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+    except Exception as exc:  # the unpickler raises many types on hostile or foreign bytes
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint: {exc.__class__.__name__}: {exc}"
+        ) from exc
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' entry, got {type(payload)}")
     state = payload.get("model", payload)
