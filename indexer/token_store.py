@@ -1,0 +1,510 @@
+"""Token store: the per-asset image embeddings E (T x 512) on disk, for retroactive scoring.
+
+Layout of a store folder::
+
+    manifest.json                      the commit point (replaced atomically)
+    shard-000000.bin                   fixed-size records, appended
+    shard-000000.g000004.ids.npy       int64 asset id per record slot, -1 = deleted (tombstone)
+    LOCK                               fcntl lock file: one writer at a time
+
+Formats (fixed per store):
+
+- ``float16``: T x 512 float16 per asset (145 tokens: 148,480 bytes).
+- ``int8``: per token a float32 scale (max |value| / 127) then T x 512 int8 values rounded to
+  the nearest step (145 tokens: 74,820 bytes). Decoded as ``q * scale``.
+
+Writes are crash-safe: record bytes are appended and fsynced first; the per-shard id files that
+change are written under a new generation name (temp file, fsync, rename); only then is the
+manifest replaced (temp, fsync, ``os.replace``, directory fsync). A crash before that last step
+leaves the previous manifest in force: its shards' bytes beyond the committed count and id files of
+the unfinished generation are ignored and cleaned by the next writer.
+
+Concurrency: any number of readers (processes or threads); writers serialise on an exclusive
+``fcntl.flock`` of ``LOCK`` and always re-read the manifest under the lock, so several writer
+processes are safe, one at a time. Readers see a consistent snapshot (the manifest they loaded);
+:meth:`TokenStore.refresh` picks up later commits. Shards are read through ``numpy.memmap``, so
+streaming over the whole store needs memory for one chunk, not for N assets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+TokenFormat = Literal["float16", "int8"]
+FORMATS: tuple[str, ...] = ("float16", "int8")
+MANIFEST = "manifest.json"
+STORE_VERSION = 1
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+
+
+class TokenStoreError(RuntimeError):
+    """A store folder that cannot be used as asked (with the reason)."""
+
+
+def record_dtype(fmt: str, tokens: int, dim: int) -> np.dtype:
+    """numpy dtype of one asset's record in a given format."""
+    if fmt == "float16":
+        return np.dtype((np.float16, (tokens, dim)))
+    if fmt == "int8":
+        return np.dtype([("scale", "<f4", (tokens,)), ("q", "i1", (tokens, dim))])
+    raise ValueError(f"unknown token format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def bytes_per_asset(fmt: str, tokens: int = 145, dim: int = 512) -> int:
+    """Bytes one asset takes in a shard (no index overhead)."""
+    return record_dtype(fmt, tokens, dim).itemsize
+
+
+def quantize_int8(embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token symmetric int8: returns (q (n, T, C) int8, scale (n, T) float32)."""
+    x = np.asarray(embeds, dtype=np.float32)
+    scale = np.abs(x).max(axis=-1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # all-zero token: any scale works
+    q = np.clip(np.rint(x / scale[..., None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
+    """Inverse of :func:`quantize_int8`."""
+    return (q.astype(np.float32) * scale[..., None].astype(np.float32)).astype(dtype, copy=False)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_bytes(path: Path, write) -> None:
+    """Write a file via temp + fsync + rename (the caller fsyncs the folder)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class _Shard:
+    name: str
+    count: int
+    ids_file: str
+    ids: np.ndarray  # (count,) int64, -1 = tombstone
+    data: np.ndarray | None = None  # memmap (count,) of records; None when empty
+
+
+@dataclass
+class _Snapshot:
+    """An immutable view of one committed manifest."""
+
+    manifest: dict[str, Any]
+    shards: list[_Shard]
+    sorted_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    where_shard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    where_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def build_lookup(self) -> None:
+        parts_ids, parts_shard, parts_slot = [], [], []
+        for i, shard in enumerate(self.shards):
+            slots = np.flatnonzero(shard.ids >= 0)
+            parts_ids.append(shard.ids[slots])
+            parts_shard.append(np.full(len(slots), i, np.int32))
+            parts_slot.append(slots.astype(np.int64))
+        if parts_ids:
+            ids = np.concatenate(parts_ids)
+            order = np.argsort(ids, kind="stable")
+            self.sorted_ids = ids[order]
+            self.where_shard = np.concatenate(parts_shard)[order]
+            self.where_slot = np.concatenate(parts_slot)[order]
+        if len(self.sorted_ids) > 1 and (np.diff(self.sorted_ids) == 0).any():
+            raise TokenStoreError("store index lists an asset id twice (corrupt manifest)")
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(found mask, shard index, slot) for each id."""
+        pos = np.searchsorted(self.sorted_ids, ids)
+        pos_c = np.minimum(pos, max(len(self.sorted_ids) - 1, 0))
+        found = (
+            (pos < len(self.sorted_ids)) & (self.sorted_ids[pos_c] == ids)
+            if len(self.sorted_ids)
+            else np.zeros(len(ids), bool)
+        )
+        return found, self.where_shard[pos_c], self.where_slot[pos_c]
+
+
+class TokenStore:
+    """Append-only, memory-mapped store of per-asset token embeddings E.
+
+    Args:
+        path: the store folder (created with a new store when it has no manifest).
+        tokens: tokens per asset (T, 145 for the published model); needed to create a store,
+            checked against an existing one when given.
+        dim: embedding width (512).
+        fmt: "float16" or "int8" (settings ``index.token_format``); fixed at creation.
+        shard_bytes: target size of one shard file; records never straddle shards.
+        read_only: refuse writes and never create the folder.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokens: int | None = None,
+        dim: int | None = None,
+        fmt: TokenFormat | None = None,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        read_only: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._thread_lock = threading.Lock()
+        if not (self.path / MANIFEST).is_file():
+            if read_only:
+                raise TokenStoreError(f"no token store at {self.path} (missing {MANIFEST})")
+            if tokens is None:
+                raise TokenStoreError(f"creating a token store at {self.path} needs `tokens`")
+            self._create(tokens, dim or 512, fmt or "float16", shard_bytes)
+        self._snap = self._load()
+        m = self._snap.manifest
+        for key, want in (("tokens", tokens), ("dim", dim), ("format", fmt)):
+            if want is not None and m[key] != want:
+                raise TokenStoreError(
+                    f"token store {self.path} has {key}={m[key]!r}, not {want!r} as requested"
+                )
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def tokens(self) -> int:
+        return int(self._snap.manifest["tokens"])
+
+    @property
+    def dim(self) -> int:
+        return int(self._snap.manifest["dim"])
+
+    @property
+    def format(self) -> str:
+        return str(self._snap.manifest["format"])
+
+    @property
+    def bytes_per_asset(self) -> int:
+        """Record size in the shard files."""
+        return bytes_per_asset(self.format, self.tokens, self.dim)
+
+    def __len__(self) -> int:
+        return int(len(self._snap.sorted_ids))
+
+    def __contains__(self, asset_id: object) -> bool:
+        if not isinstance(asset_id, int | np.integer):
+            return False
+        return bool(self._snap.locate(np.array([asset_id], np.int64))[0][0])
+
+    def ids(self) -> np.ndarray:
+        """All stored asset ids, sorted (int64)."""
+        return self._snap.sorted_ids.copy()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes: assets, tombstones, shards, bytes on disk (data files)."""
+        snap = self._snap
+        slots = sum(s.count for s in snap.shards)
+        return {
+            "format": self.format,
+            "tokens": self.tokens,
+            "dim": self.dim,
+            "assets": len(self),
+            "tombstones": slots - len(self),
+            "shards": len(snap.shards),
+            "bytes_per_asset": self.bytes_per_asset,
+            "data_bytes": slots * self.bytes_per_asset,
+        }
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Load the latest committed manifest; True when it changed."""
+        current = json.loads((self.path / MANIFEST).read_text())
+        if current.get("generation") == self._snap.manifest.get("generation"):
+            return False
+        self._snap = self._load()
+        return True
+
+    def _decode(self, records: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        if self.format == "float16":
+            return np.asarray(records, dtype=dtype)
+        return dequantize_int8(np.asarray(records["q"]), np.asarray(records["scale"]), dtype)
+
+    def get(self, ids: np.ndarray | list[int], dtype: np.dtype = np.float32) -> np.ndarray:
+        """E for the given assets, in the given order: (n, T, dim).
+
+        Raises:
+            KeyError: some ids are not stored (the first few are named).
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        snap = self._snap
+        found, shard_idx, slots = snap.locate(ids)
+        if not found.all():
+            missing = ids[~found][:5].tolist()
+            raise KeyError(
+                f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
+            )
+        out = np.empty((len(ids), self.tokens, self.dim), dtype=dtype)
+        for s in np.unique(shard_idx):
+            rows = np.flatnonzero(shard_idx == s)
+            order = np.argsort(slots[rows])  # ascending slots: sequential reads from the file
+            rows = rows[order]
+            out[rows] = self._decode(snap.shards[s].data[slots[rows]], dtype)
+        return out
+
+    def iter_chunks(
+        self, chunk_size: int = 1024, dtype: np.dtype = np.float32
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream every stored asset: yields ``(ids (n,), E (n, T, dim))`` with n <= chunk_size.
+
+        Reads shard by shard from the memory maps, skipping tombstones; only one chunk is
+        materialised at a time.
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        for shard in self._snap.shards:
+            alive = np.flatnonzero(shard.ids >= 0)
+            for start in range(0, len(alive), chunk_size):
+                slots = alive[start : start + chunk_size]
+                lo, hi = int(slots[0]), int(slots[-1]) + 1
+                if hi - lo == len(slots):  # contiguous: a plain slice of the map
+                    records = shard.data[lo:hi]
+                else:
+                    records = shard.data[slots]
+                yield shard.ids[slots].copy(), self._decode(records, dtype)
+
+    def sample_ids(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to n distinct stored ids chosen uniformly at random (reproducible by seed)."""
+        ids = self._snap.sorted_ids
+        if n >= len(ids):
+            return ids.copy()
+        return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def add(self, ids: np.ndarray | list[int], embeds: np.ndarray) -> None:
+        """Append assets' E. An id already stored is replaced (its old record is tombstoned).
+
+        Args:
+            ids: (n,) distinct non-negative int64 asset ids.
+            embeds: (n, T, dim) float array (any float dtype; stored in the store's format).
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        embeds = np.asarray(embeds)
+        if embeds.shape != (len(ids), self.tokens, self.dim):
+            raise ValueError(
+                f"expected E of shape ({len(ids)}, {self.tokens}, {self.dim}), got {embeds.shape}"
+            )
+        if not np.issubdtype(embeds.dtype, np.floating):
+            raise TypeError(f"E must be floating point, got {embeds.dtype}")
+        if (ids < 0).any():
+            raise ValueError("asset ids must be non-negative")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("asset ids in one add() must be distinct")
+        if not np.isfinite(embeds).all():
+            raise ValueError("E contains NaN or infinite values")
+        if not len(ids):
+            return
+        records = self._encode(embeds)
+        with self._write() as (manifest, shards):
+            self._tombstone(shards, ids)
+            self._append(manifest, shards, ids, records)
+
+    def delete(self, ids: np.ndarray | list[int]) -> int:
+        """Tombstone assets; returns how many were stored. Space comes back with :meth:`compact`."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        with self._write() as (_, shards):
+            return self._tombstone(shards, ids)
+
+    def compact(self) -> dict[str, int]:
+        """Rewrite shards that hold tombstones without them; returns bytes freed and counts."""
+        with self._write() as (manifest, shards):
+            dirty = [s for s in shards if (s.ids < 0).any()]
+            if not dirty:
+                return {"shards_rewritten": 0, "records_dropped": 0, "bytes_freed": 0}
+            keep = [s for s in shards if s not in dirty]
+            rec = self.bytes_per_asset
+            dropped = sum(int((s.ids < 0).sum()) for s in dirty)
+            shards[:] = keep
+            for s in dirty:  # copy the live records, in chunks, into fresh shards at the end
+                alive = np.flatnonzero(s.ids >= 0)
+                for start in range(0, len(alive), 4096):
+                    slots = alive[start : start + 4096]
+                    self._append(manifest, shards, s.ids[slots], np.asarray(s.data[slots]))
+            return {
+                "shards_rewritten": len(dirty),
+                "records_dropped": dropped,
+                "bytes_freed": dropped * rec,
+            }
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _encode(self, embeds: np.ndarray) -> np.ndarray:
+        if self.format == "float16":
+            return embeds.astype(np.float16)
+        q, scale = quantize_int8(embeds)
+        out = np.empty(len(embeds), dtype=record_dtype("int8", self.tokens, self.dim))
+        out["q"], out["scale"] = q, scale
+        return out
+
+    def _create(self, tokens: int, dim: int, fmt: str, shard_bytes: int) -> None:
+        if tokens < 1 or dim < 1:
+            raise ValueError("tokens and dim must be >= 1")
+        rec = bytes_per_asset(fmt, tokens, dim)  # validates fmt
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self._flock():
+            if (self.path / MANIFEST).is_file():  # another process created it first
+                return
+            manifest = {
+                "version": STORE_VERSION,
+                "format": fmt,
+                "tokens": tokens,
+                "dim": dim,
+                "shard_capacity": max(1, shard_bytes // rec),
+                "next_shard": 0,
+                "generation": 0,
+                "shards": [],
+            }
+            self._write_manifest(manifest)
+
+    def _load(self) -> _Snapshot:
+        for attempt in range(5):
+            try:
+                return self._load_once()
+            except FileNotFoundError:
+                # A writer committed and removed the files of the manifest just read: re-read.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _load_once(self) -> _Snapshot:
+        manifest = json.loads((self.path / MANIFEST).read_text())
+        if manifest.get("version") != STORE_VERSION:
+            raise TokenStoreError(
+                f"{self.path}: unsupported store version {manifest.get('version')}"
+            )
+        dtype = record_dtype(manifest["format"], manifest["tokens"], manifest["dim"])
+        shards = []
+        for entry in manifest["shards"]:
+            ids = np.load(self.path / entry["ids"])
+            count = int(entry["count"])
+            if ids.shape != (count,):
+                raise TokenStoreError(f"{self.path}: {entry['ids']} does not hold {count} ids")
+            data = None
+            if count:
+                data_path = self.path / f"{entry['name']}.bin"
+                if data_path.stat().st_size < count * dtype.itemsize:
+                    raise TokenStoreError(f"{data_path} is shorter than its {count} records")
+                data = np.memmap(data_path, dtype=dtype, mode="r", shape=(count,))
+            shards.append(_Shard(entry["name"], count, entry["ids"], ids, data))
+        snap = _Snapshot(manifest, shards)
+        snap.build_lookup()
+        return snap
+
+    @contextmanager
+    def _flock(self):
+        with open(self.path / "LOCK", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    @contextmanager
+    def _write(self):
+        """Lock, load the latest state, let the caller change it, commit, publish."""
+        if self.read_only:
+            raise TokenStoreError(f"token store {self.path} was opened read-only")
+        with self._thread_lock, self._flock():
+            snap = self._load()  # always the newest commit, whoever wrote it
+            manifest = json.loads(json.dumps(snap.manifest))
+            shards = [
+                _Shard(s.name, s.count, s.ids_file, s.ids.copy(), s.data) for s in snap.shards
+            ]
+            yield manifest, shards
+            self._commit(manifest, shards)
+            self._snap = self._load()
+
+    def _tombstone(self, shards: list[_Shard], ids: np.ndarray) -> int:
+        n = 0
+        for shard in shards:
+            hit = np.isin(shard.ids, ids)
+            if hit.any():
+                shard.ids[hit] = -1
+                shard.ids_file = ""  # changed: needs a new id file
+                n += int(hit.sum())
+        return n
+
+    def _append(
+        self, manifest: dict[str, Any], shards: list[_Shard], ids: np.ndarray, records: np.ndarray
+    ) -> None:
+        capacity = int(manifest["shard_capacity"])
+        done = 0
+        while done < len(ids):
+            if not shards or shards[-1].count >= capacity:
+                name = f"shard-{int(manifest['next_shard']):06d}"
+                manifest["next_shard"] += 1
+                (self.path / f"{name}.bin").write_bytes(b"")
+                shards.append(_Shard(name, 0, "", np.zeros(0, np.int64)))
+            shard = shards[-1]
+            take = min(capacity - shard.count, len(ids) - done)
+            data_path = self.path / f"{shard.name}.bin"
+            offset = shard.count * self.bytes_per_asset
+            with open(data_path, "r+b") as fh:
+                fh.truncate(offset)  # drop bytes a crashed writer left beyond the commit
+                fh.seek(offset)
+                fh.write(np.ascontiguousarray(records[done : done + take]).tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            shard.ids = np.concatenate([shard.ids, ids[done : done + take]])
+            shard.count += take
+            shard.ids_file = ""
+            done += take
+
+    def _commit(self, manifest: dict[str, Any], shards: list[_Shard]) -> None:
+        gen = int(manifest["generation"]) + 1
+        manifest["generation"] = gen
+        for shard in shards:
+            if not shard.ids_file:
+                shard.ids_file = f"{shard.name}.g{gen:06d}.ids.npy"
+                ids = shard.ids
+                _atomic_bytes(self.path / shard.ids_file, lambda fh, a=ids: np.save(fh, a))
+        manifest["shards"] = [{"name": s.name, "count": s.count, "ids": s.ids_file} for s in shards]
+        _fsync_dir(self.path)  # new shard files and id files are durable before the manifest
+        self._write_manifest(manifest)
+        # Files no longer referenced (old id generations, compacted shards, leftovers of crashed
+        # writes) go now; readers that mapped them keep their open maps.
+        self._clean_orphans({s.ids_file for s in shards} | {f"{s.name}.bin" for s in shards})
+
+    def _clean_orphans(self, live: set[str]) -> None:
+        """Remove files of unfinished writes (only called under the writer lock)."""
+        for p in self.path.iterdir():
+            name = p.name
+            is_store_file = name.startswith("shard-") or name.startswith(f".{MANIFEST}")
+            is_temp = name.startswith(".shard-") and name.endswith(".tmp")
+            if (is_store_file and name not in live) or is_temp:
+                p.unlink(missing_ok=True)
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        text = json.dumps(manifest, indent=1).encode()
+        _atomic_bytes(self.path / MANIFEST, lambda fh: fh.write(text))
+        _fsync_dir(self.path)

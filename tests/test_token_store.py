@@ -1,0 +1,178 @@
+"""Token store: formats, shards, deletes and compaction, crash safety, concurrent writers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from indexer.token_store import (
+    TokenStore,
+    TokenStoreError,
+    bytes_per_asset,
+    dequantize_int8,
+    quantize_int8,
+)
+
+T, C = 5, 16
+
+
+def _embeds(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, T, C)).astype(np.float32)
+
+
+def test_float16_round_trip_across_shards(tmp_path):
+    store = TokenStore(tmp_path / "s", tokens=T, dim=C, shard_bytes=7 * T * C * 2)
+    e = _embeds(30)
+    ids = np.arange(100, 130)
+    store.add(ids[:12], e[:12])
+    store.add(ids[12:], e[12:])
+    assert len(store) == 30 and store.stats()["shards"] == 5  # 7 records per shard
+    assert isinstance(store._snap.shards[0].data, np.memmap)
+    got = store.get([129, 100, 115])
+    np.testing.assert_array_equal(got, e[[29, 0, 15]].astype(np.float16).astype(np.float32))
+    assert got.dtype == np.float32 and store.get([100], dtype=np.float16).dtype == np.float16
+    chunks = list(store.iter_chunks(chunk_size=4))
+    assert max(len(i) for i, _ in chunks) <= 4
+    all_ids = np.concatenate([i for i, _ in chunks])
+    np.testing.assert_array_equal(all_ids, ids)
+    np.testing.assert_array_equal(np.concatenate([x for _, x in chunks]), store.get(ids))
+    # Another instance (another reader) sees the same committed data.
+    again = TokenStore(tmp_path / "s", read_only=True)
+    np.testing.assert_array_equal(again.get(ids), store.get(ids))
+    assert 115 in again and 99 not in again
+
+
+def test_int8_format_size_and_error_bound(tmp_path):
+    assert bytes_per_asset("float16") == 145 * 512 * 2
+    assert bytes_per_asset("int8") == 145 * 512 + 145 * 4
+    e = _embeds(9, seed=1) * np.linspace(0.01, 10, T)[None, :, None].astype(np.float32)
+    store = TokenStore(tmp_path / "q", tokens=T, dim=C, fmt="int8")
+    store.add(np.arange(9), e)
+    got = store.get(np.arange(9))
+    step = np.abs(e).max(-1, keepdims=True) / 127  # per-token step: error <= half a step
+    assert (np.abs(got - e) <= step / 2 + 1e-6).all()
+    assert (np.abs(got - e) > 0).any()
+    q, scale = quantize_int8(np.zeros((1, 2, 3), np.float32))
+    assert (dequantize_int8(q, scale) == 0).all()
+
+
+def test_replace_delete_and_compact(tmp_path):
+    store = TokenStore(tmp_path / "s", tokens=T, dim=C, shard_bytes=4 * T * C * 2)
+    e = _embeds(10)
+    store.add(np.arange(10), e)
+    store.add([3], e[[9]] * 2)  # replace asset 3
+    np.testing.assert_array_equal(
+        store.get([3]), (e[[9]] * 2).astype(np.float16).astype(np.float32)
+    )
+    assert store.delete([1, 2, 77]) == 2
+    assert len(store) == 8 and 1 not in store
+    with pytest.raises(KeyError, match=r"\[1\]"):
+        store.get([0, 1])
+    before = store.stats()
+    assert before["tombstones"] == 3  # replaced 3, deleted 1 and 2
+    files_before = sorted(p.name for p in (tmp_path / "s").glob("shard-*.bin"))
+    result = store.compact()
+    after = store.stats()
+    assert result["records_dropped"] == 3 and after["tombstones"] == 0
+    assert after["data_bytes"] == before["data_bytes"] - 3 * store.bytes_per_asset
+    disk = sum(p.stat().st_size for p in (tmp_path / "s").glob("shard-*.bin"))
+    assert disk == after["data_bytes"]
+    assert sorted(p.name for p in (tmp_path / "s").glob("shard-*.bin")) != files_before
+    expect = {i: e[i] for i in range(10) if i not in (1, 2)} | {3: e[9] * 2}
+    for i, row in expect.items():
+        np.testing.assert_array_equal(store.get([i])[0], row.astype(np.float16).astype(np.float32))
+    assert store.compact()["records_dropped"] == 0
+    assert len(list((tmp_path / "s").glob("*.ids.npy"))) == after["shards"]  # old generations gone
+
+
+def test_reader_snapshot_survives_compaction_and_refresh(tmp_path):
+    writer = TokenStore(tmp_path / "s", tokens=T, dim=C)
+    e = _embeds(6)
+    writer.add(np.arange(6), e)
+    reader = TokenStore(tmp_path / "s", read_only=True)
+    writer.delete([0])
+    writer.compact()  # removes the shard file the reader has mapped
+    assert len(reader) == 6  # its snapshot is unchanged and still readable
+    np.testing.assert_array_equal(reader.get([0]), e[[0]].astype(np.float16).astype(np.float32))
+    assert reader.refresh() and len(reader) == 5 and 0 not in reader
+    assert not reader.refresh()
+    with pytest.raises(TokenStoreError, match="read-only"):
+        reader.add([9], e[:1])
+
+
+def test_crash_before_commit_leaves_previous_state(tmp_path, monkeypatch):
+    store = TokenStore(tmp_path / "s", tokens=T, dim=C)
+    e = _embeds(8)
+    store.add(np.arange(4), e[:4])
+
+    def crash(manifest):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(store, "_write_manifest", crash)
+    with pytest.raises(OSError, match="power cut"):
+        store.add(np.arange(4, 8), e[4:])  # data and new id file written, manifest not
+    monkeypatch.undo()
+    data = tmp_path / "s" / "shard-000000.bin"
+    assert data.stat().st_size == 8 * store.bytes_per_asset  # the uncommitted tail is on disk
+    reopened = TokenStore(tmp_path / "s")
+    assert len(reopened) == 4 and 5 not in reopened
+    np.testing.assert_array_equal(reopened.get(np.arange(4)), store.get(np.arange(4)))
+    # The next write overwrites the dead tail and removes the unfinished generation's files.
+    reopened.add([50], e[7:8])
+    assert data.stat().st_size == 5 * store.bytes_per_asset
+    assert len(list((tmp_path / "s").glob("*.ids.npy"))) == 1
+    np.testing.assert_array_equal(reopened.get([50]), e[7:8].astype(np.float16).astype(np.float32))
+
+
+def test_bad_input_and_mismatched_open(tmp_path):
+    with pytest.raises(TokenStoreError, match="no token store"):
+        TokenStore(tmp_path / "none", read_only=True)
+    with pytest.raises(TokenStoreError, match="needs `tokens`"):
+        TokenStore(tmp_path / "none")
+    with pytest.raises(ValueError, match="unknown token format"):
+        TokenStore(tmp_path / "bad", tokens=T, dim=C, fmt="int4")  # type: ignore[arg-type]
+    store = TokenStore(tmp_path / "s", tokens=T, dim=C)
+    with pytest.raises(TokenStoreError, match="format='float16'"):
+        TokenStore(tmp_path / "s", fmt="int8")
+    with pytest.raises(ValueError, match="shape"):
+        store.add([1], _embeds(1)[:, :2])
+    with pytest.raises(ValueError, match="distinct"):
+        store.add([1, 1], _embeds(2))
+    with pytest.raises(ValueError, match="non-negative"):
+        store.add([-1], _embeds(1))
+    bad = _embeds(1)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        store.add([1], bad)
+    with pytest.raises(TypeError):
+        store.add([1], np.zeros((1, T, C), np.int32))
+    assert len(store) == 0
+
+
+def test_concurrent_writer_processes(tmp_path):
+    """Two processes append at once; the file lock serialises them and nothing is lost."""
+    path = tmp_path / "s"
+    TokenStore(path, tokens=T, dim=C, shard_bytes=11 * T * C * 2)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        from indexer.token_store import TokenStore
+        base = int(sys.argv[1])
+        store = TokenStore({str(path)!r})
+        for b in range(15):
+            ids = base + b * 3 + np.arange(3)
+            store.add(ids, np.broadcast_to(ids[:, None, None], (3, {T}, {C})).astype(np.float32))
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(b)]) for b in (0, 1000)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    store = TokenStore(path, read_only=True)
+    want = np.concatenate([np.arange(45), 1000 + np.arange(45)])
+    np.testing.assert_array_equal(store.ids(), want)
+    got = store.get(want)
+    np.testing.assert_array_equal(got[:, 0, 0], want.astype(np.float16).astype(np.float32))
+    assert (got == got[:, :1, :1]).all()
