@@ -1,0 +1,36 @@
+"""Small SQL helpers shared by the data-access modules (private)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+T = TypeVar("T")
+
+# Bound parameters per statement stay well below SQLite's limit (32766) and PostgreSQL's (65535).
+IN_CHUNK = 5000
+
+
+def upsert_insert(session: Session, table: sa.Table) -> Any:
+    """A dialect ``INSERT`` that supports ``on_conflict_do_nothing/do_update``."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"unsupported database dialect {name!r}")
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def truncate_text(text: str, limit: int = 4000) -> str:
+    """``text`` cut to ``limit`` characters (error messages can be huge tracebacks)."""
+    return text if len(text) <= limit else text[: limit - 15] + " ...[truncated]"

@@ -1,0 +1,247 @@
+"""Boolean tag search over stored scores: all / any / none, score and asset filters, paging.
+
+Ranking: by the score of the first ``all_`` tag, or when ``all_`` is empty by the best score among
+the matching ``any_`` tags; ties by asset id, newest first. With no tag terms, assets (status
+``done``) come newest first with no score. Paging is keyset (``cursor``), stable under inserts.
+
+A tag "matches" an asset when its stored score is strictly above the tag's effective threshold
+(override, else the model's threshold; RAM++ outputs a tag when prob > threshold), or, when
+``min_score`` is given, when the score is >= ``min_score`` (for every term, ``none`` included).
+Only scores >= the score floor are stored, so ``min_score`` below the floor finds nothing more.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from indexer.db.assets import Asset, AssetStatus
+from indexer.db.tag_repo import resolve_tags
+from indexer.db.tags import AssetTag, Tag
+
+MAX_LIMIT = 1000
+_assets = Asset.__table__
+_asset_tags = AssetTag.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedTag:
+    """A query tag that matched the asset, with the asset's score for it."""
+
+    tag_id: int
+    english: str
+    chinese: str | None
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One asset in a result page: its ranking score (None without tag terms) and the positive
+    query tags it matched, best first."""
+
+    asset_id: int
+    score: float | None
+    tags: tuple[MatchedTag, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """A page of hits and the cursor of the next page (None on the last page)."""
+
+    hits: list[SearchHit]
+    next_cursor: str | None
+
+
+def _encode_cursor(score: float | None, asset_id: int) -> str:
+    raw = json.dumps({"s": score, "i": asset_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float | None, int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        score, asset_id = data["s"], data["i"]
+        if not isinstance(asset_id, int) or not (score is None or isinstance(score, int | float)):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"invalid search cursor {cursor[:40]!r}") from exc
+    return (None if score is None else float(score)), asset_id
+
+
+def _term(alias: Any, tags: Sequence[Tag], min_score: float | None) -> sa.ColumnElement[bool]:
+    """``alias`` row is one of ``tags`` with a matching score."""
+    parts = [
+        sa.and_(
+            alias.c.tag_id == t.id,
+            alias.c.score >= min_score
+            if min_score is not None
+            else alias.c.score > t.effective_threshold,
+        )
+        for t in tags
+    ]
+    return sa.or_(*parts)
+
+
+def _exists(asset_id_col: Any, tags: Sequence[Tag], min_score: float | None) -> Any:
+    probe = _asset_tags.alias()
+    return sa.exists().where(probe.c.asset_id == asset_id_col, _term(probe, tags, min_score))
+
+
+def _asset_filters(
+    mime: str | Sequence[str] | None, since: datetime | None, until: datetime | None
+) -> list[sa.ColumnElement[bool]]:
+    filters: list[sa.ColumnElement[bool]] = []
+    if mime:
+        kinds = [mime] if isinstance(mime, str) else list(mime)
+        alternatives = [
+            _assets.c.mime.like(k[:-1] + "%") if k.endswith("/*") else _assets.c.mime == k
+            for k in kinds
+        ]
+        filters.append(sa.or_(*alternatives))
+    if since is not None:
+        filters.append(_assets.c.created_at >= since)
+    if until is not None:
+        filters.append(_assets.c.created_at < until)
+    return filters
+
+
+def search_by_tags(
+    session: Session,
+    *,
+    model_name: str,
+    all_: Sequence[str | int] = (),
+    any_: Sequence[str | int] = (),
+    none: Sequence[str | int] = (),
+    min_score: float | None = None,
+    mime: str | Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> SearchPage:
+    """Assets matching a boolean tag query, best first, one page at a time.
+
+    Args:
+        session: the unit of work.
+        model_name: whose vocabulary the tag names belong to.
+        all_: tags the asset must have (names, English or Chinese, or tag ids).
+        any_: tags of which the asset must have at least one.
+        none: tags the asset must not have.
+        min_score: use this score bound instead of the tags' thresholds.
+        mime: exact media types or ``"image/*"`` prefixes.
+        since, until: ``since <= created_at < until``.
+        limit: page size, 1..1000.
+        cursor: ``next_cursor`` of the previous page.
+
+    Returns:
+        A :class:`SearchPage`.
+
+    Raises:
+        UnknownTagError: a name matches no tag of the model.
+        ValueError: bad limit, min_score or cursor.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be in 1..{MAX_LIMIT}, got {limit}")
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+    after = _decode_cursor(cursor) if cursor else None
+    names = [*all_, *any_, *none]
+    resolved = resolve_tags(session, model_name, names) if names else {}
+    all_terms = [resolved[n] for n in all_]
+    any_tags = [t for n in any_ for t in resolved[n]]
+    none_tags = [t for n in none for t in resolved[n]]
+    asset_filters = _asset_filters(mime, since, until)
+
+    if not all_terms and not any_tags:
+        rows = _search_assets_only(session, none_tags, min_score, asset_filters, limit, after)
+        hits = [SearchHit(int(i), None, ()) for i, _ in rows[:limit]]
+        more = len(rows) > limit
+        return SearchPage(hits, _encode_cursor(None, hits[-1].asset_id) if more else None)
+
+    rank_tags = all_terms[0] if all_terms else any_tags
+    drive = _asset_tags.alias("d")
+    conditions: list[Any] = [_exists(drive.c.asset_id, term, min_score) for term in all_terms[1:]]
+    if all_terms and any_tags:
+        conditions.append(_exists(drive.c.asset_id, any_tags, min_score))
+    if none_tags:
+        conditions.append(~_exists(drive.c.asset_id, none_tags, min_score))
+    if asset_filters:
+        conditions.append(sa.exists().where(_assets.c.id == drive.c.asset_id, *asset_filters))
+    if len(rank_tags) == 1:
+        # One ranking tag: an index range scan on (tag_id, score, asset_id) read backwards,
+        # stopping after LIMIT rows.
+        score_col = drive.c.score
+        stmt = sa.select(drive.c.asset_id, score_col).where(
+            _term(drive, rank_tags, min_score), *conditions
+        )
+        id_col = drive.c.asset_id
+    else:
+        inner = (
+            sa.select(drive.c.asset_id, sa.func.max(drive.c.score).label("score"))
+            .where(_term(drive, rank_tags, min_score), *conditions)
+            .group_by(drive.c.asset_id)
+            .subquery("ranked")
+        )
+        score_col, id_col = inner.c.score, inner.c.asset_id
+        stmt = sa.select(id_col, score_col)
+    if after is not None:
+        score, asset_id = after
+        if score is None:
+            raise ValueError("cursor does not belong to a tag query")
+        stmt = stmt.where(sa.tuple_(score_col, id_col) < sa.tuple_(score, asset_id))
+    stmt = stmt.order_by(score_col.desc(), id_col.desc()).limit(limit + 1)
+    rows = session.execute(stmt).all()
+    page = rows[:limit]
+    positive = [t for term in all_terms for t in term] + any_tags
+    matched = _matched_tags(session, [int(r[0]) for r in page], positive, min_score)
+    hits = [SearchHit(int(a), float(s), matched.get(int(a), ())) for a, s in page]
+    next_cursor = _encode_cursor(hits[-1].score, hits[-1].asset_id) if len(rows) > limit else None
+    return SearchPage(hits, next_cursor)
+
+
+def _search_assets_only(
+    session: Session,
+    none_tags: Sequence[Tag],
+    min_score: float | None,
+    asset_filters: list[sa.ColumnElement[bool]],
+    limit: int,
+    after: tuple[float | None, int] | None,
+) -> list[Any]:
+    stmt = sa.select(_assets.c.id, sa.null()).where(
+        _assets.c.status == AssetStatus.DONE.value, *asset_filters
+    )
+    if none_tags:
+        stmt = stmt.where(~_exists(_assets.c.id, none_tags, min_score))
+    if after is not None:
+        stmt = stmt.where(_assets.c.id < after[1])
+    return list(session.execute(stmt.order_by(_assets.c.id.desc()).limit(limit + 1)).all())
+
+
+def _matched_tags(
+    session: Session, asset_ids: list[int], tags: Sequence[Tag], min_score: float | None
+) -> dict[int, tuple[MatchedTag, ...]]:
+    if not asset_ids or not tags:
+        return {}
+    probe = _asset_tags.alias("m")
+    stmt = (
+        sa.select(probe.c.asset_id, probe.c.tag_id, probe.c.score)
+        .where(probe.c.asset_id.in_(asset_ids), _term(probe, tags, min_score))
+        .order_by(probe.c.asset_id, probe.c.score.desc(), probe.c.tag_id)
+    )
+    by_id = {t.id: t for t in tags}
+    out: dict[int, list[MatchedTag]] = {}
+    for asset_id, tag_id, score in session.execute(stmt):
+        tag = by_id[tag_id]
+        out.setdefault(int(asset_id), []).append(
+            MatchedTag(int(tag_id), tag.english, tag.chinese, float(score))
+        )
+    return {k: tuple(v) for k, v in out.items()}
