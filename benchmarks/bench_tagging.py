@@ -1,0 +1,174 @@
+"""Tagging throughput and peak memory: ramdex's RAM++ vs an upstream-style baseline.
+
+Random weights (speed does not depend on them). For each config, batch size and precision it
+prints images/s, ms per image and the peak resident memory added by the run. The baseline,
+run in the same process, computes the same logits the way the upstream implementation does:
+description re-weighting with a per-image Python loop over a (tags x descriptions x 512)
+temporary, and attention as explicit matmul + softmax.
+
+    python benchmarks/bench_tagging.py                      # tiny + Swin-L, CPU
+    python benchmarks/bench_tagging.py --configs ram_plus_swin_large_14m --batches 4 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ram_pp.factory import random_model
+from ram_pp.inference import TaggingEngine
+from ram_pp.model import RamPlus, TaggingLayer
+
+
+def _read_status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS counter (Linux) and return the current RSS in bytes."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    return _read_status("VmRSS:")
+
+
+def peak_rss() -> int:
+    return _read_status("VmHWM:")
+
+
+# ---- upstream-style baseline -------------------------------------------------------------
+
+
+def _baseline_layer(layer: TaggingLayer, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    sa = layer.crossattention.self
+    heads = sa.num_heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], heads, -1).permute(0, 2, 1, 3)
+
+    q, k, v = split(sa.query(x)), split(sa.key(e)), split(sa.value(e))
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    context = torch.matmul(scores.softmax(dim=-1), v).permute(0, 2, 1, 3).flatten(2)
+    h = layer.crossattention.output(context, x)
+    return layer.output(layer.intermediate(h), h)
+
+
+def baseline_logits(model: RamPlus, pixels: torch.Tensor) -> torch.Tensor:
+    """Upstream-style forward (same maths, upstream's loop and temporaries)."""
+    e = model.image_proj(model.visual_encoder(pixels))
+    bs = e.shape[0]
+    cls = e[:, 0] / e[:, 0].norm(dim=-1, keepdim=True)
+    d = model.config.labels.descriptions_per_tag
+    weights = (model.reweight_scale.exp() * cls @ model.label_embed.t()).view(bs, -1, d).softmax(2)
+    reweighted = torch.empty(bs, weights.shape[1], e.shape[-1])
+    bank = model.label_embed.view(-1, d, e.shape[-1])
+    for i in range(bs):  # upstream: a (tags, D, 512) product per image
+        reweighted[i] = (weights[i].unsqueeze(-1) * bank).sum(dim=1)
+    x = F.relu(model.wordvec_proj(reweighted))
+    for layer in model.tagging_head.encoder.layer:
+        x = _baseline_layer(layer, x, e)
+    return model.fc(x).squeeze(-1)
+
+
+# ---- measurement ------------------------------------------------------------------------
+
+
+def measure(fn: Callable[[], object], repeats: int) -> list[float]:
+    fn()  # warm-up (allocator, oneDNN kernels)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_case(
+    engine: TaggingEngine, batch: int, repeats: int, baseline: bool = False
+) -> tuple[float, float]:
+    """(images/s, peak MB added) for one batch size."""
+    size = engine.loaded.config.vision.image_size
+    pixels = torch.randn(batch, 3, size, size)
+    base_rss = reset_peak_rss()
+    if baseline:
+
+        def step() -> object:
+            with torch.inference_mode():
+                return baseline_logits(engine.model, pixels)
+
+    else:
+
+        def step() -> object:
+            return engine.run(pixels)
+
+    times = measure(step, repeats)
+    return batch / statistics.median(times), (peak_rss() - base_rss) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--configs", nargs="+", default=["test_tiny_golden", "ram_plus_swin_large_14m"]
+    )
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--cuda-batches", nargs="+", type=int, default=[64, 128])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(
+        f"{'config':26} {'device':6} {'mode':10} {'batch':>5} {'img/s':>9} {'ms/img':>9} {'peak MB':>8}"
+    )
+
+    def row(name: str, device: str, mode: str, batch: int, ips: float, mb: float) -> None:
+        print(f"{name:26} {device:6} {mode:10} {batch:5d} {ips:9.3f} {1000 / ips:9.1f} {mb:8.0f}")
+
+    for name in args.configs:
+        loaded = random_model(name)
+        results: dict[tuple[str, int], float] = {}
+        for mode in ("float32", "bfloat16"):
+            engine = TaggingEngine(loaded, device="cpu", dtype=mode)
+            for batch in args.batches:
+                ips, mb = run_case(engine, batch, args.repeats)
+                results[(mode, batch)] = ips
+                row(name, "cpu", mode, batch, ips, mb)
+        if not args.no_baseline:
+            engine = TaggingEngine(loaded, device="cpu", dtype="float32")
+            batch = 4 if 4 in args.batches else args.batches[0]
+            ips, mb = run_case(engine, batch, args.repeats, baseline=True)
+            row(name, "cpu", "baseline", batch, ips, mb)
+            print(
+                f"  ratio vs upstream-style baseline at batch {batch}: "
+                f"fp32 {results[('float32', batch)] / ips:.2f}x, "
+                f"bf16 {results[('bfloat16', batch)] / ips:.2f}x"
+            )
+        if torch.cuda.is_available():
+            for mode in ("float16", "bfloat16"):
+                engine = TaggingEngine(loaded, device="cuda", dtype=mode)
+                for batch in args.cuda_batches:
+                    size = loaded.config.vision.image_size
+                    pixels = torch.randn(batch, 3, size, size, device="cuda")
+
+                    def step(engine: TaggingEngine = engine, pixels: torch.Tensor = pixels) -> None:
+                        engine.run(pixels)
+                        torch.cuda.synchronize()
+
+                    torch.cuda.reset_peak_memory_stats()
+                    ips = batch / statistics.median(measure(step, args.repeats))
+                    row(name, "cuda", mode, batch, ips, torch.cuda.max_memory_allocated() / 2**20)
+
+
+if __name__ == "__main__":
+    main()
