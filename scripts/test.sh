@@ -7,20 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV="${RAMDEX_VENV:-.venv}"
-PYTHON="${PYTHON:-python3}"
-
 log() { printf '\033[1m[test.sh]\033[0m %s\n' "$*" >&2; }
 
-if [ ! -x "$VENV/bin/python" ]; then
-    log "creating $VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-log "installing ramdex[dev] into $VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-# torchvision must match torch; this pair installs offline from this machine's disk.
-"$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh dev
 
 bash scripts/services.sh
 
@@ -34,7 +24,7 @@ fi
 
 log "running pytest"
 set +e
-"$VENV/bin/python" -m pytest "$@"
+"$PY" -m pytest "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then
