@@ -13,14 +13,28 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp
 
 from api.metrics import LatencyMiddleware, Metrics
-from api.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
-from api.routers import health
+from api.problems import (
+    PROBLEM_MEDIA_TYPE,
+    PlainErrorsAsProblems,
+    Problem,
+    install_problem_handlers,
+)
+from api.routers import assets, health, jobs, tags
 from api.services import Services
 from indexer.settings import Settings, get_settings
 
 STATIC_DIR = resources.files("api") / "static"
+
+
+class _RamdexAPI(FastAPI):
+    """FastAPI with :class:`PlainErrorsAsProblems` outside everything, the body limiter included
+    (user middleware sits inside it)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return PlainErrorsAsProblems(super().build_middleware_stack())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(services.close)
 
-    app = FastAPI(
+    app = _RamdexAPI(
         title="ramdex",
         summary="Media-asset indexing and open-set search with RAM++",
         version="0.1.0",
@@ -50,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.api.max_json_bytes,
     )
     install_problem_handlers(app)
-    for router in (health.router,):
+    for router in (health.router, assets.router, tags.router, jobs.router):
         app.include_router(router)
     _mount_ui(app)
 

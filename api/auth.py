@@ -37,6 +37,11 @@ class Scope(StrEnum):
 _RANK = {Scope.read: 0, Scope.write: 1, Scope.admin: 2}
 
 
+def ordered(scopes: Iterable[Scope]) -> list[Scope]:
+    """Scopes from weakest to strongest."""
+    return sorted(set(scopes), key=_RANK.__getitem__)
+
+
 def grants(held: Iterable[str], required: Scope) -> bool:
     """Whether scopes ``held`` allow an operation that needs ``required``."""
     ranks = [_RANK[Scope(s)] for s in held if s in Scope.__members__]
@@ -90,7 +95,7 @@ def create_key(session: Session, *, name: str, scopes: Iterable[str | Scope]) ->
     Raises:
         ValueError: no scope, or an unknown scope.
     """
-    parsed = tuple(sorted({Scope(s) for s in scopes}, key=_RANK.__getitem__))
+    parsed = tuple(ordered(Scope(s) for s in scopes))
     if not parsed:
         raise ValueError("a key needs at least one scope: read, write or admin")
     key_id = secrets.token_hex(6)

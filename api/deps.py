@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -96,3 +96,12 @@ def require(scope: Scope):  # noqa: ANN201 - a dependency callable
 ReadKey = Annotated[Principal, Depends(require(Scope.read))]
 WriteKey = Annotated[Principal, Depends(require(Scope.write))]
 AdminKey = Annotated[Principal, Depends(require(Scope.admin))]
+
+
+# Path ids are bounded by their column types so that no id reaches the database as an overflow.
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+AssetId = Annotated[int, Path(ge=1, le=MAX_INT64, description="asset id")]
+JobId = Annotated[int, Path(ge=1, le=MAX_INT64, description="job id")]
+TagId = Annotated[int, Path(ge=1, le=MAX_INT32, description="tag id")]
+ConceptId = Annotated[int, Path(ge=1, le=MAX_INT32, description="concept id")]

@@ -7,6 +7,7 @@ anything unexpected (a generic 500 that never leaks internals).
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -15,7 +16,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://ramdex.dev/problems/"
@@ -153,8 +156,56 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
-PROBLEM_RESPONSE: dict[str, Any] = {
-    "model": Problem,
-    "description": "Problem details (RFC 9457)",
-    "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-}
+class PlainErrorsAsProblems:
+    """ASGI middleware turning any error response that is not JSON into a problem document.
+
+    Some errors are answered before the app's handlers can run, for example the 413 of the
+    request-body limiter when ``Content-Length`` is over the cap; this keeps them RFC 9457 too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rewriting = False
+
+        async def send_problem(message: Message) -> None:
+            nonlocal rewriting
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = Headers(raw=message.get("headers", []))
+                if status >= 400 and "json" not in headers.get("content-type", ""):
+                    rewriting = True
+                    body = json.dumps(
+                        {
+                            "type": "about:blank",
+                            "title": _phrase(status),
+                            "status": status,
+                            "instance": scope.get("path", ""),
+                        }
+                    ).encode()
+                    kept = [
+                        (k, v)
+                        for k, v in message.get("headers", [])
+                        if k.lower() not in (b"content-type", b"content-length")
+                    ]
+                    await send(
+                        {
+                            **message,
+                            "headers": kept
+                            + [
+                                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                                (b"content-length", str(len(body)).encode()),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            elif rewriting:
+                return  # the original body is replaced
+            await send(message)
+
+        await self.app(scope, receive, send_problem)

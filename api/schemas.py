@@ -50,3 +50,183 @@ class JobOut(BaseModel):
 class JobPage(BaseModel):
     items: list[JobOut]
     next_cursor: str | None = None
+
+
+# ---------- tags ----------
+class TagOut(BaseModel):
+    """A tag of the configured model's vocabulary (built-in or a promoted concept)."""
+
+    id: int
+    name: str = Field(description="English name")
+    name_zh: str | None = Field(description="Chinese name")
+    origin: Literal["builtin", "concept"]
+    threshold: float = Field(
+        description="effective threshold: the override if set, else the model's"
+    )
+    model_threshold: float
+    threshold_override: float | None
+
+
+class TagPage(BaseModel):
+    items: list[TagOut]
+    next_offset: int | None = None
+
+
+class ThresholdUpdate(BaseModel):
+    """Set or clear (null) a tag's threshold override."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold_override: float | None = Field(ge=0.0, le=1.0)
+
+
+# ---------- assets ----------
+class AssetTagOut(BaseModel):
+    """One stored tag score of an asset."""
+
+    id: int
+    name: str
+    name_zh: str | None
+    score: float
+    threshold: float
+    above_threshold: bool = Field(description="the model outputs this tag (score > threshold)")
+
+
+class SourceOut(BaseModel):
+    uri: str
+    first_seen: datetime
+    last_seen: datetime
+
+
+class AssetSummary(BaseModel):
+    """What a result grid needs about an asset."""
+
+    id: int
+    status: str
+    mime: str | None
+    width: int | None
+    height: int | None
+    created_at: datetime
+    thumbnail_url: str
+
+
+class AssetOut(AssetSummary):
+    """One asset with everything known about it."""
+
+    sha256: str
+    bytes: int | None
+    error: str | None
+    model: str | None = Field(description="id of the model that scored it")
+    updated_at: datetime
+    original_url: str
+    sources: list[SourceOut]
+    tags: list[AssetTagOut] = Field(description="every stored score, best first")
+
+
+class AssetPage(BaseModel):
+    items: list[AssetSummary]
+    next_cursor: str | None = None
+
+
+class Accepted(BaseModel):
+    """An accepted ingest: the job to follow and, when known already, the asset ids."""
+
+    job: JobOut
+    asset_ids: list[int] = Field(default_factory=list)
+    duplicates: list[int] = Field(
+        default_factory=list, description="asset ids that already existed (same bytes)"
+    )
+
+
+class RegisterRequest(BaseModel):
+    """Register files on the server or URLs for ingest (admin only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[str] = Field(default_factory=list, max_length=1000)
+    paths: list[str] = Field(default_factory=list, max_length=1000)
+
+
+# ---------- search ----------
+class SearchRequest(BaseModel):
+    """A search. Every part is optional; parts combine with AND.
+
+    ``text`` is scored as an open-set concept (RAM++ over stored image embeddings), ``similar_to``
+    ranks by image similarity; tag terms filter (and rank when nothing else does).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(default=None, max_length=500, description="free-text concept")
+    all: list[str] = Field(default_factory=list, max_length=50, description="tags required")
+    any: list[str] = Field(default_factory=list, max_length=50, description="at least one of")
+    none: list[str] = Field(default_factory=list, max_length=50, description="tags excluded")
+    min_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="instead of thresholds"
+    )
+    mime: list[str] = Field(default_factory=list, max_length=20, description="image/png, image/*")
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    similar_to: int | None = Field(default=None, ge=1, description="asset id")
+    sort: Literal["relevance", "date"] = "relevance"
+    limit: int = Field(default=40, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=2000)
+
+
+class Reason(BaseModel):
+    """Why an asset matched: a tag and its score, the concept score, or the similarity."""
+
+    kind: Literal["tag", "concept", "similar"]
+    name: str
+    name_zh: str | None = None
+    score: float
+
+
+class SearchHitOut(BaseModel):
+    asset: AssetSummary
+    score: float | None = Field(description="ranking score (null when only filters apply)")
+    reasons: list[Reason]
+
+
+class SearchPageOut(BaseModel):
+    hits: list[SearchHitOut]
+    next_cursor: str | None
+    pending_reindex: int = Field(
+        0, description="assets scored by another model, not searchable until re-indexed"
+    )
+    concept_threshold: float | None = Field(
+        None, description="calibrated threshold of the free-text concept, when one was given"
+    )
+
+
+# ---------- concepts ----------
+class ConceptCreate(BaseModel):
+    """A new concept: its name and, optionally, descriptions (else templates, or the LLM)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    descriptions: list[str] | None = Field(default=None, max_length=200)
+    generate: bool = Field(default=False, description="ask the configured LLM for descriptions")
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    name_zh: str | None = Field(default=None, max_length=200)
+
+
+class ConceptOut(BaseModel):
+    id: int
+    name: str
+    status: str
+    descriptions: list[str]
+    threshold: float
+    tag_id: int | None
+    error: str | None
+    created_at: datetime
+
+
+class ConceptPage(BaseModel):
+    items: list[ConceptOut]
+
+
+class ConceptCreated(BaseModel):
+    concept: ConceptOut
+    job: JobOut = Field(description="the backfill that scores every existing asset")

@@ -18,10 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.metrics import ArchiveStats, Metrics
+from api.problems import ProblemError
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.base import utcnow
 from indexer.db.jobs import Job
 from indexer.db.session import create_engine_for
+from indexer.models import ModelNotAvailableError, configured_model_id
 from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,21 @@ class Services:
                     self._lazy[name] = value
         return value
 
+    def model_id(self) -> str:
+        """Id of the configured model (``assets.model_name`` of assets it scored).
+
+        Raises:
+            ProblemError: 503 when the configured model is not on this machine.
+        """
+
+        def build() -> str:
+            try:
+                return configured_model_id(self.settings)
+            except ModelNotAvailableError as exc:
+                raise ProblemError(503, str(exc), kind="model-unavailable") from exc
+
+        return self.lazy("model_id", build)
+
     def forget(self, name: str) -> None:
         """Drop a lazily built part so the next use builds it again."""
         with self._lock:
@@ -90,13 +107,20 @@ class Services:
 
     # ---------- health ----------
     def check_database(self) -> Check:
-        """Whether the database answers a trivial query."""
+        """Whether the database answers and its schema is at the newest migration."""
+        from alembic.runtime.migration import MigrationContext
+
+        from indexer.migrate import head_revision
+
         try:
             with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            return Check(True, self.engine.dialect.name)
+                current = MigrationContext.configure(conn).get_current_revision()
         except Exception as exc:
-            return Check(False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            return Check(False, _one_line(exc))
+        head = self.lazy("schema_head", head_revision)
+        if current != head:
+            return Check(False, f"schema at {current or 'nothing'}, expected {head}: migrate first")
+        return Check(True, f"{self.engine.dialect.name}, schema {current}")
 
     def check_broker(self) -> Check:
         """Whether the Celery broker accepts a connection (the embedded mode has none)."""
@@ -110,7 +134,7 @@ class Services:
                 conn.ensure_connection(max_retries=1, timeout=2)
             return Check(True, url.split(":", 1)[0])
         except Exception as exc:
-            return Check(False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            return Check(False, _one_line(exc))
 
     def queue_depth(self) -> dict[str, int]:
         """Messages waiting in the model and default queues (empty in the embedded mode)."""
@@ -159,3 +183,8 @@ class Services:
         except Exception:
             log.warning("metrics: broker queue depth unavailable", exc_info=True)
         return stats
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0][:300]

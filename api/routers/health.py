@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import ordered
 from api.deps import ReadKey, ServicesDep
 from api.problems import ProblemError
 from api.schemas import CheckOut, Health, Me, Ready
@@ -51,4 +52,4 @@ async def metrics(services: ServicesDep) -> Response:
 
 @router.get("/me", response_model=Me, summary="The calling key's name and scopes", tags=["auth"])
 def me(principal: ReadKey) -> Me:
-    return Me(key_id=principal.key_id, name=principal.name, scopes=sorted(principal.scopes))
+    return Me(key_id=principal.key_id, name=principal.name, scopes=ordered(principal.scopes))

@@ -1,0 +1,167 @@
+"""Assets: upload, register by URL or server path, read, thumbnail, original, delete."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from api.deps import AssetId, ReadKey, ServicesDep, SessionDep
+from api.problems import ProblemError, not_found
+from api.schemas import AssetOut, AssetPage, AssetSummary, AssetTagOut, SourceOut
+from indexer.db.asset_repo import get_asset, list_sources
+from indexer.db.assets import Asset, AssetStatus
+from indexer.db.tag_repo import get_asset_tags
+
+router = APIRouter(prefix="/assets", tags=["assets"])
+
+_IMMUTABLE = "private, max-age=31536000, immutable"  # content-addressed: bytes never change
+
+
+def summary(asset: Asset) -> AssetSummary:
+    """The grid view of an asset."""
+    return AssetSummary(
+        id=asset.id,
+        status=asset.status,
+        mime=asset.mime,
+        width=asset.width,
+        height=asset.height,
+        created_at=asset.created_at,
+        thumbnail_url=f"/assets/{asset.id}/thumbnail",
+    )
+
+
+def _cursor(asset_id: int) -> str:
+    return base64.urlsafe_b64encode(str(asset_id).encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> int:
+    try:
+        value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except ValueError as exc:
+        raise ProblemError(400, "invalid cursor", kind="invalid-cursor") from exc
+    if value < 1:
+        raise ProblemError(400, "invalid cursor", kind="invalid-cursor")
+    return value
+
+
+@router.get("", response_model=AssetPage, summary="Assets, newest first")
+def assets(
+    _: ReadKey,
+    session: SessionDep,
+    status: Annotated[AssetStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> AssetPage:
+    stmt = sa.select(Asset).order_by(Asset.id.desc()).limit(limit + 1)
+    if status is not None:
+        stmt = stmt.where(Asset.status == status.value)
+    if cursor:
+        stmt = stmt.where(Asset.id < _after(cursor))
+    rows = list(session.scalars(stmt))
+    more = len(rows) > limit
+    return AssetPage(
+        items=[summary(a) for a in rows[:limit]],
+        next_cursor=_cursor(rows[limit - 1].id) if more else None,
+    )
+
+
+@router.get("/{asset_id}", response_model=AssetOut, summary="One asset with tags and sources")
+def asset(asset_id: AssetId, _: ReadKey, session: SessionDep) -> AssetOut:
+    row = get_asset(session, asset_id)
+    if row is None:
+        raise not_found("asset", asset_id)
+    tags = get_asset_tags(session, asset_id, include_below_threshold=True)
+    sources = list_sources(session, asset_id)
+    return AssetOut(
+        **summary(row).model_dump(),
+        sha256=row.sha256,
+        bytes=row.size_bytes,
+        error=row.error,
+        model=row.model_name,
+        updated_at=row.updated_at,
+        original_url=f"/assets/{asset_id}/original",
+        sources=[
+            SourceOut(uri=s.uri, first_seen=s.first_seen, last_seen=s.last_seen) for s in sources
+        ],
+        tags=[
+            AssetTagOut(
+                id=t.tag_id,
+                name=t.english,
+                name_zh=t.chinese,
+                score=t.score,
+                threshold=t.threshold,
+                above_threshold=t.above_threshold,
+            )
+            for t in tags
+        ],
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+@router.get(
+    "/{asset_id}/thumbnail",
+    summary="The asset's thumbnail (WebP)",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/webp": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+def thumbnail(
+    asset_id: AssetId, request: Request, _: ReadKey, services: ServicesDep, session: SessionDep
+) -> Response:
+    row = get_asset(session, asset_id)
+    if row is None:
+        raise not_found("asset", asset_id)
+    etag = f'"t-{row.sha256}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
+    if row.thumbnail:
+        return Response(row.thumbnail, media_type="image/webp", headers=headers)
+    path = Path(row.thumbnail_path) if row.thumbnail_path else None
+    if path is not None and _inside(path, services.settings.media_dir) and path.is_file():
+        return FileResponse(path, media_type="image/webp", headers=headers)
+    raise ProblemError(
+        404, f"asset {asset_id} has no thumbnail (status {row.status})", kind="not-found"
+    )
+
+
+@router.get(
+    "/{asset_id}/original",
+    summary="The original file",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            }
+        }
+    },
+)
+def original(asset_id: AssetId, _: ReadKey, services: ServicesDep, session: SessionDep) -> Response:
+    row = get_asset(session, asset_id)
+    if row is None:
+        raise not_found("asset", asset_id)
+    path = Path(row.storage_path) if row.storage_path else None
+    # Only files inside the media store are served, whatever a row says.
+    if path is None or not _inside(path, services.settings.media_dir) or not path.is_file():
+        raise ProblemError(404, f"the original of asset {asset_id} is not stored", kind="not-found")
+    return FileResponse(
+        path,
+        media_type=row.mime or "application/octet-stream",
+        headers={"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
+        content_disposition_type="inline",
+        filename=path.name,
+    )

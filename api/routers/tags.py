@@ -1,0 +1,76 @@
+"""Tags of the configured model: list, prefix search (autocomplete), threshold overrides."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import AdminKey, ReadKey, ServicesDep, SessionDep, TagId
+from api.problems import ProblemError, not_found
+from api.schemas import TagOut, TagPage, ThresholdUpdate
+from indexer.db.tag_repo import get_tag, list_tags, set_threshold_override
+from indexer.db.tags import Tag, TagOrigin
+
+router = APIRouter(prefix="/tags", tags=["tags"])
+
+
+def tag_out(tag: Tag) -> TagOut:
+    return TagOut(
+        id=tag.id,
+        name=tag.english,
+        name_zh=tag.chinese,
+        origin=tag.origin,  # type: ignore[arg-type]
+        threshold=tag.effective_threshold,
+        model_threshold=tag.threshold,
+        threshold_override=tag.threshold_override,
+    )
+
+
+@router.get("", response_model=TagPage, summary="List tags, or those starting with a prefix")
+def tags(
+    _: ReadKey,
+    services: ServicesDep,
+    session: SessionDep,
+    prefix: Annotated[
+        str | None, Query(max_length=200, description="English (any case) or Chinese prefix")
+    ] = None,
+    origin: Annotated[TagOrigin | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> TagPage:
+    rows = list_tags(
+        session,
+        services.model_id(),
+        prefix=prefix.strip() if prefix else None,
+        origin=origin,
+        limit=limit + 1,
+        offset=offset,
+    )
+    more = len(rows) > limit
+    return TagPage(
+        items=[tag_out(t) for t in rows[:limit]], next_offset=offset + limit if more else None
+    )
+
+
+@router.get("/{tag_id}", response_model=TagOut, summary="One tag")
+def tag(tag_id: TagId, _: ReadKey, services: ServicesDep, session: SessionDep) -> TagOut:
+    row = get_tag(session, tag_id)
+    if row is None or row.model_name != services.model_id():
+        raise not_found("tag", tag_id)
+    return tag_out(row)
+
+
+@router.patch("/{tag_id}", response_model=TagOut, summary="Set or clear a tag's threshold override")
+def set_threshold(
+    tag_id: TagId, body: ThresholdUpdate, _: AdminKey, services: ServicesDep, session: SessionDep
+) -> TagOut:
+    row = get_tag(session, tag_id)
+    if row is None or row.model_name != services.model_id():
+        raise not_found("tag", tag_id)
+    try:
+        row = set_threshold_override(session, tag_id, body.threshold_override)
+    except ValueError as exc:
+        raise ProblemError(422, str(exc), kind="validation") from exc
+    session.commit()
+    return tag_out(row)
