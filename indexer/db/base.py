@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 
@@ -29,7 +30,7 @@ BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Real = sa.REAL()
 
 # JSONB on PostgreSQL (compact, indexable), JSON text on SQLite.
-JsonType = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
+JsonType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
