@@ -139,13 +139,12 @@ class _Snapshot:
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found mask, shard index, slot) for each id."""
+        if not len(self.sorted_ids):
+            n = len(ids)
+            return np.zeros(n, bool), np.zeros(n, np.int32), np.zeros(n, np.int64)
         pos = np.searchsorted(self.sorted_ids, ids)
-        pos_c = np.minimum(pos, max(len(self.sorted_ids) - 1, 0))
-        found = (
-            (pos < len(self.sorted_ids)) & (self.sorted_ids[pos_c] == ids)
-            if len(self.sorted_ids)
-            else np.zeros(len(ids), bool)
-        )
+        pos_c = np.minimum(pos, len(self.sorted_ids) - 1)
+        found = self.sorted_ids[pos_c] == ids
         return found, self.where_shard[pos_c], self.where_slot[pos_c]
 
 
@@ -214,6 +213,10 @@ class TokenStore:
         if not isinstance(asset_id, int | np.integer):
             return False
         return bool(self._snap.locate(np.array([asset_id], np.int64))[0][0])
+
+    def has(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Boolean mask: which of the given asset ids are stored."""
+        return self._snap.locate(np.asarray(ids, dtype=np.int64).reshape(-1))[0]
 
     def ids(self) -> np.ndarray:
         """All stored asset ids, sorted (int64)."""

@@ -1,0 +1,379 @@
+"""Retroactive concept search: rank archived assets for a new concept without the image model.
+
+Two stages:
+
+1. **Shortlist.** The concept's text-side vector (mean of its unit-norm description embeddings,
+   :func:`ram_pp.openset.concept_vectors`) is searched against the stored unit-norm image embeddings
+   c (the same 512-d space as the label bank) through any candidate source with
+   ``search(query (1, d) float32, k) -> (scores, ids)`` (the FAISS index). ``shortlist`` assets
+   (settings ``index.shortlist``, 2000 by default) come back.
+2. **Exact scores.** The shortlist's token embeddings E are read from the token store and scored
+   with the full RAM++ head (:class:`ram_pp.openset.OpenSetScorer`), then ranked.
+
+``mode="exhaustive"`` skips stage 1 and streams every asset of the token store through stage 2
+(recall checks, small archives).
+
+Calibration (per concept; see :class:`CalibrationRule`): open-set logits run lower than the
+built-in tags', so one fixed cut-off does not fit every concept. The concept is scored exactly on
+a uniform random background sample of the archive; with median m and robust spread
+s = 1.4826 * MAD of those logits, the outlier cut is m + z * s (z = 3). The threshold is the lower
+of that cut and upstream's open-set rule (probability 0.5, logit 0): an asset is a hit when the
+model itself says yes, or when it stands out from the archive by z robust deviations. With fewer
+than ``min_background`` assets in the archive the rule falls back to probability 0.5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from indexer.token_store import TokenStore
+from ram_pp.labels import LabelBank
+from ram_pp.openset import OpenSetScorer, concept_vectors
+
+Mode = Literal["two_stage", "exhaustive"]
+
+
+class CandidateSource(Protocol):
+    """Anything that finds the assets whose stored image embedding c is nearest to a query."""
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inner-product search: (scores, ids) for a (1, d) float32 query; ids < 0 = no hit."""
+        ...
+
+
+@dataclass(frozen=True)
+class CalibrationRule:
+    """How a concept's threshold is derived from its scores over the archive.
+
+    Attributes:
+        sample: background assets scored (uniform random, reproducible by ``seed``).
+        z: robust standard deviations above the median for the outlier cut.
+        min_background: below this many assets the rule falls back to ``fallback_probability``.
+        fallback_probability: upstream's open-set threshold (0.5); also the cap: the threshold
+            is never above it.
+        seed: sampling seed.
+    """
+
+    sample: int = 512
+    z: float = 3.0
+    min_background: int = 32
+    fallback_probability: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A concept's threshold and how it was found.
+
+    Attributes:
+        threshold_logit: assets with a logit strictly above it are hits.
+        threshold: the same as a probability (sigmoid).
+        rule: "robust_outlier" (the cut m + z*s was lower than the fallback), "fallback"
+            (too few background assets, or the fallback was lower).
+        background: number of background assets scored.
+        median: background median logit (nan without background).
+        spread: 1.4826 * MAD of the background logits (nan without background).
+    """
+
+    threshold_logit: float
+    threshold: float
+    rule: str
+    background: int
+    median: float = float("nan")
+    spread: float = float("nan")
+
+
+@dataclass
+class ConceptResult:
+    """Ranked assets for one concept (best first).
+
+    Attributes:
+        name: concept name (or its index as a string when no names were given).
+        ids: (n,) int64 asset ids, best first.
+        logits: (n,) float32 exact RAM++ logits.
+        scores: (n,) float32 probabilities (sigmoid of the logits).
+        calibration: the concept's threshold.
+        mode: "two_stage" or "exhaustive".
+        scored: assets that received exact scores.
+        timings: seconds per stage ("stage1", "stage2", "calibration").
+    """
+
+    name: str
+    ids: np.ndarray
+    logits: np.ndarray
+    scores: np.ndarray
+    calibration: Calibration
+    mode: str
+    scored: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        """The concept's probability threshold."""
+        return self.calibration.threshold
+
+    @property
+    def hits(self) -> np.ndarray:
+        """Boolean mask of results above the threshold."""
+        return self.logits > self.calibration.threshold_logit
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+def _sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def calibrate_logits(background: np.ndarray, rule: CalibrationRule) -> Calibration:
+    """Apply the calibration rule to one concept's background logits."""
+    fallback = _logit(rule.fallback_probability)
+    background = np.asarray(background, dtype=np.float64)
+    if len(background) < rule.min_background:
+        return Calibration(fallback, rule.fallback_probability, "fallback", len(background))
+    median = float(np.median(background))
+    spread = max(1.4826 * float(np.median(np.abs(background - median))), 1e-6)
+    cut = median + rule.z * spread
+    chosen, name = (cut, "robust_outlier") if cut < fallback else (fallback, "fallback")
+    return Calibration(chosen, float(_sigmoid(chosen)), name, len(background), median, spread)
+
+
+def _rank(ids: np.ndarray, logits: np.ndarray, top_k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by logit descending, ties by id ascending; keep top_k."""
+    order = np.lexsort((ids, -logits))
+    if top_k is not None:
+        order = order[:top_k]
+    return ids[order], logits[order]
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 100) -> float:
+    """Fraction of the first k true ids that appear among the first k found ids."""
+    truth_k = np.asarray(truth)[:k]
+    if not len(truth_k):
+        return 1.0
+    return float(np.isin(truth_k, np.asarray(found)[:k]).sum() / len(truth_k))
+
+
+class RetroactiveSearcher:
+    """Ranks stored assets for new concepts (two-stage or exhaustive).
+
+    Args:
+        scorer: the open-set scorer (wraps the RAM++ head).
+        store: the token store with every asset's E.
+        candidates: stage-1 source over the stored image embeddings c (the FAISS index); may be
+            None when only exhaustive search is used.
+        shortlist: stage-1 candidates per concept (settings ``index.shortlist``).
+        chunk: assets read from the token store per batch.
+        calibration: the threshold rule.
+    """
+
+    def __init__(
+        self,
+        scorer: OpenSetScorer,
+        store: TokenStore,
+        candidates: CandidateSource | None = None,
+        shortlist: int = 2000,
+        chunk: int = 512,
+        calibration: CalibrationRule | None = None,
+    ) -> None:
+        if shortlist < 1 or chunk < 1:
+            raise ValueError("shortlist and chunk must be >= 1")
+        if store.dim != scorer.embed_dim:
+            raise ValueError(
+                f"token store holds {store.dim}-d embeddings, the model needs {scorer.embed_dim}-d"
+            )
+        self.scorer = scorer
+        self.store = store
+        self.candidates = candidates
+        self.shortlist = shortlist
+        self.chunk = chunk
+        self.rule = calibration or CalibrationRule()
+        self._calibrations: dict[str, tuple[int, Calibration]] = {}
+
+    @classmethod
+    def from_settings(
+        cls,
+        scorer: OpenSetScorer,
+        store: TokenStore,
+        candidates: CandidateSource | None = None,
+        settings=None,
+    ) -> RetroactiveSearcher:
+        """A searcher with the shortlist size from ``settings.index.shortlist``."""
+        if settings is None:
+            from indexer.settings import get_settings
+
+            settings = get_settings()
+        return cls(scorer, store, candidates, shortlist=settings.index.shortlist)
+
+    # -- calibration --------------------------------------------------------------------------
+
+    @staticmethod
+    def _bank_key(bank: LabelBank, k: int) -> str:
+        rows = bank.embeddings[k]
+        if bank.mask is not None:
+            rows = rows[bank.mask[k]]
+        return hashlib.sha1(rows.float().contiguous().numpy().tobytes()).hexdigest()
+
+    def calibrate(self, bank: LabelBank) -> list[Calibration]:
+        """Per-concept thresholds (cached per concept until the archive grows or shrinks 10%)."""
+        keys = [self._bank_key(bank, k) for k in range(bank.num_tags)]
+        size = len(self.store)
+        todo = [
+            k
+            for k, key in enumerate(keys)
+            if key not in self._calibrations
+            or abs(self._calibrations[key][0] - size) > 0.1 * max(size, 1)
+        ]
+        if todo:
+            sample = self.store.sample_ids(self.rule.sample, seed=self.rule.seed)
+            sub = bank.select(torch.tensor(todo))
+            if len(sample):
+                logits = self._score_ids(sample, sub)
+            else:
+                logits = np.zeros((0, len(todo)), np.float32)
+            for j, k in enumerate(todo):
+                self._calibrations[keys[k]] = (size, calibrate_logits(logits[:, j], self.rule))
+        return [self._calibrations[key][1] for key in keys]
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def _score_ids(self, ids: np.ndarray, bank: LabelBank) -> np.ndarray:
+        """Exact logits (n, K) for stored assets, read from the token store in chunks."""
+        out = np.empty((len(ids), bank.num_tags), dtype=np.float32)
+        for start in range(0, len(ids), self.chunk):
+            part = ids[start : start + self.chunk]
+            embeds = self.store.get(part, dtype=np.float32)
+            out[start : start + len(part)] = self.scorer.logits(embeds, bank).numpy()
+        return out
+
+    def _stage1(self, vector: np.ndarray, k: int) -> np.ndarray:
+        if self.candidates is None:
+            raise ValueError("two-stage search needs a candidate source (the FAISS index)")
+        _, ids = self.candidates.search(vector.reshape(1, -1).astype(np.float32), k)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = ids[ids >= 0]
+        # Drop duplicates (keep first) and assets whose E is not (or no longer) stored.
+        _, first = np.unique(ids, return_index=True)
+        ids = ids[np.sort(first)]
+        return ids[self.store.has(ids)]
+
+    def _exhaustive(
+        self, bank: LabelBank, top_k: int | None
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+        """Stream every stored asset; keep the best top_k per concept."""
+        k_count = bank.num_tags
+        best_ids = [np.zeros(0, np.int64) for _ in range(k_count)]
+        best_logits = [np.zeros(0, np.float32) for _ in range(k_count)]
+        scored = 0
+        chunks = self.store.iter_chunks(self.chunk, dtype=np.float32)
+        for ids, logits in self.scorer.stream(chunks, bank):
+            scored += len(ids)
+            logits = logits.numpy()
+            for k in range(k_count):
+                cand_ids = np.concatenate([best_ids[k], ids])
+                cand_logits = np.concatenate([best_logits[k], logits[:, k]])
+                if top_k is not None and len(cand_ids) > top_k:
+                    keep = np.argpartition(-cand_logits, top_k - 1)[:top_k]
+                    cand_ids, cand_logits = cand_ids[keep], cand_logits[keep]
+                best_ids[k], best_logits[k] = cand_ids, cand_logits
+        return [_rank(best_ids[k], best_logits[k], top_k) for k in range(k_count)], scored
+
+    # -- public -------------------------------------------------------------------------------
+
+    def search(
+        self,
+        bank: LabelBank,
+        names: Sequence[str] | None = None,
+        top_k: int | None = 100,
+        mode: Mode = "two_stage",
+        shortlist: int | None = None,
+        calibrate: bool = True,
+    ) -> list[ConceptResult]:
+        """Rank assets for each concept of a label bank.
+
+        Args:
+            bank: the concepts (``ram_pp.concepts.encode_concepts`` output).
+            names: one name per concept, for the results.
+            top_k: results kept per concept (None = every scored asset).
+            mode: "two_stage" (shortlist from the candidate source, then exact scores) or
+                "exhaustive" (exact scores for every stored asset).
+            shortlist: stage-1 size for this call (default: the searcher's).
+            calibrate: compute per-concept thresholds (else the fallback 0.5 rule).
+
+        Returns:
+            One :class:`ConceptResult` per concept, in bank order.
+        """
+        if mode not in ("two_stage", "exhaustive"):
+            raise ValueError(f"mode must be 'two_stage' or 'exhaustive', got {mode!r}")
+        if top_k is not None and top_k < 1:
+            raise ValueError("top_k must be >= 1 (or None for all)")
+        names = [str(k) for k in range(bank.num_tags)] if names is None else list(names)
+        if len(names) != bank.num_tags:
+            raise ValueError(f"{len(names)} names for {bank.num_tags} concepts")
+        shortlist = self.shortlist if shortlist is None else shortlist
+        if shortlist < 1:
+            raise ValueError("shortlist must be >= 1")
+
+        t0 = time.perf_counter()
+        if calibrate:
+            calibrations = self.calibrate(bank)
+        else:
+            calibrations = [calibrate_logits(np.zeros(0), self.rule)] * bank.num_tags
+        t_cal = time.perf_counter() - t0
+
+        results = []
+        if mode == "exhaustive":
+            t1 = time.perf_counter()
+            ranked, scored = self._exhaustive(bank, top_k)
+            t_scan = time.perf_counter() - t1
+            for k, (ids, logits) in enumerate(ranked):
+                results.append(
+                    self._result(
+                        names[k],
+                        ids,
+                        logits,
+                        calibrations[k],
+                        mode,
+                        scored,
+                        {"stage1": 0.0, "stage2": t_scan, "calibration": t_cal},
+                    )
+                )
+            return results
+
+        vectors = concept_vectors(bank).numpy()
+        for k in range(bank.num_tags):
+            t1 = time.perf_counter()
+            cand = self._stage1(vectors[k], shortlist)
+            t2 = time.perf_counter()
+            sub = bank.select(slice(k, k + 1))
+            logits = self._score_ids(cand, sub)[:, 0] if len(cand) else np.zeros(0, np.float32)
+            ids, logits = _rank(cand, logits, top_k)
+            t3 = time.perf_counter()
+            results.append(
+                self._result(
+                    names[k],
+                    ids,
+                    logits,
+                    calibrations[k],
+                    mode,
+                    len(cand),
+                    {"stage1": t2 - t1, "stage2": t3 - t2, "calibration": t_cal},
+                )
+            )
+        return results
+
+    @staticmethod
+    def _result(name, ids, logits, calibration, mode, scored, timings) -> ConceptResult:
+        logits = logits.astype(np.float32)
+        scores = _sigmoid(logits).astype(np.float32)
+        return ConceptResult(
+            name, ids.astype(np.int64), logits, scores, calibration, mode, scored, timings
+        )
