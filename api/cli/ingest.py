@@ -1,0 +1,257 @@
+"""``ramdex ingest``, ``ramdex worker``, ``ramdex jobs`` and ``ramdex reindex``.
+
+Register with ``("api.cli.ingest", "app", None)`` in ``api/cli/__init__.py`` (top-level commands).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer()
+
+EXIT_FAILED_ITEMS = 1  # some sources failed (the others were ingested)
+EXIT_UNUSABLE = 2  # nothing could run: configuration, model or database problem
+
+
+def _die(message: str, code: int = EXIT_UNUSABLE) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=1, default=str) + "\n")
+
+
+@app.command("ingest")
+def ingest_command(
+    sources: Annotated[
+        list[str], typer.Argument(help="Files, folders (walked recursively) and http(s) URLs.")
+    ],
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include", help="Glob of files to take from folders (repeatable; default: images)."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Glob of files or folders to skip (repeatable)."),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="With a broker: wait for the workers to finish (default) or return once queued.",
+        ),
+    ] = True,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Queue again assets that failed in an earlier run.")
+    ] = False,
+    follow_symlinks: Annotated[bool, typer.Option(help="Enter symlinked folders.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    show_failures: Annotated[int, typer.Option(help="Failures listed in the summary.")] = 20,
+) -> None:
+    """Ingest images: hash, deduplicate, thumbnail, tag with RAM++, store and index them.
+
+    Exit code 0 when every source was ingested or was a duplicate, 1 when some failed (each
+    with a reason), 2 when nothing could run (model, database or broker unavailable).
+    """
+    import sqlalchemy as sa
+
+    from indexer.ingest import ingest
+    from indexer.models import ModelNotAvailableError
+    from ram_pp.convert import CheckpointError
+
+    try:
+        summary = ingest(
+            sources,
+            include=include or None,
+            exclude=exclude or (),
+            wait=wait,
+            retry_failed=retry_failed,
+            follow_symlinks=follow_symlinks,
+        )
+    except (ModelNotAvailableError, CheckpointError) as exc:
+        _die(str(exc))
+    except sa.exc.OperationalError as exc:
+        _die(f"database unavailable: {str(exc).splitlines()[0]}")
+    if as_json:
+        _print_json(summary.to_dict())
+    else:
+        typer.echo(
+            f"job {summary.job_id}: {summary.submitted} sources in {summary.elapsed_s:.1f} s "
+            f"({summary.rate:.1f}/s): {summary.done} done, {summary.duplicate} duplicate, "
+            f"{summary.failed} failed" + (f", {summary.queued} queued" if summary.queued else "")
+        )
+        for failure in summary.failures[:show_failures]:
+            typer.echo(f"  failed: {failure.source}: {failure.reason}")
+        if summary.failed > show_failures:
+            typer.echo(f"  ... and {summary.failed - show_failures} more (use --json for all)")
+        if summary.queued:
+            typer.echo(f"follow it with: ramdex jobs {summary.job_id}")
+    if summary.failed:
+        raise typer.Exit(EXIT_FAILED_ITEMS)
+
+
+@app.command("worker")
+def worker_command(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated queues to consume (default: the model and default queues)."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes. Each model process loads its own model: use 1 per GPU.",
+        ),
+    ] = 1,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    hostname: Annotated[
+        str | None, typer.Option(help="Worker name (default: ramdex@<host>).")
+    ] = None,
+) -> None:
+    """Run a Celery worker for ramdex tasks (needs RAMDEX_BROKER__URL)."""
+    from indexer.settings import get_settings
+
+    settings = get_settings()
+    if not settings.broker.url:
+        _die(
+            "no broker configured: set RAMDEX_BROKER__URL (redis://... or amqp://...); "
+            "without one, `ramdex ingest` runs the tasks in-process and needs no worker"
+        )
+    from indexer.celery_app import app as celery_app
+
+    wanted = queues or f"{settings.broker.model_queue},{settings.broker.default_queue}"
+    argv = [
+        "worker",
+        f"--queues={wanted}",
+        f"--concurrency={concurrency}",
+        f"--pool={pool}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    celery_app.worker_main(argv=argv)
+
+
+def _format_job(view: Any) -> str:
+    eta = f", ETA {view.eta_s:.0f} s" if view.eta_s is not None else ""
+    rate = f", {view.rate:.1f}/s" if view.rate else ""
+    line = (
+        f"{view.id:>6}  {view.kind:<8} {view.status:<9} {view.processed}/{view.total} "
+        f"({view.done} done, {view.failed} failed{rate}{eta})"
+    )
+    if view.error:
+        line += f"\n        error: {view.error.splitlines()[0]}"
+    return line
+
+
+@app.command("jobs")
+def jobs_command(
+    job_id: Annotated[int | None, typer.Argument(help="One job's details.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Jobs listed.")] = 20,
+    watch: Annotated[bool, typer.Option(help="Follow the job until it finishes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show ingest and reindex jobs with their progress."""
+    from indexer.ingest import ensure_schema
+    from indexer.jobs import get_job_view, recent_jobs, wait_for_job
+    from indexer.settings import get_settings
+
+    url = get_settings().database_url
+    ensure_schema(url)
+    if job_id is None:
+        views = recent_jobs(url, limit)
+        if as_json:
+            _print_json([v.to_dict() for v in views])
+        elif not views:
+            typer.echo("no jobs yet")
+        else:
+            for view in views:
+                typer.echo(_format_job(view))
+        return
+    view = get_job_view(url, job_id)
+    if view is None:
+        _die(f"no job with id {job_id}", 1)
+    if watch and not view.finished:
+        from tqdm import tqdm
+
+        with tqdm(total=view.total, unit="img", desc=f"job {job_id}") as bar:
+
+            def update(current: Any) -> None:
+                bar.total = current.total
+                bar.n = current.processed
+                bar.refresh()
+
+            view = wait_for_job(url, job_id, on_update=update)
+    if as_json:
+        _print_json(view.to_dict())
+        return
+    typer.echo(_format_job(view))
+    failures = view.params.get("failures") or []
+    for failure in failures:
+        typer.echo(f"  failed: {failure.get('source')}: {failure.get('reason')}")
+
+
+@app.command("reindex")
+def reindex_command(
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many assets.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count the assets that need it.")
+    ] = False,
+    stuck_after: Annotated[
+        float,
+        typer.Option(help="Also re-queue pending assets untouched for this many seconds."),
+    ] = 900.0,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the workers.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-score assets that the configured model has not scored (after a model change).
+
+    Resumable: run it again after an interruption and it continues.
+    """
+    import sqlalchemy as sa
+
+    from indexer.ingest import ensure_schema
+    from indexer.models import ModelNotAvailableError
+    from indexer.reindex import pending_counts, reindex
+    from indexer.settings import get_settings
+    from ram_pp.convert import CheckpointError
+
+    settings = get_settings()
+    try:
+        ensure_schema(settings.database_url)
+        if dry_run:
+            counts = pending_counts(settings)
+            if as_json:
+                _print_json(counts.to_dict())
+            else:
+                typer.echo(
+                    f"model {counts.model_id}: {counts.other_model} assets scored by another "
+                    f"model, {counts.pending} pending or in progress"
+                )
+            return
+        summary = reindex(settings, limit=limit, stuck_after_s=stuck_after, wait=wait)
+    except (ModelNotAvailableError, CheckpointError) as exc:
+        _die(str(exc))
+    except sa.exc.OperationalError as exc:
+        _die(f"database unavailable: {str(exc).splitlines()[0]}")
+    if as_json:
+        _print_json(summary.to_dict())
+    else:
+        typer.echo(
+            f"job {summary.job_id}: model {summary.model_id}: {summary.queued} queued, "
+            f"{summary.done} done, {summary.failed} failed in {summary.elapsed_s:.1f} s"
+        )
+    if summary.failed:
+        raise typer.Exit(EXIT_FAILED_ITEMS)
