@@ -79,10 +79,13 @@ def base_description(name: str) -> str:
     return f"a photo of a {name.strip().lower()}."
 
 
-def _clean(text: str, what: str, limit: int) -> str:
+def _clean(text: str, what: str, limit: int, collapse: bool = True) -> str:
+    """Strip (and for names collapse) whitespace; reject empty or overlong text."""
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a string, got {type(text).__name__}")
-    cleaned = " ".join(text.split())
+    # Descriptions keep their inner whitespace (line breaks in upstream files): the CLIP
+    # tokenizer collapses it anyway, and other encoders see the text as written.
+    cleaned = " ".join(text.split()) if collapse else text.strip()
     if not cleaned:
         raise ValueError(f"{what} is empty")
     if len(cleaned) > limit:
@@ -92,10 +95,12 @@ def _clean(text: str, what: str, limit: int) -> str:
 
 @dataclass(frozen=True)
 class Concept:
-    """A concept: a name and its descriptions (base description first, no duplicates).
+    """A concept: a name and its descriptions (base description first).
 
-    Constructing one normalises whitespace, puts ``base_description(name)`` first (adding it when
-    missing) and drops repeated descriptions (case-insensitive).
+    Constructing one strips whitespace (and collapses it in the name) and puts
+    ``base_description(name)`` first, adding it when missing. Other repeated descriptions are
+    kept, as upstream keeps them: a repeated row weighs more in the per-image re-weighting, and
+    imported files must score as they did there.
     """
 
     name: str
@@ -106,13 +111,14 @@ class Concept:
         if isinstance(self.descriptions, str):
             raise TypeError("descriptions must be a list of strings, not one string")
         base = base_description(name)
-        seen = {base.lower()}
         out = [base]
+        moved = False  # the given base description (first occurrence) is the one put in front
         for i, text in enumerate(self.descriptions):
-            text = _clean(text, f"description {i} of {name!r}", MAX_DESCRIPTION_CHARS)
-            if text.lower() not in seen:
-                seen.add(text.lower())
-                out.append(text)
+            text = _clean(text, f"description {i} of {name!r}", MAX_DESCRIPTION_CHARS, False)
+            if not moved and text.lower() == base.lower():
+                moved = True
+                continue
+            out.append(text)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "descriptions", tuple(out))
 
@@ -142,7 +148,14 @@ def make_concept(
         texts += template_descriptions(name)
     if llm is not None:
         texts += llm.describe(name)
-    return Concept(name, tuple(texts))
+    seen = {base_description(name).lower()}
+    unique = []  # sources overlap (a template may repeat a user text): keep each text once
+    for text in texts:
+        key = " ".join(str(text).split()).lower()
+        if key not in seen:
+            seen.add(key)
+            unique.append(text)
+    return Concept(name, tuple(unique))
 
 
 def load_upstream_json(path: str | Path) -> list[Concept]:

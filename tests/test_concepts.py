@@ -39,13 +39,18 @@ def encoder(tmp_path_factory):
     return load_text_encoder(build_random_clip_text_encoder(tmp_path_factory.mktemp("clip")))
 
 
-def test_concept_always_has_base_description_first_and_no_duplicates():
+def test_concept_always_has_base_description_first_once():
     c = Concept(
         "  Brutalist   Stairwell ",
-        ("Concrete steps.", "concrete steps.", "a photo of a brutalist stairwell."),
+        ("Concrete  steps.", "concrete steps.", "a photo of a brutalist stairwell."),
     )
     assert c.name == "Brutalist Stairwell"
-    assert c.descriptions == ("a photo of a brutalist stairwell.", "Concrete steps.")
+    # Repeats other than the base are kept: upstream weighs a repeated description twice.
+    assert c.descriptions == (
+        "a photo of a brutalist stairwell.",
+        "Concrete  steps.",
+        "concrete steps.",
+    )
     assert Concept("Khinkali").descriptions == (base_description("Khinkali"),)
 
 
@@ -63,7 +68,9 @@ def test_concept_rejects_bad_input():
 def test_templates_are_filled_and_within_the_required_count():
     assert 20 <= len(PROMPT_TEMPLATES) <= 60
     assert all(t.count("{}") == 1 for t in PROMPT_TEMPLATES)
-    c = make_concept("khinkali", ["Georgian dumplings with pleated tops."])
+    c = make_concept(
+        "khinkali", ["Georgian dumplings with pleated tops.", "a drawing of a khinkali."]
+    )
     assert c.descriptions[:2] == ("a photo of a khinkali.", "Georgian dumplings with pleated tops.")
     assert "a close-up photo of a khinkali." in c.descriptions
     assert len(c.descriptions) == 2 + len(PROMPT_TEMPLATES)
@@ -76,8 +83,8 @@ def test_load_upstream_sample_and_round_trip(tmp_path):
     assert [c.name for c in concepts] == [next(iter(e)) for e in raw]
     for c, entry in zip(concepts, raw, strict=True):
         descs = next(iter(entry.values()))
-        assert c.descriptions[0] == descs[0] == base_description(c.name)  # upstream already has it
-        assert len(c.descriptions) == len(set(d.lower() for d in descs))
+        assert c.descriptions == tuple(descs)  # upstream rows kept as they are, base first
+        assert descs[0] == base_description(c.name)
     out = save_upstream_json(concepts, tmp_path / "sub" / "c.json")
     assert load_upstream_json(out) == concepts
 
@@ -214,3 +221,71 @@ def test_llm_describer_errors_are_clear(tmp_path):
         LlmDescriber(dead, "m", timeout_s=2).describe("x")
     with pytest.raises(ValueError, match="RAMDEX_LLM__URL"):
         LlmDescriber("", "m")
+
+
+@pytest.fixture()
+def cli_home(tmp_path, monkeypatch):
+    from indexer.settings import get_settings
+
+    monkeypatch.setenv("RAMDEX_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RAMDEX_LLM__URL", raising=False)
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    get_settings.cache_clear()
+
+
+def test_cli_import_stores_and_merges(cli_home, tmp_path):
+    from typer.testing import CliRunner
+
+    from api.cli.concepts import app, concepts_file
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["import", str(SAMPLE)])
+    assert res.exit_code == 0, res.output
+    assert "5 concepts, 255 descriptions (51-51 per concept)" in res.output  # 5 x 51 rows
+    stored = concepts_file()
+    assert stored.parent.parent == cli_home
+    assert load_upstream_json(stored) == load_upstream_json(SAMPLE)
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps([{"ale": ["a pint of ale."]}, {"Khinkali": ["dumplings."]}]))
+    res = runner.invoke(app, ["import", str(extra)])
+    assert res.exit_code == 0 and "(6 concepts, 1 replaced)" in res.output
+    by_name = {c.name.lower(): c for c in load_upstream_json(stored)}
+    assert by_name["ale"].descriptions == ("a photo of a ale.", "a pint of ale.")
+    dry = runner.invoke(app, ["import", str(extra), "--dry-run", "--out", str(tmp_path / "x.json")])
+    assert dry.exit_code == 0 and not (tmp_path / "x.json").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"a": 1}]')
+    res = runner.invoke(app, ["import", str(bad)])
+    assert res.exit_code == 1 and "list of strings" in res.output
+    assert runner.invoke(app, ["import", str(tmp_path / "missing.json")]).exit_code == 1
+
+
+def test_cli_describe(cli_home, monkeypatch):
+    from typer.testing import CliRunner
+
+    from api.cli.concepts import app
+    from indexer.settings import get_settings
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["describe", "Khinkali", "-d", "Georgian dumplings.", "--json"])
+    assert res.exit_code == 0, res.output
+    descs = json.loads(res.output)["Khinkali"]
+    assert descs[:2] == ["a photo of a khinkali.", "Georgian dumplings."]
+    assert len(descs) == 2 + len(PROMPT_TEMPLATES)
+    assert runner.invoke(app, ["import", str(SAMPLE)]).exit_code == 0
+    res = runner.invoke(app, ["describe", "aloe"])
+    raw = json.loads(SAMPLE.read_text())
+    aloe = next(e["Aloe"] for e in raw if "Aloe" in e)
+    assert res.exit_code == 0 and f"Aloe (imported, {len(aloe)} descriptions)" in res.output
+    with _ChatServer() as srv:
+        monkeypatch.setenv("RAMDEX_LLM__URL", srv.url)
+        monkeypatch.setenv("RAMDEX_LLM__MODEL", "tiny-llm")
+        get_settings.cache_clear()
+        res = runner.invoke(app, ["describe", "brutalist stairwell", "--no-templates"])
+        assert res.exit_code == 0, res.output
+        assert "generated with LLM" in res.output and "answer 1.0 to:" in res.output
+        assert len(srv.requests) == len(LLM_PROMPTS)
+        res = runner.invoke(app, ["describe", "quay", "--no-llm", "--no-templates", "--json"])
+        assert json.loads(res.output) == {"quay": ["a photo of a quay."]}
+        assert len(srv.requests) == len(LLM_PROMPTS)
