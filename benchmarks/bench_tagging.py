@@ -115,6 +115,30 @@ def run_case(
     return batch / statistics.median(times), (peak_rss() - base_rss) / 2**20
 
 
+def bf16_agreement(name: str, images: int = 8) -> tuple[float, float]:
+    """Share of (image, tag) decisions where bf16 agrees with fp32, in the worst case.
+
+    Random weights put every probability near 0.5, far from the thresholds, which would make
+    agreement trivially perfect. So each tag's fc bias is shifted until half of the images sit
+    above its threshold: every tag is then at its decision boundary.
+    """
+    exact = random_model(name)
+    size = exact.config.vision.image_size
+    torch.manual_seed(1)
+    pixels = torch.randn(images, 3, size, size)
+    fp32 = TaggingEngine(exact, device="cpu", dtype="float32")
+    logits = fp32.run(pixels).logits
+    thresholds = torch.from_numpy(exact.vocabulary.thresholds).clamp(max=0.99)
+    target = torch.log(thresholds / (1 - thresholds))
+    # logits = fc(h) = w.h + b for every tag at once; emulate a per-tag bias by shifting after
+    shift = target - logits.median(dim=0).values
+    base = logits + shift
+    fast = TaggingEngine(random_model(name), device="cpu", dtype="bfloat16")
+    low = fast.run(pixels).logits + shift
+    agree = ((base > target) == (low > target)).float().mean().item()
+    return agree, (torch.sigmoid(base) - torch.sigmoid(low)).abs().max().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -124,13 +148,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-agreement", action="store_true")
     parser.add_argument("--cuda-batches", nargs="+", type=int, default=[64, 128])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
-    print(
-        f"{'config':26} {'device':6} {'mode':10} {'batch':>5} {'img/s':>9} {'ms/img':>9} {'peak MB':>8}"
-    )
+    header = ("config", "device", "mode", "batch", "img/s", "ms/img", "peak MB")
+    print("{:26} {:6} {:10} {:>5} {:>9} {:>9} {:>8}".format(*header))
 
     def row(name: str, device: str, mode: str, batch: int, ips: float, mb: float) -> None:
         print(f"{name:26} {device:6} {mode:10} {batch:5d} {ips:9.3f} {1000 / ips:9.1f} {mb:8.0f}")
@@ -153,6 +177,11 @@ def main() -> None:
                 f"  ratio vs upstream-style baseline at batch {batch}: "
                 f"fp32 {results[('float32', batch)] / ips:.2f}x, "
                 f"bf16 {results[('bfloat16', batch)] / ips:.2f}x"
+            )
+        if not args.no_agreement:
+            agree, worst = bf16_agreement(name)
+            print(
+                f"  bf16 vs fp32 decisions at the boundary: {agree:.2%} agree, max |dp| {worst:.4f}"
             )
         if torch.cuda.is_available():
             for mode in ("float16", "bfloat16"):
