@@ -49,14 +49,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def cast_matmul_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Store linear and convolution weights in ``dtype``, once, in place.
+    """Store linear-layer weights in ``dtype``, once, in place.
 
     Autocast would otherwise cast every weight again on each forward pass (on CPU that copy
     costs about a quarter of a bf16 Swin-L forward). Layer norms, bias tables and the label bank
     stay float32; autocast keeps their arithmetic in float32 as well.
     """
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+        if isinstance(module, torch.nn.Linear):
             module.to(dtype)
 
 
