@@ -34,3 +34,27 @@ def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
 def truncate_text(text: str, limit: int = 4000) -> str:
     """``text`` cut to ``limit`` characters (error messages can be huge tracebacks)."""
     return text if len(text) <= limit else text[: limit - 15] + " ...[truncated]"
+
+
+def bulk_insert(
+    session: Session, table: sa.Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert many rows in the session's transaction: COPY on PostgreSQL (about 3x faster than
+    executemany for tag scores), executemany elsewhere."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        import psycopg
+
+        driver = session.connection().connection.driver_connection
+        statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+        try:
+            with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.Error as exc:
+            # The same exception types as any other statement (IntegrityError,
+            # OperationalError, ...), so callers' retry and error handling see no difference.
+            raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+        return
+    session.execute(sa.insert(table), [dict(zip(columns, row, strict=True)) for row in rows])

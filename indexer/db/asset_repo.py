@@ -16,7 +16,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db._sql import chunks, truncate_text, upsert_insert
+from indexer.db._sql import bulk_insert, chunks, truncate_text, upsert_insert
 from indexer.db.assets import MAX_URI_BYTES, Asset, AssetSource, AssetStatus
 from indexer.db.base import utcnow
 from indexer.db.tags import AssetTag, Tag, TagOrigin
@@ -319,12 +319,8 @@ def write_asset_results(
     asset_col = np.asarray(kept_ids, dtype=np.int64)[rows].tolist()
     tag_col = tag_ids[cols].tolist()
     score_col = kept_scores[rows, cols].tolist()
-    params = [
-        {"asset_id": a, "tag_id": t, "score": s}
-        for a, t, s in zip(asset_col, tag_col, score_col, strict=True)
-    ]
-    if params:
-        session.execute(sa.insert(_asset_tags), params)
+    score_rows = list(zip(asset_col, tag_col, score_col, strict=True))
+    bulk_insert(session, _asset_tags, ("asset_id", "tag_id", "score"), score_rows)
 
     update = (
         sa.update(_assets)
@@ -367,7 +363,7 @@ def write_asset_results(
             }
         )
     session.execute(update, rows_params)
-    return WriteSummary(kept_ids, missing, len(params))
+    return WriteSummary(kept_ids, missing, len(score_rows))
 
 
 def delete_asset(session: Session, asset_id: int) -> DeletedAsset | None:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.base import Real
 from indexer.db.tag_repo import resolve_tags
 from indexer.db.tags import AssetTag, Tag
 
@@ -77,14 +78,24 @@ def _decode_cursor(cursor: str) -> tuple[float | None, int]:
     return (None if score is None else float(score)), asset_id
 
 
+def _real(value: float) -> sa.ColumnElement[float]:
+    """A bound float compared as a 4-byte REAL, like the stored scores and thresholds.
+
+    Without the cast PostgreSQL compares in double precision, where a REAL read back as its
+    shortest decimal text no longer equals itself (keyset paging would repeat rows, and a score
+    equal to its threshold would pass the strict ``>``).
+    """
+    return sa.cast(sa.literal(float(value), sa.Float()), Real)
+
+
 def _term(alias: Any, tags: Sequence[Tag], min_score: float | None) -> sa.ColumnElement[bool]:
     """``alias`` row is one of ``tags`` with a matching score."""
     parts = [
         sa.and_(
             alias.c.tag_id == t.id,
-            alias.c.score >= min_score
+            alias.c.score >= _real(min_score)
             if min_score is not None
-            else alias.c.score > t.effective_threshold,
+            else alias.c.score > _real(t.effective_threshold),
         )
         for t in tags
     ]
@@ -197,7 +208,7 @@ def search_by_tags(
         score, asset_id = after
         if score is None:
             raise ValueError("cursor does not belong to a tag query")
-        stmt = stmt.where(sa.tuple_(score_col, id_col) < sa.tuple_(score, asset_id))
+        stmt = stmt.where(sa.tuple_(score_col, id_col) < sa.tuple_(_real(score), asset_id))
     stmt = stmt.order_by(score_col.desc(), id_col.desc()).limit(limit + 1)
     rows = session.execute(stmt).all()
     page = rows[:limit]

@@ -12,7 +12,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db._sql import chunks, upsert_insert
+from indexer.db._sql import bulk_insert, chunks, upsert_insert
 from indexer.db.errors import NotFoundError, UnknownTagError
 from indexer.db.tags import AssetTag, Tag, TagOrigin
 from ram_pp.vocab import TagVocabulary
@@ -249,13 +249,9 @@ def write_tag_scores(
             )
         )
     keep = values >= score_floor
-    params = [
-        {"asset_id": a, "tag_id": tag_id, "score": s}
-        for a, s in zip(ids[keep].tolist(), values[keep].tolist(), strict=True)
-    ]
-    if params:
-        session.execute(sa.insert(_asset_tags), params)
-    return len(params)
+    rows = [(a, tag_id, s) for a, s in zip(ids[keep].tolist(), values[keep].tolist(), strict=True)]
+    bulk_insert(session, _asset_tags, ("asset_id", "tag_id", "score"), rows)
+    return len(rows)
 
 
 def get_asset_tags(
