@@ -17,6 +17,10 @@ app = typer.Typer(
 _SUBCOMMANDS: list[tuple[str, str, str | None]] = [
     ("api.cli.tag", "app", None),
     ("api.cli.models", "app", "models"),
+    ("api.cli.concepts", "app", "concepts"),
+    ("api.cli.ingest", "app", None),
+    ("api.cli.serve", "app", None),
+    ("api.cli.serve", "keys_app", "keys"),
 ]
 
 for module_name, attribute, group in _SUBCOMMANDS:
