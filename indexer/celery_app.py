@@ -29,6 +29,7 @@ from indexer.settings import Settings, get_settings
 
 PROCESS_TASK = "ramdex.process_assets"
 REGISTER_TASK = "ramdex.register_sources"
+SYNC_TASK = "ramdex.sync_index"
 DEFAULT_VISIBILITY_TIMEOUT_S = 3600
 
 
@@ -63,6 +64,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_routes={
             PROCESS_TASK: {"queue": broker.model_queue},
             REGISTER_TASK: {"queue": broker.default_queue},
+            SYNC_TASK: {"queue": broker.default_queue},
         },
         broker_connection_retry_on_startup=True,
         broker_transport_options={

@@ -8,9 +8,12 @@ Two stages, so the expensive one can run anywhere:
    ``pending``; the same bytes seen again are a *duplicate* (one asset, one more source).
 2. **Process** (:class:`AssetProcessor`, in-process or in a Celery model worker): for a list of
    asset ids, decode (threads, ahead of the model), make the thumbnail, run the model in batches,
-   append E to the token store, then write every result of the batch in one transaction, and
-   hand the new embeddings to the FAISS index. Processing is idempotent: an asset already scored
-   by this model is skipped, so a redelivered task does no harm.
+   append E to the token store, then write every result of the batch in one transaction.
+   Processing is idempotent: an asset already scored by this model is skipped, so a
+   redelivered task does no harm.
+3. **Index** (:func:`sync_vector_index`): the FAISS index is derived from the embeddings in the
+   database; one writer at a time syncs it incrementally and saves it atomically (at the end of
+   an embedded run, or in a default-queue task when a job completes).
 
 :func:`ingest` ties them together: in the embedded mode (no broker URL) it registers in a
 background thread while the processor consumes the ids; with a broker it sends the ids to the
@@ -53,7 +56,13 @@ from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
 from indexer.fetch import FetchError, FetchLimits, fetch_url
 from indexer.jobs import add_total, complete_if_finished, end_registration, fail_job, start_job
-from indexer.media import FileTooLargeError, MediaStore, decode_image, make_thumbnail
+from indexer.media import (
+    FileTooLargeError,
+    MediaStore,
+    StoredOriginal,
+    decode_image,
+    make_thumbnail,
+)
 from indexer.settings import Settings, get_settings
 from indexer.token_store import TokenStore
 from indexer.walk import WalkError, walk_files
@@ -64,6 +73,7 @@ from ram_pp.preprocess import ImageDecodeError
 log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+EMBEDDED_SYNC_INTERVAL_S = 60.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +212,52 @@ def open_token_store(settings: Settings, model_id: str, tokens: int, dim: int) -
     )
 
 
+_index_cache: dict[str, tuple[Any, tuple[int, int]]] = {}
+_index_lock = threading.Lock()
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def sync_vector_index(
+    settings: Settings, model_id: str, dim: int = 512, min_interval_s: float = 0.0
+) -> bool:
+    """Bring the model's FAISS index up to date with the database and save it.
+
+    The writer keeps the index in memory between calls (reloaded when another process saved a
+    newer file), takes the cross-process :func:`indexer.faiss_index.writer_lock`, syncs
+    incrementally from the database watermark and saves atomically only when something changed.
+
+    Args:
+        min_interval_s: skip the call when the file was saved less than this long ago (a later
+            "final" sync covers the changes).
+
+    Returns:
+        Whether the index file was written.
+    """
+    from indexer.faiss_index import index_path, open_index, writer_lock
+
+    path = index_path(settings.index_dir, model_id)
+    if min_interval_s > 0 and path.exists() and time.time() - path.stat().st_mtime < min_interval_s:
+        return False
+    with _index_lock, writer_lock(path):
+        before = _file_stamp(path) if path.exists() else None
+        cached = _index_cache.get(str(path))
+        with session_scope(settings.database_url) as session:
+            if cached is not None and before == cached[1]:
+                index = cached[0]
+                if index.is_stale(session):
+                    index.sync(session)
+                    index.save(path)
+            else:
+                index = open_index(session, model_id, index_dir=settings.index_dir, dim=dim)
+        after = _file_stamp(path)
+        _index_cache[str(path)] = (index, after)
+        return after != before
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 1: registration
 
@@ -265,6 +321,10 @@ class Registrar:
         except FileTooLargeError as exc:
             return Registered(source, "failed", reason=str(exc))
         return self._record(source, stored.sha256, stored.size, stored.mime, stored.path)
+
+    def record(self, uri: str, stored: StoredOriginal) -> Registered:
+        """Register an original already in the media store (uploads streamed by the API)."""
+        return self._record(uri, stored.sha256, stored.size, stored.mime, stored.path)
 
     def _record(
         self, uri: str, sha256: str, size: int, mime: str | None, path: Path | None
@@ -343,9 +403,9 @@ class AssetProcessor:
         settings: ramdex settings.
         loaded: a model already loaded (tests, benchmarks); default: the configured model.
         model_id: the id recorded on assets; required with ``loaded``.
-        index_sink: called after each committed batch with ``(ids, embeddings)`` (the FAISS
-            index in the embedded mode); exceptions there are logged, not raised: the database
-            is the source of truth and the index is rebuilt from it when stale.
+        on_committed: called after each committed batch with the ids written and whether the
+            batch completed its job (workers use it to schedule the FAISS index sync);
+            exceptions there are logged, not raised: the index is derived from the database.
         decode_workers: decoding threads (default: ``settings.ingest.decode_workers``, 0 = one
             per core).
     """
@@ -355,7 +415,7 @@ class AssetProcessor:
         settings: Settings,
         loaded: LoadedModel | None = None,
         model_id: str | None = None,
-        index_sink: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        on_committed: Callable[[list[int], bool], None] | None = None,
         decode_workers: int | None = None,
     ) -> None:
         from indexer.models import configured_model_id, load_configured_model
@@ -377,8 +437,9 @@ class AssetProcessor:
             decode_workers=0,  # decoding is done here, with thumbnails, in our own pool
         )
         self.batch_size = settings.model.batch_size
+        self.embed_dim = loaded.config.head.embed_dim
         self.media = MediaStore(settings.media_dir)
-        self.index_sink = index_sink
+        self.on_committed = on_committed
         workers = settings.ingest.decode_workers if decode_workers is None else decode_workers
         self.decode_workers = workers or (os.cpu_count() or 1)
         image_size = loaded.config.vision.image_size
@@ -529,19 +590,18 @@ class AssetProcessor:
                 by_reason.setdefault(p.error or "unknown error", []).append(p.row.id)
             for reason, failed_ids in by_reason.items():
                 mark_failed(session, failed_ids, reason)
+            completed = False
             if job_id is not None:
                 add_job_progress(session, job_id, done=len(written.written), failed=len(failures))
-                complete_if_finished(session, job_id)
+                completed = complete_if_finished(session, job_id)
         outcome.done.extend(written.written)
         outcome.skipped.extend(written.missing)
         outcome.failed.extend(Failure(str(p.row.id), p.error or "", p.row.id) for p in failures)
-        if self.index_sink is not None and written.written:
-            keep = set(written.written)
-            rows = [i for i, p in enumerate(batch) if p.row.id in keep]
+        if self.on_committed is not None and (written.written or completed):
             try:
-                self.index_sink(ids[rows], np.stack([results[i].embedding for i in rows]))
+                self.on_committed(list(written.written), completed)
             except Exception:  # the index is derived data; it is resynced from the database
-                log.exception("adding %d embeddings to the FAISS index failed", len(rows))
+                log.exception("after-commit hook failed for %d assets", len(written.written))
 
     def process(
         self,
@@ -664,7 +724,7 @@ def shared_processor(settings: Settings) -> AssetProcessor:
     with _processors_lock:
         proc = _processors.get(key)
         if proc is None:
-            proc = AssetProcessor(settings, index_sink=None)
+            proc = AssetProcessor(settings)
             _processors[key] = proc
         return proc
 
@@ -929,10 +989,19 @@ def _run_embedded(
                 return
             yield item
 
+    last_sync = [time.monotonic()]
+
+    def periodic_sync(written: list[int], completed: bool) -> None:
+        # Long embedded runs make their results findable by similarity as they go.
+        if time.monotonic() - last_sync[0] >= EMBEDDED_SYNC_INTERVAL_S:
+            sync_vector_index(settings, proc.model_id, proc.embed_dim)
+            last_sync[0] = time.monotonic()
+
     producer = threading.Thread(target=produce, name="ramdex-register", daemon=True)
     producer.start()
     try:
         with proc._lock:
+            hook, proc.on_committed = proc.on_committed, periodic_sync
             try:
                 proc.process(stream(), job_id=job_id, on_progress=bar.update)
             except _TRANSIENT as exc:
@@ -943,12 +1012,16 @@ def _run_embedded(
                     pass
                 producer.join()
                 _retry_transient(lambda: proc.process(list(tally.queued), job_id=job_id))
+            finally:
+                proc.on_committed = hook
     finally:
         stop.set()
         producer.join(timeout=30)
     if errors:
         raise errors[0]
     end_registration(url, job_id, _registration_extra(tally))
+    if tally.queued:
+        _retry_transient(lambda: sync_vector_index(settings, proc.model_id, proc.embed_dim))
 
 
 def _run_with_broker(
@@ -980,7 +1053,12 @@ def _run_with_broker(
             else:
                 registered_only += 1
                 bar.update(1)
-    end_registration(url, job_id, _registration_extra(tally))
+    status = end_registration(url, job_id, _registration_extra(tally))
+    if status == "done" and tally.queued:
+        # The workers finished before registration ended: none of them saw the job complete.
+        from indexer.tasks import request_index_sync
+
+        request_index_sync(settings, final=True)
     if not wait or not tally.queued:
         return
 

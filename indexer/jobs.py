@@ -118,11 +118,14 @@ def add_total(url: str | None, job_id: int, count: int) -> None:
             update_job(session, job_id, add_total=count)
 
 
-def end_registration(url: str | None, job_id: int, extra: dict[str, Any] | None = None) -> None:
+def end_registration(url: str | None, job_id: int, extra: dict[str, Any] | None = None) -> str:
     """Registration is over: ``running``, or ``done`` if the workers already finished.
 
     Args:
         extra: merged into the job's params (counts of duplicates and registration failures).
+
+    Returns:
+        The job's status afterwards.
     """
     with session_scope(url) as session:
         if extra:
@@ -139,11 +142,17 @@ def end_registration(url: str | None, job_id: int, extra: dict[str, Any] | None 
                 updated_at=sa.func.now(),
             )
         )
+        status = session.execute(sa.select(_jobs.c.status).where(_jobs.c.id == job_id))
+        return str(status.scalar_one_or_none() or "")
 
 
-def complete_if_finished(session: Session, job_id: int) -> None:
-    """In the caller's transaction: a ``running`` job whose items are all processed is ``done``."""
-    session.execute(
+def complete_if_finished(session: Session, job_id: int) -> bool:
+    """In the caller's transaction: a ``running`` job whose items are all processed is ``done``.
+
+    Returns:
+        Whether this call completed the job.
+    """
+    result = session.execute(
         sa.update(_jobs)
         .where(
             _jobs.c.id == job_id,
@@ -152,6 +161,7 @@ def complete_if_finished(session: Session, job_id: int) -> None:
         )
         .values(status=JobStatus.DONE.value, updated_at=sa.func.now())
     )
+    return bool(result.rowcount)
 
 
 def fail_job(url: str | None, job_id: int, error: str) -> None:

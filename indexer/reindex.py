@@ -27,7 +27,7 @@ from indexer.db.asset_repo import assets_scored_by_other_model
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
-from indexer.ingest import AssetProcessor, ensure_schema, shared_processor
+from indexer.ingest import AssetProcessor, ensure_schema, shared_processor, sync_vector_index
 from indexer.jobs import add_total, end_registration, fail_job, start_job, wait_for_job
 from indexer.settings import Settings, get_settings
 
@@ -222,10 +222,13 @@ def reindex(
                     yield asset_id
                 add_total(url, job_id, len(queued) % 64)
 
-            with processor._lock:  # type: ignore[union-attr]
-                processor.process(counted(), job_id=job_id, on_progress=bar.update)  # type: ignore[union-attr]
+            assert processor is not None
+            with processor._lock:
+                processor.process(counted(), job_id=job_id, on_progress=bar.update)
             summary.queued = len(queued)
             end_registration(url, job_id)
+            if queued:
+                sync_vector_index(settings, model_id, processor.embed_dim)
         else:
             from indexer.tasks import Dispatcher, submit
 
@@ -239,7 +242,10 @@ def reindex(
                 for asset_id in ids:
                     d.add(asset_id)
                     summary.queued += 1
-            end_registration(url, job_id)
+            if end_registration(url, job_id) == "done" and summary.queued:
+                from indexer.tasks import request_index_sync
+
+                request_index_sync(settings, final=True, model_id=model_id)
             if wait and summary.queued:
 
                 def on_update(view: Any) -> None:

@@ -37,12 +37,12 @@ from types import TracebackType
 
 from celery.signals import worker_process_init
 
-from indexer.celery_app import PROCESS_TASK, REGISTER_TASK, app, producer_app
+from indexer.celery_app import PROCESS_TASK, REGISTER_TASK, SYNC_TASK, app, producer_app
 from indexer.db.asset_repo import mark_failed
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.job_repo import add_job_progress
 from indexer.db.session import session_scope
-from indexer.ingest import AssetProcessor, is_transient, shared_processor
+from indexer.ingest import AssetProcessor, is_transient, shared_processor, sync_vector_index
 from indexer.jobs import complete_if_finished
 from indexer.models import ModelNotAvailableError
 from indexer.settings import Settings, get_settings
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 60.0
 MAX_RETRIES = 12  # about 10 minutes of backoff in total
+SYNC_DELAY_S = 2.0
+SYNC_MIN_INTERVAL_S = 30.0
 _DEBUG_PAUSE_ENV = "RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S"  # fault-injection for the tests only
 
 _processor_lock = threading.Lock()
@@ -71,11 +73,70 @@ def worker_processor() -> AssetProcessor:
     """This process's processor for the configured model (loaded on first use, once)."""
     with _processor_lock:
         proc = shared_processor(get_settings())
+        if proc.on_committed is None:
+            proc.on_committed = _after_commit_hook(proc)
         pause = os.environ.get(_DEBUG_PAUSE_ENV)
         if pause and proc.before_commit is None:
             seconds = float(pause)
             proc.before_commit = lambda ids: time.sleep(seconds)
         return proc
+
+
+def _after_commit_hook(proc: AssetProcessor) -> Callable[[list[int], bool], None]:
+    """Schedule FAISS syncs: at once when a job completes, else at most every interval."""
+    last_sent = [0.0]
+
+    def hook(written: list[int], completed: bool) -> None:
+        now = time.monotonic()
+        if completed or now - last_sent[0] >= SYNC_MIN_INTERVAL_S:
+            last_sent[0] = now
+            request_index_sync(
+                get_settings(), final=completed, model_id=proc.model_id, dim=proc.embed_dim
+            )
+
+    return hook
+
+
+def request_index_sync(
+    settings: Settings,
+    *,
+    final: bool,
+    model_id: str | None = None,
+    dim: int | None = None,
+) -> None:
+    """Ask a default-queue worker to sync the model's FAISS index from the database.
+
+    ``final`` syncs always run (a job just completed); others are skipped when the index was
+    saved within ``SYNC_MIN_INTERVAL_S`` (saving a large index is expensive). In the embedded
+    mode the sync runs here and now.
+    """
+    if model_id is None:
+        from indexer.models import configured_model_id
+
+        model_id = configured_model_id(settings)
+    dim = dim or 512
+    if not settings.broker.url:
+        sync_vector_index(settings, model_id, dim)
+        return
+    producer_app(settings).send_task(
+        SYNC_TASK,
+        args=[model_id, dim, final],
+        queue=settings.broker.default_queue,
+        countdown=SYNC_DELAY_S,  # let the other batches of a burst commit first
+    )
+
+
+@app.task(bind=True, name=SYNC_TASK, acks_late=True, max_retries=MAX_RETRIES)
+def sync_index(self, model_id: str, dim: int = 512, final: bool = True) -> bool:
+    """Sync the model's FAISS index with the database; returns whether the file was written."""
+    try:
+        return sync_vector_index(
+            get_settings(), model_id, dim, min_interval_s=0.0 if final else SYNC_MIN_INTERVAL_S
+        )
+    except Exception as exc:
+        if is_transient(exc) and self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
+        raise
 
 
 def backoff_s(retries: int) -> float:

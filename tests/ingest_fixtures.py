@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +156,129 @@ def postgres_database(prefix: str = "ramdex_ingest") -> Iterator[str]:
                 (name,),
             )
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+# --------------------------------------------------------------------------------------------
+# Real Celery worker processes
+
+
+@dataclass
+class WorkerProcess:
+    """A ``celery worker`` subprocess in its own process group, logging to a file."""
+
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children), as the OOM killer would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """End the worker at test teardown. Celery's warm and cold shutdowns both take seconds
+        here; nothing is left to finish at teardown, so SIGKILL (the queues are deleted too)."""
+        self.kill()
+
+
+def worker_env(settings_env: dict[str, str], **extra: str) -> dict[str, str]:
+    """The environment of a worker subprocess: ours, plus ramdex settings, one torch thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAMDEX_")}
+    env.update(settings_env)
+    env.update(extra)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    return env
+
+
+def start_worker(env: dict[str, str], queues: str, log_path: Path, name: str) -> WorkerProcess:
+    """Start ``celery -A indexer.celery_app worker`` (prefork, one child) on the given queues."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "indexer.celery_app", "worker",
+        "--queues", queues, "--concurrency", "1", "--pool", "prefork", "--loglevel", "info",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--hostname", f"{name}@%h",
+    ]  # fmt: skip
+    log_file = open(log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: kill() reaches the pool children
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    log_file.close()
+    return WorkerProcess(process, log_path)
+
+
+def redis_url_for_tests() -> str:
+    """A Redis database number few others use (the queues get unique names too)."""
+    import random
+
+    return f"redis://127.0.0.1:6379/{random.randint(8, 15)}"
+
+
+def stack_env(home: Path, db_url: str, broker_url: str, queue_prefix: str) -> dict[str, str]:
+    """RAMDEX_* variables for a worker sharing the test's home, database and broker."""
+    return {
+        "RAMDEX_HOME": str(home),
+        "RAMDEX_DATABASE__URL": db_url,
+        "RAMDEX_BROKER__URL": broker_url,
+        "RAMDEX_BROKER__MODEL_QUEUE": f"{queue_prefix}.model",
+        "RAMDEX_BROKER__DEFAULT_QUEUE": f"{queue_prefix}.default",
+        "RAMDEX_BROKER__BATCH_SIZE": "4",
+        "RAMDEX_MODEL__NAME": "test_micro",
+        "RAMDEX_MODEL__DEVICE": "cpu",
+        "RAMDEX_MODEL__BATCH_SIZE": "4",
+        "RAMDEX_INGEST__DECODE_WORKERS": "1",
+    }
+
+
+def settings_from_env(env: dict[str, str]):
+    """The Settings a worker with ``env`` sees (for the producer side in the test process)."""
+    from indexer.settings import Settings
+
+    def section(prefix: str) -> dict[str, str]:
+        return {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+
+    return Settings(
+        home=Path(env["RAMDEX_HOME"]),
+        database={"url": env["RAMDEX_DATABASE__URL"]},
+        broker=section("RAMDEX_BROKER__"),
+        model=section("RAMDEX_MODEL__"),
+        ingest=section("RAMDEX_INGEST__"),
+    )
+
+
+def cleanup_redis(settings) -> None:
+    """Delete this run's queues and its entries in the broker's unacknowledged-message hash
+    (workers killed by the tests leave some, which a later worker would otherwise restore)."""
+    import json
+
+    import redis
+
+    queues = {settings.broker.model_queue, settings.broker.default_queue}
+    client = redis.Redis.from_url(settings.broker.url)
+    for tag, payload in client.hscan_iter("unacked"):
+        try:
+            routing_key = json.loads(payload)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key in queues:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
+    client.delete(*queues)

@@ -139,8 +139,7 @@ def worker_command(
         "--without-gossip",
         "--without-mingle",
     ]
-    if hostname:
-        argv.append(f"--hostname={hostname}")
+    argv.append(f"--hostname={hostname or 'ramdex@%h'}")
     celery_app.worker_main(argv=argv)
 
 

@@ -1,0 +1,154 @@
+"""Ingest through real Celery worker processes, the real Redis broker and PostgreSQL.
+
+Each module run uses its own PostgreSQL database, a Redis database number in 8..15 and queue
+names unique to the run, so engineers running tests at the same time do not collide.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from indexer.db.assets import Asset
+from indexer.db.session import session_scope
+from indexer.db.tags import AssetTag, Tag
+from indexer.faiss_index import VectorIndex, index_path, read_meta
+from indexer.ingest import ensure_schema, ingest
+from indexer.jobs import get_job_view, wait_for_job
+from ram_pp.factory import random_model
+from ram_pp.inference import TaggingEngine
+from tests.ingest_fixtures import (
+    cleanup_redis,
+    postgres_database,
+    redis_url_for_tests,
+    settings_from_env,
+    stack_env,
+    start_worker,
+    unique_name,
+    worker_env,
+    write_images,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("celery")
+    with postgres_database() as db_url:
+        ensure_schema(db_url)
+        env = worker_env(
+            stack_env(root / "home", db_url, redis_url_for_tests(), unique_name("rdx"))
+        )
+        settings = settings_from_env(env)
+        queues = f"{settings.broker.model_queue},{settings.broker.default_queue}"
+        worker = start_worker(env, queues, root / "worker.log", unique_name("w"))
+        try:
+            worker.wait_ready()
+            yield settings, root, worker
+        finally:
+            worker.stop()
+            cleanup_redis(settings)
+
+
+def test_worker_ingests_a_folder_with_bad_files(stack):
+    settings, root, worker = stack
+    folder = root / "batch1"
+    files = write_images(folder, 9)
+    (folder / "truncated.jpg").write_bytes(files[0].read_bytes()[:300])
+    summary = ingest([folder], settings=settings, progress=False, wait=True)
+    assert (summary.done, summary.failed, summary.queued) == (9, 1, 0), worker.log()[-3000:]
+    assert "truncated" in summary.failures[0].reason
+    assert summary.failures[0].source.endswith("truncated.jpg")
+
+    # The worker's scores are those of the configured model run on the files directly.
+    engine = TaggingEngine(random_model("test_micro", seed=0), device="cpu", decode_workers=0)
+    expected = {Path(r.source).name: r for r in engine.tag_files(files)}
+    with session_scope(settings.database_url) as s:
+        rows = s.execute(
+            sa.select(Asset.id, Asset.storage_path, Asset.model_name, Asset.status).where(
+                Asset.status == "done"
+            )
+        ).all()
+        assert len(rows) == 9 and {r.model_name for r in rows} == {"test_micro@random"}
+        by_sha = {Path(f).name: f for f in files}
+        for row in rows:
+            name = next(
+                n
+                for n, f in by_sha.items()
+                if f.read_bytes() == Path(row.storage_path).read_bytes()
+            )
+            scores = dict(
+                s.execute(
+                    sa.select(Tag.position, AssetTag.score)
+                    .join(AssetTag, AssetTag.tag_id == Tag.id)
+                    .where(AssetTag.asset_id == row.id)
+                ).all()
+            )
+            probs = expected[name].probabilities
+            want = {i: p for i, p in enumerate(probs) if p >= settings.index.score_floor}
+            assert scores.keys() == want.keys()
+            np.testing.assert_allclose([scores[i] for i in want], list(want.values()), atol=1e-5)
+    # A default-queue task synced the FAISS index once the job completed.
+    path = index_path(settings.index_dir, "test_micro@random")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (path.exists() and read_meta(path).count >= 9):
+        time.sleep(0.2)
+    assert VectorIndex.load(path).count == 9, worker.log()[-3000:]
+    job = get_job_view(settings.database_url, summary.job_id)
+    # The truncated JPEG has a JPEG signature: queued, then failed in the worker, with a reason.
+    assert (job.status, job.total, job.done, job.failed) == ("done", 10, 9, 1)
+
+
+def test_no_wait_returns_queued_and_the_job_finishes(stack):
+    settings, root, worker = stack
+    folder = root / "batch2"
+    write_images(folder, 6, start=100)
+    summary = ingest([folder], settings=settings, progress=False, wait=False)
+    assert summary.queued == 6 and summary.done == 0
+    final = wait_for_job(settings.database_url, summary.job_id, poll_s=0.2, timeout_s=60)
+    assert (final.status, final.done, final.total) == ("done", 6, 6), worker.log()[-3000:]
+
+
+@pytest.mark.skipif(
+    __import__("socket").socket().connect_ex(("127.0.0.1", 5672)) != 0,
+    reason="RabbitMQ is not running",
+)
+def test_rabbitmq_broker_smoke(tmp_path):
+    with postgres_database() as db_url:
+        ensure_schema(db_url)
+        env = worker_env(
+            stack_env(
+                tmp_path / "home",
+                db_url,
+                "amqp://guest:guest@127.0.0.1:5672//",
+                unique_name("rdxmq"),
+            )
+        )
+        settings = settings_from_env(env)
+        queues = f"{settings.broker.model_queue},{settings.broker.default_queue}"
+        worker = start_worker(env, queues, tmp_path / "worker.log", unique_name("mq"))
+        try:
+            worker.wait_ready()
+            write_images(tmp_path / "in", 4)
+            summary = ingest([tmp_path / "in"], settings=settings, progress=False)
+            assert (summary.done, summary.failed) == (4, 0), worker.log()[-3000:]
+        finally:
+            worker.stop()
+            _delete_rabbit_queues(settings)
+
+
+def _delete_rabbit_queues(settings) -> None:
+    from kombu import Connection
+
+    with Connection(settings.broker.url, connect_timeout=2) as conn:
+        channel = conn.default_channel
+        for queue in (settings.broker.model_queue, settings.broker.default_queue):
+            try:
+                channel.queue_delete(queue)
+            except Exception:  # already gone
+                pass

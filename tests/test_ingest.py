@@ -1,0 +1,350 @@
+"""Embedded ingest (no broker) on SQLite and on the real PostgreSQL server.
+
+Expected scores are not copied from the pipeline: they come from running the same model through
+``TaggingEngine.tag_files`` on the original files, which shares no code with the ingest path
+beyond the model itself.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+from typer.testing import CliRunner
+
+from indexer.db.assets import Asset, AssetSource
+from indexer.db.jobs import Job
+from indexer.db.session import session_scope
+from indexer.db.tags import AssetTag, Tag
+from indexer.faiss_index import VectorIndex, index_path
+from indexer.ingest import AssetProcessor, ingest, token_store_path
+from indexer.reindex import pending_counts, reindex
+from indexer.settings import Settings
+from indexer.tasks import Dispatcher
+from indexer.token_store import TokenStore
+from indexer.walk import walk_files
+from ram_pp.factory import random_model
+from ram_pp.inference import TaggingEngine
+from tests.ingest_fixtures import encode, photo_like, postgres_database, write_images
+
+MODEL_ID = "test_micro@random"
+N_IMAGES = 10
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return random_model("test_micro", seed=0)
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def env(request, tmp_path, micro):
+    """Settings, a processor sharing the module's model, and a folder of images."""
+    if request.param == "postgresql":
+        # A fresh database per test: the module database, emptied by a new schema each time.
+        url = request.getfixturevalue("pg_url")
+        _reset_postgres(url)
+    else:
+        url = f"sqlite:///{tmp_path / 'ramdex.sqlite3'}"
+    settings = Settings(
+        home=tmp_path / "home",
+        database={"url": url},
+        broker={"url": ""},
+        model={"name": "test_micro", "device": "cpu", "batch_size": 4},
+        ingest={"decode_workers": 2},
+    )
+    processor = AssetProcessor(settings, loaded=micro, model_id=MODEL_ID)
+    folder = tmp_path / "photos"
+    write_images(folder, N_IMAGES)
+    return settings, processor, folder
+
+
+def _reset_postgres(url: str) -> None:
+    from indexer.db.session import dispose_engines
+    from indexer.ingest import _schema_ready
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    dispose_engines()
+    _schema_ready.discard(url)
+
+
+def test_ingest_folder_stores_everything(env, micro):
+    settings, processor, folder = env
+    summary = ingest([folder], settings=settings, processor=processor, progress=False)
+    assert (summary.done, summary.duplicate, summary.failed) == (N_IMAGES, 0, 0)
+    assert summary.submitted == N_IMAGES and summary.queued == 0
+
+    # Reference: the bare model on the original files.
+    engine = TaggingEngine(micro, device="cpu", batch_size=4, decode_workers=0)
+    files = sorted(folder.glob("*.jpg"))
+    expected = {r.source: r for r in engine.tag_files(files)}
+
+    url = settings.database_url
+    with session_scope(url) as s:
+        assets = s.scalars(sa.select(Asset).order_by(Asset.id)).all()
+        assert len(assets) == N_IMAGES
+        tag_ids = {t.position: t.id for t in s.scalars(sa.select(Tag)).all()}
+        for asset in assets:
+            assert asset.status == "done" and asset.error is None
+            assert asset.model_name == MODEL_ID and asset.mime == "image/jpeg"
+            assert (asset.width, asset.height) == (96, 72)
+            source = s.scalars(
+                sa.select(AssetSource.uri).where(AssetSource.asset_id == asset.id)
+            ).one()
+            ref = expected[str(Path(source))]
+            # Scores at or above the floor are stored, each equal to the bare model's.
+            stored = dict(
+                s.execute(
+                    sa.select(AssetTag.tag_id, AssetTag.score).where(AssetTag.asset_id == asset.id)
+                ).all()
+            )
+            want = {
+                tag_ids[i]: p
+                for i, p in enumerate(ref.probabilities)
+                if p >= settings.index.score_floor
+            }
+            assert stored.keys() == want.keys()
+            for tag_id, p in want.items():
+                assert stored[tag_id] == pytest.approx(p, abs=1e-5)
+            emb = np.frombuffer(asset.embedding, dtype="<f4")
+            np.testing.assert_allclose(emb, ref.embedding, atol=1e-5)
+            # Original and thumbnail in the content-addressed media store.
+            original = Path(asset.storage_path)
+            assert original.is_file() and original.read_bytes() == Path(source).read_bytes()
+            assert asset.sha256 in original.name
+            thumb = Image.open(asset.thumbnail_path)
+            assert thumb.format == "WEBP" and max(thumb.size) <= settings.ingest.thumbnail_size
+        job = s.get(Job, summary.job_id)
+        assert (job.status, job.total, job.done, job.failed) == ("done", N_IMAGES, N_IMAGES, 0)
+
+    # The FAISS index was synced at the end of the run: every asset, found by its own vector.
+    index = VectorIndex.load(index_path(settings.index_dir, MODEL_ID))
+    assert index.model_name == MODEL_ID and sorted(index.ids()) == sorted(a.id for a in assets)
+    probe = assets[3]
+    _, hits = index.search_one(np.frombuffer(probe.embedding, dtype="<f4"), 1)
+    assert hits.tolist() == [probe.id]
+
+    store = TokenStore(token_store_path(settings, MODEL_ID), read_only=True)
+    assert len(store) == N_IMAGES
+    ids = [a.id for a in assets]
+    tokens = store.get(ids, dtype=np.float32)
+    for asset, e in zip(assets, tokens, strict=True):
+        with session_scope(url) as s:
+            source = s.scalars(
+                sa.select(AssetSource.uri).where(AssetSource.asset_id == asset.id)
+            ).one()
+        np.testing.assert_allclose(e, expected[source].tokens.astype(np.float32), atol=2e-3)
+
+
+def test_duplicates_record_new_sources(env):
+    settings, processor, folder = env
+    first = folder / "img_0000.jpg"
+    shutil.copy(first, folder / "copy_of_first.jpg")
+    summary = ingest([folder], settings=settings, processor=processor, progress=False)
+    assert (summary.done, summary.duplicate, summary.failed) == (N_IMAGES, 1, 0)
+    again = ingest([folder], settings=settings, processor=processor, progress=False)
+    assert (again.done, again.duplicate, again.failed) == (0, N_IMAGES + 1, 0)
+    with session_scope(settings.database_url) as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Asset)) == N_IMAGES
+        asset_id = s.scalar(
+            sa.select(AssetSource.asset_id).where(AssetSource.uri == str(first.resolve()))
+        )
+        uris = set(s.scalars(sa.select(AssetSource.uri).where(AssetSource.asset_id == asset_id)))
+        assert uris == {str(first.resolve()), str((folder / "copy_of_first.jpg").resolve())}
+
+
+def test_every_format_is_ingested(tmp_path, micro):
+    settings = Settings(
+        home=tmp_path / "home",
+        database={"url": f"sqlite:///{tmp_path / 'db.sqlite3'}"},
+        model={"name": "test_micro", "device": "cpu"},
+    )
+    processor = AssetProcessor(settings, loaded=micro, model_id=MODEL_ID)
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    picture = photo_like(80, 60, seed=42)
+    names = {
+        "JPEG": "a.jpg", "PNG": "b.png", "WEBP": "c.webp", "GIF": "d.gif", "BMP": "e.bmp",
+        "TIFF": "f.tiff", "HEIF": "g.heic", "AVIF": "h.avif",
+    }  # fmt: skip
+    for fmt, name in names.items():
+        (folder / name).write_bytes(encode(picture, fmt))
+    summary = ingest([folder], settings=settings, processor=processor, progress=False)
+    assert summary.failures == [] and summary.done == len(names)
+    with session_scope(settings.database_url) as s:
+        mimes = set(s.scalars(sa.select(Asset.mime)))
+    assert mimes == {
+        "image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
+        "image/heic", "image/avif",
+    }  # fmt: skip
+
+
+def test_walk_include_exclude(tmp_path):
+    for rel in [
+        "a.jpg",
+        "b.PNG",
+        "notes.txt",
+        "raw/c.tif",
+        "raw/deep/d.tif",
+        ".git/e.jpg",
+        "x/f.jpg",
+    ]:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+    def names(**kw):
+        return sorted(p.relative_to(tmp_path).as_posix() for p in walk_files([tmp_path], **kw))
+
+    assert names(exclude=[".git"]) == ["a.jpg", "b.PNG", "raw/c.tif", "raw/deep/d.tif", "x/f.jpg"]
+    assert names(include=["raw/**/*.tif"]) == ["raw/c.tif", "raw/deep/d.tif"]
+    assert names(include=["*.jpg"], exclude=["x/*", ".git"]) == ["a.jpg"]
+    errors = []
+    assert list(walk_files([tmp_path / "missing"], on_error=errors.append)) == []
+    assert errors and "no such" in errors[0].reason
+
+
+def test_url_ingest_and_private_address_refusal(tmp_path, micro):
+    body = encode(photo_like(64, 64, seed=7), "PNG")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/pic.png"
+    try:
+        base = {
+            "home": tmp_path / "home",
+            "database": {"url": f"sqlite:///{tmp_path / 'db.sqlite3'}"},
+            "model": {"name": "test_micro", "device": "cpu"},
+        }
+        refused = Settings(**base)
+        processor = AssetProcessor(refused, loaded=micro, model_id=MODEL_ID)
+        summary = ingest([url], settings=refused, processor=processor, progress=False)
+        assert summary.failed == 1 and "not a public address" in summary.failures[0].reason
+        allowed = Settings(**base, ingest={"allow_private_urls": True})
+        processor = AssetProcessor(allowed, loaded=micro, model_id=MODEL_ID)
+        summary = ingest([url], settings=allowed, processor=processor, progress=False)
+        assert summary.done == 1, summary.failures
+        with session_scope(allowed.database_url) as s:
+            assert s.scalar(sa.select(AssetSource.uri)) == url
+            assert s.scalar(sa.select(Asset.width)) == 64
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_reindex_after_model_change_is_resumable(env):
+    settings, processor, folder = env
+    ingest([folder], settings=settings, processor=processor, progress=False)
+    assert pending_counts(settings, MODEL_ID).total == 0
+
+    new_model = AssetProcessor(
+        settings, loaded=random_model("test_micro", seed=1), model_id="new@1"
+    )
+    counts = pending_counts(settings, "new@1")
+    assert (counts.other_model, counts.pending) == (N_IMAGES, 0)
+
+    first = reindex(settings, limit=4, processor=new_model, progress=False)  # interrupted run
+    assert (first.queued, first.done, first.failed) == (4, 4, 0)
+    assert pending_counts(settings, "new@1").other_model == N_IMAGES - 4
+    rest = reindex(settings, processor=new_model, progress=False)  # resumes
+    assert (rest.queued, rest.done) == (N_IMAGES - 4, N_IMAGES - 4)
+    assert pending_counts(settings, "new@1").total == 0
+    with session_scope(settings.database_url) as s:
+        assert set(s.scalars(sa.select(Asset.model_name))) == {"new@1"}
+        # Scores now refer to the new model's tags only.
+        models = set(s.scalars(sa.select(Tag.model_name).join(AssetTag, AssetTag.tag_id == Tag.id)))
+        assert models == {"new@1"}
+    assert len(TokenStore(token_store_path(settings, "new@1"), read_only=True)) == N_IMAGES
+    assert VectorIndex.load(index_path(settings.index_dir, "new@1")).count == N_IMAGES
+    assert reindex(settings, processor=new_model, progress=False).queued == 0
+
+
+def test_dispatcher_groups_by_size_and_time():
+    sent: list[list[int]] = []
+    with Dispatcher(sent.append, batch_size=3, timeout_ms=100) as dispatch:
+        for i in range(7):
+            dispatch.add(i)
+        assert sent == [[0, 1, 2], [3, 4, 5]]  # full groups leave at once
+        deadline = threading.Event()
+        deadline.wait(0.4)
+        assert sent[-1] == [6]  # the straggler left after the timeout, before close()
+        dispatch.add(7)
+    assert sent == [[0, 1, 2], [3, 4, 5], [6], [7]]
+
+
+def test_cli_ingest_and_jobs(tmp_path, monkeypatch):
+    from api.cli.ingest import app
+    from indexer.settings import get_settings
+
+    folder = tmp_path / "in"
+    write_images(folder, 3)
+    whole = (folder / "img_0000.jpg").read_bytes()
+    (folder / "broken.jpg").write_bytes(whole[: len(whole) // 2])  # truncated JPEG
+    monkeypatch.setenv("RAMDEX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAMDEX_DATABASE__URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    monkeypatch.setenv("RAMDEX_BROKER__URL", "")
+    monkeypatch.setenv("RAMDEX_MODEL__NAME", "test_micro")
+    monkeypatch.setenv("RAMDEX_MODEL__DEVICE", "cpu")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        result = runner.invoke(app, ["ingest", str(folder), "--exclude", "nothing*"])
+        assert result.exit_code == 1, result.output  # one source failed
+        assert "3 done, 0 duplicate, 1 failed" in result.output
+        assert "broken.jpg" in result.output and "truncated" in result.output
+        jobs = runner.invoke(app, ["jobs"])
+        assert jobs.exit_code == 0 and "ingest" in jobs.output and "done" in jobs.output
+        dry = runner.invoke(app, ["reindex", "--dry-run", "--json"])
+        assert dry.exit_code == 0 and '"total": 0' in dry.output
+        worker = runner.invoke(app, ["worker"])
+        assert worker.exit_code == 2 and "no broker configured" in worker.output
+    finally:
+        get_settings.cache_clear()
+
+
+def test_missing_model_gives_a_clear_error(tmp_path):
+    from indexer.models import ModelNotAvailableError, load_configured_model
+
+    settings = Settings(
+        home=tmp_path, model={"name": "ram_plus_swin_large_14m", "cache_dir": tmp_path}
+    )
+    with pytest.raises(ModelNotAvailableError, match="ramdex models download"):
+        load_configured_model(settings)
+    with pytest.raises(ModelNotAvailableError, match="RAMDEX_MODEL__CHECKPOINT"):
+        load_configured_model(Settings(home=tmp_path, model={"name": "no_such_model"}))
+
+
+def test_thumbnail_bytes_are_a_valid_image(env):
+    settings, processor, folder = env
+    ingest([folder / "img_0001.jpg"], settings=settings, processor=processor, progress=False)
+    with session_scope(settings.database_url) as s:
+        path = s.scalar(sa.select(Asset.thumbnail_path))
+    image = Image.open(io.BytesIO(Path(path).read_bytes()))
+    image.load()
+    assert image.size == (96, 72)  # smaller than the box: not enlarged
