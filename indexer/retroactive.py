@@ -181,7 +181,7 @@ class RetroactiveSearcher:
         store: TokenStore,
         candidates: CandidateSource | None = None,
         shortlist: int = 2000,
-        chunk: int = 512,
+        chunk: int = 1024,
         calibration: CalibrationRule | None = None,
     ) -> None:
         if shortlist < 1 or chunk < 1:

@@ -75,7 +75,7 @@ class OpenSetScorer:
         model: RamPlus,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        asset_chunk: int = 256,
+        asset_chunk: int = 1024,
         work_budget: int = 32 * 1024 * 1024,
     ) -> None:
         if asset_chunk < 1 or work_budget < 1:

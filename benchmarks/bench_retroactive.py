@@ -1,0 +1,402 @@
+"""Benchmark: retroactive open-set scoring over a token store (CPU, synthetic archive).
+
+Measures, for N synthetic assets stored on disk in the token store:
+
+- exhaustive exact scan rate (asset-concepts per second; a single-concept rate too),
+- fast (query-side attention) vs plain (model head) path speed ratio, on a subset,
+- two-stage latency p50/p95 for one concept (FAISS flat inner product + exact scores),
+- bytes per asset for float16 and int8 token formats, and int8's logit error vs float16,
+- stage-1 recall@100 against exhaustive exact scoring.
+
+Synthetic archive (so that stage-1 recall means something): 1,000 "topics" are random unit
+vectors in a 128-d subspace of the 512-d embedding space. Each asset shows 3 topics drawn with
+Zipf-like popularity; each topic covers a random fraction (2-50 %) of the 144 grid tokens with a
+random amplitude (0.5-2), over Gaussian noise; channel 511 carries the summed amplitude
+("objectness"); token 0 is the mean token, as in RAM++. A concept is a topic: 51 descriptions,
+each the topic direction plus noise. The head has the published size (hidden 768, 4 heads, FFN
+3072, 2 layers, 145 tokens) with random weights, into which a detector is planted: layer-0
+attention of a concept query focuses on tokens that contain the concept, the attended objectness
+is read out, and ``fc`` reports it. The exact score therefore follows the concept's *peak*
+strength in the image, whereas stage 1 (c . concept vector, c = normalised mean token) follows
+its *average* over the image: small strong occurrences are where the two disagree, as small
+objects do for a trained model.
+
+Run: ``python benchmarks/bench_retroactive.py`` (N = 100,000, about 10 minutes on 2 busy cores);
+``--n`` scales it down. The store goes to a temporary folder (``--workdir`` to choose; removed
+unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from indexer.retroactive import RetroactiveSearcher, recall_at_k
+from indexer.token_store import TokenStore, bytes_per_asset
+from ram_pp.config import HeadConfig, LabelConfig, RamPlusConfig, get_config
+from ram_pp.labels import LabelBank
+from ram_pp.model import RamPlus
+from ram_pp.openset import OpenSetScorer, concept_vectors
+
+T, C, SUB = 145, 512, 128  # tokens, embedding width, topic subspace dims
+N_TOPICS, TOPICS_PER_ASSET = 1000, 3
+PRESENCE = 511  # the objectness channel
+QUERY_RANKS = (10, 50, 200)  # popularity ranks of the query topics
+
+
+class FlatIP:
+    """Stage-1 candidate source: exact inner product with FAISS (IndexIDMap2 over IndexFlatIP)."""
+
+    def __init__(self, dim: int) -> None:
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(query, k)
+
+
+def planted_head(
+    seed: int, gain: float = 0.3, curvature: float = 0.15, anchor_bias: float = 10.0
+) -> RamPlus:
+    """Published-size head with random weights and a planted concept detector (module doc).
+
+    Layer 0: the concept query r (the re-weighted descriptions) attends to the tokens e_j with
+    the largest r . e_j; the values copy the tokens' 128 topic coordinates, so the attention
+    output is ebar, a soft arg-max token. The feed-forward block then computes r . ebar with
+    GELU pairs (gelu(z) + gelu(-z) ~ 0.8 z^2 near 0, so (r+ebar)^2 - (r-ebar)^2 ~ r . ebar) into
+    a read-out unit that ``fc`` reports. Everything else keeps its random initialisation.
+    """
+    torch.manual_seed(seed)
+    vision = get_config("test_micro").vision  # the image encoder is never run here
+    cfg = RamPlusConfig(
+        name="bench", vision=vision, head=HeadConfig(), labels=LabelConfig(1, 1, "ram")
+    )
+    m = RamPlus(cfg).eval()
+    hd = cfg.head.hidden_size // cfg.head.num_heads
+    idx = torch.arange(SUB)
+    pos_r, neg_r, ebar = idx, SUB + idx, 2 * SUB + idx  # hidden dims holding r+, r-, ebar
+    readout, anchor = 700, 701
+    with torch.no_grad():
+        wv = m.wordvec_proj.weight
+        wv[: 2 * SUB] = 0
+        wv[pos_r, idx] = 1.0  # x[i] = relu(r_i), x[128 + i] = relu(-r_i)
+        wv[neg_r, idx] = -1.0
+        m.wordvec_proj.bias[: 2 * SUB] = 0
+        layer0 = m.tagging_head.encoder.layer[0]
+        sa = layer0.crossattention.self
+        for h in range(cfg.head.num_heads):
+            rows = h * hd + idx
+            sa.query.weight[rows] = 0
+            sa.query.weight[rows, pos_r] = 200.0  # q_h[i] = 200 * r_i
+            sa.query.weight[rows, neg_r] = -200.0
+            sa.query.bias[rows] = 0
+            sa.key.weight[rows] = 0
+            sa.key.weight[rows, idx] = 1.0  # k_h[i] = e_j[i]: score = 200 * r . e_j / sqrt(d)
+            sa.key.bias[rows] = 0
+        sa.value.weight[idx] = 0
+        sa.value.weight[idx, idx] = 1.0  # head 0 returns ebar's topic coordinates
+        sa.value.bias[idx] = 0
+        dense = layer0.crossattention.output.dense
+        dense.weight[ebar] = 0
+        dense.weight[ebar, idx] = gain
+        dense.bias[ebar] = 0
+        ffn_in, ffn_out = layer0.intermediate.dense, layer0.output.dense
+        units = torch.arange(4 * SUB).view(4, SUB)
+        ffn_in.weight[units.flatten()] = 0
+        ffn_in.bias[units.flatten()] = 0
+        for row, (sign_r, sign_e) in zip(units, ((1, 1), (-1, -1), (1, -1), (-1, 1)), strict=True):
+            ffn_in.weight[row, pos_r] = sign_r * curvature
+            ffn_in.weight[row, neg_r] = -sign_r * curvature
+            ffn_in.weight[row, ebar] = sign_e * curvature / gain
+        ffn_out.weight[readout] = 0
+        ffn_out.weight[readout, units[:2].flatten()] = 1.0  # (r + ebar)^2 terms
+        ffn_out.weight[readout, units[2:].flatten()] = -1.0  # minus (r - ebar)^2 terms
+        ffn_out.weight[anchor] = 0
+        ffn_out.bias[anchor] = anchor_bias  # keeps LayerNorm from erasing the read-out's scale
+        m.fc.weight.mul_(0.1)
+        m.fc.weight[0, readout] = 1.0
+        m.fc.bias.fill_(-8.0)
+    return m
+
+
+class Archive:
+    """Deterministic synthetic assets (module doc), generated in chunks."""
+
+    def __init__(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        topics = rng.normal(size=(N_TOPICS, SUB)).astype(np.float32)
+        self.topics = topics / np.linalg.norm(topics, axis=1, keepdims=True)
+        pop = 1.0 / (np.arange(N_TOPICS) + 10.0)
+        self.popularity = pop / pop.sum()
+        self.noise_pool = (rng.normal(size=(1 << 16, C)) * 0.15).astype(np.float32)
+        self.noise_pool[:, PRESENCE] = 0
+        self.seed = seed
+
+    def chunk(self, start: int, n: int) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, start))
+        grid = T - 1
+        e = self.noise_pool[rng.integers(0, len(self.noise_pool), size=(n, grid))]
+        topic = np.stack(
+            [
+                rng.choice(N_TOPICS, TOPICS_PER_ASSET, replace=False, p=self.popularity)
+                for _ in range(n)
+            ]
+        )
+        amp = rng.uniform(0.5, 2.0, size=(n, TOPICS_PER_ASSET)).astype(np.float32)
+        cover = rng.uniform(0.02, 0.5, size=(n, TOPICS_PER_ASSET, 1))
+        mask = (rng.random((n, TOPICS_PER_ASSET, grid)) < cover).astype(np.float32)
+        weight = mask * amp[:, :, None]  # (n, 3, grid)
+        e[:, :, :SUB] += np.einsum("nkt,nkc->ntc", weight, self.topics[topic])
+        e[:, :, PRESENCE] = weight.sum(1)
+        out = np.empty((n, T, C), np.float32)
+        out[:, 1:] = e
+        out[:, 0] = e.mean(1)
+        return out
+
+    def concept_bank(self, topic_ids: list[int], seed: int) -> LabelBank:
+        rng = np.random.default_rng(seed)
+        groups = []
+        for t in topic_ids:
+            rows = np.zeros((51, C), np.float32)
+            rows[:, :SUB] = self.topics[t] + rng.normal(size=(51, SUB)) * (0.6 / math.sqrt(SUB))
+            groups.append(F.normalize(torch.from_numpy(rows), dim=-1))
+        return LabelBank.from_ragged(groups)
+
+
+def macs_per_asset_concept(cfg: HeadConfig, tokens: int) -> dict[str, int]:
+    """Multiply-adds per (asset, concept) of the fast and plain paths (K = 1)."""
+    h, c, i, heads = cfg.hidden_size, cfg.embed_dim, cfg.intermediate_size, cfg.num_heads
+    shared = c * h  # wordvec_proj
+    per_layer_common = h * h + h * h + 2 * h * i  # query, output dense, FFN
+    fast = shared + cfg.num_layers * (per_layer_common + 2 * c * h + 2 * heads * tokens * c)
+    plain = shared + cfg.num_layers * (per_layer_common + 2 * tokens * c * h + 2 * tokens * h)
+    return {"fast": fast, "plain": plain}
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100_000, help="synthetic assets")
+    ap.add_argument("--shortlist", type=int, default=2000)
+    ap.add_argument("--queries", type=int, default=9, help="two-stage queries timed")
+    ap.add_argument("--plain-n", type=int, default=512, help="assets for the plain-path timing")
+    ap.add_argument("--single-n", type=int, default=4096, help="assets for the 1-concept rate")
+    ap.add_argument("--int8-n", type=int, default=2048, help="assets for the int8 error")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: the machine is shared)"
+    )
+    ap.add_argument("--chunk", type=int, default=1024, help="assets per scoring batch")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the token store")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench_retro_", dir=args.workdir))
+    fig: dict[str, object] = {"n": args.n, "threads": args.threads, "load": os.getloadavg()}
+    print(f"N={args.n} threads={args.threads} store={work} loadavg={os.getloadavg()}")
+    try:
+        run(args, work, fig)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(fig, indent=1, default=float))
+
+
+def run(args, work: Path, fig: dict) -> None:
+    model = planted_head(args.seed)
+    scorer = OpenSetScorer(model, asset_chunk=args.chunk)
+    archive = Archive(args.seed)
+    qtopics = [int(np.argsort(-archive.popularity)[r]) for r in QUERY_RANKS]
+    bank = archive.concept_bank(qtopics, seed=args.seed + 1)
+    names = [f"topic@rank{r}" for r in QUERY_RANKS]
+
+    # 1. Build the archive: float16 token store + FAISS over c.
+    store = TokenStore(work / "f16", tokens=T, dim=C, fmt="float16")
+    cands = FlatIP(C)
+    t0 = time.perf_counter()
+    gen_s = 0.0
+    step = 2000
+    for start in range(0, args.n, step):
+        n = min(step, args.n - start)
+        e, dt = timed(archive.chunk, start, n)
+        gen_s += dt
+        ids = np.arange(start, start + n, dtype=np.int64)
+        store.add(ids, e)
+        e0 = e[:, 0].astype(np.float16).astype(np.float32)  # c from the stored E
+        cands.add(e0 / np.linalg.norm(e0, axis=1, keepdims=True), ids)
+    build = time.perf_counter() - t0
+    disk = sum(p.stat().st_size for p in (work / "f16").glob("shard-*.bin"))
+    print(f"built {args.n} assets in {build:.1f}s (generation {gen_s:.1f}s), {disk / 1e9:.2f} GB")
+    fig["build_s"] = build
+
+    # 2. Formats: bytes per asset, int8 logit error vs float16 on a subset.
+    sub_ids = np.arange(min(args.int8_n, args.n))
+    e16 = store.get(sub_ids)
+    q8 = TokenStore(work / "i8", tokens=T, dim=C, fmt="int8")
+    q8.add(sub_ids, e16)
+    l16 = scorer.logits(e16, bank).numpy()
+    l8 = scorer.logits(q8.get(sub_ids), bank).numpy()
+    err = np.abs(l8 - l16)
+    fig["bytes_per_asset"] = {
+        "float16": bytes_per_asset("float16"),
+        "int8": bytes_per_asset("int8"),
+    }
+    fig["int8_logit_err"] = {"max": float(err.max()), "mean": float(err.mean())}
+    fig["int8_top100_overlap"] = float(
+        np.mean(
+            [
+                recall_at_k(np.argsort(-l8[:, k]), np.argsort(-l16[:, k]), 100)
+                for k in range(bank.num_tags)
+            ]
+        )
+    )
+    print(
+        f"bytes/asset: float16 {bytes_per_asset('float16')}, int8 {bytes_per_asset('int8')}; "
+        f"int8 logit error vs float16 over {len(sub_ids)} assets x {bank.num_tags} concepts: "
+        f"max {err.max():.4f}, mean {err.mean():.5f}; logit std {l16.std():.3f}; "
+        f"top-100 overlap {fig['int8_top100_overlap']:.3f}"
+    )
+    del e16
+
+    # 3. Fast vs plain on the same subset (one concept).
+    one = bank.select(slice(0, 1))
+    e_plain = store.get(np.arange(min(args.plain_n, args.n)))
+    scorer.logits(e_plain[:8], one)  # warm-up
+    t_fast = t_plain = float("inf")
+    for _ in range(3):  # interleaved, best of 3: the machine is shared
+        fast_l, dt = timed(scorer.logits, e_plain, one)
+        t_fast = min(t_fast, dt)
+        plain_l, dt = timed(scorer.logits, e_plain, one, "plain")
+        t_plain = min(t_plain, dt)
+    diff = float((fast_l - plain_l).abs().max())
+    macs = macs_per_asset_concept(model.config.head, T)
+    fig["fast_vs_plain"] = {
+        "assets": len(e_plain),
+        "fast_assets_s": len(e_plain) / t_fast,
+        "plain_assets_s": len(e_plain) / t_plain,
+        "ratio": t_plain / t_fast,
+        "max_abs_diff": diff,
+        "macs": macs,
+        "macs_ratio": macs["plain"] / macs["fast"],
+    }
+    print(
+        f"fast vs plain ({len(e_plain)} assets, 1 concept): fast {len(e_plain) / t_fast:.0f}/s, "
+        f"plain {len(e_plain) / t_plain:.0f}/s, ratio {t_plain / t_fast:.1f}x "
+        f"(multiply-adds {macs['fast'] / 1e6:.1f}M vs {macs['plain'] / 1e6:.1f}M per asset, "
+        f"{macs['plain'] / macs['fast']:.1f}x); max |diff| {diff:.2e}"
+    )
+    del e_plain
+
+    # 4. Exhaustive exact scan over the whole store (all query concepts in one pass).
+    searcher = RetroactiveSearcher(scorer, store, cands, shortlist=args.shortlist, chunk=1024)
+    n1 = min(args.single_n, args.n)
+    single_chunks = itertools.islice(store.iter_chunks(1024), math.ceil(n1 / 1024))
+    single, t_single = timed(lambda: [s for _, s in scorer.stream(single_chunks, one)])
+    n1c = sum(len(s) for s in single)
+    exh, t_exh = timed(searcher.search, bank, names, top_k=100, mode="exhaustive", calibrate=False)
+    rate = args.n * bank.num_tags / t_exh
+    fig["exhaustive"] = {
+        "seconds": t_exh,
+        "concepts": bank.num_tags,
+        "asset_concepts_s": rate,
+        "single_concept_assets_s": n1c / t_single,
+    }
+    print(
+        f"exhaustive scan: {args.n} assets x {bank.num_tags} concepts in {t_exh:.1f}s = "
+        f"{rate:.0f} asset-concepts/s; one concept alone: {n1c / t_single:.0f} assets/s "
+        f"(over {n1c} assets, read from the memory-mapped store)"
+    )
+
+    # 5. Calibration (cost, then cached) and two-stage latency.
+    cal, t_cal = timed(searcher.calibrate, bank)
+    fig["calibration_s"] = t_cal
+    fig["thresholds"] = {n: c.threshold for n, c in zip(names, cal, strict=True)}
+    lat, s1, s2, recalls = [], [], [], {}
+    for q in range(max(args.queries, bank.num_tags)):
+        k = q % bank.num_tags
+        res, dt = timed(searcher.search, bank.select(slice(k, k + 1)), [names[k]], top_k=100)
+        lat.append(dt)
+        s1.append(res[0].timings["stage1"])
+        s2.append(res[0].timings["stage2"])
+        recalls[names[k]] = recall_at_k(res[0].ids, exh[k].ids, 100)
+    p50, p95 = np.percentile(lat, [50, 95])
+    fig["two_stage"] = {
+        "shortlist": args.shortlist,
+        "p50_s": p50,
+        "p95_s": p95,
+        "stage1_median_s": float(np.median(s1)),
+        "stage2_median_s": float(np.median(s2)),
+        "recall_at_100": recalls,
+    }
+    print(
+        f"calibration: {t_cal:.2f}s for {bank.num_tags} concepts (cached afterwards); thresholds "
+        + ", ".join(f"{n} p>{c.threshold:.3f} ({c.rule})" for n, c in zip(names, cal, strict=True))
+    )
+    print(
+        f"two-stage (shortlist {args.shortlist}, top 100), {len(lat)} queries: p50 {p50:.3f}s, "
+        f"p95 {p95:.3f}s (stage 1 median {np.median(s1) * 1e3:.1f} ms, "
+        f"stage 2 median {np.median(s2):.3f}s)"
+    )
+    for name, k in zip(names, range(bank.num_tags), strict=True):
+        positives = int(
+            sum(
+                (archive_has_topic(archive, start, min(2000, args.n - start), qtopics[k]))
+                for start in range(0, args.n, 2000)
+            )
+        )
+        print(
+            f"  {name}: in {positives} assets; stage-1 recall@100 vs exhaustive "
+            f"{recalls[name]:.2f}; hits above threshold in exhaustive top 100: "
+            f"{int(exh[k].hits.sum())}"
+        )
+    sweep = {}
+    vectors = concept_vectors(bank).numpy()
+    for size in (250, 500, 1000, 2000, 5000, 10000, 20000):
+        if size > args.n:
+            break
+        found = [cands.search(vectors[k : k + 1], size)[1][0] for k in range(bank.num_tags)]
+        sweep[size] = [float(np.isin(exh[k].ids, found[k]).mean()) for k in range(bank.num_tags)]
+    fig["recall_vs_shortlist"] = sweep
+    print("stage-1 recall@100 by shortlist size (per concept, stage 1 only):")
+    for size, values in sweep.items():
+        print(f"  {size:6d}: " + "  ".join(f"{v:.2f}" for v in values))
+    mean_recall = float(np.mean(list(recalls.values())))
+    fig["recall_at_100_mean"] = mean_recall
+    print(f"mean stage-1 recall@100: {mean_recall:.3f}")
+
+
+def archive_has_topic(archive: Archive, start: int, n: int, topic: int) -> int:
+    """How many assets of a chunk show a topic (regenerates the chunk's topic draw only)."""
+    rng = np.random.default_rng((archive.seed, start))
+    rng.integers(0, len(archive.noise_pool), size=(n, T - 1))  # same draws as Archive.chunk
+    count = 0
+    for _ in range(n):
+        picks = rng.choice(N_TOPICS, TOPICS_PER_ASSET, replace=False, p=archive.popularity)
+        count += int(topic in picks)
+    return count
+
+
+if __name__ == "__main__":
+    main()
