@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from indexer.db._sql import bulk_insert, chunks, truncate_text, upsert_insert
 from indexer.db.assets import MAX_URI_BYTES, Asset, AssetSource, AssetStatus
-from indexer.db.base import utcnow
+from indexer.db.base import db_now, utcnow
 from indexer.db.tags import AssetTag, Tag, TagOrigin
 from indexer.db.vectors import encode_vectors
 
@@ -200,7 +200,7 @@ def set_status(
         The number of assets changed.
     """
     status = AssetStatus(status)
-    values: dict[str, object] = {"status": status.value, "updated_at": sa.func.now()}
+    values: dict[str, object] = {"status": status.value, "updated_at": db_now()}
     if status is not AssetStatus.FAILED:
         values["error"] = None
     changed = 0
@@ -229,7 +229,7 @@ def mark_failed(session: Session, asset_ids: int | Sequence[int], error: str) ->
             .values(
                 status=AssetStatus.FAILED.value,
                 error=truncate_text(error),
-                updated_at=sa.func.now(),
+                updated_at=db_now(),
             )
         )
         changed += session.execute(stmt).rowcount
@@ -340,7 +340,7 @@ def write_asset_results(
             thumbnail_path=sa.func.coalesce(sa.bindparam("b_thumb_path"), _assets.c.thumbnail_path),
             token_shard=sa.bindparam("b_token_shard"),
             token_offset=sa.bindparam("b_token_offset"),
-            updated_at=sa.func.now(),
+            updated_at=db_now(),
         )
     )
     rows_params = []

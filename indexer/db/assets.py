@@ -8,7 +8,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from indexer.db.base import Base, BigIntPK, UtcDateTime, check_in
+from indexer.db.base import Base, BigIntPK, UtcDateTime, check_in, db_now
 
 # Longest source URI accepted, in UTF-8 bytes: keeps (asset_id, uri) under PostgreSQL's btree
 # entry limit (about 2.7 kB).
@@ -54,7 +54,7 @@ class Asset(Base):
     embedding_dim: Mapped[int | None] = mapped_column(sa.SmallInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(
-        UtcDateTime, server_default=sa.func.now(), onupdate=sa.func.now()
+        UtcDateTime, server_default=sa.func.now(), onupdate=db_now()
     )
 
     __table_args__ = (

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -55,6 +56,25 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class db_now(sa.sql.functions.FunctionElement[datetime]):  # noqa: N801 - reads like func.now
+    """The database's current time for ``updated_at``: ``now()`` on PostgreSQL, and on SQLite
+    ``CURRENT_TIMESTAMP`` with sub-second digits (plain ``CURRENT_TIMESTAMP`` has one-second
+    resolution, too coarse to tell two writes apart in the FAISS staleness watermark)."""
+
+    type = UtcDateTime()
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _db_now_default(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
 
 
 def utcnow() -> datetime:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from indexer.db.base import Base, JsonType, Real, UtcDateTime, check_in
+from indexer.db.base import Base, JsonType, Real, UtcDateTime, check_in, db_now
 
 
 class ConceptStatus(StrEnum):
@@ -48,7 +48,7 @@ class Concept(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(
-        UtcDateTime, server_default=sa.func.now(), onupdate=sa.func.now()
+        UtcDateTime, server_default=sa.func.now(), onupdate=db_now()
     )
 
     __table_args__ = (

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db._sql import truncate_text
+from indexer.db.base import db_now
 from indexer.db.errors import NotFoundError
 from indexer.db.jobs import Job, JobKind, JobStatus
 
@@ -78,7 +79,7 @@ def update_job(
     Raises:
         NotFoundError: no such job.
     """
-    values: dict[str, Any] = {"updated_at": sa.func.now()}
+    values: dict[str, Any] = {"updated_at": db_now()}
     if status is not None:
         values["status"] = JobStatus(status).value
     if total is not None:
@@ -104,7 +105,7 @@ def add_job_progress(session: Session, job_id: int, *, done: int = 0, failed: in
     stmt = (
         sa.update(_jobs)
         .where(_jobs.c.id == job_id)
-        .values(done=_jobs.c.done + done, failed=_jobs.c.failed + failed, updated_at=sa.func.now())
+        .values(done=_jobs.c.done + done, failed=_jobs.c.failed + failed, updated_at=db_now())
     )
     if session.execute(stmt).rowcount == 0:
         raise NotFoundError(f"no job with id {job_id}")

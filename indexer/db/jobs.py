@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from indexer.db.base import Base, BigIntPK, JsonType, UtcDateTime, check_in
+from indexer.db.base import Base, BigIntPK, JsonType, UtcDateTime, check_in, db_now
 
 
 class JobKind(StrEnum):
@@ -47,7 +47,7 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(
-        UtcDateTime, server_default=sa.func.now(), onupdate=sa.func.now()
+        UtcDateTime, server_default=sa.func.now(), onupdate=db_now()
     )
 
     __table_args__ = (

@@ -1,0 +1,792 @@
+"""FAISS index over image embeddings c, keyed by asset id; the database is the source of truth.
+
+One wrapper, :class:`VectorIndex`:
+
+* up to ``exact_max_size`` vectors: exact inner product, ``IndexIDMap2(IndexFlatIP)``;
+* beyond: IVF-PQ (``IVF{nlist},PQ{m}x{nbits}``, inner product) trained on a random sample, with
+  FAISS's native 64-bit ids and a hash-table direct map. (``IndexIDMap2`` is not used around IVF:
+  its ``remove_ids`` compacts its id map while IVF keeps the old internal ids, so after a delete
+  searches return the wrong assets. Checked with faiss 1.15.)
+* ``save`` writes a temporary file and ``os.replace``s it, with a JSON sidecar (model, dim, count,
+  kind, database watermark) so staleness can be detected;
+* ``load(mmap=True)`` maps the file read-only (readers share the page cache; a replaced file
+  keeps serving until ``reload_if_changed``);
+* ``rebuild_from_database``, ``check`` (drift report) and ``sync`` (incremental repair);
+* one writer and many reader threads per object (a readers-writer lock); across processes, one
+  writer at a time (:func:`writer_lock`) and any number of memory-mapping readers;
+* GPU: when faiss-gpu is installed and ``faiss.get_num_gpus() > 0``, searches run on a GPU copy
+  (kept in step lazily after writes). That path exists but is untested here (no GPU, CPU wheel).
+
+Vectors are expected unit-norm (the model's c), so inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from sqlalchemy.orm import Session
+
+from indexer.db import embedding_repo
+from indexer.db.base import utcnow
+from indexer.db.embedding_repo import Watermark
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_SUFFIX = ".faiss"
+SIDECAR_SUFFIX = ".json"
+FLAT = "flat"
+IVFPQ = "ivfpq"
+# A transaction that committed late can carry an updated_at older than the watermark taken before
+# it committed; sync re-reads this much history to catch it.
+COMMIT_LAG = timedelta(minutes=10)
+_MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this
+
+
+class IndexReadOnlyError(RuntimeError):
+    """A write was attempted on an index loaded memory-mapped (read-only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DriftReport:
+    """Differences between the index and the database's embedding set of a model.
+
+    Attributes:
+        model_name: the model checked.
+        db_count: embeddings in the database.
+        index_count: vectors in the index.
+        missing_from_index: ids in the database but not in the index (sorted).
+        extra_in_index: ids in the index but not in the database (sorted).
+        model_matches: the index was built for this model.
+        stale: the database changed since the index's recorded watermark.
+    """
+
+    model_name: str
+    db_count: int
+    index_count: int
+    missing_from_index: np.ndarray
+    extra_in_index: np.ndarray
+    model_matches: bool
+    stale: bool
+
+    @property
+    def in_sync(self) -> bool:
+        """No missing or extra ids and the right model."""
+        return (
+            self.model_matches
+            and self.missing_from_index.size == 0
+            and self.extra_in_index.size == 0
+        )
+
+    def summary(self) -> str:
+        """One line for humans (``ramdex index check``)."""
+        state = "in sync" if self.in_sync else "DRIFT"
+        return (
+            f"{state}: model {self.model_name!r}, database {self.db_count}, index "
+            f"{self.index_count}, missing {self.missing_from_index.size}, extra "
+            f"{self.extra_in_index.size}" + ("" if self.model_matches else ", WRONG MODEL")
+        )
+
+
+@dataclass(slots=True)
+class IndexMeta:
+    """Sidecar JSON stored next to the index file."""
+
+    model_name: str
+    dim: int
+    count: int
+    kind: str
+    params: dict[str, int] = field(default_factory=dict)
+    watermark: dict[str, Any] | None = None
+    saved_at: str = ""
+    format: int = FORMAT_VERSION
+
+    def watermark_obj(self) -> Watermark | None:
+        if not self.watermark:
+            return None
+        raw = self.watermark.get("max_updated_at")
+        return Watermark(
+            count=int(self.watermark["count"]),
+            max_id=int(self.watermark["max_id"]),
+            max_updated_at=datetime.fromisoformat(raw) if raw else None,
+        )
+
+
+def _watermark_dict(mark: Watermark) -> dict[str, Any]:
+    stamp = mark.max_updated_at.isoformat() if mark.max_updated_at else None
+    return {"count": mark.count, "max_id": mark.max_id, "max_updated_at": stamp}
+
+
+class _RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def index_path(index_dir: Path, model_name: str) -> Path:
+    """Where the index of ``model_name`` lives: a filesystem-safe name plus a short hash."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._") or "model"
+    digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
+    return Path(index_dir) / f"{safe[:80]}-{digest}{INDEX_SUFFIX}"
+
+
+def sidecar_path(path: Path) -> Path:
+    """The JSON sidecar of an index file."""
+    return Path(path).with_suffix(SIDECAR_SUFFIX)
+
+
+def read_meta(path: Path) -> IndexMeta:
+    """The sidecar of an index file.
+
+    Raises:
+        FileNotFoundError: no sidecar.
+        ValueError: unreadable or from a newer format.
+    """
+    data = json.loads(sidecar_path(path).read_text())
+    if int(data.get("format", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{sidecar_path(path)} has format {data['format']}; upgrade ramdex")
+    return IndexMeta(**data)
+
+
+@contextlib.contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Exclusive cross-process lock for the one process allowed to modify and save ``path``."""
+    lock_file = Path(path).with_suffix(".lock")
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _as_ids(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+    if array.size and array.min() < 0:
+        raise ValueError("asset ids must be >= 0")
+    return array
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(m for m in range(1, max(1, min(n, limit)) + 1) if n % m == 0)
+
+
+def ivfpq_params(n: int, dim: int, nlist: int, pq_m: int) -> dict[str, int]:
+    """IVF-PQ parameters clamped for ``n`` training vectors of ``dim`` values.
+
+    nlist: at most ``n / 39`` (FAISS wants >= 39 points per centroid); m: the largest divisor of
+    ``dim`` not above ``pq_m``; nbits: 8, fewer when ``n`` cannot train 256 centroids per
+    sub-quantizer.
+    """
+    if n < 1:
+        raise ValueError("IVF-PQ needs training vectors")
+    nlist = max(1, min(nlist, n // _MIN_POINTS_PER_CENTROID))
+    m = _largest_divisor_at_most(dim, pq_m)
+    nbits = int(min(8, max(1, math.floor(math.log2(max(2, n // _MIN_POINTS_PER_CENTROID))))))
+    return {"nlist": nlist, "m": m, "nbits": nbits}
+
+
+class VectorIndex:
+    """Similarity index of one model's image embeddings, keyed by asset id.
+
+    Args:
+        dim: embedding dimension.
+        model_name: the model whose embeddings these are.
+        exact_max_size: flat (exact) index up to this many vectors, IVF-PQ beyond
+            (default ``settings.index.exact_max_size``).
+        nlist, pq_m: IVF-PQ sizes before clamping (defaults from settings).
+        nprobe: IVF lists visited per query.
+        use_gpu: search on GPU when available (None: when faiss-gpu sees a GPU).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        model_name: str = "",
+        exact_max_size: int | None = None,
+        nlist: int | None = None,
+        pq_m: int | None = None,
+        nprobe: int = 32,
+        use_gpu: bool | None = None,
+    ) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if exact_max_size is None or nlist is None or pq_m is None:
+            from indexer.settings import get_settings
+
+            cfg = get_settings().index
+            exact_max_size = cfg.exact_max_size if exact_max_size is None else exact_max_size
+            nlist = cfg.ivf_nlist if nlist is None else nlist
+            pq_m = cfg.pq_m if pq_m is None else pq_m
+        self.dim = dim
+        self.model_name = model_name
+        self.exact_max_size = exact_max_size
+        self.nlist = nlist
+        self.pq_m = pq_m
+        self.nprobe = nprobe
+        self.use_gpu = use_gpu
+        self.kind = FLAT
+        self.params: dict[str, int] = {}
+        self.watermark: Watermark | None = None
+        self.read_only = False
+        self.path: Path | None = None
+        self._file_stamp: tuple[int, int] | None = None
+        self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._gpu_index: Any = None
+        self._gpu_dirty = True
+        self._gpu_lock = threading.Lock()
+        self._lock = _RWLock()
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def count(self) -> int:
+        """Vectors in the index."""
+        return int(self._index.ntotal)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def ids(self) -> np.ndarray:
+        """Sorted ids of every vector in the index."""
+        with self._lock.read():
+            return np.sort(self._ids_unlocked())
+
+    def _ids_unlocked(self) -> np.ndarray:
+        if self.kind == FLAT:
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        ivf = faiss.extract_index_ivf(self._index)
+        lists = ivf.invlists
+        parts = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(lists.nlist)
+            if lists.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+    def __contains__(self, asset_id: int) -> bool:
+        with self._lock.read():
+            return bool(self._present(np.array([asset_id], np.int64))[0])
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        if self.kind == IVFPQ:
+            ivf = faiss.extract_index_ivf(self._index)
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:  # read-only IVF: scan the lists
+                return np.isin(ids, self._ids_unlocked())
+        # reconstruct() looks the id up in IDMap2's reverse map / IVF's hash-table direct map.
+        found = np.zeros(ids.size, dtype=bool)
+        for i, asset_id in enumerate(ids.tolist()):
+            try:
+                self._index.reconstruct(asset_id)
+                found[i] = True
+            except RuntimeError:
+                pass
+        return found
+
+    # ----------------------------------------------------------------------------- writes
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise IndexReadOnlyError("index was loaded read-only (memory-mapped); load mmap=False")
+
+    def _as_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        array = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        if array.ndim == 1:
+            array = array.reshape(1, -1)
+        if array.shape != (n, self.dim):
+            raise ValueError(f"expected ({n}, {self.dim}) vectors, got {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError("vectors hold NaN or infinity")
+        return array
+
+    def add(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors; an id already present is replaced (re-scored assets).
+
+        Switches from the exact index to IVF-PQ when the count passes ``exact_max_size``.
+
+        Raises:
+            ValueError: shapes disagree, duplicate or negative ids, non-finite values.
+            IndexReadOnlyError: the index is memory-mapped read-only.
+        """
+        id_array = _as_ids(ids)
+        array = self._as_vectors(vectors, id_array.size)
+        if np.unique(id_array).size != id_array.size:
+            raise ValueError("duplicate ids in one add() call")
+        with self._lock.write():
+            self._check_writable()
+            present = self._present(id_array)
+            if present.any():
+                self._remove_unlocked(id_array[present])
+            if self.kind == FLAT and self.count + id_array.size > self.exact_max_size:
+                self._switch_to_ivfpq(id_array, array)
+            elif id_array.size:
+                self._index.add_with_ids(array, id_array)
+            self._gpu_dirty = True
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        """Remove vectors by asset id (absent ids are ignored). Returns how many were removed.
+
+        Raises:
+            IndexReadOnlyError: the index is memory-mapped read-only.
+        """
+        id_array = _as_ids(ids)
+        with self._lock.write():
+            self._check_writable()
+            if not id_array.size or not self.count:
+                return 0
+            removed = self._remove_unlocked(id_array)
+            self._gpu_dirty = True
+            return removed
+
+    def _remove_unlocked(self, ids: np.ndarray) -> int:
+        # IVF's hash-table direct map only accepts IDSelectorArray; IDMap2 takes any selector.
+        selector = faiss.IDSelectorArray(ids) if self.kind == IVFPQ else faiss.IDSelectorBatch(ids)
+        return int(self._index.remove_ids(selector))
+
+    def _all_vectors_unlocked(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) held by a flat index."""
+        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        flat = faiss.downcast_index(self._index.index)
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(-1, self.dim)
+        return ids, vectors.copy()
+
+    def _new_ivfpq(self, train: np.ndarray) -> Any:
+        self.params = ivfpq_params(train.shape[0], self.dim, self.nlist, self.pq_m)
+        p = self.params
+        index = faiss.index_factory(
+            self.dim, f"IVF{p['nlist']},PQ{p['m']}x{p['nbits']}", faiss.METRIC_INNER_PRODUCT
+        )
+        index.train(train)
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        faiss.extract_index_ivf(index).nprobe = min(self.nprobe, p["nlist"])
+        return index
+
+    def _switch_to_ivfpq(self, new_ids: np.ndarray, new_vectors: np.ndarray) -> None:
+        old_ids, old_vectors = self._all_vectors_unlocked()
+        ids = np.concatenate([old_ids, new_ids])
+        vectors = np.concatenate([old_vectors, new_vectors])
+        sample = _sample_rows(vectors.shape[0], self._train_size(vectors.shape[0]))
+        index = self._new_ivfpq(vectors[sample])
+        index.add_with_ids(vectors, ids)
+        self._index = index
+        self.kind = IVFPQ
+        log.info("FAISS index of %s switched to IVF-PQ at %d vectors", self.model_name, len(ids))
+
+    def _train_size(self, n: int) -> int:
+        # enough for the coarse quantizer (~64 per list) and for 256 PQ centroids (~39 each)
+        return int(min(n, max(64 * min(self.nlist, n), 256 * _MIN_POINTS_PER_CENTROID, 1), 500_000))
+
+    # ----------------------------------------------------------------------------- search
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: Sequence[int] | np.ndarray | None = None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The ``k`` most similar vectors for each query row.
+
+        Args:
+            queries: (n, dim) float32 (unit-norm for cosine similarity).
+            k: results per query, >= 1.
+            allowed_ids: restrict results to these asset ids (tag filter + similarity).
+
+        Returns:
+            ``(scores, ids)``: per query, 1-D arrays best first; FAISS's -1 padding removed, so
+            a row can be shorter than ``k``.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        array = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise ValueError(f"expected (n, {self.dim}) queries, got {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError("queries hold NaN or infinity")
+        with self._lock.read():
+            if not self.count or not array.shape[0]:
+                empty = [np.empty(0, np.float32)] * array.shape[0]
+                return list(empty), [np.empty(0, np.int64)] * array.shape[0]
+            k_eff = min(k, self.count)
+            if allowed_ids is not None:
+                allowed = _as_ids(allowed_ids)
+                if not allowed.size:
+                    return (
+                        [np.empty(0, np.float32)] * array.shape[0],
+                        [np.empty(0, np.int64)] * array.shape[0],
+                    )
+                selector = faiss.IDSelectorBatch(allowed)  # must outlive the search call
+                params = self._search_params(selector)
+                scores, ids = self._index.search(array, k_eff, params=params)
+            else:
+                scores, ids = self._search_index().search(array, k_eff)
+        keep = ids >= 0
+        return (
+            [scores[i][keep[i]] for i in range(len(ids))],
+            [ids[i][keep[i]].astype(np.int64) for i in range(len(ids))],
+        )
+
+    def search_one(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: Sequence[int] | np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` for one (dim,) vector: ``(scores, ids)`` 1-D, best first."""
+        scores, ids = self.search(
+            np.asarray(vector, np.float32).reshape(1, -1), k, allowed_ids=allowed_ids
+        )
+        return scores[0], ids[0]
+
+    def _search_params(self, selector: Any) -> Any:
+        if self.kind == IVFPQ:
+            nprobe = faiss.extract_index_ivf(self._index).nprobe
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        return faiss.SearchParameters(sel=selector)
+
+    def _search_index(self) -> Any:
+        """The CPU index, or a GPU copy when faiss-gpu sees a GPU (untested here)."""
+        wanted = self.use_gpu if self.use_gpu is not None else True
+        if not wanted or not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() < 1:
+            return self._index
+        with self._gpu_lock:  # readers share the read lock; build the copy once
+            if self._gpu_dirty or self._gpu_index is None:
+                try:
+                    self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+                    self._gpu_dirty = False
+                except RuntimeError as exc:  # an index type the GPU cloner does not support
+                    log.warning("FAISS GPU copy failed (%s); searching on CPU", exc)
+                    self.use_gpu = False
+                    return self._index
+            return self._gpu_index
+
+    # ----------------------------------------------------------------------------- persistence
+    def meta(self) -> IndexMeta:
+        """The sidecar content describing the current state."""
+        return IndexMeta(
+            model_name=self.model_name,
+            dim=self.dim,
+            count=self.count,
+            kind=self.kind,
+            params=dict(self.params),
+            watermark=_watermark_dict(self.watermark) if self.watermark else None,
+            saved_at=utcnow().isoformat(),
+        )
+
+    def save(self, path: Path | str) -> None:
+        """Write index and sidecar atomically (temporary file, fsync, ``os.replace``).
+
+        Readers that memory-mapped the previous file keep using it until they reload.
+
+        Raises:
+            IndexReadOnlyError: the index is memory-mapped read-only.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tag = f".{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp_index = path.with_name(path.name + tag)
+        tmp_meta = sidecar_path(path).with_name(sidecar_path(path).name + tag)
+        with self._lock.write():
+            self._check_writable()
+            try:
+                if self.kind == IVFPQ:
+                    # Readers do not need the id hash table; keep it out of the file.
+                    self._index.set_direct_map_type(faiss.DirectMap.NoMap)
+                try:
+                    faiss.write_index(self._index, str(tmp_index))
+                finally:
+                    if self.kind == IVFPQ:
+                        self._index.set_direct_map_type(faiss.DirectMap.Hashtable)
+                _fsync(tmp_index)
+                tmp_meta.write_text(json.dumps(asdict(self.meta()), indent=1))
+                _fsync(tmp_meta)
+                os.replace(tmp_index, path)
+                os.replace(tmp_meta, sidecar_path(path))
+                _fsync_dir(path.parent)
+            finally:
+                tmp_index.unlink(missing_ok=True)
+                tmp_meta.unlink(missing_ok=True)
+            self.path = path
+            self._file_stamp = _stamp(path)
+
+    @classmethod
+    def load(
+        cls, path: Path | str, *, mmap: bool = True, use_gpu: bool | None = None
+    ) -> VectorIndex:
+        """Load a saved index.
+
+        Args:
+            path: the ``.faiss`` file (its ``.json`` sidecar must be next to it).
+            mmap: map the file read-only (readers); False loads a writable copy (the writer).
+            use_gpu: as in the constructor.
+
+        Raises:
+            FileNotFoundError: index or sidecar missing.
+            ValueError: the file and its sidecar disagree.
+        """
+        path = Path(path)
+        meta = read_meta(path)
+        stamp = _stamp(path)
+        if mmap:
+            # Flat codes need IO_FLAG_MMAP_IFC; IVF lists need IO_FLAG_MMAP (the two flags
+            # together fail on IVF files), both with IO_FLAG_READ_ONLY.
+            flag = faiss.IO_FLAG_MMAP_IFC if meta.kind == FLAT else faiss.IO_FLAG_MMAP
+            raw = faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY)
+        else:
+            raw = faiss.read_index(str(path))
+        if raw.d != meta.dim or raw.ntotal != meta.count:
+            raise ValueError(
+                f"{path}: index has {raw.ntotal} x {raw.d}, sidecar says {meta.count} x {meta.dim}"
+            )
+        obj = cls(meta.dim, model_name=meta.model_name, use_gpu=use_gpu)
+        if meta.kind == IVFPQ:
+            if not mmap:
+                raw.set_direct_map_type(faiss.DirectMap.Hashtable)
+            obj.nprobe = faiss.extract_index_ivf(raw).nprobe
+        obj._index = raw
+        obj.kind = meta.kind
+        obj.params = dict(meta.params)
+        obj.watermark = meta.watermark_obj()
+        obj.read_only = mmap
+        obj.path = path
+        obj._file_stamp = stamp
+        return obj
+
+    def reload_if_changed(self) -> bool:
+        """Readers: swap in a newer saved file (same path) if one was written. Returns whether
+        it did. Searches in flight finish on the old mapping."""
+        if self.path is None or not self.read_only:
+            return False
+        try:
+            stamp = _stamp(self.path)
+        except FileNotFoundError:
+            return False
+        if stamp == self._file_stamp:
+            return False
+        fresh = VectorIndex.load(self.path, mmap=True, use_gpu=self.use_gpu)
+        with self._lock.write():
+            self._index, self.kind, self.params = fresh._index, fresh.kind, fresh.params
+            self.dim, self.model_name, self.watermark = fresh.dim, fresh.model_name, fresh.watermark
+            self.nprobe, self._file_stamp = fresh.nprobe, fresh._file_stamp
+            self._gpu_dirty = True
+        return True
+
+    # ----------------------------------------------------------------------------- database
+    @classmethod
+    def rebuild_from_database(
+        cls,
+        session: Session,
+        model_name: str,
+        *,
+        dim: int | None = None,
+        exact_max_size: int | None = None,
+        nlist: int | None = None,
+        pq_m: int | None = None,
+        batch_size: int = 10_000,
+        seed: int = 0,
+    ) -> VectorIndex:
+        """Build a fresh index from the database's embeddings of ``model_name``.
+
+        Flat when the set fits ``exact_max_size``; otherwise IVF-PQ trained on a random sample
+        (read by id), then every embedding streamed in id order.
+
+        Args:
+            dim: dimension for an empty set (otherwise taken from the data).
+
+        Raises:
+            ValueError: no embeddings and no ``dim``; embeddings of mixed dimensions.
+        """
+        mark = embedding_repo.embedding_watermark(session, model_name)
+        ids = embedding_repo.embedding_ids(session, model_name)
+        first_ids, first = embedding_repo.get_embeddings(session, model_name, ids[:1])
+        if first_ids.size:
+            dim = first.shape[1]
+        elif dim is None:
+            raise ValueError(f"no embeddings stored for model {model_name!r}; pass dim")
+        index = cls(
+            int(dim), model_name=model_name, exact_max_size=exact_max_size, nlist=nlist, pq_m=pq_m
+        )
+        if ids.size > index.exact_max_size:
+            rng = np.random.default_rng(seed)
+            sample_ids = np.sort(rng.choice(ids, index._train_size(ids.size), replace=False))
+            _, train = embedding_repo.get_embeddings(session, model_name, sample_ids)
+            index._index = index._new_ivfpq(train)
+            index.kind = IVFPQ
+        for batch_ids, vectors in embedding_repo.iter_embeddings(
+            session, model_name, batch_size=batch_size
+        ):
+            if vectors.shape[1] != index.dim:
+                raise ValueError(f"embeddings of {model_name!r} have different dimensions")
+            index._index.add_with_ids(np.ascontiguousarray(vectors), batch_ids)
+        index.watermark = mark
+        return index
+
+    def is_stale(self, session: Session) -> bool:
+        """Whether the database's embedding set changed since the recorded watermark."""
+        current = embedding_repo.embedding_watermark(session, self.model_name)
+        return self.watermark != current
+
+    def check(self, session: Session, model_name: str | None = None) -> DriftReport:
+        """Compare the index with the database (the source of truth).
+
+        Args:
+            model_name: the model the index should serve (default: the one it was built for).
+        """
+        model = model_name or self.model_name
+        db_ids = embedding_repo.embedding_ids(session, model)
+        current = embedding_repo.embedding_watermark(session, model)
+        index_ids = self.ids()
+        return DriftReport(
+            model_name=model,
+            db_count=int(db_ids.size),
+            index_count=int(index_ids.size),
+            missing_from_index=np.setdiff1d(db_ids, index_ids),
+            extra_in_index=np.setdiff1d(index_ids, db_ids),
+            model_matches=model == self.model_name,
+            stale=self.watermark != current,
+        )
+
+    def sync(self, session: Session) -> DriftReport:
+        """Bring the index up to date with the database, incrementally.
+
+        Re-adds embeddings updated since the recorded watermark (minus ``COMMIT_LAG``); when the
+        counts still disagree (deletes, or no watermark), falls back to a full id comparison and
+        adds missing / removes extra ids. Records the new watermark.
+
+        Returns:
+            The drift found before repairing (empty arrays when the cheap path sufficed).
+
+        Raises:
+            IndexReadOnlyError: the index is memory-mapped read-only.
+        """
+        self._check_writable()
+        mark = embedding_repo.embedding_watermark(session, self.model_name)
+        empty = np.empty(0, np.int64)
+        previous = self.watermark
+        if previous is not None and previous == mark and self.count == mark.count:
+            return DriftReport(self.model_name, mark.count, self.count, empty, empty, True, False)
+        changed = empty
+        if previous is not None and previous.max_updated_at is not None:
+            since = previous.max_updated_at - COMMIT_LAG
+            changed = embedding_repo.ids_updated_since(session, self.model_name, since)
+            self._add_from_db(session, changed)
+        if previous is not None and self.count == mark.count:
+            self.watermark = mark
+            return DriftReport(self.model_name, mark.count, self.count, empty, empty, True, True)
+        report = self.check(session)
+        self._add_from_db(session, report.missing_from_index)
+        if report.extra_in_index.size:
+            self.remove(report.extra_in_index)
+        self.watermark = mark
+        return report
+
+    def _add_from_db(self, session: Session, ids: np.ndarray) -> None:
+        for start in range(0, ids.size, 10_000):
+            got_ids, vectors = embedding_repo.get_embeddings(
+                session, self.model_name, ids[start : start + 10_000]
+            )
+            if got_ids.size:
+                self.add(got_ids, vectors)
+
+
+def open_index(
+    session: Session,
+    model_name: str,
+    *,
+    index_dir: Path | None = None,
+    dim: int = 512,
+    rebuild_if_stale: bool = True,
+) -> VectorIndex:
+    """The writer's index for ``model_name``: loaded writable from ``index_dir`` (default
+    ``settings.index_dir``), rebuilt from the database when missing, unreadable or for another
+    model, and synced when stale. Saves when it changed anything. Hold :func:`writer_lock`.
+    """
+    if index_dir is None:
+        from indexer.settings import get_settings
+
+        index_dir = get_settings().index_dir
+    path = index_path(index_dir, model_name)
+    index: VectorIndex | None = None
+    try:
+        index = VectorIndex.load(path, mmap=False)
+        if index.model_name != model_name:
+            index = None
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        log.info("FAISS index %s not usable (%s); rebuilding from the database", path, exc)
+    if index is None:
+        index = VectorIndex.rebuild_from_database(session, model_name, dim=dim)
+        index.save(path)
+    elif rebuild_if_stale and index.is_stale(session):
+        index.sync(session)
+        index.save(path)
+    return index
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem allows fsync on a directory
+        _fsync(path)
+
+
+def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, size), replace=False))
