@@ -21,6 +21,8 @@ _SUBCOMMANDS: list[tuple[str, str, str | None]] = [
     ("api.cli.ingest", "app", None),
     ("api.cli.serve", "app", None),
     ("api.cli.serve", "keys_app", "keys"),
+    ("api.cli.db", "app", "db"),
+    ("api.cli.index", "app", "index"),
 ]
 
 for module_name, attribute, group in _SUBCOMMANDS:
