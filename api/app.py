@@ -22,7 +22,7 @@ from api.problems import (
     Problem,
     install_problem_handlers,
 )
-from api.routers import assets, health, jobs, tags
+from api.routers import assets, concepts, health, jobs, search, tags
 from api.services import Services
 from indexer.settings import Settings, get_settings
 
@@ -64,7 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.api.max_json_bytes,
     )
     install_problem_handlers(app)
-    for router in (health.router, assets.router, tags.router, jobs.router):
+    for router in (
+        health.router,
+        assets.build_router(settings),
+        search.build_router(settings),
+        concepts.router,
+        tags.router,
+        jobs.router,
+    ):
         app.include_router(router)
     _mount_ui(app)
 

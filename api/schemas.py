@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,8 +34,6 @@ class Me(BaseModel):
 class JobOut(BaseModel):
     """A long-running job and its progress: ``done + failed`` of ``total`` items."""
 
-    model_config = ConfigDict(from_attributes=True)
-
     id: int
     kind: str
     status: str
@@ -43,8 +41,13 @@ class JobOut(BaseModel):
     done: int
     failed: int
     error: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: datetime | None
+    updated_at: datetime | None
+    rate_per_s: float | None = Field(description="items per second so far")
+    eta_s: float | None = Field(description="seconds left at that rate")
+    params: dict[str, Any] = Field(
+        description="what the job was given, plus duplicates and failures with reasons"
+    )
 
 
 class JobPage(BaseModel):
@@ -180,6 +183,9 @@ class Reason(BaseModel):
     name: str
     name_zh: str | None = None
     score: float
+    above_threshold: bool | None = Field(
+        None, description="concept reasons: whether the score passes the concept's threshold"
+    )
 
 
 class SearchHitOut(BaseModel):

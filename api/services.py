@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +29,17 @@ from indexer.db.jobs import Job
 from indexer.db.session import create_engine_for
 from indexer.models import ModelNotAvailableError, configured_model_id
 from indexer.settings import Settings
+
+if TYPE_CHECKING:
+    from api.search import TtlCache
+    from indexer.db.asset_repo import DeletedAsset
+    from indexer.faiss_index import VectorIndex
+    from indexer.ingest import AssetProcessor
+    from indexer.retroactive import RetroactiveSearcher
+    from indexer.token_store import TokenStore
+    from ram_pp.factory import LoadedModel
+    from ram_pp.inference import TaggingEngine
+    from ram_pp.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +75,18 @@ class Services:
         self.metrics.watch_archive(self.archive_stats)
         self._lock = threading.Lock()
         self._lazy: dict[str, Any] = {}
+        self._part_locks: dict[str, threading.Lock] = {}
+        self._pending: tuple[float, int] | None = None
 
     # ---------- lazily opened parts ----------
     def lazy(self, name: str, build: Callable[[], T]) -> T:
-        """The part called ``name``, built once by ``build()`` (thread-safe)."""
+        """The part called ``name``, built once by ``build()`` (thread-safe; one lock per part,
+        so builds may use other parts and a slow build blocks only its own users)."""
         value = self._lazy.get(name)
         if value is None:
             with self._lock:
+                part_lock = self._part_locks.setdefault(name, threading.Lock())
+            with part_lock:
                 value = self._lazy.get(name)
                 if value is None:
                     value = build()
@@ -88,13 +108,206 @@ class Services:
 
         return self.lazy("model_id", build)
 
+    def loaded_model(self) -> LoadedModel:
+        """The configured RAM++ model (loaded once; used for open-set scoring and query images).
+
+        Raises:
+            ProblemError: 503 when the model is not on this machine.
+        """
+
+        def build() -> LoadedModel:
+            from indexer.models import load_configured_model
+
+            try:
+                loaded = load_configured_model(self.settings)
+            except ModelNotAvailableError as exc:
+                raise ProblemError(503, str(exc), kind="model-unavailable") from exc
+            loaded.model.eval()
+            return loaded
+
+        return self.lazy("model", build)
+
+    def text_encoder(self) -> TextEncoder:
+        """The text encoder for concept descriptions (settings, else the model config's).
+
+        Raises:
+            ProblemError: 503 when it cannot be loaded here.
+        """
+
+        def build() -> TextEncoder:
+            from ram_pp.text_encoder import TextEncoderUnavailable, load_text_encoder
+
+            name = self.settings.model.text_encoder or self.loaded_model().config.text_encoder
+            try:
+                return load_text_encoder(name, cache_dir=self.settings.model.cache_dir)
+            except TextEncoderUnavailable as exc:
+                raise ProblemError(503, str(exc), kind="text-encoder-unavailable") from exc
+
+        return self.lazy("text_encoder", build)
+
+    def tagging_engine(self) -> TaggingEngine:
+        """Runs the image model on query images (similar-image search by upload)."""
+
+        def build() -> TaggingEngine:
+            from ram_pp.inference import TaggingEngine
+
+            model = self.settings.model
+            return TaggingEngine(
+                self.loaded_model(), device=model.device, dtype=model.dtype, decode_workers=0
+            )
+
+        return self.lazy("tagging_engine", build)
+
+    def token_store(self) -> TokenStore | None:
+        """The model's token store as the workers last committed it (None before any ingest)."""
+        from indexer.ingest import token_store_path
+        from indexer.token_store import TokenStore, TokenStoreError
+
+        store = self._lazy.get("token_store")
+        if store is None:
+            try:
+                store = TokenStore(token_store_path(self.settings, self.model_id()), read_only=True)
+            except TokenStoreError:
+                return None  # nothing ingested yet
+            self._lazy.setdefault("token_store", store)
+            return store
+        store.refresh()  # cheap: re-reads the manifest only when its generation changed
+        return store
+
+    def searcher(self) -> RetroactiveSearcher:
+        """Two-stage concept search over the token store, with the FAISS index as stage 1.
+
+        Raises:
+            ProblemError: 503 when nothing has been ingested yet (no token store).
+        """
+        store = self.token_store()
+        if store is None:
+            raise ProblemError(503, "no token embeddings stored yet: ingest first", kind="empty")
+
+        def build() -> RetroactiveSearcher:
+            from indexer.retroactive import RetroactiveSearcher
+            from ram_pp.openset import OpenSetScorer
+
+            scorer = OpenSetScorer(self.loaded_model().model)
+            return RetroactiveSearcher.from_settings(
+                scorer, store, candidates=_IndexCandidates(self), settings=self.settings
+            )
+
+        return self.lazy("searcher", build)
+
+    def cache(self, name: str) -> TtlCache:
+        """A named short-lived cache (concept label banks, ranked result lists)."""
+        from api.search import TtlCache
+
+        return self.lazy(f"cache:{name}", TtlCache)
+
+    def pending_reindex(self, session: Session, model_id: str) -> int:
+        """Assets scored by another model (refreshed at most every 10 s: a count is not free)."""
+        from indexer.db.asset_repo import count_assets_scored_by_other_model
+
+        now = time.monotonic()
+        cached = self._pending
+        if cached is not None and now - cached[0] < 10.0:
+            return cached[1]
+        count = count_assets_scored_by_other_model(session, model_id)
+        self._pending = (now, count)
+        return count
+
+    def processor(self) -> AssetProcessor:
+        """The embedded mode's processor: tags assets in this process with the shared model and
+        syncs the FAISS index after each committed batch."""
+
+        def build() -> AssetProcessor:
+            from indexer.ingest import AssetProcessor
+
+            return AssetProcessor(
+                self.settings,
+                loaded=self.loaded_model(),
+                model_id=self.model_id(),
+                on_committed=lambda _ids, completed: self.request_index_sync(final=completed),
+            )
+
+        return self.lazy("processor", build)
+
+    def background(self, work: Callable[[], None]) -> None:
+        """Run blocking work (embedded-mode ingest, concept backfill) off the event loop, one job
+        at a time, in this process."""
+        executor = self.lazy(
+            "executor", lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="ramdex-bg")
+        )
+        executor.submit(work)
+
+    # ---------- vector index (FAISS over the image embeddings c) ----------
+    def vector_index(self) -> VectorIndex:
+        """The model's FAISS index as last saved by a sync, memory-mapped read-only and
+        re-mapped when a newer file appears; an empty index before the first sync."""
+        from indexer.faiss_index import VectorIndex, index_path
+
+        index = self._lazy.get("vector_index")
+        if index is not None:
+            index.reload_if_changed()  # a stat; re-maps only when the writer saved a new file
+            return index
+        path = index_path(self.settings.index_dir, self.model_id())
+        if not path.exists():
+            cfg = self.settings.index
+            return VectorIndex(
+                self.embed_dim(),
+                model_name=self.model_id(),
+                exact_max_size=cfg.exact_max_size,
+                nlist=cfg.ivf_nlist,
+                pq_m=cfg.pq_m,
+            )
+        return self.lazy("vector_index", lambda: VectorIndex.load(path, mmap=True))
+
+    def embed_dim(self) -> int:
+        """Width of the image embeddings (512 for RAM++)."""
+        return self.loaded_model().config.head.embed_dim
+
+    def request_index_sync(self, final: bool = True) -> None:
+        """Have the FAISS index brought up to date with the database: a task on the default
+        queue with a broker, right here in the embedded mode."""
+        from indexer.tasks import request_index_sync
+
+        request_index_sync(
+            self.settings, final=final, model_id=self.model_id(), dim=self.embed_dim()
+        )
+
+    def forget_asset(self, deleted: DeletedAsset) -> None:
+        """Remove a deleted asset from the token store, the vector index, the media store and
+        the result caches (the database row is already gone). Failures are logged: the database
+        is the source of truth and the stores are checked against it."""
+        from indexer.ingest import token_store_path
+        from indexer.token_store import TokenStore, TokenStoreError
+
+        media = self.settings.media_dir.resolve()
+        if deleted.token_shard is not None and deleted.model_name:
+            try:
+                TokenStore(token_store_path(self.settings, deleted.model_name)).delete([deleted.id])
+            except (TokenStoreError, OSError):
+                log.warning("asset %s: token store delete failed", deleted.id, exc_info=True)
+        try:
+            self.request_index_sync(final=True)
+        except Exception:
+            log.warning("asset %s: vector index sync failed", deleted.id, exc_info=True)
+        for raw in (deleted.thumbnail_path, deleted.storage_path):
+            if not raw:
+                continue
+            path = Path(raw).resolve()
+            if path.is_relative_to(media):  # never delete anything outside the media store
+                path.unlink(missing_ok=True)
+        for name in ("rankings",):
+            self.cache(name).clear()
+
     def forget(self, name: str) -> None:
         """Drop a lazily built part so the next use builds it again."""
         with self._lock:
             self._lazy.pop(name, None)
 
     def close(self) -> None:
-        """Release what was opened."""
+        """Release what was opened (background work still queued is dropped)."""
+        executor = self._lazy.pop("executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
         for value in list(self._lazy.values()):
             close = getattr(value, "close", None)
             if callable(close):
@@ -183,6 +396,17 @@ class Services:
         except Exception:
             log.warning("metrics: broker queue depth unavailable", exc_info=True)
         return stats
+
+
+class _IndexCandidates:
+    """Stage-1 source for concept search that always asks the current vector index."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.services.vector_index().search(query, k)
+        return scores[0], ids[0]
 
 
 def _one_line(exc: BaseException) -> str:

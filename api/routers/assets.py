@@ -7,32 +7,22 @@ from pathlib import Path
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
-from api.deps import AssetId, ReadKey, ServicesDep, SessionDep
+from api.deps import AdminKey, AssetId, ReadKey, ServicesDep, SessionDep, WriteKey
 from api.problems import ProblemError, not_found
-from api.schemas import AssetOut, AssetPage, AssetSummary, AssetTagOut, SourceOut
-from indexer.db.asset_repo import get_asset, list_sources
+from api.routers.jobs import job_out
+from api.schemas import Accepted, AssetOut, AssetPage, AssetTagOut, RegisterRequest, SourceOut
+from api.search import asset_summaries
+from api.submit import check_sources, submit_sources, submit_upload
+from indexer.db.asset_repo import delete_asset, get_asset, list_sources
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.job_repo import get_job
 from indexer.db.tag_repo import get_asset_tags
-
-router = APIRouter(prefix="/assets", tags=["assets"])
+from indexer.settings import Settings
 
 _IMMUTABLE = "private, max-age=31536000, immutable"  # content-addressed: bytes never change
-
-
-def summary(asset: Asset) -> AssetSummary:
-    """The grid view of an asset."""
-    return AssetSummary(
-        id=asset.id,
-        status=asset.status,
-        mime=asset.mime,
-        width=asset.width,
-        height=asset.height,
-        created_at=asset.created_at,
-        thumbnail_url=f"/assets/{asset.id}/thumbnail",
-    )
 
 
 def _cursor(asset_id: int) -> str:
@@ -49,59 +39,6 @@ def _after(cursor: str) -> int:
     return value
 
 
-@router.get("", response_model=AssetPage, summary="Assets, newest first")
-def assets(
-    _: ReadKey,
-    session: SessionDep,
-    status: Annotated[AssetStatus | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
-) -> AssetPage:
-    stmt = sa.select(Asset).order_by(Asset.id.desc()).limit(limit + 1)
-    if status is not None:
-        stmt = stmt.where(Asset.status == status.value)
-    if cursor:
-        stmt = stmt.where(Asset.id < _after(cursor))
-    rows = list(session.scalars(stmt))
-    more = len(rows) > limit
-    return AssetPage(
-        items=[summary(a) for a in rows[:limit]],
-        next_cursor=_cursor(rows[limit - 1].id) if more else None,
-    )
-
-
-@router.get("/{asset_id}", response_model=AssetOut, summary="One asset with tags and sources")
-def asset(asset_id: AssetId, _: ReadKey, session: SessionDep) -> AssetOut:
-    row = get_asset(session, asset_id)
-    if row is None:
-        raise not_found("asset", asset_id)
-    tags = get_asset_tags(session, asset_id, include_below_threshold=True)
-    sources = list_sources(session, asset_id)
-    return AssetOut(
-        **summary(row).model_dump(),
-        sha256=row.sha256,
-        bytes=row.size_bytes,
-        error=row.error,
-        model=row.model_name,
-        updated_at=row.updated_at,
-        original_url=f"/assets/{asset_id}/original",
-        sources=[
-            SourceOut(uri=s.uri, first_seen=s.first_seen, last_seen=s.last_seen) for s in sources
-        ],
-        tags=[
-            AssetTagOut(
-                id=t.tag_id,
-                name=t.english,
-                name_zh=t.chinese,
-                score=t.score,
-                threshold=t.threshold,
-                above_threshold=t.above_threshold,
-            )
-            for t in tags
-        ],
-    )
-
-
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
@@ -110,58 +47,192 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-@router.get(
-    "/{asset_id}/thumbnail",
-    summary="The asset's thumbnail (WebP)",
-    response_class=Response,
-    responses={
-        200: {"content": {"image/webp": {"schema": {"type": "string", "format": "binary"}}}}
-    },
-)
-def thumbnail(
-    asset_id: AssetId, request: Request, _: ReadKey, services: ServicesDep, session: SessionDep
-) -> Response:
-    row = get_asset(session, asset_id)
-    if row is None:
-        raise not_found("asset", asset_id)
-    etag = f'"t-{row.sha256}"'
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers={"ETag": etag})
-    headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
-    if row.thumbnail:
-        return Response(row.thumbnail, media_type="image/webp", headers=headers)
-    path = Path(row.thumbnail_path) if row.thumbnail_path else None
-    if path is not None and _inside(path, services.settings.media_dir) and path.is_file():
-        return FileResponse(path, media_type="image/webp", headers=headers)
-    raise ProblemError(
-        404, f"asset {asset_id} has no thumbnail (status {row.status})", kind="not-found"
+def build_router(settings: Settings) -> APIRouter:
+    """The asset routes; uploads are capped at ``api.max_upload_bytes``."""
+    router = APIRouter(prefix="/assets", tags=["assets"])
+
+    @router.get("", response_model=AssetPage, summary="Assets, newest first")
+    def assets(
+        _: ReadKey,
+        session: SessionDep,
+        status: Annotated[AssetStatus | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> AssetPage:
+        stmt = sa.select(Asset.id).order_by(Asset.id.desc()).limit(limit + 1)
+        if status is not None:
+            stmt = stmt.where(Asset.status == status.value)
+        if cursor:
+            stmt = stmt.where(Asset.id < _after(cursor))
+        ids = [int(i) for i in session.scalars(stmt)]
+        found = asset_summaries(session, ids[:limit])
+        return AssetPage(
+            items=[found[i] for i in ids[:limit] if i in found],
+            next_cursor=_cursor(ids[limit - 1]) if len(ids) > limit else None,
+        )
+
+    @router.get("/{asset_id}", response_model=AssetOut, summary="One asset with tags and sources")
+    def asset(asset_id: AssetId, _: ReadKey, session: SessionDep) -> AssetOut:
+        row = get_asset(session, asset_id)
+        if row is None:
+            raise not_found("asset", asset_id)
+        tags = get_asset_tags(session, asset_id, include_below_threshold=True)
+        sources = list_sources(session, asset_id)
+        return AssetOut(
+            id=row.id,
+            status=row.status,
+            mime=row.mime,
+            width=row.width,
+            height=row.height,
+            created_at=row.created_at,
+            thumbnail_url=f"/assets/{asset_id}/thumbnail",
+            sha256=row.sha256,
+            bytes=row.size_bytes,
+            error=row.error,
+            model=row.model_name,
+            updated_at=row.updated_at,
+            original_url=f"/assets/{asset_id}/original",
+            sources=[
+                SourceOut(uri=s.uri, first_seen=s.first_seen, last_seen=s.last_seen)
+                for s in sources
+            ],
+            tags=[
+                AssetTagOut(
+                    id=t.tag_id,
+                    name=t.english,
+                    name_zh=t.chinese,
+                    score=t.score,
+                    threshold=t.threshold,
+                    above_threshold=t.above_threshold,
+                )
+                for t in tags
+            ],
+        )
+
+    @router.get(
+        "/{asset_id}/thumbnail",
+        summary="The asset's thumbnail (WebP)",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/webp": {"schema": {"type": "string", "format": "binary"}}}}
+        },
     )
+    def thumbnail(
+        asset_id: AssetId, request: Request, _: ReadKey, services: ServicesDep, session: SessionDep
+    ) -> Response:
+        row = get_asset(session, asset_id)
+        if row is None:
+            raise not_found("asset", asset_id)
+        etag = f'"t-{row.sha256}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        headers = {"ETag": etag, "Cache-Control": _IMMUTABLE}
+        if row.thumbnail:
+            return Response(row.thumbnail, media_type="image/webp", headers=headers)
+        path = Path(row.thumbnail_path) if row.thumbnail_path else None
+        if path is not None and _inside(path, services.settings.media_dir) and path.is_file():
+            return FileResponse(path, media_type="image/webp", headers=headers)
+        raise ProblemError(
+            404, f"asset {asset_id} has no thumbnail (status {row.status})", kind="not-found"
+        )
 
-
-@router.get(
-    "/{asset_id}/original",
-    summary="The original file",
-    response_class=Response,
-    responses={
-        200: {
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+    @router.get(
+        "/{asset_id}/original",
+        summary="The original file",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                }
             }
-        }
-    },
-)
-def original(asset_id: AssetId, _: ReadKey, services: ServicesDep, session: SessionDep) -> Response:
-    row = get_asset(session, asset_id)
-    if row is None:
-        raise not_found("asset", asset_id)
-    path = Path(row.storage_path) if row.storage_path else None
-    # Only files inside the media store are served, whatever a row says.
-    if path is None or not _inside(path, services.settings.media_dir) or not path.is_file():
-        raise ProblemError(404, f"the original of asset {asset_id} is not stored", kind="not-found")
-    return FileResponse(
-        path,
-        media_type=row.mime or "application/octet-stream",
-        headers={"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
-        content_disposition_type="inline",
-        filename=path.name,
+        },
     )
+    def original(
+        asset_id: AssetId, _: ReadKey, services: ServicesDep, session: SessionDep
+    ) -> Response:
+        row = get_asset(session, asset_id)
+        if row is None:
+            raise not_found("asset", asset_id)
+        path = Path(row.storage_path) if row.storage_path else None
+        # Only files inside the media store are served, whatever a row says.
+        if path is None or not _inside(path, services.settings.media_dir) or not path.is_file():
+            raise ProblemError(
+                404, f"the original of asset {asset_id} is not stored", kind="not-found"
+            )
+        return FileResponse(
+            path,
+            media_type=row.mime or "application/octet-stream",
+            headers={"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
+            content_disposition_type="inline",
+            filename=path.name,
+        )
+
+    @router.post(
+        "",
+        status_code=202,
+        response_model=Accepted,
+        summary="Upload an image; it is tagged in the background",
+        max_body_size=settings.api.max_upload_bytes,
+        responses={
+            200: {"model": Accepted, "description": "the same bytes are already an asset"},
+            413: {"description": "the file is over the upload limit"},
+            422: {"description": "not a supported image, or empty"},
+        },
+    )
+    def upload(
+        file: Annotated[UploadFile, File(description="the image file")],
+        _: WriteKey,
+        services: ServicesDep,
+        session: SessionDep,
+        response: Response,
+    ) -> Accepted:
+        job_id, registered = submit_upload(services, file.file, file.filename)
+        if registered.state == "failed":
+            raise ProblemError(
+                422,
+                registered.reason or "the file cannot be ingested",
+                kind="bad-image",
+                asset_id=registered.asset_id,
+                job_id=job_id,
+            )
+        job = get_job(session, job_id)
+        assert job is not None  # created by submit_upload just now
+        asset_id = int(registered.asset_id)  # type: ignore[arg-type]
+        if registered.state == "duplicate":
+            response.status_code = 200
+            return Accepted(job=job_out(job), duplicates=[asset_id])
+        return Accepted(job=job_out(job), asset_ids=[asset_id])
+
+    @router.post(
+        "/register",
+        status_code=202,
+        response_model=Accepted,
+        summary="Ingest URLs or files and folders on the server (admin)",
+    )
+    def register(
+        body: RegisterRequest, _: AdminKey, services: ServicesDep, session: SessionDep
+    ) -> Accepted:
+        sources = check_sources(body.urls, body.paths)
+        job_id = submit_sources(services, sources)
+        job = get_job(session, job_id)
+        assert job is not None  # created by submit_sources just now
+        return Accepted(job=job_out(job))
+
+    @router.delete(
+        "/{asset_id}",
+        status_code=204,
+        response_class=Response,
+        summary="Delete an asset from the database, the indexes and the media store",
+    )
+    def delete(
+        asset_id: AssetId, _: WriteKey, services: ServicesDep, session: SessionDep
+    ) -> Response:
+        deleted = delete_asset(session, asset_id)
+        if deleted is None:
+            raise not_found("asset", asset_id)
+        session.commit()
+        services.forget_asset(deleted)
+        return Response(status_code=204)
+
+    return router

@@ -10,9 +10,29 @@ from api.deps import JobId, ReadKey, SessionDep
 from api.problems import not_found
 from api.schemas import JobOut, JobPage
 from indexer.db.job_repo import get_job, list_jobs
-from indexer.db.jobs import JobKind, JobStatus
+from indexer.db.jobs import Job, JobKind, JobStatus
+from indexer.jobs import view
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def job_out(job: Job) -> JobOut:
+    """The API view of a job row, with rate and ETA."""
+    v = view(job)
+    return JobOut(
+        id=v.id,
+        kind=v.kind,
+        status=v.status,
+        total=v.total,
+        done=v.done,
+        failed=v.failed,
+        error=v.error,
+        created_at=v.created_at,
+        updated_at=v.updated_at,
+        rate_per_s=v.rate,
+        eta_s=v.eta_s,
+        params=v.params,
+    )
 
 
 @router.get("", response_model=JobPage, summary="Recent jobs, newest first")
@@ -24,7 +44,7 @@ def jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> JobPage:
     rows = list_jobs(session, status=status, kind=kind, limit=limit)
-    return JobPage(items=[JobOut.model_validate(j) for j in rows])
+    return JobPage(items=[job_out(j) for j in rows])
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job with its progress")
@@ -32,4 +52,4 @@ def job(job_id: JobId, _: ReadKey, session: SessionDep) -> JobOut:
     row = get_job(session, job_id)
     if row is None:
         raise not_found("job", job_id)
-    return JobOut.model_validate(row)
+    return job_out(row)

@@ -1,0 +1,121 @@
+"""Open-set concepts: create (starts the backfill that makes it a tag), list, get, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from sqlalchemy import select
+
+from api.concept_backfill import backfill_concept
+from api.deps import ConceptId, ReadKey, ServicesDep, SessionDep, WriteKey
+from api.problems import ProblemError, not_found
+from api.routers.jobs import job_out
+from api.schemas import ConceptCreate, ConceptCreated, ConceptOut, ConceptPage
+from indexer.db.concept_repo import create_concept, get_concept, get_concept_by_name, list_concepts
+from indexer.db.concepts import Concept
+from indexer.db.job_repo import create_job
+from indexer.db.jobs import JobKind
+from indexer.db.tags import Tag
+from ram_pp.concepts import Concept as ConceptSpec
+
+router = APIRouter(prefix="/concepts", tags=["concepts"])
+
+
+def concept_out(concept: Concept) -> ConceptOut:
+    return ConceptOut(
+        id=concept.id,
+        name=concept.name,
+        status=concept.status,
+        descriptions=list(concept.descriptions or []),
+        threshold=concept.threshold,
+        tag_id=concept.tag_id,
+        error=concept.error,
+        created_at=concept.created_at,
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ConceptCreated,
+    summary="Create a concept and start scoring every archived asset for it",
+)
+def create(
+    body: ConceptCreate, _: WriteKey, services: ServicesDep, session: SessionDep
+) -> ConceptCreated:
+    settings = services.settings
+    model_id = services.model_id()
+    if body.generate and not (settings.llm.url and settings.llm.model):
+        raise ProblemError(
+            422,
+            "no LLM endpoint is configured (RAMDEX_LLM__URL, RAMDEX_LLM__MODEL): "
+            "give descriptions or leave generate off",
+            kind="llm-unavailable",
+        )
+    try:
+        spec = ConceptSpec(body.name, tuple(body.descriptions or ()))
+    except (TypeError, ValueError) as exc:
+        raise ProblemError(422, str(exc), kind="validation") from exc
+    if get_concept_by_name(session, model_id, spec.name) is not None or session.scalar(
+        select(Tag.id).where(Tag.model_name == model_id, Tag.english == spec.name)
+    ):
+        raise ProblemError(
+            409, f"a concept or tag named {spec.name!r} already exists", kind="conflict"
+        )
+    concept = create_concept(
+        session,
+        model_name=model_id,
+        name=spec.name,
+        descriptions=list(spec.descriptions),
+        threshold=body.threshold if body.threshold is not None else 0.5,
+    )
+    job = create_job(session, kind=JobKind.BACKFILL, params={"concept_id": concept.id})
+    session.commit()
+    concept_id, job_id = concept.id, job.id
+    services.background(
+        lambda: backfill_concept(
+            services,
+            concept_id,
+            job_id,
+            generate=body.generate,
+            fixed_threshold=body.threshold is not None,
+        )
+    )
+    return ConceptCreated(concept=concept_out(concept), job=job_out(job))
+
+
+@router.get(
+    "", response_model=ConceptPage, summary="Concepts of the configured model, newest first"
+)
+def concepts(_: ReadKey, services: ServicesDep, session: SessionDep) -> ConceptPage:
+    return ConceptPage(items=[concept_out(c) for c in list_concepts(session, services.model_id())])
+
+
+@router.get("/{concept_id}", response_model=ConceptOut, summary="One concept")
+def concept(
+    concept_id: ConceptId, _: ReadKey, services: ServicesDep, session: SessionDep
+) -> ConceptOut:
+    row = get_concept(session, concept_id)
+    if row is None or row.model_name != services.model_id():
+        raise not_found("concept", concept_id)
+    return concept_out(row)
+
+
+@router.delete(
+    "/{concept_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a concept and its tag",
+)
+def delete(
+    concept_id: ConceptId, _: WriteKey, services: ServicesDep, session: SessionDep
+) -> Response:
+    row = get_concept(session, concept_id)
+    if row is None or row.model_name != services.model_id():
+        raise not_found("concept", concept_id)
+    tag = session.get(Tag, row.tag_id) if row.tag_id is not None else None
+    session.delete(row)
+    if tag is not None:
+        session.delete(tag)  # its scores go with it (ON DELETE CASCADE)
+    session.commit()
+    services.cache("rankings").clear()
+    return Response(status_code=204)

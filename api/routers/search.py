@@ -1,0 +1,80 @@
+"""Search: tag filters, free-text concepts, similar images (``GET``/``POST /search``) and
+similar-to-an-uploaded-image (``POST /search/image``)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Query, UploadFile
+
+from api.deps import ReadKey, ServicesDep, SessionDep
+from api.problems import ProblemError
+from api.schemas import SearchPageOut, SearchRequest
+from api.search import run_search
+from api.services import Services
+from indexer.settings import Settings
+from ram_pp.preprocess import DecodeOptions, ImageDecodeError
+
+
+def _image_vector(services: Services, data: bytes) -> np.ndarray:
+    """The unit-norm image embedding c of a query image (the model's image encoder)."""
+    engine = services.tagging_engine()
+    options = DecodeOptions(max_pixels=services.settings.ingest.max_pixels)
+    try:
+        pixels = engine.preprocess.load(data, options)
+    except ImageDecodeError as exc:
+        raise ProblemError(422, f"the query image cannot be used: {exc}", kind="bad-image") from exc
+    with services.metrics.time_model("encode_image"):
+        tokens = engine.run(pixels.unsqueeze(0)).tokens[0, 0].cpu().numpy()
+    return (tokens / max(float(np.linalg.norm(tokens)), 1e-12)).astype(np.float32)
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The search routes; the query-image upload is capped at ``api.max_upload_bytes``."""
+    router = APIRouter(prefix="/search", tags=["search"])
+
+    @router.get("", response_model=SearchPageOut, summary="Search (query parameters)")
+    def search_get(
+        params: Annotated[SearchRequest, Query()],
+        _: ReadKey,
+        services: ServicesDep,
+        session: SessionDep,
+    ) -> SearchPageOut:
+        return run_search(services, session, params)
+
+    @router.post("", response_model=SearchPageOut, summary="Search (JSON body)")
+    def search_post(
+        body: SearchRequest, _: ReadKey, services: ServicesDep, session: SessionDep
+    ) -> SearchPageOut:
+        return run_search(services, session, body)
+
+    @router.post(
+        "/image",
+        response_model=SearchPageOut,
+        summary="Assets similar to an uploaded image",
+        max_body_size=settings.api.max_upload_bytes,
+    )
+    def search_image(
+        file: Annotated[UploadFile, File(description="the query image")],
+        _: ReadKey,
+        services: ServicesDep,
+        session: SessionDep,
+        limit: Annotated[int, Form(ge=1, le=200)] = 40,
+        cursor: Annotated[str | None, Form(max_length=2000)] = None,
+    ) -> SearchPageOut:
+        data = file.file.read()
+        if not data:
+            raise ProblemError(422, "the query image is empty", kind="bad-image")
+        vector = _image_vector(services, data)
+        req = SearchRequest(limit=limit, cursor=cursor)
+        return run_search(
+            services,
+            session,
+            req,
+            image_vector=vector,
+            image_digest=hashlib.sha256(data).hexdigest(),
+        )
+
+    return router
