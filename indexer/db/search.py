@@ -179,44 +179,107 @@ def search_by_tags(
         return SearchPage(hits, _encode_cursor(None, hits[-1].asset_id) if more else None)
 
     rank_tags = all_terms[0] if all_terms else any_tags
-    drive = _asset_tags.alias("d")
-    conditions: list[Any] = [_exists(drive.c.asset_id, term, min_score) for term in all_terms[1:]]
-    if all_terms and any_tags:
-        conditions.append(_exists(drive.c.asset_id, any_tags, min_score))
-    if none_tags:
-        conditions.append(~_exists(drive.c.asset_id, none_tags, min_score))
-    if asset_filters:
-        conditions.append(sa.exists().where(_assets.c.id == drive.c.asset_id, *asset_filters))
-    if len(rank_tags) == 1:
-        # One ranking tag: an index range scan on (tag_id, score, asset_id) read backwards,
-        # stopping after LIMIT rows.
-        score_col = drive.c.score
-        stmt = sa.select(drive.c.asset_id, score_col).where(
-            _term(drive, rank_tags, min_score), *conditions
-        )
-        id_col = drive.c.asset_id
-    else:
-        inner = (
-            sa.select(drive.c.asset_id, sa.func.max(drive.c.score).label("score"))
-            .where(_term(drive, rank_tags, min_score), *conditions)
-            .group_by(drive.c.asset_id)
-            .subquery("ranked")
-        )
-        score_col, id_col = inner.c.score, inner.c.asset_id
-        stmt = sa.select(id_col, score_col)
-    if after is not None:
-        score, asset_id = after
-        if score is None:
-            raise ValueError("cursor does not belong to a tag query")
-        stmt = stmt.where(sa.tuple_(score_col, id_col) < sa.tuple_(_real(score), asset_id))
-    stmt = stmt.order_by(score_col.desc(), id_col.desc()).limit(limit + 1)
-    rows = session.execute(stmt).all()
+    if after is not None and after[0] is None:
+        raise ValueError("cursor does not belong to a tag query")
+    rows = _ranked_rows(
+        session,
+        rank_tags,
+        filters=lambda asset_id: (
+            _filters(asset_id, all_terms, any_tags, none_tags, min_score)
+            + (
+                [sa.exists().where(_assets.c.id == asset_id, *asset_filters)]
+                if asset_filters
+                else []
+            )
+        ),
+        min_score=min_score,
+        limit=limit,
+        after=after,  # type: ignore[arg-type]
+    )
     page = rows[:limit]
     positive = [t for term in all_terms for t in term] + any_tags
-    matched = _matched_tags(session, [int(r[0]) for r in page], positive, min_score)
-    hits = [SearchHit(int(a), float(s), matched.get(int(a), ())) for a, s in page]
+    matched = _matched_tags(session, [a for a, _ in page], positive, min_score)
+    hits = [SearchHit(a, s, matched.get(a, ())) for a, s in page]
     next_cursor = _encode_cursor(hits[-1].score, hits[-1].asset_id) if len(rows) > limit else None
     return SearchPage(hits, next_cursor)
+
+
+def _filters(
+    asset_id: Any,
+    all_terms: list[list[Tag]],
+    any_tags: list[Tag],
+    none_tags: list[Tag],
+    min_score: float | None,
+) -> list[Any]:
+    """Conditions on a candidate asset besides its ranking tag (each a PK probe)."""
+    conditions: list[Any] = [_exists(asset_id, term, min_score) for term in all_terms[1:]]
+    if all_terms and any_tags:
+        conditions.append(_exists(asset_id, any_tags, min_score))
+    if none_tags:
+        conditions.append(~_exists(asset_id, none_tags, min_score))
+    return conditions
+
+
+def _ranked_rows(
+    session: Session,
+    rank_tags: Sequence[Tag],
+    *,
+    filters: Any,
+    min_score: float | None,
+    limit: int,
+    after: tuple[float, int] | None,
+) -> list[tuple[int, float]]:
+    """Up to ``limit + 1`` (asset id, best ranking-tag score) pairs, best first.
+
+    One branch per ranking tag, each an index range scan of ``(tag_id, score, asset_id)`` read
+    backwards; PostgreSQL merges them (Merge Append) and stops early, so the work is
+    proportional to the page, not to how many assets carry the tags. An asset can appear once
+    per ranking tag; its first row in the merged order carries its best score, so reading
+    ``(limit + 1) * len(rank_tags)`` rows and keeping first occurrences gives the page exactly.
+    """
+    several = len(rank_tags) > 1
+    row_limit = (limit + 1) * len(rank_tags)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    branches = []
+    for tag in rank_tags:
+        d = _asset_tags.alias(f"d{len(branches)}")
+        branch = sa.select(d.c.asset_id, d.c.score).where(
+            _term(d, [tag], min_score), *filters(d.c.asset_id)
+        )
+        if after is not None:
+            cursor = sa.tuple_(_real(after[0]), after[1])
+            branch = branch.where(sa.tuple_(d.c.score, d.c.asset_id) < cursor)
+            if several:  # skip assets whose best row was on an earlier page
+                seen = _asset_tags.alias()
+                branch = branch.where(
+                    ~sa.exists().where(
+                        seen.c.asset_id == d.c.asset_id,
+                        _term(seen, rank_tags, min_score),
+                        sa.tuple_(seen.c.score, seen.c.asset_id) >= cursor,
+                    )
+                )
+        if postgres and several:
+            # ordered, limited branches let PostgreSQL plan a Merge Append (SQLite does not
+            # accept ORDER BY inside a UNION member)
+            branch = branch.order_by(d.c.score.desc(), d.c.asset_id.desc()).limit(row_limit)
+        branches.append(branch)
+    if several:
+        union = sa.union_all(*branches).subquery("ranked")
+        score_col, id_col = union.c.score, union.c.asset_id
+        stmt = sa.select(id_col, score_col)
+    else:
+        stmt = branches[0]
+        score_col, id_col = stmt.selected_columns.score, stmt.selected_columns.asset_id
+    stmt = stmt.order_by(score_col.desc(), id_col.desc()).limit(row_limit)
+    out: list[tuple[int, float]] = []
+    seen_ids: set[int] = set()
+    for asset_id, score in session.execute(stmt):
+        if asset_id not in seen_ids:
+            seen_ids.add(asset_id)
+            out.append((int(asset_id), float(score)))
+            if len(out) > limit:
+                break
+    return out
 
 
 def _search_assets_only(
