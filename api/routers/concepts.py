@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from api.concept_backfill import backfill_concept
 from api.deps import ConceptId, ReadKey, ServicesDep, SessionDep, WriteKey
@@ -56,7 +56,9 @@ def create(
     except (TypeError, ValueError) as exc:
         raise ProblemError(422, str(exc), kind="validation") from exc
     if get_concept_by_name(session, model_id, spec.name) is not None or session.scalar(
-        select(Tag.id).where(Tag.model_name == model_id, Tag.english == spec.name)
+        select(Tag.id).where(
+            Tag.model_name == model_id, func.lower(Tag.english) == spec.name.lower()
+        )
     ):
         raise ProblemError(
             409, f"a concept or tag named {spec.name!r} already exists", kind="conflict"
