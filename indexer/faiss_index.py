@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 from sqlalchemy.orm import Session
 
@@ -45,6 +45,8 @@ from indexer.db import embedding_repo
 from indexer.db.base import utcnow
 from indexer.db.embedding_repo import Watermark
 
+# faiss ships partial type stubs (no DirectMap, SearchParameters keywords, ...): use it untyped.
+faiss: Any = _faiss
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1

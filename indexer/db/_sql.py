@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 
 # Bound parameters per statement stay well below SQLite's limit (32766) and PostgreSQL's (65535).
 IN_CHUNK = 5000
+
+
+def table_of(model: Any) -> sa.Table:
+    """The Core table of a mapped class (typed, for statements built on tables)."""
+    return cast(sa.Table, model.__table__)
+
+
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE or DELETE result."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def upsert_insert(session: Session, table: sa.Table) -> Any:
@@ -47,6 +58,7 @@ def bulk_insert(
         import psycopg
 
         driver = session.connection().connection.driver_connection
+        assert driver is not None, "no DBAPI connection"
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         try:
             with driver.cursor() as cursor, cursor.copy(statement) as copy:

@@ -16,16 +16,16 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db._sql import bulk_insert, chunks, truncate_text, upsert_insert
+from indexer.db._sql import bulk_insert, chunks, rowcount, table_of, truncate_text, upsert_insert
 from indexer.db.assets import MAX_URI_BYTES, Asset, AssetSource, AssetStatus
 from indexer.db.base import db_now, utcnow
 from indexer.db.tags import AssetTag, Tag, TagOrigin
 from indexer.db.vectors import encode_vectors
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_assets = Asset.__table__
-_sources = AssetSource.__table__
-_asset_tags = AssetTag.__table__
+_assets = table_of(Asset)
+_sources = table_of(AssetSource)
+_asset_tags = table_of(AssetTag)
 
 
 class AssetRef(NamedTuple):
@@ -208,7 +208,7 @@ def set_status(
         stmt = sa.update(_assets).where(_assets.c.id.in_(part)).values(**values)
         if only_from is not None:
             stmt = stmt.where(_assets.c.status.in_([AssetStatus(s).value for s in only_from]))
-        changed += session.execute(stmt).rowcount
+        changed += rowcount(session.execute(stmt))
     return changed
 
 
@@ -232,7 +232,7 @@ def mark_failed(session: Session, asset_ids: int | Sequence[int], error: str) ->
                 updated_at=db_now(),
             )
         )
-        changed += session.execute(stmt).rowcount
+        changed += rowcount(session.execute(stmt))
     return changed
 
 

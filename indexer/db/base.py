@@ -28,7 +28,7 @@ NAMING_CONVENTION: dict[str, str] = {
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 # 4-byte floats: scores and thresholds need no more, and asset_tags is the biggest table.
-Real = sa.REAL()
+Real: sa.REAL[float] = sa.REAL()
 
 # JSONB on PostgreSQL (compact, indexable), JSON text on SQLite.
 JsonType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")

@@ -11,7 +11,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db._sql import truncate_text
+from indexer.db._sql import rowcount, truncate_text
 from indexer.db.concepts import Concept, ConceptStatus
 from indexer.db.errors import DuplicateError, NotFoundError
 from indexer.db.tags import Tag, TagOrigin
@@ -167,7 +167,7 @@ def update_concept(
 def delete_concept(session: Session, concept_id: int) -> bool:
     """Delete a concept (a tag it was promoted to stays). Returns whether it existed."""
     result = session.execute(sa.delete(Concept).where(Concept.id == concept_id))
-    return result.rowcount > 0
+    return rowcount(result) > 0
 
 
 def concept_embeddings(concept: Concept) -> np.ndarray:

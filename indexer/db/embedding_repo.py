@@ -9,16 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db._sql import chunks
+from indexer.db._sql import chunks, table_of
 from indexer.db.assets import Asset
 from indexer.db.vectors import decode_vectors
 
-_assets = Asset.__table__
+_assets = table_of(Asset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ def ids_updated_since(session: Session, model_name: str, since: datetime) -> np.
     return np.fromiter(session.execute(stmt).scalars(), dtype=np.int64)
 
 
-def _rows_to_arrays(rows: Sequence[sa.Row[tuple[int, bytes, int]]]) -> tuple[np.ndarray, ...]:
+def _rows_to_arrays(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     if not rows:
         return np.empty(0, np.int64), np.empty((0, 0), np.float32)
     dims = {int(r[2]) for r in rows}

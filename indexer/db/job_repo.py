@@ -11,12 +11,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db._sql import truncate_text
+from indexer.db._sql import rowcount, table_of, truncate_text
 from indexer.db.base import db_now
 from indexer.db.errors import NotFoundError
 from indexer.db.jobs import Job, JobKind, JobStatus
 
-_jobs = Job.__table__
+_jobs = table_of(Job)
 
 
 def create_job(
@@ -89,7 +89,7 @@ def update_job(
     if error is not None:
         values["error"] = truncate_text(error)
     result = session.execute(sa.update(_jobs).where(_jobs.c.id == job_id).values(**values))
-    if result.rowcount == 0:
+    if rowcount(result) == 0:
         raise NotFoundError(f"no job with id {job_id}")
 
 
@@ -107,5 +107,5 @@ def add_job_progress(session: Session, job_id: int, *, done: int = 0, failed: in
         .where(_jobs.c.id == job_id)
         .values(done=_jobs.c.done + done, failed=_jobs.c.failed + failed, updated_at=db_now())
     )
-    if session.execute(stmt).rowcount == 0:
+    if rowcount(session.execute(stmt)) == 0:
         raise NotFoundError(f"no job with id {job_id}")

@@ -23,14 +23,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from indexer.db._sql import table_of
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.base import Real
 from indexer.db.tag_repo import resolve_tags
 from indexer.db.tags import AssetTag, Tag
 
 MAX_LIMIT = 1000
-_assets = Asset.__table__
-_asset_tags = AssetTag.__table__
+_assets = table_of(Asset)
+_asset_tags = table_of(AssetTag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +241,7 @@ def _ranked_rows(
     several = len(rank_tags) > 1
     row_limit = (limit + 1) * len(rank_tags)
     postgres = session.get_bind().dialect.name == "postgresql"
-    branches = []
+    branches: list[sa.Select[Any]] = []
     for tag in rank_tags:
         d = _asset_tags.alias(f"d{len(branches)}")
         branch = sa.select(d.c.asset_id, d.c.score).where(
@@ -263,6 +264,8 @@ def _ranked_rows(
             # accept ORDER BY inside a UNION member)
             branch = branch.order_by(d.c.score.desc(), d.c.asset_id.desc()).limit(row_limit)
         branches.append(branch)
+    score_col: Any
+    id_col: Any
     if several:
         union = sa.union_all(*branches).subquery("ranked")
         score_col, id_col = union.c.score, union.c.asset_id

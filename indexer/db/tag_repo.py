@@ -12,13 +12,13 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db._sql import bulk_insert, chunks, upsert_insert
+from indexer.db._sql import bulk_insert, chunks, table_of, upsert_insert
 from indexer.db.errors import NotFoundError, UnknownTagError
 from indexer.db.tags import AssetTag, Tag, TagOrigin
 from ram_pp.vocab import TagVocabulary
 
-_tags = Tag.__table__
-_asset_tags = AssetTag.__table__
+_tags = table_of(Tag)
+_asset_tags = table_of(AssetTag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +184,11 @@ def resolve_tags(
             Tag.model_name == model_name,
             sa.or_(sa.func.lower(Tag.english).in_(lowered), Tag.chinese.in_(stripped)),
         )
-        rows = list(session.scalars(stmt))
+        candidates = list(session.scalars(stmt))
         for text in texts:
             key = text.strip()
-            matches = [t for t in rows if t.english.lower() == key.lower() or t.chinese == key]
+            lower = key.lower()
+            matches = [t for t in candidates if t.english.lower() == lower or t.chinese == key]
             if matches:
                 result[text] = sorted(matches, key=lambda t: t.id)
     unknown = [n for n in names if n not in result]
