@@ -32,7 +32,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -193,9 +193,15 @@ def read_meta(path: Path) -> IndexMeta:
         ValueError: unreadable or from a newer format.
     """
     data = json.loads(sidecar_path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{sidecar_path(path)} is not an index sidecar")
     if int(data.get("format", 0)) > FORMAT_VERSION:
         raise ValueError(f"{sidecar_path(path)} has format {data['format']}; upgrade ramdex")
-    return IndexMeta(**data)
+    known = {f.name for f in fields(IndexMeta)}
+    try:
+        return IndexMeta(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:  # a required field is missing
+        raise ValueError(f"{sidecar_path(path)} is incomplete: {exc}") from exc
 
 
 @contextlib.contextmanager

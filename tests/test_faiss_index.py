@@ -397,3 +397,18 @@ def test_rebuild_ivfpq_from_database_and_open_index(db_url: str, tmp_path: Path)
             VectorIndex.rebuild_from_database(s, "nothing-here")
         empty = VectorIndex.rebuild_from_database(s, "nothing-here", dim=DIM)
         assert empty.count == 0 and empty.check(s).in_sync
+
+
+def test_damaged_sidecar_is_a_clear_error_and_open_index_rebuilds(
+    db_url: str, tmp_path: Path
+) -> None:
+    store(db_url, unit(10, seed=6))
+    path = index_path(tmp_path, MODEL)
+    with session_scope(db_url) as s:
+        open_index(s, MODEL, index_dir=tmp_path)
+    sidecar_path(path).write_text('{"model_name": "x"}')
+    with pytest.raises(ValueError, match="incomplete"):
+        VectorIndex.load(path)
+    with session_scope(db_url) as s:
+        again = open_index(s, MODEL, index_dir=tmp_path)
+    assert again.count == 10 and read_meta(path).count == 10
