@@ -197,6 +197,9 @@ class RetroactiveSearcher:
         self.chunk = chunk
         self.rule = calibration or CalibrationRule()
         self._calibrations: dict[str, tuple[int, Calibration]] = {}
+        # float16 stores are read as stored; the scorer converts one chunk at a time (on its
+        # device), which avoids a float32 copy of the whole shortlist.
+        self._read_dtype = np.float16 if store.format == "float16" else np.float32
 
     @classmethod
     def from_settings(
@@ -250,7 +253,7 @@ class RetroactiveSearcher:
         out = np.empty((len(ids), bank.num_tags), dtype=np.float32)
         for start in range(0, len(ids), self.chunk):
             part = ids[start : start + self.chunk]
-            embeds = self.store.get(part, dtype=np.float32)
+            embeds = self.store.get(part, dtype=self._read_dtype)
             out[start : start + len(part)] = self.scorer.logits(embeds, bank).numpy()
         return out
 
@@ -273,7 +276,7 @@ class RetroactiveSearcher:
         best_ids = [np.zeros(0, np.int64) for _ in range(k_count)]
         best_logits = [np.zeros(0, np.float32) for _ in range(k_count)]
         scored = 0
-        chunks = self.store.iter_chunks(self.chunk, dtype=np.float32)
+        chunks = self.store.iter_chunks(self.chunk, dtype=self._read_dtype)
         for ids, logits in self.scorer.stream(chunks, bank):
             scored += len(ids)
             logits = logits.numpy()
