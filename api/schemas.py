@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Scope
+
+# Text from clients never holds NUL: PostgreSQL text cannot store it, and no name needs it.
+NO_NUL = r"^[^\x00]*$"
+
+
+def _bounded(max_length: int, min_length: int = 0) -> Any:
+    """A client-supplied string type: bounded, no NUL characters."""
+    return Annotated[
+        str, StringConstraints(min_length=min_length, max_length=max_length, pattern=NO_NUL)
+    ]
+
+
+TagName = _bounded(256)
+Cursor = _bounded(2000)
+QueryText = _bounded(500)
+MimeType = _bounded(100)
+Source = _bounded(4096, 1)
+ConceptName = _bounded(200, 1)
+Description = _bounded(500, 1)
+ChineseName = _bounded(200)
 
 
 class Health(BaseModel):
@@ -146,8 +166,8 @@ class RegisterRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    urls: list[str] = Field(default_factory=list, max_length=1000)
-    paths: list[str] = Field(default_factory=list, max_length=1000)
+    urls: list[Source] = Field(default_factory=list, max_length=1000)
+    paths: list[Source] = Field(default_factory=list, max_length=1000)
 
 
 # ---------- search ----------
@@ -160,20 +180,22 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(default=None, max_length=500, description="free-text concept")
-    all: list[str] = Field(default_factory=list, max_length=50, description="tags required")
-    any: list[str] = Field(default_factory=list, max_length=50, description="at least one of")
-    none: list[str] = Field(default_factory=list, max_length=50, description="tags excluded")
+    text: QueryText | None = Field(default=None, description="free-text concept")
+    all: list[TagName] = Field(default_factory=list, max_length=50, description="tags required")
+    any: list[TagName] = Field(default_factory=list, max_length=50, description="at least one of")
+    none: list[TagName] = Field(default_factory=list, max_length=50, description="tags excluded")
     min_score: float | None = Field(
         default=None, ge=0.0, le=1.0, description="instead of thresholds"
     )
-    mime: list[str] = Field(default_factory=list, max_length=20, description="image/png, image/*")
+    mime: list[MimeType] = Field(
+        default_factory=list, max_length=20, description="image/png, image/*"
+    )
     created_after: datetime | None = None
     created_before: datetime | None = None
     similar_to: int | None = Field(default=None, ge=1, description="asset id")
     sort: Literal["relevance", "date"] = "relevance"
     limit: int = Field(default=40, ge=1, le=200)
-    cursor: str | None = Field(default=None, max_length=2000)
+    cursor: Cursor | None = None
 
 
 class Reason(BaseModel):
@@ -211,11 +233,11 @@ class ConceptCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    descriptions: list[str] | None = Field(default=None, max_length=200)
+    name: ConceptName
+    descriptions: list[Description] | None = Field(default=None, max_length=200)
     generate: bool = Field(default=False, description="ask the configured LLM for descriptions")
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    name_zh: str | None = Field(default=None, max_length=200)
+    name_zh: ChineseName | None = None
 
 
 class ConceptOut(BaseModel):

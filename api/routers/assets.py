@@ -13,7 +13,15 @@ from fastapi.responses import FileResponse
 from api.deps import AdminKey, AssetId, ReadKey, ServicesDep, SessionDep, WriteKey
 from api.problems import ProblemError, not_found
 from api.routers.jobs import job_out
-from api.schemas import Accepted, AssetOut, AssetPage, AssetTagOut, RegisterRequest, SourceOut
+from api.schemas import (
+    Accepted,
+    AssetOut,
+    AssetPage,
+    AssetTagOut,
+    Cursor,
+    RegisterRequest,
+    SourceOut,
+)
 from api.search import asset_summaries
 from api.submit import check_sources, submit_sources, submit_upload
 from indexer.db.asset_repo import delete_asset, get_asset, list_sources
@@ -57,7 +65,7 @@ def build_router(settings: Settings) -> APIRouter:
         session: SessionDep,
         status: Annotated[AssetStatus | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(max_length=100)] = None,
+        cursor: Annotated[Cursor | None, Query()] = None,
     ) -> AssetPage:
         stmt = sa.select(Asset.id).order_by(Asset.id.desc()).limit(limit + 1)
         if status is not None:

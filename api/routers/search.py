@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from api.deps import ReadKey, ServicesDep, SessionDep
 from api.problems import ProblemError
-from api.schemas import SearchPageOut, SearchRequest
+from api.schemas import Cursor, SearchPageOut, SearchRequest
 from api.search import run_search
 from api.services import Services
 from indexer.settings import Settings
@@ -62,7 +62,7 @@ def build_router(settings: Settings) -> APIRouter:
         services: ServicesDep,
         session: SessionDep,
         limit: Annotated[int, Form(ge=1, le=200)] = 40,
-        cursor: Annotated[str | None, Form(max_length=2000)] = None,
+        cursor: Annotated[Cursor | None, Form()] = None,
     ) -> SearchPageOut:
         data = file.file.read()
         if not data:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import AdminKey, ReadKey, ServicesDep, SessionDep, TagId
 from api.problems import ProblemError, not_found
-from api.schemas import TagOut, TagPage, ThresholdUpdate
+from api.schemas import TagName, TagOut, TagPage, ThresholdUpdate
 from indexer.db.tag_repo import get_tag, list_tags, set_threshold_override
 from indexer.db.tags import Tag, TagOrigin
 
@@ -33,7 +33,7 @@ def tags(
     services: ServicesDep,
     session: SessionDep,
     prefix: Annotated[
-        str | None, Query(max_length=200, description="English (any case) or Chinese prefix")
+        TagName | None, Query(description="English (any case) or Chinese prefix")
     ] = None,
     origin: Annotated[TagOrigin | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
