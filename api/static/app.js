@@ -197,7 +197,8 @@ function renderHits(hits, append) {
     caption.className = "caption";
     const score = document.createElement("strong");
     score.className = "score";
-    score.textContent = hit.score.toFixed(3);
+    // No ranking signal (filters only): show when the asset arrived instead of a score.
+    score.textContent = hit.score === null ? hit.asset.created_at.slice(0, 10) : hit.score.toFixed(3);
     const why = document.createElement("span");
     why.className = "why";
     why.textContent = reasonText(hit.reasons);
@@ -239,7 +240,8 @@ async function openDetail(id) {
   const dialog = $("detail");
   try {
     const asset = await api(`/assets/${id}`);
-    $("detail-title").textContent = asset.sources.length ? asset.sources[0].uri.split("/").pop() : `asset ${id}`;
+    const source = asset.sources.length ? asset.sources[0].uri : "";
+    $("detail-title").textContent = source.replace(/^upload:/, "").split("/").pop() || `asset ${id}`;
     const meta = $("detail-meta");
     meta.replaceChildren();
     const rows = [

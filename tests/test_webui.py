@@ -1,0 +1,176 @@
+"""End-to-end: the web UI in headless Chromium (Debian's ``chromium`` driven by Playwright)
+against a real server on loopback: key entry, upload with progress, search with tag
+autocomplete, free-text concept search, asset detail, concept creation with backfill progress.
+
+Screenshots go to ``test-output/`` for review.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from api.app import create_app
+from tests.ingest_fixtures import encode, photo_like
+
+pytest_plugins = ["tests.api_support"]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="/usr/bin/chromium is missing (apt-get install chromium; scripts/test.sh does it)",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(
+    sqlite_url, settings_for, text_encoder_dir, tmp_path_factory
+) -> Iterator[tuple[str, str]]:
+    """A uvicorn server on loopback in a thread; yields (base URL, write key)."""
+    from tests.api_support import make_keys
+
+    settings = settings_for(tmp_path_factory.mktemp("ui-home"), sqlite_url, text_encoder_dir)
+    keys = make_keys(sqlite_url)
+    port = _free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", keys.write["Authorization"].removeprefix("Bearer ")
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_upload_search_open_and_create_a_concept(
+    server, browser, tmp_path, test_output_dir
+) -> None:
+    base, key = server
+    files = []
+    for i in range(3):
+        path = tmp_path / f"holiday-{i}.jpg"
+        path.write_bytes(encode(photo_like(160, 120, seed=300 + i), "JPEG"))
+        files.append(str(path))
+
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(30_000)
+    page.goto(base + "/")
+
+    # Without a key the page says so; with one it shows the key's scopes.
+    page.wait_for_function("document.querySelector('#key-status').textContent.length > 0")
+    assert "API key" in page.text_content("#key-status")
+    page.fill("#api-key", key)
+    page.click("#save-key")
+    page.wait_for_function("document.querySelector('#key-status').textContent.includes('write')")
+
+    # Upload three files: progress reaches 100 and the jobs finish.
+    page.set_input_files("#upload-input", files)
+    page.click("#upload-button")
+    page.wait_for_function(
+        "document.querySelector('#upload-status').textContent.startsWith('indexed 3')"
+    )
+    assert page.eval_on_selector("#upload-progress", "el => el.value") == 100
+
+    # The grid shows the new assets, thumbnails loaded through the key.
+    page.wait_for_function("document.querySelectorAll('#results .hit').length === 3")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results .hit img')].every(i => i.naturalWidth > 0)"
+    )
+
+    # Tag autocomplete: typing a prefix lists tags; picking one makes a filter chip.
+    page.fill("#search-input", "a")
+    page.wait_for_selector("#suggestions li")
+    suggestion = page.text_content("#suggestions li")
+    assert suggestion and suggestion.lower().startswith("a")
+    page.click("#suggestions li")
+    chip = page.text_content("#tag-chips .chip")
+    assert chip and chip.split("×")[0].strip() == suggestion.split(" · ")[0]
+    page.click("#tag-chips .chip .remove")
+
+    # Free text is searched as an open-set concept: scores and the reason on every card.
+    page.fill("#search-input", "snowy mountain cabin")
+    page.click("#search-button")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results .hit .why')].length === 3 && "
+        "[...document.querySelectorAll('#results .hit .why')]"
+        ".every(e => e.textContent.startsWith('snowy mountain cabin'))"
+    )
+    scores = [
+        float(s)
+        for s in page.eval_on_selector_all(".hit .score", "els => els.map(e => e.textContent)")
+    ]
+    assert scores == sorted(scores, reverse=True)
+    page.screenshot(path=str(test_output_dir / "webui-search.png"), full_page=True)
+
+    # Open an asset: the detail lists every stored tag with both names.
+    page.click("#results .hit")
+    page.wait_for_selector("#detail[open] #detail-tags tbody tr")
+    rows = page.eval_on_selector_all(
+        "#detail-tags tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert rows and all(en and zh for en, zh, _score in rows)
+    assert "upload:holiday-" in page.text_content("#detail-meta")
+    page.wait_for_function("document.querySelector('#detail-image').naturalWidth > 0")
+    page.screenshot(path=str(test_output_dir / "webui-detail.png"))
+    page.click("#detail .close")
+
+    # Create a concept: the backfill runs with progress and the concept becomes a tag.
+    page.fill("#concept-name", "red kite")
+    page.fill("#concept-descriptions", "a red kite flying in a blue sky")
+    page.click("#concept-create")
+    page.wait_for_function(
+        "document.querySelector('#concept-status').textContent.includes('is now a tag')"
+    )
+    assert "3 assets scored" in page.text_content("#concept-status")
+    assert page.eval_on_selector("#concept-progress", "el => el.value") == 100
+    page.wait_for_function(
+        "document.querySelector('#concepts-list').textContent.includes('red kite')"
+    )
+    page.fill("#search-input", "red k")
+    page.wait_for_selector("#suggestions li.concept")
+    page.screenshot(path=str(test_output_dir / "webui-concept.png"), full_page=True)
+    assert not errors, errors
