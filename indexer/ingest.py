@@ -55,7 +55,15 @@ from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
 from indexer.fetch import FetchError, FetchLimits, fetch_url
-from indexer.jobs import add_total, complete_if_finished, end_registration, fail_job, start_job
+from indexer.jobs import (
+    add_total,
+    complete_if_finished,
+    end_registration,
+    fail_job,
+    finish_job,
+    set_running,
+    start_job,
+)
 from indexer.media import (
     FileTooLargeError,
     MediaStore,
@@ -376,7 +384,7 @@ class _Row:
 @dataclass
 class _Prepared:
     row: _Row
-    pixels: torch.Tensor | None = None
+    pixels: np.ndarray | None = None  # (S, S, 3) uint8, resized for the model
     width: int = 0
     height: int = 0
     mime: str | None = None
@@ -505,6 +513,24 @@ class AssetProcessor:
             return row.model_name != self.model_id  # done by another model: re-score
         return row.status != AssetStatus.FAILED.value
 
+    def model_input(self, image: Image.Image) -> np.ndarray:
+        """Step 1 of the reference pre-processing, up to the uint8 pixels: RGB, S x S bilinear.
+
+        Runs in the decode threads; the float normalisation is done per batch in
+        :meth:`normalize` (one tensor operation instead of many small ones that would fight
+        the model's threads for the cores). Together they equal
+        :class:`ram_pp.preprocess.Preprocessor` bit for bit (tested).
+        """
+        size = self.engine.preprocess.image_size
+        resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(resized, dtype=np.uint8)
+
+    def normalize(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """(B, 3, S, S) float32 model input from :meth:`model_input` arrays."""
+        prep = self.engine.preprocess
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        return batch.sub_(prep.mean.unsqueeze(0)).div_(prep.std.unsqueeze(0))
+
     def _prepare(self, row: _Row) -> _Prepared:
         """Decode, thumbnail and pre-process one asset (runs in a decode thread)."""
         path = Path(row.storage_path) if row.storage_path else None
@@ -521,7 +547,7 @@ class AssetProcessor:
             )
             thumb = make_thumbnail(decoded.image, self.settings.ingest.thumbnail_size)
             thumb_path = self.media.put_thumbnail(row.sha256, thumb)
-            pixels = self.engine.preprocess(decoded.image)
+            pixels = self.model_input(decoded.image)
         except ImageDecodeError as exc:
             return _Prepared(row, error=exc.reason)
         return _Prepared(
@@ -535,7 +561,7 @@ class AssetProcessor:
 
     def _infer(self, batch: list[_Prepared]) -> list[Any]:
         """Run the model; on GPU out-of-memory, retry the batch in halves before giving up."""
-        pixels = torch.stack([p.pixels for p in batch])  # type: ignore[misc]
+        pixels = self.normalize([p.pixels for p in batch])  # type: ignore[misc]
         sources = [str(p.row.id) for p in batch]
         sizes = [(p.width, p.height) for p in batch]
         try:
@@ -553,6 +579,7 @@ class AssetProcessor:
         failures: list[_Prepared],
         job_id: int | None,
         outcome: ProcessOutcome,
+        complete_job: bool = True,
     ) -> None:
         """Model + token store + one database transaction for a batch and its failures."""
         results = self._infer(batch) if batch else []
@@ -593,7 +620,7 @@ class AssetProcessor:
             completed = False
             if job_id is not None:
                 add_job_progress(session, job_id, done=len(written.written), failed=len(failures))
-                completed = complete_if_finished(session, job_id)
+                completed = complete_job and complete_if_finished(session, job_id)
         outcome.done.extend(written.written)
         outcome.skipped.extend(written.missing)
         outcome.failed.extend(Failure(str(p.row.id), p.error or "", p.row.id) for p in failures)
@@ -610,11 +637,14 @@ class AssetProcessor:
         job_id: int | None = None,
         force: bool = False,
         on_progress: Callable[[int], None] | None = None,
+        complete_job: bool = True,
     ) -> ProcessOutcome:
         """Tag the given assets (an iterable may stream ids while earlier ones are processed).
 
         Assets already done by this model, failed ones (unless ``force``) and deleted ones are
-        skipped; they still count in ``on_progress``.
+        skipped; they still count in ``on_progress``. With ``complete_job`` (workers), the batch
+        that processes a job's last item marks the job done; in-process runs finish their job
+        themselves.
 
         Raises:
             sqlalchemy.exc.OperationalError and other transient errors: nothing of the current
@@ -632,7 +662,7 @@ class AssetProcessor:
             nonlocal batch, failures
             count = len(batch) + len(failures)
             if count:
-                self._commit(batch, failures, job_id, outcome)
+                self._commit(batch, failures, job_id, outcome, complete_job)
                 batch, failures = [], []
                 if on_progress:
                     on_progress(count)
@@ -652,7 +682,7 @@ class AssetProcessor:
                         # committed) or failed earlier. A deleted asset still ends its job.
                         outcome.skipped.append(asset_id)
                         if row is None and job_id is not None:
-                            self._count_gone(job_id)
+                            self._count_gone(job_id, complete_job)
                         if on_progress:
                             on_progress(1)
                         continue
@@ -668,10 +698,11 @@ class AssetProcessor:
             pool.shutdown(wait=True, cancel_futures=True)
         return outcome
 
-    def _count_gone(self, job_id: int) -> None:
+    def _count_gone(self, job_id: int, complete_job: bool) -> None:
         with session_scope(self.url) as session:
             add_job_progress(session, job_id, failed=1)
-            complete_if_finished(session, job_id)
+            if complete_job:
+                complete_if_finished(session, job_id)
 
 
 def _windows(ids: Iterable[int], size: int) -> Iterator[list[int]]:
@@ -997,13 +1028,14 @@ def _run_embedded(
             sync_vector_index(settings, proc.model_id, proc.embed_dim)
             last_sync[0] = time.monotonic()
 
+    set_running(url, job_id)
     producer = threading.Thread(target=produce, name="ramdex-register", daemon=True)
     producer.start()
     try:
         with proc._lock:
             hook, proc.on_committed = proc.on_committed, periodic_sync
             try:
-                proc.process(stream(), job_id=job_id, on_progress=bar.update)
+                proc.process(stream(), job_id=job_id, on_progress=bar.update, complete_job=False)
             except _TRANSIENT as exc:
                 # Let registration finish, then retry the whole id list: processing is
                 # idempotent, so what was committed is skipped.
@@ -1011,7 +1043,9 @@ def _run_embedded(
                 for _ in stream():
                     pass
                 producer.join()
-                _retry_transient(lambda: proc.process(list(tally.queued), job_id=job_id))
+                _retry_transient(
+                    lambda: proc.process(list(tally.queued), job_id=job_id, complete_job=False)
+                )
             finally:
                 proc.on_committed = hook
     finally:
@@ -1019,7 +1053,7 @@ def _run_embedded(
         producer.join(timeout=30)
     if errors:
         raise errors[0]
-    end_registration(url, job_id, _registration_extra(tally))
+    finish_job(url, job_id, _registration_extra(tally))
     if tally.queued:
         _retry_transient(lambda: sync_vector_index(settings, proc.model_id, proc.embed_dim))
 

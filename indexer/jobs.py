@@ -3,7 +3,9 @@
 Lifecycle of a job row (``indexer.db.jobs.Job``):
 
 - ``pending``: the caller is still registering items (``total`` grows as assets are queued);
-- ``running``: every item is registered and queued; workers count ``done`` / ``failed``;
+- ``running``: every item is registered and queued; workers count ``done`` / ``failed``
+  (in-process runs, which register and process at once, are ``running`` from the start and
+  finish the job themselves);
 - ``done``: ``done + failed >= total`` once registration has ended (a job whose items all
   failed is still ``done``: failures are per asset, with reasons on the assets);
 - ``failed``: the run itself broke (the error says why), ``cancelled``: stopped by a person.
@@ -144,6 +146,22 @@ def end_registration(url: str | None, job_id: int, extra: dict[str, Any] | None 
         )
         status = session.execute(sa.select(_jobs.c.status).where(_jobs.c.id == job_id))
         return str(status.scalar_one_or_none() or "")
+
+
+def set_running(url: str | None, job_id: int) -> None:
+    """In-process runs (embedded mode) register and process at once: show the job running."""
+    with session_scope(url) as session:
+        update_job(session, job_id, status=JobStatus.RUNNING)
+
+
+def finish_job(url: str | None, job_id: int, extra: dict[str, Any] | None = None) -> None:
+    """An in-process run is over: ``done``, with ``extra`` merged into the params."""
+    with session_scope(url) as session:
+        job = get_job(session, job_id)
+        if job is not None and extra:
+            job.params = {**(job.params or {}), **extra}
+            session.flush()
+        update_job(session, job_id, status=JobStatus.DONE)
 
 
 def complete_if_finished(session: Session, job_id: int) -> bool:

@@ -28,7 +28,15 @@ from indexer.db.assets import Asset, AssetStatus
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
 from indexer.ingest import AssetProcessor, ensure_schema, shared_processor, sync_vector_index
-from indexer.jobs import add_total, end_registration, fail_job, start_job, wait_for_job
+from indexer.jobs import (
+    add_total,
+    end_registration,
+    fail_job,
+    finish_job,
+    set_running,
+    start_job,
+    wait_for_job,
+)
 from indexer.settings import Settings, get_settings
 
 DEFAULT_STUCK_AFTER_S = 15 * 60
@@ -223,10 +231,13 @@ def reindex(
                 add_total(url, job_id, len(queued) % 64)
 
             assert processor is not None
+            set_running(url, job_id)
             with processor._lock:
-                processor.process(counted(), job_id=job_id, on_progress=bar.update)
+                processor.process(
+                    counted(), job_id=job_id, on_progress=bar.update, complete_job=False
+                )
             summary.queued = len(queued)
-            end_registration(url, job_id)
+            finish_job(url, job_id)
             if queued:
                 sync_vector_index(settings, model_id, processor.embed_dim)
         else:

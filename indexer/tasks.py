@@ -1,4 +1,5 @@
-"""Celery tasks: tag assets by id on the model queue, register sources on the default queue.
+"""Celery tasks: tag assets by id (model queue); register sources and sync the FAISS index
+(default queue).
 
 Batching choice: **tasks take a list of asset ids, and producers group ids** (:class:`Dispatcher`:
 up to ``broker.batch_size`` ids, or whatever arrived within ``broker.batch_timeout_ms`` of the
@@ -15,9 +16,10 @@ Failures:
 
 - bad input (corrupt, truncated, non-image, bomb ...): the asset is marked ``failed`` with the
   reason, inside the batch's transaction; the rest of the batch is unaffected;
-- transient (database or broker unreachable, GPU out of memory, model files not there yet):
-  the task is retried with exponential backoff (1, 2, 4 ... 60 s, with jitter); nothing of the
-  unfinished batch was committed, and finished assets are skipped on the retry;
+- transient (database or broker unreachable, GPU out of memory, model files not there yet or
+  unreadable): the task is retried with exponential backoff (1, 2, 4 ... 60 s, with jitter);
+  nothing of the unfinished batch was committed, and finished assets are skipped on the retry;
+  after ``MAX_RETRIES`` the unfinished assets are marked failed with the last error;
 - anything else (a bug): the task's assets are marked failed with the error, so none is left
   pending forever; the job still completes.
 
@@ -46,6 +48,7 @@ from indexer.ingest import AssetProcessor, is_transient, shared_processor, sync_
 from indexer.jobs import complete_if_finished
 from indexer.models import ModelNotAvailableError
 from indexer.settings import Settings, get_settings
+from ram_pp.convert import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +189,9 @@ def process_assets(
     try:
         outcome = worker_processor().process(asset_ids, job_id=job_id, force=force)
     except Exception as exc:
-        if is_transient(exc) or isinstance(exc, ModelNotAvailableError):
+        # A worker without its model (not downloaded yet, unreadable checkpoint) must not fail
+        # the assets: another worker, or this one once fixed, can still process them.
+        if is_transient(exc) or isinstance(exc, ModelNotAvailableError | CheckpointError):
             if self.request.retries >= self.max_retries:
                 reason = f"gave up after {self.max_retries} retries: {type(exc).__name__}: {exc}"
                 try:

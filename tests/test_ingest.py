@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -348,3 +349,12 @@ def test_thumbnail_bytes_are_a_valid_image(env):
     image = Image.open(io.BytesIO(Path(path).read_bytes()))
     image.load()
     assert image.size == (96, 72)  # smaller than the box: not enlarged
+
+
+def test_split_preprocessing_equals_the_reference_preprocessor(tmp_path, micro):
+    settings = Settings(home=tmp_path, database={"url": f"sqlite:///{tmp_path / 'p.db'}"})
+    processor = AssetProcessor(settings, loaded=micro, model_id=MODEL_ID)
+    images = [photo_like(97, 61, seed=1), photo_like(40, 90, seed=2).convert("L")]
+    batch = processor.normalize([processor.model_input(im) for im in images])
+    reference = torch.stack([processor.engine.preprocess(im) for im in images])
+    assert torch.equal(batch, reference)

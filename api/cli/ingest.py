@@ -6,10 +6,16 @@ Register with ``("api.cli.ingest", "app", None)`` in ``api/cli/__init__.py`` (to
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Any
 
 import typer
+
+# Decoding threads run beside the model's OpenMP threads; spin-waiting OpenMP threads would take
+# the cores from them (see indexer/celery_app.py). Only effective before torch is imported,
+# which the ``ramdex`` command does lazily, after this module is loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = typer.Typer()
 
