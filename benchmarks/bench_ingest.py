@@ -331,27 +331,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bare_run(loaded, files[-8:], args.workers, None, args.batch)  # warm-up
 
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     extra: dict[str, dict[str, Any]] = {}
     results: dict[str, list] = {}
+    clock = [time.process_time()]
 
     def record(key: str, seconds: float) -> None:
+        # CPU seconds of this process (all threads) since the previous record: less sensitive
+        # than wall time to other load on a shared machine.
+        now = time.process_time()
+        cpu.setdefault(key, []).append(now - clock[0])
+        clock[0] = now
         times.setdefault(key, []).append(seconds)
 
     try:
         for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
             for fast in (False, True):
                 mode = "fast" if fast else "exact"
+                clock[0] = time.process_time()
                 seconds, res = bare_run(
                     loaded, files, args.workers, draft if fast else None, args.batch
                 )
                 record(f"bare/{mode}", seconds)
                 results[mode] = res
                 for backend in backends:
+                    clock[0] = time.process_time()
                     run = pipeline_run(
                         loaded, args.images, backend, fast, args.workers, args.batch, scratch
                     )
                     record(f"pipeline/{backend}/{mode}", run.pop("seconds"))
                     extra[f"{backend}/{mode}"] = run
+            clock[0] = time.process_time()
             seconds, _ = bare_run(loaded, files, 0, None, args.batch)
             record("bare/exact/serial-decode", seconds)
     finally:
@@ -367,6 +377,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mode = key.rsplit("/", 1)[1]
             overhead[key] = 100.0 * (rates[f"bare/{mode}"] / rate - 1.0)
     report["pipeline_overhead_pct"] = overhead
+    cpu_ms = {key: 1000 * statistics.median(values) / n for key, values in cpu.items()}
+    report["cpu_ms_per_asset"] = cpu_ms
+    cpu_overhead = {
+        key: 100.0 * (ms / cpu_ms[f"bare/{key.rsplit('/', 1)[1]}"] - 1.0)
+        for key, ms in cpu_ms.items()
+        if key.startswith("pipeline/")
+    }
+    report["pipeline_cpu_overhead_pct"] = cpu_overhead
     report["decode_one_large_jpeg"] = (
         decode_timing(files[0], image_size, draft, 5) if args.large else {}
     )
@@ -387,9 +405,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"\nthroughput (median of {args.repeats}, assets/s):")
     for key in sorted(rates):
-        line = f"  {key:<34} {rates[key]:8.2f}"
+        line = f"  {key:<34} {rates[key]:8.2f}   cpu {cpu_ms[key]:6.1f} ms/asset"
         if key in overhead:
-            line += f"   overhead {overhead[key]:+6.1f} %"
+            line += f"   overhead wall {overhead[key]:+6.1f} %, cpu {cpu_overhead[key]:+6.1f} %"
         print(line)
     if report["decode_one_large_jpeg"]:
         d = report["decode_one_large_jpeg"]

@@ -152,3 +152,20 @@ def _delete_rabbit_queues(settings) -> None:
                 channel.queue_delete(queue)
             except Exception:  # already gone
                 pass
+
+
+def test_register_sources_task_for_server_paths(stack):
+    """The API's path: a job created first, sources registered by a default-queue task."""
+    from indexer.celery_app import REGISTER_TASK, producer_app
+    from indexer.db.jobs import JobKind
+    from indexer.jobs import start_job
+
+    settings, root, worker = stack
+    folder = root / "server-side"
+    write_images(folder, 3, start=500)
+    job_id = start_job(settings.database_url, JobKind.INGEST)
+    producer_app(settings).send_task(
+        REGISTER_TASK, args=[[str(folder)], job_id], queue=settings.broker.default_queue
+    )
+    final = wait_for_job(settings.database_url, job_id, poll_s=0.2, timeout_s=60)
+    assert (final.status, final.total, final.done) == ("done", 3, 3), worker.log()[-3000:]
