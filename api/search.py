@@ -199,14 +199,16 @@ class _Terms:
         return [t for term in self.all_terms for t in term] + self.any_tags
 
 
+def _unknown(exc: UnknownTagError) -> ProblemError:
+    return ProblemError(422, str(exc), kind="unknown-tag", unknown=[str(n) for n in exc.names])
+
+
 def _resolve(session: Session, model_id: str, req: SearchRequest) -> _Terms:
     names = [*req.all, *req.any, *req.none]
     try:
         resolved = resolve_tags(session, model_id, names) if names else {}
     except UnknownTagError as exc:
-        raise ProblemError(
-            422, str(exc), kind="unknown-tag", unknown=[str(n) for n in exc.names]
-        ) from exc
+        raise _unknown(exc) from exc
     return _Terms(
         [resolved[n] for n in req.all],
         [t for n in req.any for t in resolved[n]],
@@ -215,7 +217,13 @@ def _resolve(session: Session, model_id: str, req: SearchRequest) -> _Terms:
 
 
 def _filter(session: Session, ranked: Ranked, terms: _Terms, req: SearchRequest) -> Ranked:
-    """Keep the ranked assets that pass the tag, type and date filters (order kept)."""
+    """Keep the ranked assets that pass the tag, type and date filters (order kept).
+
+    Without filters the list is kept as it is: it comes from the index of done assets, and
+    assets deleted since are dropped when the page is read.
+    """
+    if not (req.all or req.any or req.none or req.mime or req.created_after or req.created_before):
+        return ranked
     conditions = _asset_filters(req.mime or None, req.created_after, req.created_before)
     for term in terms.all_terms:
         conditions.append(_exists(Asset.__table__.c.id, term, req.min_score))
@@ -283,10 +291,9 @@ def _ranked_page(
 
 
 def _tag_page(
-    session: Session, model_id: str, terms: _Terms, req: SearchRequest, digest: str
+    session: Session, model_id: str, req: SearchRequest, digest: str
 ) -> tuple[list[SearchHitOut], str | None]:
-    positive = bool(terms.all_terms or terms.any_tags)
-    date_order = req.sort == "date" and positive
+    date_order = req.sort == "date" and bool(req.all or req.any)
     storage_cursor = None if date_order or not req.cursor else req.cursor
     if storage_cursor and storage_cursor.startswith(_OFFSET_PREFIX):
         raise ProblemError(400, "the cursor belongs to another query", kind="invalid-cursor")
@@ -305,7 +312,7 @@ def _tag_page(
             cursor=storage_cursor,
         )
     except UnknownTagError as exc:
-        raise ProblemError(422, str(exc), kind="unknown-tag") from exc
+        raise _unknown(exc) from exc
     except ValueError as exc:
         raise ProblemError(400, str(exc), kind="invalid-cursor") from exc
     if date_order:
@@ -353,13 +360,14 @@ def run_search(
     if req.text and similar:
         raise ProblemError(422, "give either text or a similar image, not both", kind="validation")
     model_id = services.model_id()
-    terms = _resolve(session, model_id, req)
     digest = _query_digest(req, f"{model_id}|{image_digest}")
     pending = services.pending_reindex(session, model_id)
 
-    if not req.text and not similar:
-        hits, next_cursor = _tag_page(session, model_id, terms, req, digest)
+    if not req.text and not similar:  # the storage layer resolves the tag names itself
+        hits, next_cursor = _tag_page(session, model_id, req, digest)
         return SearchPageOut(hits=hits, next_cursor=next_cursor, pending_reindex=pending)
+
+    terms = _resolve(session, model_id, req)
 
     cache = services.cache("rankings")
     if req.text:

@@ -5,6 +5,7 @@ concepts that become tags through their backfill."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -248,3 +249,41 @@ def test_jobs_list_and_not_found(archive) -> None:
     assert [j["id"] for j in jobs] == sorted((j["id"] for j in jobs), reverse=True)
     assert c.get("/jobs/999999", headers=k.read).status_code == 404
     assert c.get("/jobs?status=bogus", headers=k.read).status_code == 422
+
+
+def test_with_a_broker_uploads_become_model_tasks_and_queue_depth_is_reported(
+    sqlite_url, settings_for, tmp_path
+) -> None:
+    """Broker mode against the real Redis: the upload is a message on the model queue (no worker
+    consumes this test's own queue), and /metrics reports the queue's depth."""
+    import uuid
+
+    import redis
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.api_support import make_keys
+
+    settings = settings_for(tmp_path, sqlite_url)
+    queue = f"ramdex-api-test-{uuid.uuid4().hex[:8]}"
+    settings.broker.url = "redis://127.0.0.1:6379/14"
+    settings.broker.model_queue = f"{queue}.model"
+    settings.broker.default_queue = f"{queue}.default"
+    keys = make_keys(sqlite_url)
+    client_redis = redis.Redis.from_url(settings.broker.url)
+    try:
+        with TestClient(create_app(settings)) as client:
+            data = encode(photo_like(40, 30, seed=901), "JPEG")
+            reply = client.post("/assets", files={"file": ("q.jpg", data)}, headers=keys.write)
+            assert reply.status_code == 202, reply.text
+            assert reply.json()["job"]["status"] in ("pending", "running")
+            assert client.get("/readyz").json()["checks"]["broker"]["detail"] == "redis"
+            metrics = client.get("/metrics").text
+            assert f'ramdex_queue_depth{{queue="{settings.broker.model_queue}"}} 1.0' in metrics
+            assert f'ramdex_queue_depth{{queue="{settings.broker.default_queue}"}} 0.0' in metrics
+            message = json.loads(client_redis.lindex(settings.broker.model_queue, 0))
+            assert message["headers"]["task"] == "ramdex.process_assets"
+            assert message["headers"]["argsrepr"].startswith(f"[[{reply.json()['asset_ids'][0]}]")
+    finally:
+        for key in client_redis.scan_iter(f"*{queue}*"):
+            client_redis.delete(key)
