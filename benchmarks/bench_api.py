@@ -180,16 +180,7 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def sequential(call: Callable[[int], None], count: int, budget_s: float) -> dict[str, float]:
-    """Latency of one request at a time: at most ``count`` requests or ``budget_s`` seconds."""
-    samples: list[float] = []
-    deadline = time.monotonic() + budget_s
-    for i in range(count):
-        start = time.perf_counter()
-        call(i)
-        samples.append((time.perf_counter() - start) * 1000)
-        if time.monotonic() > deadline:
-            break
+def summary(samples: list[float]) -> dict[str, float]:
     return {
         "requests": len(samples),
         "p50_ms": statistics.median(samples),
@@ -199,7 +190,27 @@ def sequential(call: Callable[[int], None], count: int, budget_s: float) -> dict
     }
 
 
-def concurrent(make_call: Callable[[], Callable[[int], None]], clients: int, budget_s: float,
+def sequential(call: Callable[[int], str], count: int, budget_s: float) -> dict[str, Any]:
+    """Latency of one request at a time: at most ``count`` requests or ``budget_s`` seconds,
+    overall and by the query shape each call names."""
+    samples: list[float] = []
+    by_shape: dict[str, list[float]] = {}
+    deadline = time.monotonic() + budget_s
+    for i in range(count):
+        start = time.perf_counter()
+        shape = call(i)
+        elapsed = (time.perf_counter() - start) * 1000
+        samples.append(elapsed)
+        by_shape.setdefault(shape, []).append(elapsed)
+        if time.monotonic() > deadline:
+            break
+    out: dict[str, Any] = summary(samples)
+    if len(by_shape) > 1:
+        out["by_shape"] = {k: summary(v) for k, v in by_shape.items()}
+    return out
+
+
+def concurrent(make_call: Callable[[], Callable[[int], str]], clients: int, budget_s: float,
                limit: int) -> dict[str, float]:  # fmt: skip
     """Requests per second with ``clients`` threads for ``budget_s`` (or ``limit`` requests)."""
     done = [0] * clients
@@ -236,6 +247,9 @@ def main() -> None:
     parser.add_argument(
         "--shortlists", default="2000,500", help="stage-1 sizes to measure concept search with"
     )
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="torch threads in the server (0: default)"
+    )
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per measurement")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -270,6 +284,9 @@ def main() -> None:
             "RAMDEX_INDEX__TOKEN_FORMAT": args.token_format,
             "RAMDEX_BROKER__URL": "",
         }
+        if args.torch_threads:
+            env["OMP_NUM_THREADS"] = str(args.torch_threads)  # torch's intra-op threads
+        results["torch_threads"] = args.torch_threads or torch.get_num_threads()
         os.environ.update(env)
         settings = Settings()
         model_id = configured_model_id(settings)
@@ -302,21 +319,22 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {key}"}
         shortlists = [int(x) for x in args.shortlists.split(",")]
         server, base = start_server(env, shortlists[0])
-        tag_queries = [
-            {"all": [tags["common"]]},
-            {"all": [tags["rare"]]},
-            {"all": [tags["common"], tags["mid"]]},
-            {"all": [tags["common"]], "none": [tags["second"]]},
-            {"any": [tags["mid"], tags["rare"], tags["second"]]},
-            {
+        tag_queries = {
+            "1 tag, common": {"all": [tags["common"]]},
+            "1 tag, rare": {"all": [tags["rare"]]},
+            "2 tags AND": {"all": [tags["common"], tags["mid"]]},
+            "AND NOT": {"all": [tags["common"]], "none": [tags["second"]]},
+            "any of 3": {"any": [tags["mid"], tags["rare"], tags["second"]]},
+            "tag + mime + dates": {
                 "all": [tags["mid"]],
                 "mime": ["image/png"],
                 "created_after": "2024-03-01T00:00:00Z",
                 "created_before": "2024-06-01T00:00:00Z",
-            },  # fmt: skip
-            {"all": [tags["common"]], "min_score": 0.9},
-            {"all": [tags["second"]], "sort": "date"},
-        ]
+            },
+            "min_score 0.9": {"all": [tags["common"]], "min_score": 0.9},
+            "sort by date (1,000 recalled)": {"all": [tags["second"]], "sort": "date"},
+        }
+        shapes = list(tag_queries)
         words = ["brutalist", "red", "foggy", "neon", "wooden", "glass", "crowded", "empty"]
         things = ["stairwell", "harbour", "market", "kite", "bicycle", "library", "bridge", "cafe"]
         run_id = uuid.uuid4().hex[:6]
@@ -324,14 +342,16 @@ def main() -> None:
         def client() -> httpx.Client:
             return httpx.Client(base_url=base, headers=headers, timeout=120)
 
-        def caller(kind: str) -> Callable[[], Callable[[int], None]]:
-            def make() -> Callable[[int], None]:
+        def caller(kind: str) -> Callable[[], Callable[[int], str]]:
+            def make() -> Callable[[int], str]:
                 http = client()
                 rng = random.Random(f"{kind}-{threading.get_ident()}")
 
-                def call(i: int) -> None:
+                def call(i: int) -> str:
+                    shape = kind
                     if kind == "tag":
-                        body = {**tag_queries[i % len(tag_queries)], "limit": 40}
+                        shape = shapes[i % len(shapes)]
+                        body = {**tag_queries[shape], "limit": 40}
                     elif kind == "concept_new":
                         noun = f"{rng.choice(words)} {rng.choice(things)}"
                         body = {"text": f"{noun} {run_id} {i} {rng.random():.6f}", "limit": 40}
@@ -342,6 +362,7 @@ def main() -> None:
                     reply = http.post("/search", json=body)
                     if reply.status_code != 200:
                         raise RuntimeError(f"{kind}: {reply.status_code} {reply.text[:300]}")
+                    return shape
 
                 return call
 
@@ -362,6 +383,9 @@ def main() -> None:
             latency = sequential(call, count, args.budget * factor)
             throughput = concurrent(caller(kind), args.clients, args.budget * factor / 2, limit)
             results[label] = {**latency, **throughput}
+            for shape, numbers in latency.get("by_shape", {}).items():
+                p50, p95 = numbers["p50_ms"], numbers["p95_ms"]
+                print(f"    {shape:30} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
             print(
                 f"{label:22} p50 {latency['p50_ms']:8.1f} ms  p95 {latency['p95_ms']:8.1f} ms  "
                 f"p99 {latency['p99_ms']:8.1f} ms  ({latency['requests']:3d} requests)  "
