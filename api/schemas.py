@@ -13,21 +13,14 @@ from api.auth import Scope
 NO_NUL = r"^[^\x00]*$"
 
 
-def _bounded(max_length: int, min_length: int = 0) -> Any:
-    """A client-supplied string type: bounded, no NUL characters."""
-    return Annotated[
-        str, StringConstraints(min_length=min_length, max_length=max_length, pattern=NO_NUL)
-    ]
-
-
-TagName = _bounded(256)
-Cursor = _bounded(2000)
-QueryText = _bounded(500)
-MimeType = _bounded(100)
-Source = _bounded(4096, 1)
-ConceptName = _bounded(200, 1)
-Description = _bounded(500, 1)
-ChineseName = _bounded(200)
+TagName = Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)]
+Cursor = Annotated[str, StringConstraints(max_length=2000, pattern=NO_NUL)]
+QueryText = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
+MimeType = Annotated[str, StringConstraints(max_length=100, pattern=NO_NUL)]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=NO_NUL)]
+ConceptName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+Description = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=NO_NUL)]
+ChineseName = Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)]
 
 
 class Health(BaseModel):
@@ -206,7 +199,8 @@ class Reason(BaseModel):
     name_zh: str | None = None
     score: float
     above_threshold: bool | None = Field(
-        None, description="concept reasons: whether the score passes the concept's threshold"
+        default=None,
+        description="concept reasons: whether the score passes the concept's threshold",
     )
 
 
@@ -220,10 +214,11 @@ class SearchPageOut(BaseModel):
     hits: list[SearchHitOut]
     next_cursor: str | None
     pending_reindex: int = Field(
-        0, description="assets scored by another model, not searchable until re-indexed"
+        default=0, description="assets scored by another model, not searchable until re-indexed"
     )
     concept_threshold: float | None = Field(
-        None, description="calibrated threshold of the free-text concept, when one was given"
+        default=None,
+        description="calibrated threshold of the free-text concept, when one was given",
     )
 
 

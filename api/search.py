@@ -39,6 +39,7 @@ from indexer.db.errors import UnknownTagError
 from indexer.db.search import MatchedTag, _asset_filters, _exists, _matched_tags, search_by_tags  # noqa: PLC2701
 from indexer.db.tag_repo import resolve_tags
 from indexer.db.vectors import decode_vector
+from indexer.retroactive import Mode
 
 RECALL = 1000  # relevance-ranked assets recalled for concept, similar and date-ordered search
 _CACHE_TTL_S = 60.0
@@ -129,7 +130,7 @@ def concept_ranking(services: Services, text: str) -> Ranked:
             concept.name, lambda: encode_concepts([concept], services.text_encoder())
         )
     searcher = services.searcher()
-    mode = "exhaustive" if len(store) <= searcher.shortlist else "two_stage"
+    mode: Mode = "exhaustive" if len(store) <= searcher.shortlist else "two_stage"
     with services.metrics.time_model(f"concept_{mode}"):
         result = searcher.search(bank, names=[concept.name], top_k=RECALL, mode=mode)[0]
     return Ranked(result.ids, result.scores, "concept", concept.name, result.threshold)
@@ -141,9 +142,11 @@ def similar_ranking(
     """Assets ranked by cosine similarity of their image embedding to ``vector``."""
     index = services.vector_index()
     with services.metrics.time_model("similar_search"):
-        scores, ids = index.search(np.asarray(vector, np.float32).reshape(1, -1), RECALL + 1)
-    ids, scores = ids[0], scores[0].astype(np.float32)
-    keep = (ids >= 0) & (ids != (exclude if exclude is not None else -1))
+        all_scores, all_ids = index.search(
+            np.asarray(vector, np.float32).reshape(1, -1), RECALL + 1
+        )
+    ids, scores = all_ids[0], all_scores[0].astype(np.float32)
+    keep = ids != (exclude if exclude is not None else -1)
     return Ranked(ids[keep][:RECALL].astype(np.int64), scores[keep][:RECALL], "similar", name)
 
 

@@ -232,10 +232,16 @@ class Services:
     def background(self, work: Callable[[], None]) -> None:
         """Run blocking work (embedded-mode ingest, concept backfill) off the event loop, one job
         at a time, in this process."""
-        executor = self.lazy(
+        self._executor().submit(work)
+
+    def wait_background(self, timeout_s: float | None = None) -> None:
+        """Block until the background work submitted so far has finished (tests, shutdown)."""
+        self._executor().submit(lambda: None).result(timeout=timeout_s)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        return self.lazy(
             "executor", lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="ramdex-bg")
         )
-        executor.submit(work)
 
     # ---------- vector index (FAISS over the image embeddings c) ----------
     def vector_index(self) -> VectorIndex:
@@ -366,9 +372,36 @@ class Services:
                     depths[queue] = 0
         return depths
 
+    def check_index(self) -> Check:
+        """Whether similarity and concept search have their FAISS index: the saved file maps,
+        or nothing has been indexed yet. A lagging index is not unready (syncs catch up)."""
+        from indexer.db.embedding_repo import embedding_watermark
+        from indexer.faiss_index import index_path
+
+        try:
+            model_id = self.model_id()
+            if index_path(self.settings.index_dir, model_id).exists():
+                index = self.vector_index()
+                return Check(True, f"{index.kind}, {index.count} vectors")
+            with self.sessions() as session:
+                stored = embedding_watermark(session, model_id).count
+        except ProblemError as exc:
+            return Check(False, exc.detail)
+        except Exception as exc:
+            return Check(False, _one_line(exc))
+        if stored:
+            return Check(
+                False, f"no index file for {stored} stored embeddings: run `ramdex index sync`"
+            )
+        return Check(True, "empty: nothing indexed yet")
+
     def readiness(self) -> dict[str, Check]:
         """Every readiness check by name."""
-        return {"database": self.check_database(), "broker": self.check_broker()}
+        return {
+            "database": self.check_database(),
+            "broker": self.check_broker(),
+            "index": self.check_index(),
+        }
 
     # ---------- metrics ----------
     def archive_stats(self) -> ArchiveStats:

@@ -185,6 +185,8 @@ def archive(
                 jobs.append(reply.json()["job"]["id"])
             for job_id in jobs:
                 assert wait_for_job(client, keys.read, job_id)["status"] == "done"
+            # The FAISS sync after the last batch runs after its job reads "done".
+            client.app.state.services.wait_background(timeout_s=60)
             yield found
 
 

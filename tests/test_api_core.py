@@ -35,7 +35,7 @@ def test_health_needs_no_key(api_env) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     checks = ready.json()["checks"]
-    assert checks["database"]["ok"] and checks["broker"]["ok"]
+    assert checks["database"]["ok"] and checks["broker"]["ok"] and checks["index"]["ok"]
     assert "k001" in checks["database"]["detail"] or "schema" in checks["database"]["detail"]
 
 
@@ -55,6 +55,25 @@ def test_readyz_reports_a_broker_that_is_down(tmp_path, sqlite_url, settings_for
     body = assert_problem(response, 503)
     assert response.headers["retry-after"] == "5"
     assert body["checks"]["broker"]["ok"] is False and body["checks"]["database"]["ok"] is True
+
+
+def test_readyz_reports_embeddings_without_an_index(archive) -> None:
+    from indexer.faiss_index import index_path
+    from indexer.models import configured_model_id
+
+    client, settings = archive.client, archive.settings
+    assert client.get("/readyz").json()["checks"]["index"]["detail"].startswith("flat, ")
+    path = index_path(settings.index_dir, configured_model_id(settings))
+    moved = path.with_name(path.name + ".away")
+    path.rename(moved)
+    try:
+        client.app.state.services.forget("vector_index")
+        body = assert_problem(client.get("/readyz"), 503)
+        assert "ramdex index sync" in body["checks"]["index"]["detail"]
+    finally:
+        moved.rename(path)
+        client.app.state.services.forget("vector_index")
+    assert client.get("/readyz").status_code == 200
 
 
 def test_metrics_expose_request_latency_by_route(api_env) -> None:

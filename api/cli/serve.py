@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -87,7 +87,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = 
     from indexer.db.session import session_scope
 
     with session_scope() as session:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "key_id": k.key_id,
                 "name": k.name,
