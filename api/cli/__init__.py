@@ -15,6 +15,7 @@ app = typer.Typer(
 
 # (module, attribute, sub-command name or None to merge its commands at the top level)
 _SUBCOMMANDS: list[tuple[str, str, str | None]] = [
+    ("api.cli.demo", "app", None),
     ("api.cli.tag", "app", None),
     ("api.cli.models", "app", "models"),
     ("api.cli.concepts", "app", "concepts"),

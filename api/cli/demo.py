@@ -1,0 +1,167 @@
+"""``ramdex demo``: the main job, offline, end to end on generated sample images.
+
+With the bundled demo model: generate about 200 sample images (seeded, so always the same),
+ingest them (decode, thumbnail, tag, store scores, embeddings and tokens, index), then run a tag
+search, a similar-image search and a search for a concept the model never saw, and print each
+result with its ground truth. Without the demo model, tag the golden test images with the golden
+tiny model (random weights: the tags mean nothing; it shows the tagging path only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer()
+
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "golden_tiny"
+SAMPLE_SEED = 2026
+DEMO_TAG = "red"
+DEMO_CONCEPT = "pink"  # a colour the demo model never trained on (synth NOVEL_COLOURS)
+
+
+def _truth(tag_file: Path) -> dict[str, set[str]]:
+    """Ground-truth tags per image file name, from a synthetic split's tag file."""
+    truth: dict[str, set[str]] = {}
+    for line in tag_file.read_text().splitlines():
+        path, _, tags = line.partition(" ")
+        truth[Path(path).name] = {t for t in tags.split(",") if t}
+    return truth
+
+
+def _print_hits(title: str, hits: list[tuple[str, float, bool]], wanted: str) -> None:
+    right = sum(ok for _, _, ok in hits)
+    typer.echo(f"\n{title}: top {len(hits)}, {right} of them truly '{wanted}'")
+    for name, score, ok in hits:
+        typer.echo(f"  {'+' if ok else '-'} {name}  {score:.3f}")
+
+
+def _golden_fallback() -> None:
+    from ram_pp.factory import load_model
+    from ram_pp.inference import TaggingEngine, TagSelection
+
+    typer.echo(
+        "No bundled demo model in this build: tagging the golden test images with the golden tiny "
+        "model (upstream's architecture at toy size, RANDOM weights; its tags are meaningless)."
+    )
+    engine = TaggingEngine(load_model(GOLDEN_DIR / "checkpoint.pth"), device="cpu")
+    images = sorted(p for p in GOLDEN_DIR.iterdir() if p.suffix in {".jpg", ".png"})
+    for result in engine.tag_files(images, TagSelection(top_k=5)):
+        tags = ", ".join(f"{t.english} ({t.probability:.2f})" for t in getattr(result, "tags", []))
+        typer.echo(f"{Path(result.source).name}: {tags}")
+
+
+@app.command("demo")
+def demo(
+    home: Annotated[
+        Path, typer.Option(help="Folder for the demo's database, index and images.")
+    ] = Path(".ramdex-demo"),
+    images: Annotated[int, typer.Option(min=10, help="Sample images to generate.")] = 200,
+    top: Annotated[int, typer.Option(min=1, help="Results to print per search.")] = 8,
+) -> None:
+    """Index generated sample images with the demo model and search them (offline)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ram_pp.factory import demo_checkpoint
+
+    if demo_checkpoint() is None:
+        _golden_fallback()
+        return
+    _run_demo(home.resolve(), images, top)
+
+
+def _run_demo(home: Path, n_images: int, top: int) -> None:
+    from indexer.ingest import ingest
+    from indexer.settings import BrokerSettings, DatabaseSettings, ModelSettings, Settings
+    from ram_pp.synth import SynthSpec, heldout_concepts, write_dataset
+
+    settings = Settings(
+        home=home,
+        database=DatabaseSettings(url=""),  # embedded: a SQLite file under home
+        broker=BrokerSettings(url=""),  # embedded: tasks run in this process
+        model=ModelSettings(name="demo", device="cpu"),
+    )
+    samples = home / "samples"
+    if not (samples / "manifest.json").is_file():
+        typer.echo(f"generating {n_images} sample images in {samples} ...")
+        write_dataset(samples, SynthSpec(seed=SAMPLE_SEED, n_train=0, n_val=0, n_test=n_images))
+    truth = _truth(samples / "test.txt")
+
+    typer.echo("ingesting (decode, thumbnail, RAM++ tags, embeddings, index) ...")
+    summary = ingest([samples / "images" / "test"], settings=settings, progress=True)
+    typer.echo(
+        f"done {summary.done}, duplicate {summary.duplicate}, failed {summary.failed} "
+        f"in {summary.elapsed_s:.1f} s"
+    )
+    names = _asset_names(settings)
+
+    from api.services import Services
+
+    services = Services(settings)
+    try:
+        _tag_search(services, names, truth, top)
+        _similar_search(services, names, truth, top)
+        concept = next(c for c in heldout_concepts() if c.name == DEMO_CONCEPT)
+        _concept_search(services, names, samples, concept, top)
+    finally:
+        services.close()
+    typer.echo(
+        f"\nEverything is in {home}; `RAMDEX_HOME={home} ramdex serve` opens it in a browser."
+    )
+
+
+def _asset_names(settings: Any) -> dict[int, str]:
+    """Asset id -> sample file name (the first source recorded for it)."""
+    from sqlalchemy import select
+
+    from indexer.db import AssetSource, session_scope
+
+    with session_scope(settings.database_url) as session:
+        rows = session.execute(select(AssetSource.asset_id, AssetSource.uri)).all()
+    return {asset_id: Path(uri).name for asset_id, uri in sorted(rows, reverse=True)}
+
+
+def _tag_search(services: Any, names: dict[int, str], truth: dict[str, set[str]], top: int) -> None:
+    from indexer.db import search_by_tags
+
+    with services.sessions() as session:
+        page = search_by_tags(session, model_name=services.model_id(), all_=[DEMO_TAG], limit=top)
+    hits = [(names[h.asset_id], h.score, DEMO_TAG in truth[names[h.asset_id]]) for h in page.hits]
+    _print_hits(f"Tag search '{DEMO_TAG}'", hits, DEMO_TAG)
+
+
+def _similar_search(
+    services: Any, names: dict[int, str], truth: dict[str, set[str]], top: int
+) -> None:
+    from api.search import asset_vector, similar_ranking
+
+    query_id = min(names)
+    query_name = names[query_id]
+    with services.sessions() as session:
+        vector = asset_vector(session, query_id)
+    ranked = similar_ranking(services, vector, query_name, exclude=query_id)
+    shared = truth[query_name]
+    typer.echo(f"\nSimilar to {query_name} (tags: {', '.join(sorted(shared))})")
+    for asset_id, score in list(zip(ranked.ids, ranked.scores, strict=True))[:top]:
+        other = truth[names[int(asset_id)]]
+        overlap = len(shared & other) / max(1, len(shared | other))
+        typer.echo(f"  {names[int(asset_id)]}  cosine {score:.3f}  tag overlap {overlap:.0%}")
+
+
+def _concept_search(
+    services: Any, names: dict[int, str], samples: Path, concept: Any, top: int
+) -> None:
+    from ram_pp.concepts import encode_concepts, make_concept
+
+    truth = _truth(samples / "heldout_test.txt")
+    described = make_concept(concept.name, concept.descriptions, use_templates=False)
+    bank = encode_concepts([described], services.text_encoder())
+    result = services.searcher().search(bank, names=[concept.name], top_k=top, mode="exhaustive")[0]
+    hits = [
+        (names[int(i)], float(s), concept.name in truth[names[int(i)]])
+        for i, s in zip(result.ids, result.scores, strict=True)
+    ]
+    typer.echo(f"\nA concept the model never saw: '{concept.name}' ({concept.descriptions[0]})")
+    _print_hits(f"Open-set search '{concept.name}'", hits, concept.name)
