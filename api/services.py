@@ -214,8 +214,8 @@ class Services:
         return count
 
     def processor(self) -> AssetProcessor:
-        """The embedded mode's processor: tags assets in this process with the shared model and
-        syncs the FAISS index after each committed batch."""
+        """The embedded mode's processor: tags assets in this process with the shared model; after
+        each committed batch, scores them for promoted concepts and syncs the FAISS index."""
 
         def build() -> AssetProcessor:
             from indexer.ingest import AssetProcessor
@@ -224,10 +224,21 @@ class Services:
                 self.settings,
                 loaded=self.loaded_model(),
                 model_id=self.model_id(),
-                on_committed=lambda _ids, completed: self.request_index_sync(final=completed),
+                on_committed=self._after_batch,
             )
 
         return self.lazy("processor", build)
+
+    def _after_batch(self, written: list[int], completed: bool) -> None:
+        """After each committed batch: score the new assets for promoted concepts, then sync the
+        FAISS index (at once when the job completed)."""
+        from api.concept_backfill import score_new_assets
+
+        try:
+            score_new_assets(self, written)
+        except Exception:  # the assets are done; a missing concept score is not fatal
+            log.warning("scoring new assets for concepts failed", exc_info=True)
+        self.request_index_sync(final=completed)
 
     def background(self, work: Callable[[], None]) -> None:
         """Run blocking work (embedded-mode ingest, concept backfill) off the event loop, one job

@@ -235,7 +235,11 @@ def concurrent(make_call: Callable[[], Callable[[int], str]], clients: int, budg
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"clients": clients, "requests": sum(done), "requests_per_s": sum(done) / elapsed}
+    return {
+        "clients": clients,
+        "concurrent_requests": sum(done),
+        "requests_per_s": sum(done) / elapsed,
+    }
 
 
 def main() -> None:

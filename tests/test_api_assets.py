@@ -228,6 +228,21 @@ def test_concept_becomes_a_tag_scored_for_every_asset(archive, wait_job, referen
     assert tag_scores == pytest.approx({i: p for i, p in reference.items() if p >= floor}, abs=1e-5)
     assert len(tag_scores) >= len(archive.images) // 2
 
+    # New ingests are scored for the concept too.
+    reply = upload(archive, encode(photo_like(70, 50, seed=4242), "JPEG"), name="later.jpg")
+    new_id = reply.json()["asset_ids"][0]
+    wait_job(c, k.read, reply.json()["job"]["id"])
+    archive.client.app.state.services.wait_background(timeout_s=60)
+    after = c.post(
+        "/search", json={"all": [name], "min_score": 0.0, "limit": 200}, headers=k.read
+    ).json()
+    expected = reference_probs(archive.settings, name, mine)[new_id]
+    new_scores = {h["asset"]["id"]: h["score"] for h in after["hits"]}
+    if expected >= floor:
+        assert new_scores[new_id] == pytest.approx(expected, abs=1e-5)
+    else:
+        assert new_id not in new_scores
+
     dupe = c.post("/concepts", json={"name": name}, headers=k.write)
     assert dupe.status_code == 409
     builtin = c.get("/tags?origin=builtin&limit=1", headers=k.read).json()["items"][0]["name"]
