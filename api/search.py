@@ -34,9 +34,15 @@ from api.services import Services
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.errors import UnknownTagError
 
-# The storage layer's tag-term SQL, reused so that filters here mean exactly what tag search
-# means (thresholds, min_score, mime prefixes, half-open date range).
-from indexer.db.search import MatchedTag, _asset_filters, _exists, _matched_tags, search_by_tags  # noqa: PLC2701
+# The storage layer's tag-term SQL (private helpers) is reused so that filters here mean exactly
+# what tag search means: thresholds, min_score, mime prefixes, half-open date range.
+from indexer.db.search import (
+    MatchedTag,
+    _asset_filters,
+    _exists,
+    _matched_tags,
+    search_by_tags,
+)
 from indexer.db.tag_repo import resolve_tags
 from indexer.db.vectors import decode_vector
 from indexer.retroactive import Mode
