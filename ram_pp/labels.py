@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,11 @@ def reweight_descriptions(
     """
     c = image_cls / image_cls.norm(dim=-1, keepdim=True)
     emb = bank.embeddings.to(c.dtype)
-    scores = torch.einsum("bc,kdc->bkd", c, emb) * log_scale.exp().to(c.dtype)
+    k, d, dim = emb.shape
+    # F.linear and bmm read the bank in its stored (K, D, dim) layout: no transposed copy of
+    # the 4,585 x 51 x 512 bank (einsum made one per call in bfloat16)
+    scores = F.linear(c, emb.reshape(k * d, dim)).view(-1, k, d) * log_scale.exp().to(c.dtype)
     if bank.mask is not None:
         scores = scores.masked_fill(~bank.mask, float("-inf"))
     weights = scores.softmax(dim=-1)
-    return torch.einsum("bkd,kdc->bkc", weights, emb)
+    return torch.bmm(weights.transpose(0, 1), emb).transpose(0, 1)
