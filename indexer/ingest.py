@@ -545,9 +545,9 @@ class AssetProcessor:
                 apply_exif_orientation=self.settings.model.apply_exif_orientation,
                 draft_size=self.draft_size,
             )
-            thumb = make_thumbnail(decoded.image, self.settings.ingest.thumbnail_size)
+            thumb = make_thumbnail(decoded.display_rgb(), self.settings.ingest.thumbnail_size)
             thumb_path = self.media.put_thumbnail(row.sha256, thumb)
-            pixels = self.model_input(decoded.image)
+            pixels = self.model_input(decoded.model_rgb())
         except ImageDecodeError as exc:
             return _Prepared(row, error=exc.reason)
         return _Prepared(

@@ -16,16 +16,20 @@ import hashlib
 import io
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from PIL import features as pil_features
 
-from ram_pp.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError
+from ram_pp.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    DecodeOptions,
+)
+from ram_pp.preprocess import decode_image as _decode
 
 try:  # HEIC/HEIF through pillow-heif (a declared dependency; guarded so a broken wheel is visible)
     from pillow_heif import register_heif_opener
@@ -258,29 +262,6 @@ class MediaStore:
         return final
 
 
-@dataclass
-class DecodedImage:
-    """A decoded RGB image and facts about the file it came from."""
-
-    image: Image.Image  # RGB; smaller than width x height when decoded in draft mode
-    width: int  # of the original, after EXIF orientation
-    height: int
-    format: str  # Pillow's format name (JPEG, PNG, HEIF, AVIF ...)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB conversion that keeps 16-bit and float images visible (Pillow clips them otherwise)."""
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        # 16-bit (or wider) grey: scale to 8 bits instead of clipping everything to white.
-        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Composite transparent pixels on white, as a viewer shows them (not on black garbage).
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def decode_image(
     source: str | Path | bytes,
     *,
@@ -289,69 +270,18 @@ def decode_image(
     draft_size: int | None = None,
     name: str | None = None,
 ) -> DecodedImage:
-    """Decode the first frame of an image file fully into RGB, refusing bombs before decoding.
+    """Decode the first frame of an image file (see :func:`ram_pp.preprocess.decode_image`).
 
-    Args:
-        source: a path or the file's bytes.
-        max_pixels: refuse images whose header declares more pixels than this.
-        apply_exif_orientation: rotate/flip by the EXIF orientation tag.
-        draft_size: JPEG only: decode at the smallest DCT scale whose sides are both at least
-            this (fast-decode mode, about 5x faster on large photos).
-        name: how to name the input in errors (defaults to the path).
+    Use ``.model_rgb()`` for the model (reference pre-processing: alpha dropped) and
+    ``.display_rgb()`` for thumbnails (transparency on white).
 
     Raises:
         ImageDecodeError: empty, unreadable, truncated, corrupt, oversize or non-image input.
     """
-    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
-    try:
-        if isinstance(source, bytes):
-            if not source:
-                raise ImageDecodeError(label, "empty file (0 bytes)")
-            stream: io.BytesIO | Path = io.BytesIO(source)
-        else:
-            stream = Path(source)
-            if stream.is_dir():
-                raise ImageDecodeError(label, "is a folder, not a file")
-            if stream.stat().st_size == 0:
-                raise ImageDecodeError(label, "empty file (0 bytes)")
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its limit; we refuse, and check ourselves too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as opened:
-                width, height = opened.size
-                if width * height > max_pixels:
-                    raise ImageDecodeError(
-                        label,
-                        f"image declares {width}x{height} pixels, over the limit of {max_pixels} "
-                        "(decompression-bomb guard; raise ingest.max_pixels to accept it)",
-                    )
-                fmt = opened.format or "unknown"
-                if getattr(opened, "n_frames", 1) > 1:
-                    opened.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
-                if draft_size and fmt == "JPEG":
-                    opened.draft("RGB", (draft_size, draft_size))
-                opened.load()
-                image: Image.Image = opened
-                orientation = opened.getexif().get(0x0112, 1) if apply_exif_orientation else 1
-                if orientation in (5, 6, 7, 8):
-                    width, height = height, width
-                if apply_exif_orientation and orientation != 1:
-                    image = ImageOps.exif_transpose(image)
-                return DecodedImage(_to_rgb(image), width, height, fmt)
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(label, f"decompression bomb refused: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(label, "not an image file (format not recognised)") from exc
-    except FileNotFoundError as exc:
-        raise ImageDecodeError(label, "file not found") from exc
-    except PermissionError as exc:
-        raise ImageDecodeError(label, "permission denied") from exc
-    except MemoryError as exc:
-        raise ImageDecodeError(label, "image too large to decode in memory") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
-        raise ImageDecodeError(label, f"corrupt or truncated image: {exc}") from exc
+    options = DecodeOptions(
+        apply_exif_orientation=apply_exif_orientation, max_pixels=max_pixels, draft_size=draft_size
+    )
+    return _decode(source, options, name)
 
 
 def make_thumbnail(image: Image.Image, size: int = 320, quality: int = 80) -> bytes:

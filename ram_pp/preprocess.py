@@ -52,13 +52,53 @@ class DecodeOptions:
     draft_size: int | None = None
 
 
-def open_image(
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image in its own mode (first frame, EXIF orientation applied) and file facts.
+
+    ``image`` may be RGBA, 16-bit grey and so on: :meth:`model_rgb` is what RAM++ sees (the
+    reference's ``convert("RGB")``: alpha dropped, not composited) and :meth:`display_rgb` what a
+    person should see (transparency composited on white).
+    """
+
+    image: Image.Image  # smaller than width x height when decoded in draft mode
+    width: int  # of the original, after EXIF orientation
+    height: int
+    format: str  # Pillow's format name (JPEG, PNG, HEIF, AVIF ...)
+
+    def model_rgb(self) -> Image.Image:
+        return _scale_wide_grey(self.image).convert("RGB")
+
+    def display_rgb(self) -> Image.Image:
+        image = _scale_wide_grey(self.image)
+        if image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info
+        ):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def _scale_wide_grey(image: Image.Image) -> Image.Image:
+    """16-bit or float grey scaled to 8 bits (a plain RGB conversion clips it all to white)."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    return image
+
+
+def decode_image(
     source: str | Path | bytes, options: DecodeOptions = DecodeOptions(), name: str | None = None
-) -> Image.Image:
-    """Decode an image file (or bytes) fully into an RGB PIL image.
+) -> DecodedImage:
+    """Decode the first frame of an image file fully, refusing bombs before decoding.
+
+    Args:
+        source: a path or the file's bytes.
+        options: EXIF orientation, pixel limit, JPEG draft size.
+        name: how to name the input in errors (defaults to the path).
 
     Raises:
-        ImageDecodeError: empty, truncated, oversize or non-image input.
+        ImageDecodeError: empty, unreadable, truncated, corrupt, oversize or non-image input.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
@@ -68,24 +108,35 @@ def open_image(
             stream: io.BytesIO | Path = io.BytesIO(source)
         else:
             stream = Path(source)
+            if stream.is_dir():
+                raise ImageDecodeError(label, "is a folder, not a file")
             if stream.stat().st_size == 0:
                 raise ImageDecodeError(label, "empty file (0 bytes)")
         with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; we refuse, and check ourselves too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as img:
-                width, height = img.size
+            with Image.open(stream) as opened:
+                width, height = opened.size
                 if width * height > options.max_pixels:
                     raise ImageDecodeError(
                         label,
                         f"image is {width}x{height} pixels, over the limit of "
                         f"{options.max_pixels} (possible decompression bomb)",
                     )
-                if options.draft_size and img.format == "JPEG":
-                    img.draft("RGB", (options.draft_size, options.draft_size))
-                img.load()
+                fmt = opened.format or "unknown"
+                if getattr(opened, "n_frames", 1) > 1:
+                    opened.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
+                if options.draft_size and fmt == "JPEG":
+                    opened.draft("RGB", (options.draft_size, options.draft_size))
+                opened.load()
+                image: Image.Image = opened
                 if options.apply_exif_orientation:
-                    img = ImageOps.exif_transpose(img)
-                return img.convert("RGB")
+                    if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                        width, height = height, width
+                    image = ImageOps.exif_transpose(opened)
+                else:
+                    image = opened.copy()
+                return DecodedImage(image, width, height, fmt)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -96,8 +147,21 @@ def open_image(
         raise ImageDecodeError(label, "file not found") from exc
     except PermissionError as exc:
         raise ImageDecodeError(label, "permission denied") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except MemoryError as exc:
+        raise ImageDecodeError(label, "image too large to decode in memory") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
         raise ImageDecodeError(label, f"corrupt or truncated image: {exc}") from exc
+
+
+def open_image(
+    source: str | Path | bytes, options: DecodeOptions = DecodeOptions(), name: str | None = None
+) -> Image.Image:
+    """Decode an image file (or bytes) into the RGB image RAM++ sees (alpha dropped).
+
+    Raises:
+        ImageDecodeError: empty, truncated, oversize or non-image input.
+    """
+    return decode_image(source, options, name).model_rgb()
 
 
 class Preprocessor:

@@ -358,3 +358,30 @@ def test_split_preprocessing_equals_the_reference_preprocessor(tmp_path, micro):
     batch = processor.normalize([processor.model_input(im) for im in images])
     reference = torch.stack([processor.engine.preprocess(im) for im in images])
     assert torch.equal(batch, reference)
+
+
+def test_transparent_png_scores_equal_the_reference_preprocessing(env, micro, tmp_path):
+    """Ingest feeds the model what `ramdex tag` does (alpha dropped, not composited)."""
+    settings, processor, _ = env
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 255, (72, 96, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rng.random((72, 96)) < 0.5, 0, 255)  # half the pixels transparent
+    folder = tmp_path / "rgba"
+    folder.mkdir()
+    path = folder / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    summary = ingest([folder], settings=settings, processor=processor, progress=False)
+    assert summary.done == 1
+    (ref,) = TaggingEngine(micro, device="cpu", decode_workers=0).tag_files([path])
+    with session_scope(settings.database_url) as s:
+        tag_ids = {t.position: t.id for t in s.scalars(sa.select(Tag)).all()}
+        stored = dict(
+            s.execute(
+                sa.select(AssetTag.tag_id, AssetTag.score).where(
+                    AssetTag.asset_id == summary.asset_ids[0]
+                )
+            ).all()
+        )
+    for position, p in enumerate(ref.probabilities):
+        if p >= settings.index.score_floor:
+            assert stored[tag_ids[position]] == pytest.approx(p, abs=1e-5)

@@ -49,13 +49,12 @@ def test_every_format_decodes_to_rgb_with_size_and_type(picture, fmt, mime):
     data = encode(picture, fmt)
     assert sniff_mime(data[:64]) == mime
     decoded = decode_image(data)
-    assert decoded.image.mode == "RGB"
+    rgb = decoded.model_rgb()
+    assert rgb.mode == "RGB"
     assert (decoded.width, decoded.height) == (160, 120)
-    assert decoded.image.size == (160, 120)
+    assert rgb.size == (160, 120)
     # Lossy formats differ from the source a little; a wrong decode differs a lot.
-    error = np.abs(
-        np.asarray(decoded.image, dtype=np.float32) - np.asarray(picture, dtype=np.float32)
-    )
+    error = np.abs(np.asarray(rgb, dtype=np.float32) - np.asarray(picture, dtype=np.float32))
     limit = 60 if fmt == "GIF" else 25  # GIF quantises to 256 colours
     assert error.mean() < limit, f"{fmt}: mean abs error {error.mean():.1f}"
 
@@ -66,7 +65,7 @@ def test_animated_gif_gives_the_first_frame():
     out = io.BytesIO()
     red.save(out, format="GIF", save_all=True, append_images=[blue], duration=100, loop=0)
     decoded = decode_image(out.getvalue())
-    r, g, b = np.asarray(decoded.image, dtype=np.float32).mean(axis=(0, 1))
+    r, g, b = np.asarray(decoded.model_rgb(), dtype=np.float32).mean(axis=(0, 1))
     assert r > 200 and b < 50
 
 
@@ -85,15 +84,18 @@ def test_sixteen_bit_png_is_scaled_not_clipped():
     ramp = np.linspace(0, 65535, 128 * 128).reshape(128, 128).astype(np.uint16)
     out = io.BytesIO()
     Image.fromarray(ramp).save(out, format="PNG")
-    grey = np.asarray(decode_image(out.getvalue()).image, dtype=np.float32)
+    grey = np.asarray(decode_image(out.getvalue()).model_rgb(), dtype=np.float32)
     assert 100 < grey.mean() < 155  # clipping would give ~255 almost everywhere
 
 
-def test_transparent_png_is_composited_on_white():
-    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+def test_transparency_is_on_white_for_people_and_dropped_for_the_model():
+    rgba = Image.new("RGBA", (16, 16), (10, 20, 30, 0))
     out = io.BytesIO()
     rgba.save(out, format="PNG")
-    assert np.asarray(decode_image(out.getvalue()).image).min() == 255
+    decoded = decode_image(out.getvalue())
+    assert np.asarray(decoded.display_rgb()).min() == 255
+    # RAM++'s reference pre-processing drops alpha (convert("RGB")), it does not composite
+    assert np.asarray(decoded.model_rgb())[0, 0].tolist() == [10, 20, 30]
 
 
 def test_draft_decoding_is_smaller_but_reports_the_full_size():
