@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import Scope
 
@@ -21,6 +21,15 @@ Source = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern
 ConceptName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 Description = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=NO_NUL)]
 ChineseName = Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)]
+
+
+def _flush_tiny(value: float) -> float:
+    # PostgreSQL REAL columns raise "underflow" below about 1e-37; such a score is zero anyway.
+    return 0.0 if abs(value) < 1e-30 else value
+
+
+# A probability as stored in REAL columns (scores, thresholds).
+Probability = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_flush_tiny)]
 
 
 class Health(BaseModel):
@@ -93,7 +102,7 @@ class ThresholdUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    threshold_override: float | None = Field(ge=0.0, le=1.0)
+    threshold_override: Probability | None
 
 
 # ---------- assets ----------
@@ -177,9 +186,7 @@ class SearchRequest(BaseModel):
     all: list[TagName] = Field(default_factory=list, max_length=50, description="tags required")
     any: list[TagName] = Field(default_factory=list, max_length=50, description="at least one of")
     none: list[TagName] = Field(default_factory=list, max_length=50, description="tags excluded")
-    min_score: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="instead of thresholds"
-    )
+    min_score: Probability | None = Field(default=None, description="instead of thresholds")
     mime: list[MimeType] = Field(
         default_factory=list, max_length=20, description="image/png, image/*"
     )
@@ -231,7 +238,7 @@ class ConceptCreate(BaseModel):
     name: ConceptName
     descriptions: list[Description] | None = Field(default=None, max_length=200)
     generate: bool = Field(default=False, description="ask the configured LLM for descriptions")
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    threshold: Probability | None = None
     name_zh: ChineseName | None = None
 
 

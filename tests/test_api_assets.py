@@ -184,6 +184,17 @@ def test_threshold_override_changes_what_a_tag_matches(archive) -> None:
     )
 
 
+def test_probabilities_too_small_for_a_real_column_are_stored_as_zero(archive) -> None:
+    """Found by the fuzzer: 1e-320 made PostgreSQL's REAL column raise "underflow" (a 500)."""
+    c, k = archive.client, archive.keys
+    tag = c.get("/tags?limit=1", headers=k.read).json()["items"][0]
+    reply = c.patch(f"/tags/{tag['id']}", json={"threshold_override": 1e-320}, headers=k.admin)
+    assert reply.status_code == 200 and reply.json()["threshold"] == 0.0
+    c.patch(f"/tags/{tag['id']}", json={"threshold_override": None}, headers=k.admin)
+    found = c.post("/search", json={"all": [tag["name"]], "min_score": 1e-320}, headers=k.read)
+    assert found.status_code == 200
+
+
 def test_tag_prefix_search_for_autocomplete(archive) -> None:
     c, k = archive.client, archive.keys
     items = c.get("/tags?prefix=AB&limit=10", headers=k.read).json()["items"]
