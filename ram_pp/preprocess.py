@@ -178,12 +178,19 @@ class Preprocessor:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(torch.from_numpy(self.resized_array(image)))
+
+    def resized_array(self, image: Image.Image) -> np.ndarray:
+        """The image resized to the model's input, as an (S, S, 3) uint8 array."""
         resized = image.convert("RGB").resize(
             (self.image_size, self.image_size), Image.Resampling.BILINEAR
         )
-        array = np.asarray(resized, dtype=np.uint8)
-        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-        return pixels.sub_(self.mean).div_(self.std)
+        return np.array(resized, dtype=np.uint8)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(S, S, 3) uint8 pixels -> the normalised (3, S, S) float32 model input."""
+        out = pixels.permute(2, 0, 1).float().div_(255.0)
+        return out.sub_(self.mean).div_(self.std)
 
     def load(
         self, source: str | Path | bytes, options: DecodeOptions = DecodeOptions()

@@ -45,14 +45,14 @@ SHAPES = (
     "crescent",
 )
 OBJECTS = ("house", "tree", "sun", "car", "flower", "fish")
-COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "white", "black")
+COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black")
 PATTERNS = ("solid", "striped", "dotted", "checkered", "outlined")
 TEXTURES = ("striped", "dotted", "checkered")
 SIZES = ("small", "large")
 COUNT_TAGS = ("one object", "two objects", "three objects")
 BACKGROUNDS = (
     "white background",
-    "black background",
+    "beige background",
     "gray background",
     "gradient background",
     "grid background",
@@ -80,24 +80,23 @@ RGB: dict[str, tuple[int, int, int]] = {
     "green": (35, 150, 55),
     "blue": (35, 75, 215),
     "purple": (135, 45, 175),
-    "white": (245, 245, 245),
+    "brown": (130, 75, 30),
     "black": (20, 20, 20),
     "pink": (250, 140, 195),
 }
 BACKGROUND_FLAT = {
     "white background": (250, 250, 250),
-    "black background": (12, 12, 12),
-    "gray background": (128, 128, 128),
+    "beige background": (238, 222, 186),
+    "gray background": (196, 196, 196),
 }
 PASTELS = ((255, 236, 210), (215, 235, 255), (225, 255, 225), (245, 225, 255), (255, 255, 215))
 # Item colours that would vanish into a background.
+# Item colours too close to a background (in brightness or hue) to show a clear silhouette.
 CLASHES = {
-    "white background": {"white"},
-    "black background": {"black"},
-    "gradient background": {"white"},
-    "grid background": {"white"},
+    "gray background": {"yellow"},
+    "beige background": {"yellow"},
 }
-SIZE_RADIUS = {"small": (0.12, 0.14), "large": (0.22, 0.27)}
+SIZE_RADIUS = {"small": (0.13, 0.15), "large": (0.24, 0.28)}
 MAX_ITEMS = 3
 COUNT_WORDS = ("zero", "one", "two", "three")
 
@@ -126,7 +125,7 @@ GLOSS = {
     "green": "green, the colour of grass and leaves",
     "blue": "blue, the colour of a clear sky and the deep sea",
     "purple": "purple, a colour between red and blue, like grapes and violets",
-    "white": "white, the lightest colour, like snow and milk",
+    "brown": "brown, the colour of wood, chocolate and soil",
     "black": "black, the darkest colour, like coal and the night",
     "solid": "a solid shape filled with one plain flat colour",
     "striped": "a striped shape covered in parallel bands of alternating colours",
@@ -139,8 +138,8 @@ GLOSS = {
     "two objects": "two objects, a pair of things in the picture",
     "three objects": "three objects, a group of three things in the picture",
     "white background": "a plain white background behind everything",
-    "black background": "a plain black dark background behind everything",
-    "gray background": "a plain grey background behind everything",
+    "beige background": "a plain beige background, the pale sandy colour of paper",
+    "gray background": "a plain light grey background behind everything",
     "gradient background": "a background that fades smoothly from one pale colour to another",
     "grid background": "a background of thin lines forming a grid, like graph paper",
     "landscape background": "a landscape background with a blue sky above sandy ground",
@@ -564,16 +563,16 @@ HELDOUT: tuple[HeldOutConcept, ...] = (
         _has(name="circle", colour="blue", size="large"),
     ),
     HeldOutConcept(
-        "yellow heart on black",
+        "yellow heart on grid paper",
         "composition",
         (
-            "a yellow heart on a black background",
-            "a yellow heart shape against black",
-            "a yellow heart on a dark black background",
-            "a heart coloured yellow on a black background",
-            "a bright yellow heart in the dark",
+            "a yellow heart on a grid background",
+            "a yellow heart drawn on graph paper",
+            "a yellow heart shape on a background of grid lines",
+            "a heart coloured yellow on squared paper",
+            "a bright yellow heart on a grid",
         ),
-        _has_on("black background", name="heart", colour="yellow"),
+        _has_on("grid background", name="heart", colour="yellow"),
     ),
     HeldOutConcept(
         "striped purple square",
@@ -629,15 +628,44 @@ def heldout_json() -> list[dict[str, list[str]]]:
 # Sampling
 
 
-def _place(rng: random.Random, radius: float, placed: list[Item]) -> tuple[float, float] | None:
-    for _ in range(40):
-        x = rng.uniform(radius, 1 - radius)
-        y = rng.uniform(radius, 1 - radius)
-        if all(
-            math.hypot(x - p.center[0], y - p.center[1]) > radius + p.radius + 0.02 for p in placed
-        ):
-            return (x, y)
-    return None
+# Item centres: one large item in the middle, or small items in the quadrant centres. A fixed
+# layout (with a little jitter) lines items up with the Swin windows; a small Swin trained for
+# minutes learns shapes at fixed slots far faster than anywhere in the frame.
+CENTRE = (0.5, 0.5)
+SLOTS = ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
+JITTER = 0.03
+LARGE_SHARE = 0.45  # scenes with one large item
+
+
+def _jitter(rng: random.Random, point: tuple[float, float]) -> tuple[float, float]:
+    return (point[0] + rng.uniform(-JITTER, JITTER), point[1] + rng.uniform(-JITTER, JITTER))
+
+
+def _make_item(
+    rng: random.Random,
+    kind: str,
+    name: str,
+    colour: str,
+    size: str,
+    pattern: str | None,
+    centre: tuple[float, float],
+) -> Item:
+    angle = rng.uniform(-10, 10) if kind == "shape" and name not in ("square", "diamond") else 0.0
+    return Item(
+        kind,
+        name,
+        colour,
+        size,
+        pattern,
+        _jitter(rng, centre),
+        rng.uniform(*SIZE_RADIUS[size]),
+        angle,
+    )
+
+
+def _pick(rng: random.Random, shapes: tuple[str, ...]) -> tuple[str, str]:
+    kind = "shape" if rng.random() < 0.75 else "object"
+    return kind, rng.choice(shapes if kind == "shape" else OBJECTS)
 
 
 def _sample_scene(rng: random.Random, split: str) -> Scene:
@@ -645,32 +673,26 @@ def _sample_scene(rng: random.Random, split: str) -> Scene:
     train = split != "test"
     shapes = SHAPES if train else SHAPES + NOVEL_SHAPES * 2
     colours = [c for c in COLOURS if c not in CLASHES.get(background, ())]
-    if not train and "pink" not in CLASHES.get(background, ()):
+    if not train:
         colours += list(NOVEL_COLOURS)
-    # One or two groups of identical items, at most MAX_ITEMS items in all.
+    if rng.random() < LARGE_SHARE:
+        kind, name = _pick(rng, shapes)
+        pattern = rng.choice(PATTERNS) if kind == "shape" else None
+        item = _make_item(rng, kind, name, rng.choice(colours), "large", pattern, CENTRE)
+        return Scene(background, (item,))
+    # One or two groups of identical small items (textures do not show at this size).
+    slots = rng.sample(SLOTS, MAX_ITEMS)
     items: list[Item] = []
     for _ in range(rng.choice((1, 1, 2))):
         room = MAX_ITEMS - len(items)
         if room <= 0:
             break
-        count = min(room, rng.choice((1, 1, 1, 2, 3)))
-        kind = "shape" if rng.random() < 0.75 else "object"
-        name = rng.choice(shapes if kind == "shape" else OBJECTS)
+        count = min(room, rng.choice((1, 2, 2, 3)))
+        kind, name = _pick(rng, shapes)
         colour = rng.choice(colours)
-        # Groups are small; a single item is small or large. Textures only on large shapes.
-        size = rng.choice(SIZES) if count == 1 else "small"
-        pattern = rng.choice(PATTERNS) if kind == "shape" else None
-        if size == "small" and pattern in TEXTURES:
-            pattern = rng.choice(("solid", "outlined"))
+        pattern = rng.choice(("solid", "outlined")) if kind == "shape" else None
         for _ in range(count):
-            radius = rng.uniform(*SIZE_RADIUS[size])
-            center = _place(rng, radius, items)
-            if center is None:
-                break
-            angle = rng.uniform(-12, 12) if name not in ("square", "diamond") else 0.0
-            items.append(Item(kind, name, colour, size, pattern, center, radius, angle))
-    if not items:  # pragma: no cover - the first item always fits
-        return _sample_scene(rng, split)
+            items.append(_make_item(rng, kind, name, colour, "small", pattern, slots[len(items)]))
     return Scene(background, tuple(items))
 
 
@@ -703,56 +725,40 @@ def sample_scene(seed: int, split: str, index: int) -> Scene:
 
 
 def _forced_composition(rng: random.Random, concept: HeldOutConcept) -> Scene:
-    """A test scene built to satisfy one composition (plus up to two random other items)."""
+    """A test scene built to satisfy one composition (small groups get up to one more item)."""
     spec = {
-        "two red stars": ("star", "red", None, 2, None),
-        "three green triangles": ("triangle", "green", None, 3, None),
+        "two red stars": ("star", "red", "small", 2, None),
+        "three green triangles": ("triangle", "green", "small", 3, None),
         "large blue circle": ("circle", "blue", "large", 1, None),
-        "yellow heart on black": ("heart", "yellow", None, 1, "black background"),
-        "striped purple square": ("square", "purple", None, 1, "striped"),
+        "yellow heart on grid paper": ("heart", "yellow", None, 1, "grid background"),
+        "striped purple square": ("square", "purple", "large", 1, "striped"),
     }[concept.name]
     name, colour, size, count, extra = spec
-    for _ in range(100):
-        background = extra if extra and extra.endswith("background") else rng.choice(BACKGROUNDS)
-        if colour in CLASHES.get(background, ()):
-            continue
-        pattern = extra if extra == "striped" else rng.choice(PATTERNS)
-        chosen = size or ("large" if pattern == "striped" else "small" if count > 1 else None)
-        chosen = chosen or rng.choice(SIZES)
-        if chosen == "small" and pattern in TEXTURES:
-            pattern = rng.choice(("solid", "outlined"))
-        items: list[Item] = []
-        for _ in range(count):
-            radius = rng.uniform(*SIZE_RADIUS[chosen])
-            center = _place(rng, radius, items)
-            if center is None:
-                break
+    size = size or rng.choice(SIZES)
+    background = extra if extra and extra.endswith("background") else rng.choice(BACKGROUNDS)
+    while colour in CLASHES.get(background, ()):
+        background = rng.choice(BACKGROUNDS)
+    if size == "large":
+        pattern = "striped" if extra == "striped" else rng.choice(PATTERNS)
+        items = [_make_item(rng, "shape", name, colour, "large", pattern, CENTRE)]
+    else:
+        slots = rng.sample(SLOTS, MAX_ITEMS)
+        pattern = rng.choice(("solid", "outlined"))
+        items = [
+            _make_item(rng, "shape", name, colour, "small", pattern, slots[i]) for i in range(count)
+        ]
+        if count < MAX_ITEMS and rng.random() < 0.5:
+            others = [c for c in COLOURS if c not in CLASHES.get(background, ()) and c != colour]
+            kind, other = _pick(rng, SHAPES)
+            extra_pattern = rng.choice(("solid", "outlined")) if kind == "shape" else None
             items.append(
-                Item("shape", name, colour, chosen, pattern, center, radius, rng.uniform(-12, 12))
+                _make_item(
+                    rng, kind, other, rng.choice(others), "small", extra_pattern, slots[count]
+                )
             )
-        if len(items) < count:
-            continue
-        colours = [c for c in COLOURS if c not in CLASHES.get(background, ())]
-        for _ in range(rng.choice((0, 1, 1, 2))):
-            if len(items) >= MAX_ITEMS:
-                break
-            other = Item(
-                "shape",
-                rng.choice(SHAPES),
-                rng.choice(colours),
-                "small",
-                rng.choice(("solid", "outlined")),
-                (0.0, 0.0),
-                rng.uniform(*SIZE_RADIUS["small"]),
-                0.0,
-            )
-            center = _place(rng, other.radius, items)
-            if center is not None:
-                items.append(Item(**{**other.__dict__, "center": center}))
-        scene = Scene(background, tuple(items))
-        if concept.predicate(scene):
-            return scene
-    raise RuntimeError(f"could not build a scene for {concept.name}")  # pragma: no cover
+    scene = Scene(background, tuple(items))
+    assert concept.predicate(scene), concept.name
+    return scene
 
 
 # --------------------------------------------------------------------------------------------
@@ -845,7 +851,9 @@ def _shape_mask(item: Item, side: int, outline: int | None) -> Image.Image:
 
 
 def _secondary(colour: str) -> tuple[int, int, int]:
-    return (25, 25, 25) if colour in ("white", "yellow", "pink", "orange") else (245, 245, 245)
+    """A pale tint of the item's colour for its texture: the silhouette stays one dark shape."""
+    r, g, b = RGB[colour]
+    return (int(0.45 * r + 140), int(0.45 * g + 140), int(0.45 * b + 140))
 
 
 def _pattern_fill(item: Item, side: int, rng: random.Random) -> Image.Image:
@@ -875,7 +883,7 @@ def _draw_shape(canvas: Image.Image, item: Item, rng: random.Random) -> None:
     side = max(6, int(round(2 * item.radius * size)))
     x0 = int(round(item.center[0] * size - side / 2))
     y0 = int(round(item.center[1] * size - side / 2))
-    outline = max(2, side // 12) if item.pattern == "outlined" else None
+    outline = max(3, side // 8) if item.pattern == "outlined" else None
     mask = _shape_mask(item, side, outline)
     if item.pattern in (None, "solid", "outlined"):
         fill = Image.new("RGB", (side, side), RGB[item.colour])
@@ -889,6 +897,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, item: Item, size: int) -> None:
     r = item.radius * size
     col = RGB[item.colour]
     dark = (40, 30, 25) if item.colour != "black" else (110, 110, 110)
+    grey = (95, 95, 95)  # trunks and stems: not one of the colour tags
     if item.name == "house":
         draw.rectangle((cx - 0.7 * r, cy - 0.1 * r, cx + 0.7 * r, cy + 0.9 * r), fill=col)
         draw.polygon(
@@ -898,7 +907,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, item: Item, size: int) -> None:
         )
         draw.rectangle((cx - 0.18 * r, cy + 0.35 * r, cx + 0.18 * r, cy + 0.9 * r), fill=dark)
     elif item.name == "tree":
-        draw.rectangle((cx - 0.15 * r, cy + 0.1 * r, cx + 0.15 * r, cy + r), fill=(110, 70, 35))
+        draw.rectangle((cx - 0.15 * r, cy + 0.1 * r, cx + 0.15 * r, cy + r), fill=grey)
         draw.ellipse((cx - 0.7 * r, cy - r, cx + 0.7 * r, cy + 0.35 * r), fill=col)
     elif item.name == "sun":
         for k in range(8):
@@ -930,7 +939,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, item: Item, size: int) -> None:
                 (cx + (wx - 0.25) * r, cy + 0.2 * r, cx + (wx + 0.25) * r, cy + 0.7 * r), fill=dark
             )
     elif item.name == "flower":
-        draw.line((cx, cy, cx, cy + r), fill=(70, 70, 70), width=max(1, int(r / 8)))
+        draw.line((cx, cy, cx, cy + r), fill=grey, width=max(1, int(r / 8)))
         pr = 0.3 * r
         for k in range(6):
             a = math.pi * k / 3
@@ -960,15 +969,15 @@ def _background(name: str, size: int, rng: random.Random) -> Image.Image:
         img = Image.new("RGB", (size, size), (248, 248, 240))
         draw = ImageDraw.Draw(img)
         step = rng.choice((8, 10, 12)) * size // 128 or 4
-        line = (150, 170, 200)
+        line = (200, 212, 232)  # faint, so item edges stay the strongest edges
         for k in range(0, size, step):
             draw.line((k, 0, k, size), fill=line)
             draw.line((0, k, size, k), fill=line)
         return img
     if name == "landscape background":
-        img = Image.new("RGB", (size, size), (140, 200, 240))
+        img = Image.new("RGB", (size, size), (185, 222, 245))
         horizon = int(size * rng.uniform(0.55, 0.7))
-        ImageDraw.Draw(img).rectangle((0, horizon, size, size), fill=(200, 180, 125))
+        ImageDraw.Draw(img).rectangle((0, horizon, size, size), fill=(232, 214, 165))
         return img
     raise KeyError(name)  # pragma: no cover
 

@@ -24,6 +24,8 @@ _SUBCOMMANDS: list[tuple[str, str, str | None]] = [
     ("api.cli.serve", "keys_app", "keys"),
     ("api.cli.db", "app", "db"),
     ("api.cli.index", "app", "index"),
+    ("api.cli.train", "app", None),
+    ("api.cli.train", "datasets_app", "datasets"),
 ]
 
 for module_name, attribute, group in _SUBCOMMANDS:
