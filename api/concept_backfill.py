@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 
 from api.services import Services
 from indexer.db.concept_repo import get_concept, promote_concept, update_concept
@@ -135,38 +134,19 @@ def score_new_assets(services: Services, asset_ids: list[int]) -> int:
     Returns:
         Score rows stored.
     """
-    from indexer.db.concept_repo import concept_embeddings, list_concepts
-    from ram_pp.labels import LabelBank
-    from ram_pp.openset import OpenSetScorer
+    from indexer.concept_scores import score_promoted_concepts
 
     if not asset_ids:
         return 0
-    url = services.settings.database_url
-    with session_scope(url) as session:
-        promoted = [
-            (c.tag_id, concept_embeddings(c))
-            for c in list_concepts(session, services.model_id(), status=ConceptStatus.PROMOTED)
-            if c.tag_id is not None and c.embeddings is not None
-        ]
-    store = services.token_store()
-    if not promoted or store is None:
-        return 0
-    ids = np.asarray(asset_ids, np.int64)
-    ids = ids[store.has(ids)]
-    if not len(ids):
-        return 0
-    bank = LabelBank.from_ragged([torch.from_numpy(rows) for _, rows in promoted])
-    scorer = OpenSetScorer(services.loaded_model().model)
     with services.metrics.time_model("score_new_assets"):
-        logits = scorer.logits(store.get(ids), bank).numpy().astype(np.float64)
-    probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-    stored = 0
-    with session_scope(url) as session:
-        for k, (tag_id, _) in enumerate(promoted):
-            stored += write_tag_scores(
-                session, tag_id, ids, probs[:, k], score_floor=services.settings.index.score_floor
-            )
-    return stored
+        return score_promoted_concepts(
+            services.settings.database_url,
+            services.model_id(),
+            services.loaded_model().model,
+            services.token_store(),
+            asset_ids,
+            services.settings.index.score_floor,
+        )
 
 
 def _existing(session, ids: np.ndarray) -> np.ndarray:  # noqa: ANN001

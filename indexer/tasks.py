@@ -86,10 +86,25 @@ def worker_processor() -> AssetProcessor:
 
 
 def _after_commit_hook(proc: AssetProcessor) -> Callable[[list[int], bool], None]:
-    """Schedule FAISS syncs: at once when a job completes, else at most every interval."""
+    """After each committed batch: score the new assets for promoted concepts, then schedule
+    FAISS syncs (at once when a job completes, else at most every interval)."""
     last_sent = [0.0]
 
     def hook(written: list[int], completed: bool) -> None:
+        from indexer.concept_scores import score_promoted_concepts
+
+        settings = proc.settings
+        try:
+            score_promoted_concepts(
+                settings.database_url,
+                proc.model_id,
+                proc.loaded.model,
+                proc.token_store(),
+                written,
+                settings.index.score_floor,
+            )
+        except Exception:  # the assets are done; a missing concept score is not fatal
+            log.warning("scoring new assets for promoted concepts failed", exc_info=True)
         now = time.monotonic()
         if completed or now - last_sent[0] >= SYNC_MIN_INTERVAL_S:
             last_sent[0] = now

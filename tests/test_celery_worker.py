@@ -6,14 +6,17 @@ names unique to the run, so engineers running tests at the same time do not coll
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+import torch
 
 from indexer.db.assets import Asset
+from indexer.db.concept_repo import create_concept, promote_concept
 from indexer.db.session import session_scope
 from indexer.db.tags import AssetTag, Tag
 from indexer.faiss_index import VectorIndex, index_path, read_meta
@@ -21,6 +24,7 @@ from indexer.ingest import ensure_schema, ingest
 from indexer.jobs import get_job_view, wait_for_job
 from ram_pp.factory import random_model
 from ram_pp.inference import TaggingEngine
+from ram_pp.labels import LabelBank
 from tests.ingest_fixtures import (
     cleanup_redis,
     postgres_database,
@@ -112,6 +116,57 @@ def test_no_wait_returns_queued_and_the_job_finishes(stack):
     assert summary.queued == 6 and summary.done == 0
     final = wait_for_job(settings.database_url, summary.job_id, poll_s=0.2, timeout_s=60)
     assert (final.status, final.done, final.total) == ("done", 6, 6), worker.log()[-3000:]
+
+
+def test_worker_scores_new_assets_for_promoted_concepts(stack):
+    """A concept promoted to a tag keeps covering the archive: assets a worker ingests later get
+    its score, equal to the plain RAM++ head over the same image."""
+    settings, root, worker = stack
+    loaded = random_model("test_micro", seed=0)
+    rng = np.random.default_rng(7)
+    embeddings = rng.normal(size=(3, loaded.config.head.embed_dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    with session_scope(settings.database_url) as s:
+        concept = create_concept(
+            s,
+            model_name="test_micro@random",
+            name="worker-side concept",
+            descriptions=["one", "two", "three"],
+            embeddings=embeddings,
+            text_encoder="random",
+        )
+        tag_id = promote_concept(s, concept.id).id
+    files = write_images(root / "batch4", 5, start=300)
+    summary = ingest([root / "batch4"], settings=settings, progress=False, wait=True)
+    assert summary.done == 5, worker.log()[-3000:]
+
+    engine = TaggingEngine(loaded, device="cpu", decode_workers=0)
+    bank = LabelBank.from_ragged([torch.from_numpy(embeddings)])
+    expected = {}
+    for result in engine.tag_files(files):
+        with torch.no_grad():
+            tokens = torch.from_numpy(result.tokens).float()[None]  # as stored (float16)
+            logit = loaded.model.logits_from_embeddings(tokens, bank)
+        digest = hashlib.sha256(Path(result.source).read_bytes()).hexdigest()
+        expected[digest] = float(torch.sigmoid(logit)[0, 0])
+    wanted = {d: p for d, p in expected.items() if p >= settings.index.score_floor}
+    assert wanted, "the reference scores are all below the floor: pick another seed"
+    deadline = time.monotonic() + 30  # the hook runs just after the batch commits
+    while True:
+        with session_scope(settings.database_url) as s:
+            got = dict(
+                s.execute(
+                    sa.select(Asset.sha256, AssetTag.score)
+                    .join(AssetTag, AssetTag.asset_id == Asset.id)
+                    .where(AssetTag.tag_id == tag_id)
+                ).all()
+            )
+        if len(got) >= len(wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got.keys() == wanted.keys(), worker.log()[-3000:]
+    for digest, probability in wanted.items():
+        assert got[digest] == pytest.approx(probability, abs=1e-4)
 
 
 @pytest.mark.skipif(
