@@ -325,6 +325,18 @@ def test_cli_ingest_and_jobs(tmp_path, monkeypatch):
         assert dry.exit_code == 0 and '"total": 0' in dry.output
         worker = runner.invoke(app, ["worker"])
         assert worker.exit_code == 2 and "no broker configured" in worker.output
+        # Unusable model or database: one line saying what is wrong, exit 2, no traceback.
+        monkeypatch.setenv("RAMDEX_MODEL__CHECKPOINT", str(tmp_path / "missing.pth"))
+        get_settings.cache_clear()
+        no_model = runner.invoke(app, ["ingest", str(folder)])
+        assert no_model.exit_code == 2 and "missing.pth" in no_model.output, no_model.output
+        monkeypatch.delenv("RAMDEX_MODEL__CHECKPOINT")
+        monkeypatch.setenv("RAMDEX_DATABASE__URL", "postgresql+psycopg://nobody@127.0.0.1:9/none")
+        get_settings.cache_clear()
+        for command in (["ingest", str(folder)], ["reindex"]):
+            down = runner.invoke(app, command)
+            assert down.exit_code == 2, down.output
+            assert "error: database unavailable" in down.output and "Traceback" not in down.output
     finally:
         get_settings.cache_clear()
 

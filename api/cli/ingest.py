@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -26,6 +28,22 @@ EXIT_UNUSABLE = 2  # nothing could run: configuration, model or database problem
 def _die(message: str, code: int = EXIT_UNUSABLE) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _fatal_errors_as_messages() -> Iterator[None]:
+    """Model and database problems end the command with one clear line (exit 2), no traceback."""
+    import sqlalchemy as sa
+
+    from indexer.models import ModelNotAvailableError
+    from ram_pp.convert import CheckpointError
+
+    try:
+        yield
+    except (ModelNotAvailableError, CheckpointError) as exc:
+        _die(str(exc))
+    except sa.exc.OperationalError as exc:
+        _die(f"database unavailable: {str(exc).splitlines()[0]}")
 
 
 def _print_json(data: Any) -> None:
@@ -66,13 +84,9 @@ def ingest_command(
     Exit code 0 when every source was ingested or was a duplicate, 1 when some failed (each
     with a reason), 2 when nothing could run (model, database or broker unavailable).
     """
-    import sqlalchemy as sa
-
     from indexer.ingest import ingest
-    from indexer.models import ModelNotAvailableError
-    from ram_pp.convert import CheckpointError
 
-    try:
+    with _fatal_errors_as_messages():
         summary = ingest(
             sources,
             include=include or None,
@@ -81,10 +95,6 @@ def ingest_command(
             retry_failed=retry_failed,
             follow_symlinks=follow_symlinks,
         )
-    except (ModelNotAvailableError, CheckpointError) as exc:
-        _die(str(exc))
-    except sa.exc.OperationalError as exc:
-        _die(f"database unavailable: {str(exc).splitlines()[0]}")
     if as_json:
         _print_json(summary.to_dict())
     else:
@@ -225,16 +235,12 @@ def reindex_command(
 
     Resumable: run it again after an interruption and it continues.
     """
-    import sqlalchemy as sa
-
     from indexer.ingest import ensure_schema
-    from indexer.models import ModelNotAvailableError
     from indexer.reindex import pending_counts, reindex
     from indexer.settings import get_settings
-    from ram_pp.convert import CheckpointError
 
     settings = get_settings()
-    try:
+    with _fatal_errors_as_messages():
         ensure_schema(settings.database_url)
         if dry_run:
             counts = pending_counts(settings)
@@ -247,10 +253,6 @@ def reindex_command(
                 )
             return
         summary = reindex(settings, limit=limit, stuck_after_s=stuck_after, wait=wait)
-    except (ModelNotAvailableError, CheckpointError) as exc:
-        _die(str(exc))
-    except sa.exc.OperationalError as exc:
-        _die(f"database unavailable: {str(exc).splitlines()[0]}")
     if as_json:
         _print_json(summary.to_dict())
     else:
