@@ -9,7 +9,8 @@
   ``task_reject_on_worker_lost`` (a worker child killed mid-task puts the message back),
   prefetch multiplier 1 (a long batch never sits behind another one reserved by a busy worker).
   With Redis, a message whose whole worker died comes back after the *visibility timeout*
-  (``RAMDEX_BROKER__VISIBILITY_TIMEOUT_S``, default 3600 s; keep it above the longest task).
+  (``broker.visibility_timeout_s``, env ``RAMDEX_BROKER__VISIBILITY_TIMEOUT_S``, default 3600 s;
+  keep it above the longest task).
 - Embedded mode: an empty broker URL makes every task run in the calling process
   (``task_always_eager``): the same task code, no broker, no worker.
 
@@ -36,25 +37,13 @@ from indexer.settings import Settings, get_settings  # noqa: E402
 PROCESS_TASK = "ramdex.process_assets"
 REGISTER_TASK = "ramdex.register_sources"
 SYNC_TASK = "ramdex.sync_index"
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
-
-
-def visibility_timeout_s() -> int:
-    """Seconds before Redis hands an unacknowledged message to another worker."""
-    raw = os.environ.get("RAMDEX_BROKER__VISIBILITY_TIMEOUT_S", "")
-    try:
-        return max(1, int(raw)) if raw else DEFAULT_VISIBILITY_TIMEOUT_S
-    except ValueError:
-        raise ValueError(
-            f"RAMDEX_BROKER__VISIBILITY_TIMEOUT_S must be a whole number of seconds, not {raw!r}"
-        ) from None
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
     """Apply ramdex's Celery configuration for ``settings`` to ``app``."""
     broker = settings.broker
     embedded = not broker.url
-    visibility = visibility_timeout_s()
+    visibility = broker.visibility_timeout_s
     app.conf.update(
         broker_url=broker.url or "memory://",
         result_backend=broker.result_backend or None,

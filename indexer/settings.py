@@ -39,6 +39,12 @@ class BrokerSettings(BaseModel):
     batch_timeout_ms: int = Field(
         default=200, ge=0, description="wait at most this to fill a batch"
     )
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Redis: seconds before a dead worker's unacknowledged task is redelivered "
+        "(keep it above the longest task)",
+    )
 
 
 class ModelSettings(BaseModel):

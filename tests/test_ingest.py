@@ -397,3 +397,21 @@ def test_transparent_png_scores_equal_the_reference_preprocessing(env, micro, tm
     for position, p in enumerate(ref.probabilities):
         if p >= settings.index.score_floor:
             assert stored[tag_ids[position]] == pytest.approx(p, abs=1e-5)
+
+
+def test_broker_visibility_timeout_is_a_validated_setting(monkeypatch):
+    import pydantic
+    from celery import Celery
+
+    from indexer.celery_app import configure
+
+    monkeypatch.setenv("RAMDEX_BROKER__VISIBILITY_TIMEOUT_S", "90")
+    settings = Settings(broker={"url": "redis://127.0.0.1:6379/9"})
+    assert settings.broker.visibility_timeout_s == 90
+    options = configure(Celery("t"), settings).conf.broker_transport_options
+    assert options["visibility_timeout"] == 90 and options["unacked_restore_interval"] == 9
+    assert Settings().broker.visibility_timeout_s == 90
+    monkeypatch.delenv("RAMDEX_BROKER__VISIBILITY_TIMEOUT_S")
+    assert Settings().broker.visibility_timeout_s == 3600
+    with pytest.raises(pydantic.ValidationError, match="visibility_timeout_s"):
+        Settings(broker={"visibility_timeout_s": 0})
