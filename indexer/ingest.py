@@ -379,6 +379,7 @@ class _Row:
     model_name: str | None
     storage_path: str | None
     mime: str | None
+    attempts: int = 0
 
 
 @dataclass
@@ -402,6 +403,15 @@ _MIME_BY_FORMAT = {
     "HEIF": "image/heic",
     "AVIF": "image/avif",
 }
+
+
+# Processing runs an asset may start: after that many ended without a commit (each crashed or was
+# killed), it is marked failed instead of being redelivered forever.
+MAX_ATTEMPTS = 3
+POISON_REASON = (
+    "processing this file crashed or was interrupted {n} times (a file that crashes the decoder?); "
+    "not retried: check the file, then re-ingest it with --retry-failed"
+)
 
 
 class AssetProcessor:
@@ -464,6 +474,9 @@ class AssetProcessor:
         #: Called with the batch's ids after the token store write, before the database commit
         #: (fault-injection point for tests of crashes between the two).
         self.before_commit: Callable[[np.ndarray], None] | None = None
+        #: Called with an asset's sha256 before it is decoded (fault-injection point for tests
+        #: of files that crash the process).
+        self.before_prepare: Callable[[str], None] | None = None
 
     # -- resources ----------------------------------------------------------------------------
 
@@ -486,6 +499,16 @@ class AssetProcessor:
 
     # -- processing ---------------------------------------------------------------------------
 
+    def _count_attempt(self, ids: Sequence[int]) -> None:
+        """Record that processing of these assets starts (committed before they are decoded, so
+        a crash still counts)."""
+        if not ids:
+            return
+        with session_scope(self.url) as session:
+            session.execute(
+                sa.update(Asset).where(Asset.id.in_(list(ids))).values(attempts=Asset.attempts + 1)
+            )
+
     def _load_rows(self, ids: Sequence[int]) -> dict[int, _Row]:
         with session_scope(self.url) as session:
             rows = session.execute(
@@ -496,13 +519,16 @@ class AssetProcessor:
                     Asset.model_name,
                     Asset.storage_path,
                     Asset.mime,
+                    Asset.attempts,
                 ).where(Asset.id.in_(list(ids)))
             ).all()
             # Claim new work so `ramdex jobs` and the API show it as in progress. Assets being
             # re-scored (reindex) stay `done`: they remain searchable meanwhile.
             set_status(session, list(ids), AssetStatus.PROCESSING, only_from=[AssetStatus.PENDING])
         return {
-            int(r.id): _Row(int(r.id), r.sha256, r.status, r.model_name, r.storage_path, r.mime)
+            int(r.id): _Row(
+                int(r.id), r.sha256, r.status, r.model_name, r.storage_path, r.mime, r.attempts
+            )
             for r in rows
         }
 
@@ -533,6 +559,8 @@ class AssetProcessor:
 
     def _prepare(self, row: _Row) -> _Prepared:
         """Decode, thumbnail and pre-process one asset (runs in a decode thread)."""
+        if self.before_prepare is not None:
+            self.before_prepare(row.sha256)
         path = Path(row.storage_path) if row.storage_path else None
         if path is None or not path.is_file():
             path = self.media.find_original(row.sha256)
@@ -675,6 +703,7 @@ class AssetProcessor:
         try:
             for ids in _windows(asset_ids, window):
                 rows = self._load_rows(ids)
+                fresh: list[_Row] = []
                 for asset_id in ids:
                     row = rows.get(asset_id)
                     if row is None or not self._wanted(row, force):
@@ -686,6 +715,22 @@ class AssetProcessor:
                         if on_progress:
                             on_progress(1)
                         continue
+                    if row.status == AssetStatus.DONE.value or row.attempts == 0:
+                        fresh.append(row)  # first run (or a re-score of a done asset)
+                    elif row.attempts >= MAX_ATTEMPTS:
+                        take(_Prepared(row, error=POISON_REASON.format(n=row.attempts)))
+                    else:
+                        # An earlier run on this asset died before committing it (a worker
+                        # killed, or a file that crashes the decoder): process it alone, in this
+                        # thread, so a hostile file can only take itself down.
+                        while pending:
+                            take(pending.popleft().result())
+                        flush()
+                        self._count_attempt([row.id])
+                        take(self._prepare(row))
+                        flush()
+                self._count_attempt([r.id for r in fresh if r.status != AssetStatus.DONE.value])
+                for row in fresh:
                     pending.append(pool.submit(self._prepare, row))
                     while len(pending) > lookahead:
                         take(pending.popleft().result())

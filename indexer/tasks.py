@@ -58,6 +58,7 @@ MAX_RETRIES = 12  # about 10 minutes of backoff in total
 SYNC_DELAY_S = 2.0
 SYNC_MIN_INTERVAL_S = 30.0
 _DEBUG_PAUSE_ENV = "RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S"  # fault-injection for the tests only
+_DEBUG_CRASH_ENV = "RAMDEX_DEBUG_CRASH_ON_SHA256"  # test only: this file "crashes the decoder"
 
 _processor_lock = threading.Lock()
 
@@ -82,6 +83,9 @@ def worker_processor() -> AssetProcessor:
         if pause and proc.before_commit is None:
             seconds = float(pause)
             proc.before_commit = lambda ids: time.sleep(seconds)
+        poison = os.environ.get(_DEBUG_CRASH_ENV)
+        if poison and proc.before_prepare is None:
+            proc.before_prepare = lambda sha256: os._exit(70) if sha256 == poison else None
         return proc
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -28,7 +29,14 @@ from indexer.db.assets import Asset, AssetSource
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
 from indexer.db.tags import AssetTag
-from indexer.ingest import AssetProcessor, Registrar, ensure_schema, ingest, token_store_path
+from indexer.ingest import (
+    MAX_ATTEMPTS,
+    AssetProcessor,
+    Registrar,
+    ensure_schema,
+    ingest,
+    token_store_path,
+)
 from indexer.jobs import add_total, end_registration, get_job_view, start_job, wait_for_job
 from indexer.settings import Settings
 from indexer.tasks import submit
@@ -306,3 +314,46 @@ def test_database_outage_during_a_batch_is_retried(stack, steady_worker):
     more = write_images(root / "after-outage", 2, start=400)
     summary = ingest(more, settings=settings, progress=False)
     assert (summary.done, summary.failed) == (2, 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_file_that_crashes_its_worker_fails_alone(stack):
+    """A poison file (here: the test hook makes its decode kill the worker process, as a decoder
+    segfault would) is retried alone and then failed with a reason; its batch-mates are done and
+    the job ends instead of the message being redelivered forever."""
+    settings, env, root = stack
+    url = settings.database_url
+    own = {**env, "RAMDEX_BROKER__MODEL_QUEUE": unique_name("poison")}  # not the steady worker's
+    own_settings = settings_from_env(own)
+    paths = write_images(root / "poison", 6, start=500)
+    poison = hashlib.sha256(paths[2].read_bytes()).hexdigest()
+    job_id, ids = _register(settings, paths)
+    worker = start_worker(
+        worker_env(own, RAMDEX_DEBUG_CRASH_ON_SHA256=poison),
+        own_settings.broker.model_queue,
+        root / "poison.log",
+        unique_name("poisoned"),
+    )
+    try:
+        worker.wait_ready()
+        submit(ids, job_id=job_id, settings=own_settings)  # two tasks of four and two
+        job = wait_for_job(url, job_id, poll_s=0.2, timeout_s=120)
+    finally:
+        worker.stop()
+    assert (job.status, job.total, job.done, job.failed) == ("done", 6, 5, 1), worker.log()[-3000:]
+    with session_scope(url) as s:
+        rows = {
+            r.sha256: r
+            for r in s.execute(
+                sa.select(Asset.sha256, Asset.status, Asset.error, Asset.attempts).where(
+                    Asset.id.in_(ids)
+                )
+            )
+        }
+    bad = rows.pop(poison)
+    assert bad.status == "failed" and "crashed" in bad.error and "--retry-failed" in bad.error
+    assert bad.attempts == MAX_ATTEMPTS
+    assert {r.status for r in rows.values()} == {"done"}
+    assert worker.log().count("WorkerLostError") + worker.log().count("exited") >= MAX_ATTEMPTS

@@ -203,6 +203,8 @@ def set_status(
     values: dict[str, object] = {"status": status.value, "updated_at": db_now()}
     if status is not AssetStatus.FAILED:
         values["error"] = None
+    if status is AssetStatus.PENDING:
+        values["attempts"] = 0  # queued afresh (retry of a failed asset): a clean slate
     changed = 0
     for part in chunks(list(asset_ids)):
         stmt = sa.update(_assets).where(_assets.c.id.in_(part)).values(**values)

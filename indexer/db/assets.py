@@ -44,6 +44,9 @@ class Asset(Base):
         sa.String(16), default=AssetStatus.PENDING.value, server_default=AssetStatus.PENDING.value
     )
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # Processing runs started and not known to have ended: a file that kills its worker (a
+    # decoder crash) is redelivered, and this count stops it after a few tries.
+    attempts: Mapped[int] = mapped_column(sa.SmallInteger, default=0, server_default="0")
     model_name: Mapped[str | None] = mapped_column(sa.String(128))
     storage_path: Mapped[str | None] = mapped_column(sa.Text)
     thumbnail_path: Mapped[str | None] = mapped_column(sa.Text)
