@@ -77,6 +77,8 @@ class Services:
         self._lazy: dict[str, Any] = {}
         self._part_locks: dict[str, threading.Lock] = {}
         self._pending: tuple[float, int] | None = None
+        self._stats_lock = threading.Lock()
+        self._stats: tuple[float, ArchiveStats] | None = None
 
     # ---------- lazily opened parts ----------
     def lazy(self, name: str, build: Callable[[], T]) -> T:
@@ -416,7 +418,16 @@ class Services:
 
     # ---------- metrics ----------
     def archive_stats(self) -> ArchiveStats:
-        """Assets by status, jobs by state, queue depth and recent ingest count."""
+        """Assets by status, jobs by state, queue depth and recent ingest count, at most
+        ``api.metrics_cache_s`` old (however many scrapers ask, the counts run once per period)."""
+        with self._stats_lock:
+            now = time.monotonic()
+            if self._stats is None or now - self._stats[0] >= self.settings.api.metrics_cache_s:
+                self._stats = (now, self.read_archive_stats())
+            return self._stats[1]
+
+    def read_archive_stats(self) -> ArchiveStats:
+        """Count assets by status, jobs by state, queue depth and recent ingests now."""
         stats = ArchiveStats(window_s=_INGEST_WINDOW.total_seconds())
         with self.sessions() as session:
             stats.assets_by_status = dict(

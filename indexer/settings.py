@@ -96,6 +96,12 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = 200 * 1024 * 1024
     max_json_bytes: int = 1024 * 1024
     require_auth: bool = True
+    metrics_cache_s: float = Field(
+        default=15.0,
+        ge=0.0,
+        description="archive gauges on /metrics (assets by status, jobs, queue depth) are "
+        "recomputed at most this often: counting millions of assets takes a second",
+    )
 
 
 class LlmSettings(BaseModel):

@@ -90,6 +90,26 @@ def test_metrics_expose_request_latency_by_route(api_env) -> None:
     assert "ramdex_ingest_rate_assets_per_second" in text
 
 
+def test_archive_gauges_are_counted_once_per_cache_period(api_env, monkeypatch) -> None:
+    from api.metrics import ArchiveStats
+
+    client, _, settings = api_env
+    services = client.app.state.services
+    counts = []
+
+    def count_now() -> ArchiveStats:  # each real count returns a new number
+        counts.append(1)
+        return ArchiveStats(assets_by_status={"done": len(counts)})
+
+    monkeypatch.setattr(services, "read_archive_stats", count_now)
+    monkeypatch.setattr(services, "_stats", None)
+    monkeypatch.setattr(settings.api, "metrics_cache_s", 3600.0)
+    for _ in range(3):
+        assert 'ramdex_assets{status="done"} 1.0' in client.get("/metrics").text
+    monkeypatch.setattr(settings.api, "metrics_cache_s", 0.0)
+    assert 'ramdex_assets{status="done"} 2.0' in client.get("/metrics").text
+
+
 def test_every_data_route_needs_a_key(api_env) -> None:
     client, _, _ = api_env
     openapi = client.get("/openapi.json").json()
