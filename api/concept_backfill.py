@@ -70,7 +70,11 @@ def backfill_concept(
                 settings.llm.timeout_s,
                 cache_dir=settings.home / "llm-cache",
             )
-        full = make_concept(name, descriptions, use_templates=True, llm=llm)
+        # Prompt templates stand in for descriptions only when there are none (as RAM++ scores
+        # open-set concepts by their descriptions alone): "a photo of a navy." says little that
+        # "navy, a dark deep blue colour" does not, and dilutes it.
+        templates = not descriptions and llm is None
+        full = make_concept(name, descriptions, use_templates=templates, llm=llm)
         encoder = services.text_encoder()
         with services.metrics.time_model("encode_text"):
             bank = encode_concepts([full], encoder)

@@ -205,7 +205,9 @@ def concept_probabilities(
 
     loaded = load_configured_model(settings)
     encoder = load_text_encoder(settings.model.text_encoder)
-    bank = encode_concepts([make_concept(name, descriptions)], encoder)
+    # Templates stand in only for a concept given by name alone (docs/retroactive.md).
+    concept = make_concept(name, descriptions, use_templates=not descriptions)
+    bank = encode_concepts([concept], encoder)
     store = TokenStore(token_store_path(settings, configured_model_id(settings)), read_only=True)
     ids = store.ids()
     with torch.inference_mode():

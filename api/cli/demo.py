@@ -20,7 +20,9 @@ app = typer.Typer()
 GOLDEN_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "golden_tiny"
 SAMPLE_SEED = 2026
 DEMO_TAG = "red"
-DEMO_CONCEPT = "pink"  # a colour the demo model never trained on (synth NOVEL_COLOURS)
+# Concepts the demo model never trained on (ram_pp.synth.HELDOUT): a colour word it never saw (it
+# knows "blue") and a composition of trained parts that was never a tag.
+DEMO_CONCEPTS = ("navy", "two red stars")
 
 
 def _truth(tag_file: Path) -> dict[str, set[str]]:
@@ -103,8 +105,9 @@ def _run_demo(home: Path, n_images: int, top: int) -> None:
     try:
         _tag_search(services, names, truth, top)
         _similar_search(services, names, truth, top)
-        concept = next(c for c in heldout_concepts() if c.name == DEMO_CONCEPT)
-        _concept_search(services, names, samples, concept, top)
+        for concept in heldout_concepts():
+            if concept.name in DEMO_CONCEPTS:
+                _concept_search(services, names, samples, concept, top)
     finally:
         services.close()
     typer.echo(
