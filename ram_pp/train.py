@@ -95,10 +95,15 @@ class TrainConfig:
         align_weight / distill_weight: weights of the alignment and distillation losses.
         distill_teacher: "caption" (the caption's text embedding) or "none".
         freeze_label_bank: keep the text-derived label bank fixed.
-        whiten_queries: initialise ``wordvec_proj`` (when not loaded from a checkpoint) to whiten
-            the text embeddings (bank rows and captions): centred, decorrelated queries from the
-            first step; with the default init the tag queries are small and alike and the head
-            learns tag-specific attention slowly.
+        init_queries: initialise ``wordvec_proj`` (when not loaded from a checkpoint) from the
+            principal directions of the text embeddings (bank rows and captions): centred,
+            decorrelated queries from the first step; with the default init the tag queries are
+            small and alike and the head learns tag-specific attention slowly.
+        whitening_power: how far that projection whitens (see :func:`init_query_projection`):
+            0 keeps the text space's geometry, 1 gives every direction unit variance. Measured on
+            the synthetic set (12k images, 2 epochs): open-set mAP 0.44 at 0, 0.35 at 0.5, 0.23 at
+            1, with equal tag mAP: whitening inflates the faint directions in which an unseen
+            concept's description differs from the trained ones.
         threads: torch CPU threads.
         seed: seeds weights and data order.
         export_dtype: "float32" or "float16" for the final model file.
@@ -131,7 +136,8 @@ class TrainConfig:
     distill_weight: float = 1.0
     distill_teacher: Literal["caption", "none"] = "caption"
     freeze_label_bank: bool = True
-    whiten_queries: bool = True
+    init_queries: bool = True
+    whitening_power: float = 0.0
     threads: int = 2
     seed: int = 0
     export_dtype: Literal["float32", "float16"] = "float32"
@@ -195,8 +201,6 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=64,
         lr=1e-3,
         warmup_steps=150,
-        max_captions=6000,
-        caption_batch=24,
         export_dtype="float16",
     ),
     # A seconds-long run on a tiny set: smoke tests and trying the command.
@@ -560,19 +564,24 @@ def encode_texts(
 
 
 @torch.no_grad()
-def init_query_projection(model: RamPlus, texts: torch.Tensor) -> None:
-    """Set ``wordvec_proj`` to whiten text embeddings: W (x - mean) with unit-variance outputs.
+def init_query_projection(model: RamPlus, texts: torch.Tensor, power: float = 1.0) -> None:
+    """Set ``wordvec_proj`` to project centred text embeddings on their principal directions.
 
-    The leading ``hidden`` principal directions of ``texts`` (N, dim) map to decorrelated,
-    unit-variance query units; any units beyond the rank keep a small random init. The mean is
-    folded into the bias, so inference is the plain RAM++ computation.
+    The leading ``hidden`` principal directions of ``texts`` (N, dim) map to decorrelated query
+    units, direction i scaled by ``sigma_i ** -power`` (1: whitened, every unit of variance 1;
+    0: the plain projection, which keeps the text space's geometry; between: partial whitening),
+    with the average unit variance 1. Units beyond the rank keep a small random init. The mean
+    is folded into the bias, so inference is the plain RAM++ computation.
     """
     hidden = model.wordvec_proj.out_features
     mean = texts.mean(0)
     _, sing, vh = torch.linalg.svd(texts - mean, full_matrices=False)
     rank = int(min(hidden, (sing > 1e-6 * sing[0]).sum()))
+    scale = sing[:rank] ** -power
+    spread = (sing[:rank] * scale) ** 2 / texts.shape[0]  # output variance per unit
+    scale = scale * torch.sqrt(rank / spread.sum())
     weight = torch.randn(hidden, texts.shape[1]) * 0.02
-    weight[:rank] = vh[:rank] / sing[:rank, None] * math.sqrt(texts.shape[0])
+    weight[:rank] = vh[:rank] * scale[:, None]
     model.wordvec_proj.weight.copy_(weight)
     model.wordvec_proj.bias.copy_(-weight @ mean)
 
@@ -910,9 +919,9 @@ def train(
         texts = [train_split.captions[int(i)] or "" for i in captioned]
         caption_emb[captioned] = encode_texts(encoder, texts, out / "cache")
         log(f"{len(captioned)} captions embedded in {time.perf_counter() - t0:.0f} s")
-    if cfg.whiten_queries and "wordvec_proj.weight" not in loaded:
+    if cfg.init_queries and "wordvec_proj.weight" not in loaded:
         sample = caption_emb[captioned[:4000]] if len(captioned) else bank[:0]
-        init_query_projection(model, torch.cat([bank, sample]))
+        init_query_projection(model, torch.cat([bank, sample]), cfg.whitening_power)
     val_targets = tag_matrix(source.val.tags, vocab) if source.val is not None else None
 
     params = [p for p in model.parameters() if p.requires_grad]

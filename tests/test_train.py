@@ -166,16 +166,27 @@ def test_training_config_errors(tmp_path: Path) -> None:
         TrainConfig.from_file(tmp_path / "none.json")
 
 
-def test_query_projection_whitens_the_text_embeddings() -> None:
+def test_query_projection_whitens_or_keeps_the_text_geometry() -> None:
     torch.manual_seed(0)
     model = RamPlus(_tiny_config(num_tags=3, per_tag=2))
     texts = torch.nn.functional.normalize(torch.randn(200, 384) + 3.0, dim=-1)
-    init_query_projection(model, texts)
+    init_query_projection(model, texts, power=1.0)
     with torch.no_grad():
         projected = model.wordvec_proj(texts)  # (200, hidden=32)
     assert projected.mean(0).abs().max() < 1e-4
     cov = projected.T @ projected / len(texts)
     assert torch.allclose(cov, torch.eye(32), atol=1e-3)
+    # Power 0: a scaled orthogonal projection onto the top 32 principal directions, so distances
+    # within that subspace keep their ratios; the mean unit variance is still 1.
+    init_query_projection(model, texts, power=0.0)
+    with torch.no_grad():
+        projected = model.wordvec_proj(texts)
+    centred = texts - texts.mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    reference = centred @ vh[:32].T
+    ratio = projected.norm(dim=1) / reference.norm(dim=1)
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-3)
+    assert projected.var(0, unbiased=False).mean() == pytest.approx(1.0, rel=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------
