@@ -34,6 +34,7 @@ from ram_pp.train import (
     best_f1_thresholds,
     init_query_projection,
     mean_average_precision,
+    model_config_for,
     read_descriptions,
     read_tag_list,
     tag_matrix,
@@ -351,6 +352,44 @@ def test_fine_tune_from_a_checkpoint_with_a_new_tag_list(tiny_run: dict, tmp_pat
     assert loaded.state_dict["label_embed"].shape == (len(synth.COLOURS) * 6, 384)
     assert any("not loaded" in m and "label_embed" in m for m in messages)
     assert any(f"{len(loaded.state_dict) - 1} of" in m for m in messages)  # all but the bank
+
+
+def test_fine_tune_from_an_upstream_layout_checkpoint(
+    tiny_run: dict, tmp_path: Path, golden_dir: Path
+) -> None:
+    """The golden tiny checkpoint is in the published (upstream) layout: its Swin keys are
+    remapped and loaded; only the label bank, whose vocabulary changed, starts afresh. The text
+    encoder is a tiny random CLIP text tower (the real one is a download), 512-d like upstream's."""
+    from ram_pp.text_encoder import build_random_clip_text_encoder, load_text_encoder
+
+    clip = load_text_encoder(build_random_clip_text_encoder(tmp_path / "clip"))
+    upstream = golden_dir / "checkpoint.pth"
+    cfg = TrainConfig(
+        model="test_tiny_golden",
+        data=str(tiny_run["data"].root),
+        init_checkpoint=str(upstream),
+        out_dir=str(tmp_path / "run"),
+        epochs=1,
+        batch_size=4,
+        max_steps_per_epoch=1,
+        threads=1,
+    )
+    messages: list[str] = []
+    result = train(cfg, encoder=clip, progress=False, log=messages.append)
+    own = RamPlus(model_config_for(cfg, len(synth.TAGS), 6)).state_dict()
+    loaded_line = next(m for m in messages if m.startswith("initialised from"))
+    assert f"{len(own) - 1} of {len(own)} tensors loaded" in loaded_line, messages
+    assert any("not loaded" in m and "label_embed" in m for m in messages)
+    saved = read_checkpoint(result.model_file)
+    assert saved.vocabulary["english"] == list(synth.TAGS)
+    # The Swin weights came from the upstream file (one small step of training moved them only a
+    # little): compare one remapped tensor with its source.
+    source = read_checkpoint(upstream).state_dict
+    key = "visual_encoder.layers.0.blocks.0.attn.qkv.weight"
+    assert torch.allclose(saved.state_dict[key], source[key], atol=0.05)
+    assert not torch.allclose(
+        saved.state_dict[key], RamPlus(model_config_for(cfg, 40, 6)).state_dict()[key], atol=0.05
+    )
 
 
 def test_dimension_mismatch_is_a_clear_error(tmp_path: Path, tiny_run: dict, encoder) -> None:

@@ -22,7 +22,7 @@ SAMPLE_SEED = 2026
 DEMO_TAG = "red"
 # Concepts the demo model never trained on (ram_pp.synth.HELDOUT): a colour word it never saw (it
 # knows "blue") and a composition of trained parts that was never a tag.
-DEMO_CONCEPTS = ("navy", "two red stars")
+DEMO_CONCEPTS = ("navy", "striped purple square")
 
 
 def _truth(tag_file: Path) -> dict[str, set[str]]:
@@ -34,9 +34,14 @@ def _truth(tag_file: Path) -> dict[str, set[str]]:
     return truth
 
 
-def _print_hits(title: str, hits: list[tuple[str, float, bool]], wanted: str) -> None:
+def _print_hits(
+    title: str, hits: list[tuple[str, float, bool]], wanted: str, in_archive: int
+) -> None:
     right = sum(ok for _, _, ok in hits)
-    typer.echo(f"\n{title}: top {len(hits)}, {right} of them truly '{wanted}'")
+    typer.echo(
+        f"\n{title}: top {len(hits)}, {right} of them truly '{wanted}' "
+        f"({in_archive} in the archive)"
+    )
     for name, score, ok in hits:
         typer.echo(f"  {'+' if ok else '-'} {name}  {score:.3f}")
 
@@ -132,7 +137,8 @@ def _tag_search(services: Any, names: dict[int, str], truth: dict[str, set[str]]
     with services.sessions() as session:
         page = search_by_tags(session, model_name=services.model_id(), all_=[DEMO_TAG], limit=top)
     hits = [(names[h.asset_id], h.score, DEMO_TAG in truth[names[h.asset_id]]) for h in page.hits]
-    _print_hits(f"Tag search '{DEMO_TAG}'", hits, DEMO_TAG)
+    in_archive = sum(DEMO_TAG in tags for tags in truth.values())
+    _print_hits(f"Tag search '{DEMO_TAG}'", hits, DEMO_TAG, in_archive)
 
 
 def _similar_search(
@@ -167,4 +173,5 @@ def _concept_search(
         for i, s in zip(result.ids, result.scores, strict=True)
     ]
     typer.echo(f"\nA concept the model never saw: '{concept.name}' ({concept.descriptions[0]})")
-    _print_hits(f"Open-set search '{concept.name}'", hits, concept.name)
+    in_archive = sum(concept.name in present for present in truth.values())
+    _print_hits(f"Open-set search '{concept.name}'", hits, concept.name, in_archive)
