@@ -34,13 +34,13 @@ from api.services import Services
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.errors import UnknownTagError
 
-# The storage layer's tag-term SQL (private helpers) is reused so that filters here mean exactly
-# what tag search means: thresholds, min_score, mime prefixes, half-open date range.
+# The storage layer's tag-term SQL is reused so that filters here mean exactly what tag search
+# means: thresholds, min_score, mime prefixes, half-open date range.
 from indexer.db.search import (
     MatchedTag,
-    _asset_filters,
-    _exists,
-    _matched_tags,
+    asset_filters,
+    has_tag_term,
+    matched_tags,
     search_by_tags,
 )
 from indexer.db.tag_repo import resolve_tags
@@ -233,13 +233,13 @@ def _filter(session: Session, ranked: Ranked, terms: _Terms, req: SearchRequest)
     """
     if not (req.all or req.any or req.none or req.mime or req.created_after or req.created_before):
         return ranked
-    conditions = _asset_filters(req.mime or None, req.created_after, req.created_before)
+    conditions = asset_filters(req.mime or None, req.created_after, req.created_before)
     for term in terms.all_terms:
-        conditions.append(_exists(Asset.__table__.c.id, term, req.min_score))
+        conditions.append(has_tag_term(Asset.__table__.c.id, term, req.min_score))
     if terms.any_tags:
-        conditions.append(_exists(Asset.__table__.c.id, terms.any_tags, req.min_score))
+        conditions.append(has_tag_term(Asset.__table__.c.id, terms.any_tags, req.min_score))
     if terms.none_tags:
-        conditions.append(~_exists(Asset.__table__.c.id, terms.none_tags, req.min_score))
+        conditions.append(~has_tag_term(Asset.__table__.c.id, terms.none_tags, req.min_score))
     conditions.append(Asset.__table__.c.status == AssetStatus.DONE.value)
     stmt = sa.select(Asset.__table__.c.id).where(
         Asset.__table__.c.id.in_(ranked.ids.tolist()), *conditions
@@ -276,7 +276,7 @@ def _ranked_page(
     chosen = order[offset : offset + req.limit]
     ids = [int(ranked.ids[i]) for i in chosen]
     summaries = asset_summaries(session, ids)
-    matched = _matched_tags(session, ids, terms.positive, req.min_score)
+    matched = matched_tags(session, ids, terms.positive, req.min_score)
     hits = []
     for i in chosen:
         asset_id, score = int(ranked.ids[i]), float(ranked.scores[i])

@@ -67,7 +67,7 @@ def _store_stream(
         temp.unlink(missing_ok=True)
         raise
     # Registrar records the asset (dedup by content, source, failure reasons) for every path.
-    return registrar._record(source, stored.sha256, stored.size, stored.mime, stored.path)
+    return registrar.record(source, stored)
 
 
 def _dispatch(services: Services, job_id: int, work: Callable[[], Any], what: str) -> None:

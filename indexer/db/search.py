@@ -103,14 +103,18 @@ def _term(alias: Any, tags: Sequence[Tag], min_score: float | None) -> sa.Column
     return sa.or_(*parts)
 
 
-def _exists(asset_id_col: Any, tags: Sequence[Tag], min_score: float | None) -> Any:
+def has_tag_term(asset_id_col: Any, tags: Sequence[Tag], min_score: float | None) -> Any:
+    """SQL condition: the asset scores any of ``tags`` at or above its threshold (or
+    ``min_score`` when given); the meaning of a tag term in every search."""
     probe = _asset_tags.alias()
     return sa.exists().where(probe.c.asset_id == asset_id_col, _term(probe, tags, min_score))
 
 
-def _asset_filters(
+def asset_filters(
     mime: str | Sequence[str] | None, since: datetime | None, until: datetime | None
 ) -> list[sa.ColumnElement[bool]]:
+    """SQL conditions on the asset itself: mime types (``image/*`` prefixes allowed) and the
+    half-open creation range [since, until)."""
     filters: list[sa.ColumnElement[bool]] = []
     if mime:
         kinds = [mime] if isinstance(mime, str) else list(mime)
@@ -171,10 +175,10 @@ def search_by_tags(
     all_terms = [resolved[n] for n in all_]
     any_tags = [t for n in any_ for t in resolved[n]]
     none_tags = [t for n in none for t in resolved[n]]
-    asset_filters = _asset_filters(mime, since, until)
+    filters = asset_filters(mime, since, until)
 
     if not all_terms and not any_tags:
-        rows = _search_assets_only(session, none_tags, min_score, asset_filters, limit, after)
+        rows = _search_assets_only(session, none_tags, min_score, filters, limit, after)
         hits = [SearchHit(int(i), None, ()) for i, _ in rows[:limit]]
         more = len(rows) > limit
         return SearchPage(hits, _encode_cursor(None, hits[-1].asset_id) if more else None)
@@ -187,11 +191,7 @@ def search_by_tags(
         rank_tags,
         filters=lambda asset_id: (
             _filters(asset_id, all_terms, any_tags, none_tags, min_score)
-            + (
-                [sa.exists().where(_assets.c.id == asset_id, *asset_filters)]
-                if asset_filters
-                else []
-            )
+            + ([sa.exists().where(_assets.c.id == asset_id, *filters)] if filters else [])
         ),
         min_score=min_score,
         limit=limit,
@@ -199,7 +199,7 @@ def search_by_tags(
     )
     page = rows[:limit]
     positive = [t for term in all_terms for t in term] + any_tags
-    matched = _matched_tags(session, [a for a, _ in page], positive, min_score)
+    matched = matched_tags(session, [a for a, _ in page], positive, min_score)
     hits = [SearchHit(a, s, matched.get(a, ())) for a, s in page]
     next_cursor = _encode_cursor(hits[-1].score, hits[-1].asset_id) if len(rows) > limit else None
     return SearchPage(hits, next_cursor)
@@ -213,11 +213,11 @@ def _filters(
     min_score: float | None,
 ) -> list[Any]:
     """Conditions on a candidate asset besides its ranking tag (each a PK probe)."""
-    conditions: list[Any] = [_exists(asset_id, term, min_score) for term in all_terms[1:]]
+    conditions: list[Any] = [has_tag_term(asset_id, term, min_score) for term in all_terms[1:]]
     if all_terms and any_tags:
-        conditions.append(_exists(asset_id, any_tags, min_score))
+        conditions.append(has_tag_term(asset_id, any_tags, min_score))
     if none_tags:
-        conditions.append(~_exists(asset_id, none_tags, min_score))
+        conditions.append(~has_tag_term(asset_id, none_tags, min_score))
     return conditions
 
 
@@ -289,23 +289,24 @@ def _search_assets_only(
     session: Session,
     none_tags: Sequence[Tag],
     min_score: float | None,
-    asset_filters: list[sa.ColumnElement[bool]],
+    filters: list[sa.ColumnElement[bool]],
     limit: int,
     after: tuple[float | None, int] | None,
 ) -> list[Any]:
     stmt = sa.select(_assets.c.id, sa.null()).where(
-        _assets.c.status == AssetStatus.DONE.value, *asset_filters
+        _assets.c.status == AssetStatus.DONE.value, *filters
     )
     if none_tags:
-        stmt = stmt.where(~_exists(_assets.c.id, none_tags, min_score))
+        stmt = stmt.where(~has_tag_term(_assets.c.id, none_tags, min_score))
     if after is not None:
         stmt = stmt.where(_assets.c.id < after[1])
     return list(session.execute(stmt.order_by(_assets.c.id.desc()).limit(limit + 1)).all())
 
 
-def _matched_tags(
+def matched_tags(
     session: Session, asset_ids: list[int], tags: Sequence[Tag], min_score: float | None
 ) -> dict[int, tuple[MatchedTag, ...]]:
+    """For each asset, which of ``tags`` it matched and with what score (a hit's reasons)."""
     if not asset_ids or not tags:
         return {}
     probe = _asset_tags.alias("m")
