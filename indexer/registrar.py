@@ -1,0 +1,149 @@
+"""Ingest stage 1, registration: sources (paths, URLs, uploads) become assets.
+
+Hash and copy each original into the content-addressed media store and get-or-create the asset by
+sha256 (race-safe), recording the source. New assets are ``pending``; the same bytes seen again
+are a *duplicate* (one asset, one more source); unreadable input is ``failed`` with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from indexer.db.asset_repo import (
+    add_source,
+    get_or_create_asset_by_sha,
+    mark_failed,
+    set_status,
+)
+from indexer.db.assets import Asset, AssetStatus
+from indexer.db.session import session_scope
+from indexer.fetch import FetchError, FetchLimits, fetch_url
+from indexer.media import (
+    FileTooLargeError,
+    MediaStore,
+    StoredOriginal,
+)
+from indexer.settings import Settings
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The outcome of registering one source.
+
+    ``state`` is ``queued`` (new asset, to process), ``duplicate`` (already an asset),
+    or ``failed`` (``reason`` says why; ``asset_id`` is set when the bytes were readable).
+    """
+
+    source: str
+    state: str
+    asset_id: int | None = None
+    reason: str | None = None
+
+
+def is_url(text: str) -> bool:
+    """Whether a source looks like a URL (any scheme) rather than a path."""
+    return bool(_URL.match(text))
+
+
+class Registrar:
+    """Turns sources into assets: hash, store the original, dedup, record the source.
+
+    Args:
+        settings: ramdex settings (media folder, limits, URL safety).
+        retry_failed: put assets that failed before back to ``pending`` when seen again.
+    """
+
+    def __init__(self, settings: Settings, retry_failed: bool = False) -> None:
+        self.settings = settings
+        self.url = settings.database_url
+        self.media = MediaStore(settings.media_dir)
+        self.limits = FetchLimits.from_settings(settings)
+        self.retry_failed = retry_failed
+
+    def register(self, source: str | Path) -> Registered:
+        """Register a path or an ``http(s)`` URL; never raises for bad input (see ``state``).
+
+        Raises:
+            sqlalchemy.exc.OperationalError: the database is unreachable (the caller decides).
+        """
+        text = str(source)
+        if is_url(text):
+            return self.register_url(text)
+        return self.register_path(Path(source))
+
+    def register_path(self, path: Path) -> Registered:
+        """Register a local file."""
+        uri = os.path.abspath(path)
+        try:
+            stored = self.media.put_file(path, max_bytes=self.settings.ingest.max_bytes)
+        except FileTooLargeError as exc:
+            return Registered(uri, "failed", reason=str(exc))
+        except IsADirectoryError:
+            return Registered(uri, "failed", reason="is a folder, not a file")
+        except FileNotFoundError:
+            return Registered(uri, "failed", reason="file not found (or a broken link)")
+        except PermissionError:
+            return Registered(uri, "failed", reason="permission denied")
+        except OSError as exc:
+            return Registered(uri, "failed", reason=f"cannot read: {exc.strerror or exc}")
+        return self._record(uri, stored.sha256, stored.size, stored.mime, stored.path)
+
+    def register_url(self, url: str) -> Registered:
+        """Download and register an image URL (with the configured safety limits)."""
+        try:
+            fetched = fetch_url(url, self.media.tmp_dir, self.limits)
+        except FetchError as exc:
+            return Registered(url, "failed", reason=exc.reason)
+        stored = self.media.adopt(fetched.path, fetched.sha256, fetched.size)
+        return self._record(url, stored.sha256, stored.size, stored.mime, stored.path)
+
+    def register_bytes(self, data: bytes, source: str) -> Registered:
+        """Register uploaded bytes under a source name (for example ``upload:<file name>``)."""
+        try:
+            stored = self.media.put_bytes(data, max_bytes=self.settings.ingest.max_bytes)
+        except FileTooLargeError as exc:
+            return Registered(source, "failed", reason=str(exc))
+        return self._record(source, stored.sha256, stored.size, stored.mime, stored.path)
+
+    def record(self, uri: str, stored: StoredOriginal) -> Registered:
+        """Register an original already in the media store (uploads streamed by the API)."""
+        return self._record(uri, stored.sha256, stored.size, stored.mime, stored.path)
+
+    def _record(
+        self, uri: str, sha256: str, size: int, mime: str | None, path: Path | None
+    ) -> Registered:
+        reason = None
+        if size == 0:
+            reason = "empty file (0 bytes)"
+        elif mime is None:
+            reason = "not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF)"
+        with session_scope(self.url) as session:
+            ref = get_or_create_asset_by_sha(
+                session,
+                sha256=sha256,
+                size_bytes=size,
+                mime=mime,
+                storage_path=str(path) if path else None,
+            )
+            add_source(session, asset_id=ref.id, uri=uri)
+            if ref.created:
+                if reason is not None:
+                    mark_failed(session, ref.id, reason)
+                    return Registered(uri, "failed", ref.id, reason)
+                return Registered(uri, "queued", ref.id)
+            row = session.execute(
+                sa.select(Asset.status, Asset.error).where(Asset.id == ref.id)
+            ).one()
+            if row.status == AssetStatus.FAILED.value:
+                if self.retry_failed and reason is None:
+                    set_status(session, [ref.id], AssetStatus.PENDING)
+                    return Registered(uri, "queued", ref.id)
+                return Registered(uri, "failed", ref.id, row.error or "failed earlier")
+            return Registered(uri, "duplicate", ref.id)

@@ -1,0 +1,96 @@
+"""Per-model stores and the schema: where a model's token store and FAISS index live, opening
+the token store, syncing the FAISS index from the database, and running the migrations once."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from indexer.db.session import session_scope
+from indexer.settings import Settings
+from indexer.token_store import TokenStore
+
+_schema_lock = threading.Lock()
+_schema_ready: set[str] = set()
+
+
+def ensure_schema(url: str) -> None:
+    """Run the migrations once per process and database (idempotent, concurrency-safe)."""
+    if url in _schema_ready:
+        return
+    with _schema_lock:
+        if url in _schema_ready:
+            return
+        from indexer.migrate import upgrade_database
+
+        upgrade_database(url)
+        _schema_ready.add(url)
+
+
+def model_dir_name(model_id: str) -> str:
+    """A folder name for a model id (token store and FAISS index are per model)."""
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", model_id)[:120]
+
+
+def token_store_path(settings: Settings, model_id: str) -> Path:
+    """Where the token store of a model lives: ``<home>/tokens/<model id>``."""
+    return settings.tokens_dir / model_dir_name(model_id)
+
+
+def open_token_store(settings: Settings, model_id: str, tokens: int, dim: int) -> TokenStore:
+    """The model's token store, created on first use with the configured format."""
+    return TokenStore(
+        token_store_path(settings, model_id),
+        tokens=tokens,
+        dim=dim,
+        fmt=settings.index.token_format,
+    )
+
+
+_index_cache: dict[str, tuple[Any, tuple[int, int]]] = {}
+_index_lock = threading.Lock()
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def sync_vector_index(
+    settings: Settings, model_id: str, dim: int = 512, min_interval_s: float = 0.0
+) -> bool:
+    """Bring the model's FAISS index up to date with the database and save it.
+
+    The writer keeps the index in memory between calls (reloaded when another process saved a
+    newer file), takes the cross-process :func:`indexer.faiss_index.writer_lock`, syncs
+    incrementally from the database watermark and saves atomically only when something changed.
+
+    Args:
+        min_interval_s: skip the call when the file was saved less than this long ago (a later
+            "final" sync covers the changes).
+
+    Returns:
+        Whether the index file was written.
+    """
+    from indexer.faiss_index import index_path, open_index, writer_lock
+
+    path = index_path(settings.index_dir, model_id)
+    if min_interval_s > 0 and path.exists() and time.time() - path.stat().st_mtime < min_interval_s:
+        return False
+    with _index_lock, writer_lock(path):
+        before = _file_stamp(path) if path.exists() else None
+        cached = _index_cache.get(str(path))
+        with session_scope(settings.database_url) as session:
+            if cached is not None and before == cached[1]:
+                index = cached[0]
+                if index.is_stale(session):
+                    index.sync(session)
+                    index.save(path)
+            else:
+                index = open_index(session, model_id, index_dir=settings.index_dir, dim=dim)
+        after = _file_stamp(path)
+        _index_cache[str(path)] = (index, after)
+        return after != before
