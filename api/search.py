@@ -6,10 +6,11 @@
   the concept's probability; the concept's calibrated threshold comes with the page.
 - Similar: FAISS over the stored image embeddings, ranked by cosine similarity.
 
-Concept and similar searches recall at most :data:`RECALL` assets by relevance; tag, type and
-date filters then apply to that ranked list; ``sort=date`` orders the recalled assets newest
-first. Pages of such lists use offset cursors tied to the query, and the ranked list is cached for
-a minute so that paging does not score again.
+Tag-only searches with ``sort=date`` return every matching asset newest first (the storage layer's
+date order, keyset-paged). Concept and similar searches recall at most :data:`RECALL` assets by
+relevance; tag, type and date filters then apply to that ranked list; ``sort=date`` orders the
+recalled assets newest first. Pages of such lists use offset cursors tied to the query, and the
+ranked list is cached for a minute so that paging does not score again.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from indexer.db.tag_repo import resolve_tags
 from indexer.db.vectors import decode_vector
 from indexer.retroactive import Mode
 
-RECALL = 1000  # relevance-ranked assets recalled for concept, similar and date-ordered search
+RECALL = 1000  # relevance-ranked assets recalled for concept and similar search
 _CACHE_TTL_S = 60.0
 _OFFSET_PREFIX = "o."
 
@@ -300,11 +301,9 @@ def _ranked_page(
 
 
 def _tag_page(
-    session: Session, model_id: str, req: SearchRequest, digest: str
+    session: Session, model_id: str, req: SearchRequest
 ) -> tuple[list[SearchHitOut], str | None]:
-    date_order = req.sort == "date" and bool(req.all or req.any)
-    storage_cursor = None if date_order or not req.cursor else req.cursor
-    if storage_cursor and storage_cursor.startswith(_OFFSET_PREFIX):
+    if req.cursor and req.cursor.startswith(_OFFSET_PREFIX):
         raise ProblemError(400, "the cursor belongs to another query", kind="invalid-cursor")
     try:
         page = search_by_tags(
@@ -317,30 +316,21 @@ def _tag_page(
             mime=req.mime or None,
             since=req.created_after,
             until=req.created_before,
-            limit=RECALL if date_order else req.limit,
-            cursor=storage_cursor,
+            limit=req.limit,
+            cursor=req.cursor,
+            order="date" if req.sort == "date" else "score",
         )
     except UnknownTagError as exc:
         raise _unknown(exc) from exc
     except ValueError as exc:
         raise ProblemError(400, str(exc), kind="invalid-cursor") from exc
-    if date_order:
-        ids = np.array([h.asset_id for h in page.hits], np.int64)
-        order = _by_date(session, ids)
-        offset = _decode_offset(req.cursor, digest) if req.cursor else 0
-        chosen = [page.hits[i] for i in order[offset : offset + req.limit]]
-        end = offset + req.limit
-        next_cursor = _encode_offset(end, digest) if end < len(ids) else None
-    else:
-        chosen = page.hits
-        next_cursor = page.next_cursor
-    summaries = asset_summaries(session, [h.asset_id for h in chosen])
+    summaries = asset_summaries(session, [h.asset_id for h in page.hits])
     hits = [
         SearchHitOut(asset=summaries[h.asset_id], score=h.score, reasons=_tag_reasons(h.tags))
-        for h in chosen
+        for h in page.hits
         if h.asset_id in summaries
     ]
-    return hits, next_cursor
+    return hits, page.next_cursor
 
 
 def run_search(
@@ -373,7 +363,7 @@ def run_search(
     pending = services.pending_reindex(session, model_id)
 
     if not req.text and not similar:  # the storage layer resolves the tag names itself
-        hits, next_cursor = _tag_page(session, model_id, req, digest)
+        hits, next_cursor = _tag_page(session, model_id, req)
         return SearchPageOut(hits=hits, next_cursor=next_cursor, pending_reindex=pending)
 
     terms = _resolve(session, model_id, req)

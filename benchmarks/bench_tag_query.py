@@ -111,6 +111,13 @@ def queries(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
             "until": "2024-06-01",
         },
         "1 tag, min_score 0.9": {"all_": [tags["common"]], "min_score": 0.9},
+        "date order: common, newest 50": {"all_": [tags["common"]], "order": "date"},
+        "date order: common, page 5": {"all_": [tags["common"]], "order": "date", "_pages": 5},
+        "date order: mid, newest 50": {"all_": [tags["mid"]], "order": "date"},
+        "date order: rare, newest 50": {"all_": [tags["rare"]], "order": "date"},
+        # What the API did before date order reached the database: the 1,000 best by score,
+        # sorted by date in Python (inexact: older matches beyond the 1,000 never show).
+        "old: common, best 1000 then sort": {"all_": [tags["common"]], "_recall_sort": 1000},
     }
 
 
@@ -124,6 +131,13 @@ def run_query(url: str, query: dict[str, Any]) -> int:
     cursor = None
     hits = 0
     with session_scope(url) as s:
+        if "_recall_sort" in query:
+            page = db.search_by_tags(s, model_name=MODEL, limit=query["_recall_sort"], **args)
+            ids = [h.asset_id for h in page.hits]
+            rows = s.execute(
+                sa.select(db.Asset.id, db.Asset.created_at).where(db.Asset.id.in_(ids))
+            ).all()
+            return len(sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True)[:50])
         for _ in range(query.get("_pages", 1)):
             page = db.search_by_tags(s, model_name=MODEL, limit=50, cursor=cursor, **args)
             hits, cursor = len(page.hits), page.next_cursor

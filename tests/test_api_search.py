@@ -239,6 +239,22 @@ def test_sort_by_date_orders_the_recalled_assets_newest_first(archive) -> None:
     page = search(archive, text="red kite", sort="date", limit=200)
     created = [(info[i]["created_at"], i) for i in hit_ids(page)]
     assert created == sorted(created, reverse=True)
+    # Tag-only: every matching asset, newest first, in pages of 2.
+    tag = next(t["name"] for d in info.values() for t in d["tags"])
+    by_score = hit_ids(search(archive, all=[tag], min_score=0.0, limit=200))
+    assert len(by_score) >= 3
+    seen, cursor = [], None
+    while True:
+        body = {"all": [tag], "min_score": 0.0, "sort": "date", "limit": 2}
+        body.update({"cursor": cursor} if cursor else {})
+        page = search(archive, **body)
+        seen += hit_ids(page)
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(by_score)
+    created = [(info[i]["created_at"], i) for i in seen]
+    assert created == sorted(created, reverse=True)
 
 
 def test_search_reports_model_latency_metrics(archive) -> None:

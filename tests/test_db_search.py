@@ -229,3 +229,56 @@ def test_bad_queries_raise_clear_errors(url: str, corpus: Corpus) -> None:
             db.search_by_tags(s, model_name=MODEL, all_=["cat"], cursor=asset_page.next_cursor)
         with pytest.raises(db.UnknownTagError):
             db.search_by_tags(s, model_name="another-model", all_=["cat"])
+
+
+@pytest.mark.parametrize("query", [{"all_": ["cat"]}, {"any_": ["car", "tree"], "none": ["dog"]}])
+def test_date_order_returns_every_match_newest_first(url: str, corpus: Corpus, query: dict) -> None:
+    """Every match, newest created_at first, ties by id, paged exactly; ten assets share one
+    instant (on SQLite written in both of its text layouts, which do not compare as strings)."""
+    tied = [int(a) for a in corpus.ids[10:20]]
+    instant = datetime(2024, 6, 1, tzinfo=UTC)  # later than every other asset
+    sqlite = url.startswith("sqlite")
+    with session_scope(url) as s:
+        for k, asset_id in enumerate(tied):
+            text = "2024-06-01 00:00:00+00"
+            if sqlite:
+                text = "2024-06-01 00:00:00" if k % 2 else "2024-06-01 00:00:00.000000"
+            s.execute(
+                sa.text("UPDATE assets SET created_at = :t WHERE id = :i"),
+                {"t": text, "i": asset_id},
+            )
+    try:
+        created = {
+            int(a): instant if int(a) in tied else T0 + timedelta(days=i)
+            for i, a in enumerate(corpus.ids)
+        }
+        ranked = dict(corpus.query(**query))
+        expected = sorted(ranked, key=lambda a: (created[a], a), reverse=True)
+        assert any(a in tied for a in expected)
+        seen: list[tuple[int, float | None]] = []
+        cursor = None
+        while True:
+            with session_scope(url) as s:
+                page = db.search_by_tags(
+                    s, model_name=MODEL, limit=3, cursor=cursor, order="date", **query
+                )
+            seen += [(h.asset_id, h.score) for h in page.hits]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert [a for a, _ in seen] == expected
+        for asset_id, score in seen:  # the score shown is still the ranking tag's
+            assert score == pytest.approx(ranked[asset_id], abs=1e-6)
+        with session_scope(url) as s, pytest.raises(ValueError, match="date-ordered"):
+            first = db.search_by_tags(s, model_name=MODEL, limit=3, **query)
+            db.search_by_tags(
+                s, model_name=MODEL, limit=3, cursor=first.next_cursor, order="date", **query
+            )
+    finally:
+        with session_scope(url) as s:
+            for i, a in enumerate(corpus.ids[10:20], start=10):
+                s.execute(
+                    sa.update(db.Asset)
+                    .where(db.Asset.id == int(a))
+                    .values(created_at=T0 + timedelta(days=i))
+                )

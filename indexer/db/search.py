@@ -17,8 +17,8 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -143,8 +143,9 @@ def search_by_tags(
     until: datetime | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    order: Literal["score", "date"] = "score",
 ) -> SearchPage:
-    """Assets matching a boolean tag query, best first, one page at a time.
+    """Assets matching a boolean tag query, best first (or newest first), one page at a time.
 
     Args:
         session: the unit of work.
@@ -157,6 +158,8 @@ def search_by_tags(
         since, until: ``since <= created_at < until``.
         limit: page size, 1..1000.
         cursor: ``next_cursor`` of the previous page.
+        order: ``score`` (the ranking above) or ``date``: every matching asset, newest
+            ``created_at`` first (ties by id), keyset-paged like the score order.
 
     Returns:
         A :class:`SearchPage`.
@@ -169,13 +172,16 @@ def search_by_tags(
         raise ValueError(f"limit must be in 1..{MAX_LIMIT}, got {limit}")
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         raise ValueError(f"min_score must be in [0, 1], got {min_score}")
-    after = _decode_cursor(cursor) if cursor else None
+    if order not in ("score", "date"):
+        raise ValueError(f"order must be 'score' or 'date', got {order!r}")
     names = [*all_, *any_, *none]
     resolved = resolve_tags(session, model_name, names) if names else {}
     all_terms = [resolved[n] for n in all_]
     any_tags = [t for n in any_ for t in resolved[n]]
     none_tags = [t for n in none for t in resolved[n]]
     filters = asset_filters(mime, since, until)
+    ordered_by_date = order == "date" and bool(all_terms or any_tags)
+    after = _decode_cursor(cursor) if cursor and not ordered_by_date else None
 
     if not all_terms and not any_tags:
         rows = _search_assets_only(session, none_tags, min_score, filters, limit, after)
@@ -184,6 +190,11 @@ def search_by_tags(
         return SearchPage(hits, _encode_cursor(None, hits[-1].asset_id) if more else None)
 
     rank_tags = all_terms[0] if all_terms else any_tags
+    positive = [t for term in all_terms for t in term] + any_tags
+    if order == "date":
+        return _date_page(
+            session, all_terms, any_tags, none_tags, min_score, filters, limit, cursor, positive
+        )
     if after is not None and after[0] is None:
         raise ValueError("cursor does not belong to a tag query")
     rows = _ranked_rows(
@@ -198,7 +209,6 @@ def search_by_tags(
         after=after,  # type: ignore[arg-type]
     )
     page = rows[:limit]
-    positive = [t for term in all_terms for t in term] + any_tags
     matched = matched_tags(session, [a for a, _ in page], positive, min_score)
     hits = [SearchHit(a, s, matched.get(a, ())) for a, s in page]
     next_cursor = _encode_cursor(hits[-1].score, hits[-1].asset_id) if len(rows) > limit else None
@@ -283,6 +293,81 @@ def _ranked_rows(
             if len(out) > limit:
                 break
     return out
+
+
+def _date_key(session: Session) -> sa.ColumnElement[Any]:
+    """The column date order sorts on. SQLite keeps ``created_at`` as text in two layouts (with and
+    without fractional seconds), which do not compare as strings: its Julian day number does."""
+    if session.get_bind().dialect.name == "sqlite":
+        return sa.func.julianday(_assets.c.created_at)
+    return _assets.c.created_at
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _encode_date_cursor(key: Any, asset_id: int) -> str:
+    # PostgreSQL: exact microseconds since the epoch; SQLite: the Julian day float as read.
+    value = (key - _EPOCH) // timedelta(microseconds=1) if isinstance(key, datetime) else key
+    kind = "us" if isinstance(key, datetime) else "jd"
+    raw = json.dumps({kind: value, "i": asset_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_date_cursor(cursor: str) -> tuple[Any, int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        asset_id = data["i"]
+        if not isinstance(asset_id, int):
+            raise TypeError
+        if isinstance(data.get("us"), int):
+            return _EPOCH + timedelta(microseconds=data["us"]), asset_id
+        if isinstance(data.get("jd"), int | float):
+            return float(data["jd"]), asset_id
+        raise KeyError("us")
+    except (ValueError, KeyError, TypeError, binascii.Error, OverflowError) as exc:
+        raise ValueError(f"invalid search cursor {cursor[:40]!r} for a date-ordered query") from exc
+
+
+def _date_page(
+    session: Session,
+    all_terms: list[list[Tag]],
+    any_tags: list[Tag],
+    none_tags: list[Tag],
+    min_score: float | None,
+    filters: list[sa.ColumnElement[bool]],
+    limit: int,
+    cursor: str | None,
+    positive: list[Tag],
+) -> SearchPage:
+    """Every matching asset, newest first: the database walks assets by ``created_at`` and probes
+    each one's tags (or, for a rare tag, reads the tag's rows and sorts them: its planner's
+    choice); keyset pages on (created_at, id)."""
+    key = _date_key(session)
+    conditions = [has_tag_term(_assets.c.id, term, min_score) for term in all_terms]
+    if any_tags:
+        conditions.append(has_tag_term(_assets.c.id, any_tags, min_score))
+    if none_tags:
+        conditions.append(~has_tag_term(_assets.c.id, none_tags, min_score))
+    stmt = sa.select(_assets.c.id, key.label("k")).where(
+        _assets.c.status == AssetStatus.DONE.value, *filters, *conditions
+    )
+    if cursor:
+        at, asset_id = _decode_date_cursor(cursor)
+        bound = sa.literal(at, _assets.c.created_at.type) if isinstance(at, datetime) else at
+        stmt = stmt.where(sa.or_(key < bound, sa.and_(key == bound, _assets.c.id < asset_id)))
+    rows = session.execute(stmt.order_by(key.desc(), _assets.c.id.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    matched = matched_tags(session, [int(r.id) for r in page], positive, min_score)
+    rank_ids = {t.id for t in (all_terms[0] if all_terms else any_tags)}
+    hits = []
+    for r in page:
+        tags = matched.get(int(r.id), ())
+        score = max((m.score for m in tags if m.tag_id in rank_ids), default=None)
+        hits.append(SearchHit(int(r.id), score, tags))
+    more = len(rows) > limit
+    return SearchPage(hits, _encode_date_cursor(page[-1].k, int(page[-1].id)) if more else None)
 
 
 def _search_assets_only(
