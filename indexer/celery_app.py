@@ -37,6 +37,7 @@ from indexer.settings import Settings, get_settings  # noqa: E402
 PROCESS_TASK = "ramdex.process_assets"
 REGISTER_TASK = "ramdex.register_sources"
 SYNC_TASK = "ramdex.sync_index"
+BACKFILL_TASK = "ramdex.backfill_concept"
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -58,6 +59,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_default_queue=broker.default_queue,
         task_routes={
             PROCESS_TASK: {"queue": broker.model_queue},
+            BACKFILL_TASK: {"queue": broker.model_queue},  # runs the model's open-set head
             REGISTER_TASK: {"queue": broker.default_queue},
             SYNC_TASK: {"queue": broker.default_queue},
         },

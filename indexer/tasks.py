@@ -39,7 +39,14 @@ from types import TracebackType
 
 from celery.signals import worker_process_init
 
-from indexer.celery_app import PROCESS_TASK, REGISTER_TASK, SYNC_TASK, app, producer_app
+from indexer.celery_app import (
+    BACKFILL_TASK,
+    PROCESS_TASK,
+    REGISTER_TASK,
+    SYNC_TASK,
+    app,
+    producer_app,
+)
 from indexer.db.asset_repo import mark_failed
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.job_repo import add_job_progress
@@ -262,6 +269,66 @@ def register_sources(
             raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
         raise
     return summary.to_dict()
+
+
+@app.task(name=BACKFILL_TASK, acks_late=True)
+def backfill_concept_task(
+    concept_id: int, job_id: int, generate: bool = False, fixed_threshold: bool = False
+) -> None:
+    """Make a concept a tag scored over the whole archive, in a model worker (its model, its
+    text encoder, the shared token store); see :mod:`indexer.concept_backfill`. Failures are
+    recorded on the job and the concept."""
+    from indexer.concept_backfill import BackfillContext, backfill_concept
+    from indexer.retroactive import RetroactiveSearcher
+    from indexer.stores import token_store_path
+    from indexer.token_store import TokenStore, TokenStoreError
+    from ram_pp.openset import OpenSetScorer
+    from ram_pp.text_encoder import load_text_encoder
+
+    proc = worker_processor()
+    settings = proc.settings
+    encoder_name = settings.model.text_encoder or proc.loaded.config.text_encoder
+
+    def calibrate(bank):  # noqa: ANN001, ANN202 - a LabelBank -> threshold
+        scorer = OpenSetScorer(proc.loaded.model)
+        store = committed_tokens()
+        assert store is not None  # calibration runs only when assets are stored
+        searcher = RetroactiveSearcher.from_settings(scorer, store, settings=settings)
+        return searcher.calibrate(bank)[0].threshold
+
+    def committed_tokens() -> TokenStore | None:
+        # Read-only view of what every worker has committed (as the API reads it).
+        try:
+            return TokenStore(token_store_path(settings, proc.model_id), read_only=True)
+        except TokenStoreError:
+            return None  # nothing ingested yet
+
+    context = BackfillContext(
+        settings=settings,
+        model=proc.loaded.model,
+        text_encoder=lambda: load_text_encoder(encoder_name, cache_dir=settings.model.cache_dir),
+        token_store=committed_tokens,
+        calibrate=calibrate,
+    )
+    backfill_concept(
+        context, concept_id, job_id, generate=generate, fixed_threshold=fixed_threshold
+    )
+
+
+def start_backfill(
+    concept_id: int,
+    job_id: int,
+    *,
+    settings: Settings,
+    generate: bool = False,
+    fixed_threshold: bool = False,
+) -> None:
+    """Queue a concept's backfill for a model worker (the broker mode)."""
+    producer_app(settings).send_task(
+        BACKFILL_TASK,
+        args=[concept_id, job_id, generate, fixed_threshold],
+        queue=settings.broker.model_queue,
+    )
 
 
 def submit(

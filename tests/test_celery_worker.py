@@ -7,6 +7,7 @@ names unique to the run, so engineers running tests at the same time do not coll
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 
@@ -45,8 +46,12 @@ def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("celery")
     with postgres_database() as db_url:
         ensure_schema(db_url)
+        from ram_pp.text_encoder import build_random_clip_text_encoder
+
         env = worker_env(
-            stack_env(root / "home", db_url, redis_url_for_tests(), unique_name("rdx"))
+            stack_env(root / "home", db_url, redis_url_for_tests(), unique_name("rdx")),
+            # Concept backfills run in the worker: a tiny random CLIP text tower (no download).
+            RAMDEX_MODEL__TEXT_ENCODER=str(build_random_clip_text_encoder(root / "clip")),
         )
         settings = settings_from_env(env)
         queues = f"{settings.broker.model_queue},{settings.broker.default_queue}"
@@ -167,6 +172,46 @@ def test_worker_scores_new_assets_for_promoted_concepts(stack):
     assert got.keys() == wanted.keys(), worker.log()[-3000:]
     for digest, probability in wanted.items():
         assert got[digest] == pytest.approx(probability, abs=1e-4)
+
+
+def test_worker_backfills_a_concept_over_the_archive(stack):
+    """With a broker, POST /concepts hands the backfill to a model worker: it encodes the
+    descriptions, calibrates, promotes the concept to a tag and stores every asset's score,
+    equal to the plain RAM++ head over the stored token embeddings."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.api_support import concept_probabilities, make_keys, wait_for_job
+
+    settings, root, worker = stack
+    write_images(root / "batch5", 4, start=400)
+    assert ingest([root / "batch5"], settings=settings, progress=False, wait=True).failed == 0
+    app_settings = settings.model_copy(
+        update={
+            "model": settings.model.model_copy(update={"text_encoder": str(root / "clip")}),
+            "api": settings.api.model_copy(update={"require_auth": True}),
+        }
+    )
+    keys = make_keys(settings.database_url)
+    name, mine = "harbour crane", ["a tall crane loading ships in a harbour"]
+    with TestClient(create_app(app_settings)) as client:
+        reply = client.post(
+            "/concepts", json={"name": name, "descriptions": mine}, headers=keys.write
+        )
+        assert reply.status_code == 202, reply.text
+        job = wait_for_job(client, keys.read, reply.json()["job"]["id"], timeout_s=120)
+        assert job["status"] == "done", (job, worker.log()[-3000:])
+        assert re.search(r"ramdex\.backfill_concept\[[0-9a-f-]+\] succeeded", worker.log())
+        concept = client.get(f"/concepts/{reply.json()['concept']['id']}", headers=keys.read)
+        assert concept.json()["status"] == "promoted"
+        hits = client.post(
+            "/search", json={"all": [name], "min_score": 0.0, "limit": 200}, headers=keys.read
+        ).json()["hits"]
+    stored = {h["asset"]["id"]: h["score"] for h in hits}
+    reference = concept_probabilities(app_settings, name, mine)
+    floor = settings.index.score_floor
+    assert stored == pytest.approx({i: p for i, p in reference.items() if p >= floor}, abs=1e-5)
+    assert job["done"] == job["total"] == len(reference) >= 4
 
 
 @pytest.mark.skipif(

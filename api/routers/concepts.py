@@ -73,15 +73,19 @@ def create(
     job = create_job(session, kind=JobKind.BACKFILL, params={"concept_id": concept.id})
     session.commit()
     concept_id, job_id = concept.id, job.id
-    services.background(
-        lambda: backfill_concept(
-            services,
-            concept_id,
-            job_id,
-            generate=body.generate,
-            fixed_threshold=body.threshold is not None,
+    fixed = body.threshold is not None
+    if settings.broker.url:  # a model worker scores the archive (it has the model, maybe a GPU)
+        from indexer.tasks import start_backfill
+
+        start_backfill(
+            concept_id, job_id, settings=settings, generate=body.generate, fixed_threshold=fixed
         )
-    )
+    else:
+        services.background(
+            lambda: backfill_concept(
+                services, concept_id, job_id, generate=body.generate, fixed_threshold=fixed
+            )
+        )
     return ConceptCreated(concept=concept_out(concept), job=job_out(job))
 
 
