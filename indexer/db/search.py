@@ -356,7 +356,13 @@ def _date_page(
     if cursor:
         at, asset_id = _decode_date_cursor(cursor)
         bound = sa.literal(at, _assets.c.created_at.type) if isinstance(at, datetime) else at
-        stmt = stmt.where(sa.or_(key < bound, sa.and_(key == bound, _assets.c.id < asset_id)))
+        # (key, id) < (bound, asset_id), written so that ``key <= bound`` can start the index walk
+        stmt = stmt.where(key <= bound, sa.or_(key < bound, _assets.c.id < asset_id))
+    if session.get_bind().dialect.name == "postgresql":
+        # The walk stops after a page of matches; starting a parallel worker for it costs more
+        # than the walk (docs/indexes.md: newest 50 of a common tag 58 -> 8 ms). This transaction
+        # only.
+        session.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))
     rows = session.execute(stmt.order_by(key.desc(), _assets.c.id.desc()).limit(limit + 1)).all()
     page = rows[:limit]
     matched = matched_tags(session, [int(r.id) for r in page], positive, min_score)
