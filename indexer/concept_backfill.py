@@ -130,7 +130,8 @@ def backfill_concept(
             )
             tag_id = promote_concept(session, concept_id).id
             total = len(store) if store is not None else 0
-            update_job(session, job_id, total=total)
+            # A redelivered task (its worker died) scores everything again: count afresh.
+            update_job(session, job_id, total=total, reset_progress=True)
         if store is not None and total:
             _score_archive(ctx, store, bank, tag_id, job_id)
         with session_scope(url) as session:

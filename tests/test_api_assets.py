@@ -254,6 +254,16 @@ def test_concept_becomes_a_tag_scored_for_every_asset(archive, wait_job, referen
     else:
         assert new_id not in new_scores
 
+    # Run again (as a redelivered backfill task would): same scores, progress counted once.
+    from api.concept_backfill import backfill_concept
+
+    services = archive.client.app.state.services
+    backfill_concept(services, created["concept"]["id"], created["job"]["id"])
+    again = c.get(f"/jobs/{created['job']['id']}", headers=k.read).json()
+    assert again["status"] == "done" and again["done"] == again["total"] == len(
+        services.token_store()
+    )
+
     dupe = c.post("/concepts", json={"name": name}, headers=k.write)
     assert dupe.status_code == 409
     builtin = c.get("/tags?origin=builtin&limit=1", headers=k.read).json()["items"][0]["name"]

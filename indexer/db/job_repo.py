@@ -73,8 +73,10 @@ def update_job(
     total: int | None = None,
     add_total: int = 0,
     error: str | None = None,
+    reset_progress: bool = False,
 ) -> None:
-    """Change a job's status, total (set, or grow atomically with ``add_total``) or error.
+    """Change a job's status, total (set, or grow atomically with ``add_total``) or error;
+    ``reset_progress`` sets its done and failed counts back to zero (a job run again).
 
     Raises:
         NotFoundError: no such job.
@@ -88,6 +90,9 @@ def update_job(
         values["total"] = _jobs.c.total + add_total
     if error is not None:
         values["error"] = truncate_text(error)
+    if reset_progress:
+        values["done"] = 0
+        values["failed"] = 0
     result = session.execute(sa.update(_jobs).where(_jobs.c.id == job_id).values(**values))
     if rowcount(result) == 0:
         raise NotFoundError(f"no job with id {job_id}")
