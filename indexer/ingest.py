@@ -60,7 +60,6 @@ from indexer.processor import (  # noqa: F401 - the ingest package's public name
 from indexer.registrar import Registered, Registrar, is_url  # noqa: F401
 from indexer.settings import Settings, get_settings
 from indexer.stores import (  # noqa: F401
-    _schema_ready,
     ensure_schema,
     model_dir_name,
     open_token_store,

@@ -23,25 +23,15 @@ import numpy as np
 import sqlalchemy as sa
 import torch
 from PIL import Image
+from sqlalchemy.orm import Session
 
-from indexer.db.asset_repo import (
-    AssetResult,
-    mark_failed,
-    set_status,
-    write_asset_results,
-)
+from indexer.db.asset_repo import AssetResult, mark_failed, set_status, write_asset_results
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.job_repo import add_job_progress
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
-from indexer.jobs import (
-    complete_if_finished,
-)
-from indexer.media import (
-    MediaStore,
-    decode_image,
-    make_thumbnail,
-)
+from indexer.jobs import complete_if_finished
+from indexer.media import MediaStore, decode_image, make_thumbnail
 from indexer.settings import Settings
 from indexer.stores import ensure_schema, open_token_store
 from indexer.token_store import TokenStore
@@ -205,17 +195,17 @@ class AssetProcessor:
 
     # -- processing ---------------------------------------------------------------------------
 
-    def _count_attempt(self, ids: Sequence[int]) -> None:
+    @staticmethod
+    def _count_attempt(session: Session, ids: Sequence[int]) -> None:
         """Record that processing of these assets starts (committed before they are decoded, so
         a crash still counts)."""
-        if not ids:
-            return
-        with session_scope(self.url) as session:
+        if ids:
             session.execute(
                 sa.update(Asset).where(Asset.id.in_(list(ids))).values(attempts=Asset.attempts + 1)
             )
 
-    def _load_rows(self, ids: Sequence[int]) -> dict[int, _Row]:
+    def _load_rows(self, ids: Sequence[int], force: bool) -> dict[int, _Row]:
+        """Load and claim assets; the first run of new work is counted in the same transaction."""
         with session_scope(self.url) as session:
             rows = session.execute(
                 sa.select(
@@ -231,12 +221,17 @@ class AssetProcessor:
             # Claim new work so `ramdex jobs` and the API show it as in progress. Assets being
             # re-scored (reindex) stay `done`: they remain searchable meanwhile.
             set_status(session, list(ids), AssetStatus.PROCESSING, only_from=[AssetStatus.PENDING])
-        return {
-            int(r.id): _Row(
-                int(r.id), r.sha256, r.status, r.model_name, r.storage_path, r.mime, r.attempts
+            loaded = {
+                int(r.id): _Row(
+                    int(r.id), r.sha256, r.status, r.model_name, r.storage_path, r.mime, r.attempts
+                )
+                for r in rows
+            }
+            self._count_attempt(
+                session,
+                [i for i, r in loaded.items() if _is_first_run(r) and self._wanted(r, force)],
             )
-            for r in rows
-        }
+        return loaded
 
     def _wanted(self, row: _Row, force: bool) -> bool:
         if force:
@@ -408,7 +403,7 @@ class AssetProcessor:
 
         try:
             for ids in _windows(asset_ids, window):
-                rows = self._load_rows(ids)
+                rows = self._load_rows(ids, force)
                 fresh: list[_Row] = []
                 for asset_id in ids:
                     row = rows.get(asset_id)
@@ -421,8 +416,8 @@ class AssetProcessor:
                         if on_progress:
                             on_progress(1)
                         continue
-                    if row.status == AssetStatus.DONE.value or row.attempts == 0:
-                        fresh.append(row)  # first run (or a re-score of a done asset)
+                    if row.status == AssetStatus.DONE.value or _is_first_run(row):
+                        fresh.append(row)  # first run (counted by _load_rows) or a re-score
                     elif row.attempts >= MAX_ATTEMPTS:
                         take(_Prepared(row, error=POISON_REASON.format(n=row.attempts)))
                     else:
@@ -432,10 +427,10 @@ class AssetProcessor:
                         while pending:
                             take(pending.popleft().result())
                         flush()
-                        self._count_attempt([row.id])
+                        with session_scope(self.url) as session:
+                            self._count_attempt(session, [row.id])
                         take(self._prepare(row))
                         flush()
-                self._count_attempt([r.id for r in fresh if r.status != AssetStatus.DONE.value])
                 for row in fresh:
                     pending.append(pool.submit(self._prepare, row))
                     while len(pending) > lookahead:
@@ -454,6 +449,11 @@ class AssetProcessor:
             add_job_progress(session, job_id, failed=1)
             if complete_job:
                 complete_if_finished(session, job_id)
+
+
+def _is_first_run(row: _Row) -> bool:
+    """New work no run has started on yet (re-scores of done assets are not counted)."""
+    return row.status != AssetStatus.DONE.value and row.attempts == 0
 
 
 def _windows(ids: Iterable[int], size: int) -> Iterator[list[int]]:

@@ -29,6 +29,7 @@ the tasks, so the prefork parent never loads it and never initialises CUDA befor
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -296,6 +297,7 @@ def backfill_concept_task(
         searcher = RetroactiveSearcher.from_settings(scorer, store, settings=settings)
         return searcher.calibrate(bank)[0].threshold
 
+    @functools.cache  # opened once: the backfill and its calibration read the same store
     def committed_tokens() -> TokenStore | None:
         # Read-only view of what every worker has committed (as the API reads it).
         try:

@@ -74,7 +74,7 @@ def env(request, tmp_path, micro):
 
 def _reset_postgres(url: str) -> None:
     from indexer.db.session import dispose_engines
-    from indexer.ingest import _schema_ready
+    from indexer.stores import _schema_ready
 
     engine = sa.create_engine(url)
     with engine.begin() as conn:
