@@ -368,6 +368,7 @@ def train(
 
     model_file = out / MODEL_FILE
     images = train_split.images
+    val_probs = None  # of the last epoch's weights, which finish() calibrates on
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
@@ -394,9 +395,8 @@ def train(
         record: dict[str, float] = {k: v / batches.steps for k, v in sums.items()}
         record.update(epoch=epoch + 1, seconds=time.perf_counter() - t_epoch)
         if source.val is not None and val_targets is not None:
-            embeds = encode_images(model, source.val.images)
-            probs = torch.sigmoid(score_embeddings(model, embeds)).numpy()
-            record["val_mAP"] = mean_average_precision(probs, val_targets.numpy())[0]
+            val_probs = _probabilities(model, source.val.images)
+            record["val_mAP"] = mean_average_precision(val_probs, val_targets.numpy())[0]
         history.append(record)
         log(
             f"epoch {epoch + 1}: loss {record['loss']:.4f} (tag {record['tag']:.4f}, align "
@@ -423,11 +423,16 @@ def train(
         )
         tmp.replace(state_path)
 
-    metrics = finish(cfg, model, model_cfg, source, encoder, model_file, log)
+    metrics = finish(cfg, model, model_cfg, source, encoder, model_file, log, val_probs)
     metrics["train_seconds"] = time.perf_counter() - started
     metrics["history"] = history
     (out / METRICS_FILE).write_text(json.dumps(_json_safe(metrics), indent=1, allow_nan=False))
     return TrainResult(out, model_file, metrics, history)
+
+
+def _probabilities(model: RamPlus, images: torch.utils.data.Dataset) -> np.ndarray:
+    """(N, K) tag probabilities of a data set's images (image encoder in eval mode)."""
+    return torch.sigmoid(score_embeddings(model, encode_images(model, images))).numpy()
 
 
 def finish(
@@ -438,21 +443,24 @@ def finish(
     encoder: TextEncoderLike,
     model_file: Path,
     log: Callable[[str], None] = print,
+    val_probs: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Calibrate per-tag thresholds on val, export the model, evaluate test and open-set.
 
     The test figures are computed with the exported file's weights (after any float16 cast), so
-    they describe the file that ships.
+    they describe the file that ships. ``val_probs``: the model's validation probabilities when
+    the caller has them already (the last epoch's), else they are computed here.
     """
     model.eval()
     vocab = source.vocab
     metrics: dict[str, Any] = {"num_tags": len(vocab)}
     thresholds = np.full(len(vocab), 0.5, dtype=np.float32)
     if source.val is not None:
-        probs = torch.sigmoid(score_embeddings(model, encode_images(model, source.val.images)))
+        if val_probs is None:
+            val_probs = _probabilities(model, source.val.images)
         val_targets = tag_matrix(source.val.tags, vocab).numpy()
-        metrics["val_mAP"] = mean_average_precision(probs.numpy(), val_targets)[0]
-        thresholds = best_f1_thresholds(probs.numpy(), val_targets)
+        metrics["val_mAP"] = mean_average_precision(val_probs, val_targets)[0]
+        thresholds = best_f1_thresholds(val_probs, val_targets)
     vocabulary = TagVocabulary(tuple(vocab), tuple(vocab), thresholds)
     state = model.state_dict()
     if cfg.export_dtype == "float16":

@@ -27,11 +27,10 @@ DEMO_CONCEPTS = ("navy", "striped purple square")
 
 def _truth(tag_file: Path) -> dict[str, set[str]]:
     """Ground-truth tags per image file name, from a synthetic split's tag file."""
-    truth: dict[str, set[str]] = {}
-    for line in tag_file.read_text().splitlines():
-        path, _, tags = line.partition(" ")
-        truth[Path(path).name] = {t for t in tags.split(",") if t}
-    return truth
+    from ram_pp.train_data import read_tag_list
+
+    listed = read_tag_list(tag_file)
+    return {path.name: set(tags) for path, tags in zip(listed.paths, listed.tags, strict=True)}
 
 
 def _print_hits(
