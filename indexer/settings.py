@@ -102,6 +102,83 @@ class ApiSettings(BaseModel):
         description="archive gauges on /metrics (assets by status, jobs, queue depth) are "
         "recomputed at most this often: counting millions of assets takes a second",
     )
+    # ---- hardening against hostile clients (docs/deploy.md, "Limits") ----
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="largest request line + headers; bigger requests are refused and closed",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection must deliver a complete request head this soon after it opens "
+        "(or after the previous response), else it is closed (slow-loris guard)",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="longest wait for the next chunk of a request body"
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, description="idle keep-alive connections are closed after this"
+    )
+    max_concurrency: int = Field(
+        default=512,
+        ge=1,
+        description="open connections + running requests per server process; more get 503",
+    )
+    auth_failure_limit: str = Field(
+        default="20/minute",
+        description="failed authentications allowed per client address (`limits` notation, "
+        "for example 20/minute;100/hour); more get 429 with Retry-After",
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="where the failure counts live: memory:// (per process) or redis://... "
+        "(shared by all API processes)",
+    )
+    costly_searches_per_key: int = Field(
+        default=4,
+        ge=1,
+        description="concurrent free-text concept and query-image searches per key; more get 429",
+    )
+    query_max_pixels: int = Field(
+        default=24_000_000,
+        ge=1,
+        description="query images (similar search by upload) over this many pixels are refused "
+        "unless they are JPEGs that decode at a reduced scale below it",
+    )
+    metrics_access: Literal["key", "open", "bind"] = Field(
+        default="key",
+        description="/metrics needs a read key (key), answers anyone (open), or is served only "
+        "on api.metrics_bind (bind)",
+    )
+    metrics_bind: str = Field(
+        default="127.0.0.1:9100",
+        description="host:port of the separate metrics listener when metrics_access is bind",
+    )
+    read_keys_see_paths: bool = Field(
+        default=False,
+        description="read-only keys see server paths in asset sources and jobs (else only file "
+        "names)",
+    )
+
+
+class StorageSettings(BaseModel):
+    """Which server folders may be registered by path."""
+
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders whose files may be registered by server path; empty: the API "
+        "refuses server paths and the CLI reads what its user names (docs/deploy.md)",
+    )
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        roots = [p.expanduser() for p in value]
+        relative = [str(p) for p in roots if not p.is_absolute()]
+        if relative:
+            raise ValueError(f"allowed roots must be absolute paths: {', '.join(relative)}")
+        return roots
 
 
 class LlmSettings(BaseModel):
@@ -127,6 +204,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
 
     @field_validator("home")
