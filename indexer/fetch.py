@@ -5,8 +5,8 @@ request is checked the way a server-side-request-forgery guard must:
 
 - only ``http`` and ``https``; no credentials in the URL;
 - the host name is resolved once and **every** resolved address must be public (not loopback,
-  private, link-local, multicast, reserved, unspecified, carrier-grade NAT, or an IPv4 address
-  hidden inside IPv6), unless ``allow_private`` is set;
+  private, link-local, IPv6 site-local (fec0::/10), multicast, reserved, unspecified,
+  carrier-grade NAT, or an IPv4 address hidden inside IPv6), unless ``allow_private`` is set;
 - the connection is made to the address that was checked (the host name is kept for TLS SNI,
   certificate checking and the ``Host`` header), so a second DNS answer cannot swap in an
   internal address (DNS rebinding);
@@ -102,6 +102,8 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
         if embedded is not None:
             return is_public_address(embedded)
         if address.teredo is not None:
+            return False
+        if address.is_site_local:  # fec0::/10: deprecated site-local, still routed inside sites
             return False
     if (
         address.is_loopback

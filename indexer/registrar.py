@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from indexer.allowed_roots import PathNotAllowedError, check_server_path
 from indexer.db.asset_repo import (
     add_source,
     get_or_create_asset_by_sha,
@@ -79,8 +80,13 @@ class Registrar:
         return self.register_path(Path(source))
 
     def register_path(self, path: Path) -> Registered:
-        """Register a local file."""
+        """Register a local file (inside ``storage.allowed_roots`` when those are set)."""
         uri = os.path.abspath(path)
+        if self.settings.storage.allowed_roots:
+            try:  # the resolved path is what gets opened: a link swapped later is not followed
+                path = check_server_path(path, self.settings.storage.allowed_roots)
+            except PathNotAllowedError as exc:
+                return Registered(uri, "failed", reason=exc.reason)
         try:
             stored = self.media.put_file(path, max_bytes=self.settings.ingest.max_bytes)
         except FileTooLargeError as exc:

@@ -9,6 +9,12 @@ Pattern rules (the same for include and exclude, matched case-insensitively):
 Files are included when they match any include pattern (default: the image extensions ramdex
 decodes) and no exclude pattern; a folder matching an exclude pattern is not entered. The walk is
 sorted, so repeated runs visit files in the same order. Unreadable folders are reported, not raised.
+
+Links never lead a walk out of where it may go: without ``follow_symlinks`` a link found inside a
+walked folder (to a file or a folder) is used only when its target lies inside that folder; with
+``allowed_roots`` every file and entered folder must resolve inside those roots, links followed or
+not. A link leading out is reported with one reason whether or not its target exists. Folder loops
+through links are entered once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from indexer.allowed_roots import NOT_ALLOWED, is_inside, resolve_roots
 
 DEFAULT_INCLUDE: tuple[str, ...] = (
     "*.jpg",
@@ -33,6 +41,10 @@ DEFAULT_INCLUDE: tuple[str, ...] = (
     "*.heif",
     "*.avif",
 )
+
+
+# One text whether or not the target exists (a broken link says the same as a link to /etc).
+LINK_OUTSIDE = "file not found, or a link leading outside the walked folder (not followed)"
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ def walk_files(
     exclude: Sequence[str] = (),
     follow_symlinks: bool = False,
     on_error: Callable[[WalkError], None] | None = None,
+    allowed_roots: Sequence[str | Path] = (),
 ) -> Iterator[Path]:
     """Files under the given folders (and files given directly) that pass the patterns.
 
@@ -73,14 +86,19 @@ def walk_files(
         roots: files and folders.
         include: glob patterns a found file must match; None means :data:`DEFAULT_INCLUDE`.
         exclude: glob patterns that drop files and prune folders.
-        follow_symlinks: enter symlinked folders (off by default: loops and escapes).
-        on_error: called for each unreadable or missing path; by default they are skipped.
+        follow_symlinks: follow links out of the walked folder (off by default: loops and
+            escapes); links whose target is inside the walked folder are always used.
+        on_error: called for each unreadable, missing or refused path; by default they are
+            skipped.
+        allowed_roots: when given, nothing outside them is yielded or entered, whatever the links
+            (``storage.allowed_roots``); a root outside them is refused before it is looked at.
 
     Yields:
         Paths, folder by folder, names sorted.
     """
     include = list(include) if include else list(DEFAULT_INCLUDE)
     exclude = list(exclude)
+    allowed = resolve_roots(allowed_roots)
 
     def report(path: str, reason: str) -> None:
         if on_error is not None:
@@ -88,6 +106,10 @@ def walk_files(
 
     for root in roots:
         root = Path(root)
+        # Refused before any stat, so the answer says nothing about what exists out there.
+        if allowed and not is_inside(os.path.abspath(root), allowed):
+            report(str(root), NOT_ALLOWED)
+            continue
         if not root.exists() and not root.is_symlink():
             report(str(root), "no such file or folder")
             continue
@@ -95,18 +117,64 @@ def walk_files(
             if not _matches(root.name, root.name, exclude):
                 yield root
             continue
+        yield from _walk_folder(root, include, exclude, follow_symlinks, allowed, report)
 
-        def onerror(exc: OSError, top: Path = root) -> None:
-            report(str(exc.filename or top), exc.strerror or str(exc))
 
-        for dirpath, dirnames, filenames in os.walk(
-            root, onerror=onerror, followlinks=follow_symlinks
-        ):
-            base = Path(dirpath)
-            rel_base = base.relative_to(root).as_posix()
-            rel_base = "" if rel_base == "." else rel_base + "/"
-            dirnames[:] = sorted(d for d in dirnames if not _matches(rel_base + d, d, exclude))
-            for name in sorted(filenames):
-                rel = rel_base + name
-                if _matches(rel, name, include) and not _matches(rel, name, exclude):
-                    yield base / name
+def _walk_folder(
+    root: Path,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    follow_symlinks: bool,
+    allowed: tuple[Path, ...],
+    report: Callable[[str, str], None],
+) -> Iterator[Path]:
+    """One folder's matching files, links confined (see the module docstring)."""
+    if allowed:
+        confine, refusal = allowed, NOT_ALLOWED
+    elif not follow_symlinks:
+        confine, refusal = resolve_roots([root]), LINK_OUTSIDE
+    else:
+        confine, refusal = (), ""
+    seen: set[tuple[int, int]] = set()
+
+    def onerror(exc: OSError) -> None:
+        report(str(exc.filename or root), exc.strerror or str(exc))
+
+    # os.walk may enter links to folders; the loop below keeps only those allowed: none
+    # without follow_symlinks (as before: no duplicate names), confined ones with it.
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
+        base = Path(dirpath)
+        try:
+            stat = base.stat()
+        except OSError as exc:
+            report(str(base), exc.strerror or str(exc))
+            dirnames[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:  # a loop through links: been here
+            dirnames[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        rel_base = base.relative_to(root).as_posix()
+        rel_base = "" if rel_base == "." else rel_base + "/"
+        kept: list[str] = []
+        for d in sorted(dirnames):
+            if _matches(rel_base + d, d, exclude):
+                continue
+            sub = base / d
+            if sub.is_symlink():
+                if not follow_symlinks:
+                    continue  # links to folders are entered only when asked
+                if confine and not is_inside(sub, confine):
+                    report(str(sub), refusal)
+                    continue
+            kept.append(d)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            rel = rel_base + name
+            if not (_matches(rel, name, include) and not _matches(rel, name, exclude)):
+                continue
+            path = base / name
+            if confine and path.is_symlink() and not is_inside(path, confine):
+                report(str(path), refusal)
+                continue
+            yield path
