@@ -97,7 +97,7 @@ class ReindexSummary:
 def pending_counts(settings: Settings | None = None, model_id: str | None = None) -> PendingCounts:
     """How many assets the configured model has not scored: for search to report.
 
-    One indexed query (``ix_assets_model_name_status``, ``ix_assets_status``).
+    One indexed query (``ix_assets_model_name_status_updated_at``, ``ix_assets_status``).
 
     Raises:
         indexer.models.ModelNotAvailableError: no ``model_id`` given and the configured model is

@@ -40,10 +40,13 @@ class BrokerSettings(BaseModel):
         default=200, ge=0, description="wait at most this to fill a batch"
     )
     visibility_timeout_s: int = Field(
-        default=3600,
+        default=300,
         ge=1,
-        description="Redis: seconds before a dead worker's unacknowledged task is redelivered "
-        "(keep it above the longest task)",
+        le=43_200,
+        description="Redis: seconds before a dead worker's unacknowledged message is delivered "
+        "again (keep it above the longest task; a copy delivered while the task still runs is "
+        "skipped, the processing lease says who holds the work). A dead worker's assets come back "
+        "sooner, through their lease (ingest.lease_s)",
     )
 
 
@@ -85,6 +88,26 @@ class IngestSettings(BaseModel):
     allow_private_urls: bool = False
     thumbnail_size: int = 320
     decode_workers: int = Field(default=0, ge=0, description="0 = one per core")
+    lease_s: float = Field(
+        default=60.0,
+        ge=2.0,
+        le=3600.0,
+        description="processing lease: a process holding unfinished assets renews it every "
+        "third of this; assets whose lease ran out (their process died) are run again",
+    )
+    reconcile_interval_s: float = Field(
+        default=15.0,
+        ge=0.5,
+        le=3600.0,
+        description="broker mode: how often one worker of the cluster re-dispatches lost work "
+        "(expired leases, pending assets whose message is gone) and re-syncs a stale index",
+    )
+    stall_timeout_s: float = Field(
+        default=600.0,
+        ge=0.0,
+        description="a client waiting on a job (ramdex ingest, reindex) gives up with a message "
+        "after this long without progress; 0 = wait for ever",
+    )
 
 
 class ApiSettings(BaseModel):

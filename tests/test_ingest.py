@@ -412,6 +412,6 @@ def test_broker_visibility_timeout_is_a_validated_setting(monkeypatch):
     assert options["visibility_timeout"] == 90 and options["unacked_restore_interval"] == 9
     assert Settings().broker.visibility_timeout_s == 90
     monkeypatch.delenv("RAMDEX_BROKER__VISIBILITY_TIMEOUT_S")
-    assert Settings().broker.visibility_timeout_s == 3600
+    assert Settings().broker.visibility_timeout_s == 300
     with pytest.raises(pydantic.ValidationError, match="visibility_timeout_s"):
         Settings(broker={"visibility_timeout_s": 0})

@@ -47,6 +47,13 @@ class Asset(Base):
     # Processing runs started and not known to have ended: a file that kills its worker (a
     # decoder crash) is redelivered, and this count stops it after a few tries.
     attempts: Mapped[int] = mapped_column(sa.SmallInteger, default=0, server_default="0")
+    # The processing lease of an unfinished asset: the process that promised to dispatch or
+    # process it, and until when (renewed while it works). An expired lease means that process
+    # died: the work is runnable again (indexer.ingest.reconcile).
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(160))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # When a message for this pending asset was last sent to the model queue (NULL: never).
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     model_name: Mapped[str | None] = mapped_column(sa.String(128))
     storage_path: Mapped[str | None] = mapped_column(sa.Text)
     thumbnail_path: Mapped[str | None] = mapped_column(sa.Text)
@@ -66,8 +73,12 @@ class Asset(Base):
         sa.Index("ix_assets_status", "status"),
         sa.Index("ix_assets_created_at", "created_at"),
         sa.Index("ix_assets_mime", "mime"),
-        # Reindex: "done assets scored by a model other than M" is two ranges of this index.
-        sa.Index("ix_assets_model_name_status", "model_name", "status"),
+        # Reindex: "done assets scored by a model other than M" is two ranges of this index;
+        # the newest done asset of a model (is its FAISS index stale?) is its last entry.
+        sa.Index("ix_assets_model_name_status_updated_at", "model_name", "status", "updated_at"),
+        # The reconciler: expired leases, and pending assets never or long ago dispatched.
+        sa.Index("ix_assets_status_lease_until", "status", "lease_until"),
+        sa.Index("ix_assets_status_dispatched_at", "status", "dispatched_at"),
     )
 
     @property

@@ -45,6 +45,10 @@ class Job(Base):
     failed: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(sa.Text)
     params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    # While ``pending`` (sources being registered): the registering process and how long its
+    # heartbeat is good for. A pending job whose lease ran out lost its registering process.
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(160))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(
         UtcDateTime, server_default=sa.func.now(), onupdate=db_now()
@@ -54,4 +58,39 @@ class Job(Base):
         sa.CheckConstraint(check_in("kind", tuple(JobKind)), name="kind"),
         sa.CheckConstraint(check_in("status", tuple(JobStatus)), name="status"),
         sa.Index("ix_jobs_status_created_at", "status", "created_at"),
+    )
+
+
+class JobOutcome(StrEnum):
+    """How an asset ended, as far as one job is concerned."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobAsset(Base):
+    """The assets a job waits for: its ledger.
+
+    A job's ``total`` counts these rows (plus sources that never became assets); ``outcome`` is
+    set once, when the asset ends, by whichever process finished it, and counted into the job's
+    ``done`` or ``failed`` in the same transaction. So a job tells the truth however its assets
+    were finished: by its own run, another run that resumed them, or the reconciler.
+    """
+
+    __tablename__ = "job_assets"
+
+    job_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    asset_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True
+    )
+    outcome: Mapped[str | None] = mapped_column(sa.String(8))
+
+    __table_args__ = (
+        sa.CheckConstraint(
+            "outcome IS NULL OR " + check_in("outcome", tuple(JobOutcome)), name="outcome"
+        ),
+        # Crediting an asset's open rows when it ends.
+        sa.Index("ix_job_assets_asset_id_outcome", "asset_id", "outcome"),
     )
