@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
+ramdex_venv  # runtime dependencies only, no extras
 exec "$VENV/bin/ramdex" demo "$@"

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 log() { printf '\033[1m[test.sh]\033[0m %s\n' "$*" >&2; }
 
 # shellcheck source=scripts/venv.sh
-source scripts/venv.sh dev
+source scripts/venv.sh
+ramdex_venv dev
 
 bash scripts/services.sh
 
