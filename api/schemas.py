@@ -41,9 +41,24 @@ class CheckOut(BaseModel):
     detail: str
 
 
+class ModelOut(BaseModel):
+    """The model this service runs, as people are told about it."""
+
+    name: str = Field(description="ramdex-demo, a registered model name or a checkpoint file name")
+    id: str | None = Field(
+        description="stored id of the weights (assets' model), null when not on this machine"
+    )
+    digest: str | None = Field(description="first 12 hex digits of the weights' sha256")
+    is_demo: bool = Field(description="the bundled demo model: synthetic shapes, not photographs")
+    num_tags: int | None
+    has_chinese: bool = Field(description="its tags have Chinese names")
+    notice: str | None = Field(description="what to know about it (set for the demo model)")
+
+
 class Ready(BaseModel):
     status: Literal["ok"]
     checks: dict[str, CheckOut]
+    model: ModelOut | None = Field(default=None, description="the model that tags and searches")
 
 
 class Me(BaseModel):
@@ -94,7 +109,7 @@ class TagOut(BaseModel):
 
 class TagPage(BaseModel):
     items: list[TagOut]
-    next_offset: int | None = None
+    next_cursor: str | None = None
 
 
 class ThresholdUpdate(BaseModel):
@@ -141,7 +156,10 @@ class AssetOut(AssetSummary):
     sha256: str
     bytes: int | None
     error: str | None
-    model: str | None = Field(description="id of the model that scored it")
+    model: str | None = Field(description="name of the model that scored it (ramdex-demo, ...)")
+    model_id: str | None = Field(
+        default=None, description="stored id of those weights (name@digest of the file)"
+    )
     updated_at: datetime
     original_url: str
     sources: list[SourceOut]
@@ -220,6 +238,7 @@ class SearchHitOut(BaseModel):
 class SearchPageOut(BaseModel):
     hits: list[SearchHitOut]
     next_cursor: str | None
+    model: str | None = Field(default=None, description="name of the model that scored the hits")
     pending_reindex: int = Field(
         default=0, description="assets scored by another model, not searchable until re-indexed"
     )

@@ -5,6 +5,12 @@ weights, not just the architecture: a checkpoint's id carries a digest of the fi
 the weights under the same name still makes ``ramdex reindex`` notice. :func:`configured_model_id`
 computes the id without loading the model (search uses it to count pending assets), caching file
 digests by (path, size, mtime) so a multi-gigabyte checkpoint is hashed once.
+
+The id is a storage key, not a name for people: ``model@1e9ae7bcad4f`` is the bundled demo model
+(the label is the file's stem). What people are shown comes from
+:func:`describe_configured_model` (``ramdex-demo``, ``ram_plus_swin_large_14m``, a checkpoint's
+file name, with the digest beside it) and :func:`model_name_for_id` (the name of a stored id).
+Ids stay as they were so existing archives keep matching their model.
 """
 
 from __future__ import annotations
@@ -15,10 +21,19 @@ import os
 import threading
 from pathlib import Path
 
-from ram_pp.factory import DEMO_MODEL, LoadedModel, demo_checkpoint, resolve_model
+from ram_pp.factory import (
+    DEMO_DISPLAY_NAME,
+    DEMO_MODEL,
+    SHORT_DIGEST,
+    LoadedModel,
+    ModelDescription,
+    demo_checkpoint,
+    describe,
+    resolve_model,
+)
 
 MAX_ID_LENGTH = 128  # assets.model_name column width
-_DIGEST_CHARS = 12
+_DIGEST_CHARS = SHORT_DIGEST
 _digest_lock = threading.Lock()
 
 
@@ -111,6 +126,63 @@ def configured_model_id(settings) -> str:  # noqa: ANN001 - indexer.settings.Set
     label = settings.model.name or checkpoint.stem
     digest = file_digest(checkpoint, _digest_cache_path(settings))[:_DIGEST_CHARS]
     return f"{label[: MAX_ID_LENGTH - _DIGEST_CHARS - 1]}@{digest}"
+
+
+def describe_configured_model(settings) -> ModelDescription:  # noqa: ANN001 - Settings
+    """Name, digest, tag count and whether it is the demo model, for the configured model,
+    without loading its weights (the digest is the cached one :func:`configured_model_id` uses).
+
+    Never raises for a model that is not on this machine: it is described without a digest
+    (loading it is what reports the problem).
+    """
+    model = settings.model
+    digest = None
+    try:
+        checkpoint = configured_checkpoint(settings)
+    except ModelNotAvailableError:
+        checkpoint = None
+    if checkpoint is not None and checkpoint.is_file():
+        digest = file_digest(checkpoint, _digest_cache_path(settings))
+    return describe(
+        name=model.name or None,
+        checkpoint=model.checkpoint,
+        cache_dir=model.cache_dir,
+        digest=digest,
+    )
+
+
+def model_name_for_id(
+    model_id: str | None,
+    settings,  # noqa: ANN001 - indexer.settings.Settings
+    configured: tuple[str, ModelDescription] | None = None,
+) -> str | None:
+    """The human name of the model a stored id (``assets.model_name``) names.
+
+    The configured model's id gets its description's name; another id is named by its label
+    (the part before ``@``), except that the bundled demo model's weights are ``ramdex-demo``
+    whatever label they were stored under. ``configured`` is ``(id, description)`` of the
+    configured model when the caller has them (saves working them out again).
+    """
+    if model_id is None:
+        return None
+    if configured is None:
+        try:
+            configured = (configured_model_id(settings), describe_configured_model(settings))
+        except ModelNotAvailableError:
+            configured = None
+    if configured is not None and model_id == configured[0]:
+        return configured[1].name
+    label, _, digest = model_id.partition("@")
+    if label == DEMO_MODEL or (digest and digest == _demo_short_digest(settings)):
+        return DEMO_DISPLAY_NAME
+    return label
+
+
+def _demo_short_digest(settings) -> str | None:  # noqa: ANN001
+    demo = demo_checkpoint()
+    if demo is None:
+        return None
+    return file_digest(demo, _digest_cache_path(settings))[:_DIGEST_CHARS]
 
 
 def load_configured_model(settings) -> LoadedModel:  # noqa: ANN001 - indexer.settings.Settings

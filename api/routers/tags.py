@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from api.deps import AdminKey, ReadKey, ServicesDep, SessionDep, TagId
 from api.problems import ProblemError, not_found
-from api.schemas import TagName, TagOut, TagPage, ThresholdUpdate
+from api.schemas import Cursor, TagName, TagOut, TagPage, ThresholdUpdate
 from indexer.db.tag_repo import get_tag, list_tags, set_threshold_override
 from indexer.db.tags import Tag, TagOrigin
 
@@ -27,6 +29,25 @@ def tag_out(tag: Tag) -> TagOut:
     )
 
 
+def _cursor(english: str) -> str:
+    """An opaque cursor continuing after the tag named ``english`` (tags page by name)."""
+    return base64.urlsafe_b64encode(english.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> str:
+    """The English name a cursor continues after; 422 for anything a page never handed out."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    try:
+        name = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        name = ""
+    if not name:  # every tag has a name: an empty one was never handed out
+        raise ProblemError(
+            422, "invalid cursor: pass next_cursor from the previous page", kind="invalid-cursor"
+        )
+    return name
+
+
 @router.get("", response_model=TagPage, summary="List tags, or those starting with a prefix")
 def tags(
     _: ReadKey,
@@ -37,7 +58,7 @@ def tags(
     ] = None,
     origin: Annotated[TagOrigin | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    cursor: Annotated[Cursor | None, Query(description="next_cursor of the previous page")] = None,
 ) -> TagPage:
     rows = list_tags(
         session,
@@ -45,11 +66,12 @@ def tags(
         prefix=prefix.strip() if prefix else None,
         origin=origin,
         limit=limit + 1,
-        offset=offset,
+        after=_after(cursor) if cursor else None,
     )
     more = len(rows) > limit
     return TagPage(
-        items=[tag_out(t) for t in rows[:limit]], next_offset=offset + limit if more else None
+        items=[tag_out(t) for t in rows[:limit]],
+        next_cursor=_cursor(rows[limit - 1].english) if more else None,
     )
 
 

@@ -133,9 +133,11 @@ def list_tags(
     origin: TagOrigin | str | None = None,
     limit: int = 50,
     offset: int = 0,
+    after: str | None = None,
 ) -> list[Tag]:
     """Tags of a model, optionally those whose English (case-insensitive) or Chinese name starts
-    with ``prefix``; ordered by English name.
+    with ``prefix``; ordered by English name (unique per model), after the English name
+    ``after`` when given (keyset paging: a tag added meanwhile shifts no page).
 
     Raises:
         ValueError: limit outside 1..10000 or negative offset.
@@ -153,6 +155,8 @@ def list_tags(
         )
     if origin is not None:
         stmt = stmt.where(Tag.origin == TagOrigin(origin).value)
+    if after is not None:
+        stmt = stmt.where(Tag.english > after)
     stmt = stmt.order_by(Tag.english).limit(limit).offset(offset)
     return list(session.scalars(stmt))
 

@@ -1,0 +1,114 @@
+"""Models have human names (``ramdex-demo``, a registered name, a checkpoint's file name) with
+the digest beside them, while the stored id (``assets.model_name``) stays what it was, so existing
+archives keep matching their model."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+from indexer.db.session import session_scope
+from indexer.db.tag_repo import ensure_vocabulary
+from indexer.models import configured_model_id, describe_configured_model, model_name_for_id
+from indexer.settings import Settings
+from ram_pp.factory import (
+    DEMO_DISPLAY_NAME,
+    demo_checkpoint,
+    describe,
+    describe_model,
+    load_model,
+    resolve_model,
+)
+from tests.api_support import MODEL
+from tests.conftest import GOLDEN
+
+pytest_plugins = ["tests.api_support"]
+
+DEMO = demo_checkpoint()
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _settings(tmp_path, **model) -> Settings:
+    return Settings(home=tmp_path / "home", database={"url": ""}, model=model)
+
+
+def test_the_demo_model_is_named_and_explained() -> None:
+    described = describe()  # nothing configured: the bundled demo model
+    assert described.name == DEMO_DISPLAY_NAME and described.is_demo
+    assert described.digest == _sha256(DEMO)
+    # The demo vocabulary as the file itself carries it (not taken from the code under test).
+    loaded = load_model(DEMO)
+    assert described.num_tags == len(loaded.vocabulary) == 40
+    assert described.has_chinese is False  # its Chinese names are the English ones repeated
+    assert described.label == f"ramdex-demo ({_sha256(DEMO)[:12]})"
+    assert "demo model: 40 synthetic tags" in described.notice
+    assert "ramdex models download" in described.notice
+    assert describe("demo") == described
+    assert describe_model(loaded) == described  # the same answer from a loaded model
+
+
+def test_a_copy_of_the_demo_file_is_still_the_demo_model(tmp_path) -> None:
+    copy = tmp_path / "renamed.safetensors"
+    shutil.copy(DEMO, copy)
+    assert describe(checkpoint=copy).is_demo and describe(checkpoint=copy).name == "ramdex-demo"
+    copy.write_bytes(copy.read_bytes()[:-1] + b" ")  # same size, other bytes: not the demo
+    assert not describe(checkpoint=copy).is_demo
+
+
+def test_custom_checkpoints_and_registered_models_have_their_own_names() -> None:
+    golden = GOLDEN / "checkpoint.pth"
+    described = describe(checkpoint=golden)
+    assert described.name == "checkpoint.pth" and not described.is_demo
+    assert described.digest == _sha256(golden) and described.notice is None
+    loaded = load_model(golden)
+    assert described.num_tags == len(loaded.vocabulary)
+    vocab = loaded.vocabulary
+    assert described.has_chinese == any(
+        zh != en for en, zh in zip(vocab.english, vocab.chinese, strict=True)
+    )
+    micro = describe("test_micro")
+    assert micro.name == "test_micro" and micro.digest is None and not micro.is_demo
+    assert micro.num_tags == len(resolve_model("test_micro").vocabulary)
+    published = describe("ram_plus_swin_large_14m")  # not downloaded here: named all the same
+    assert published.name == "ram_plus_swin_large_14m" and published.num_tags == 4585
+    assert published.has_chinese and published.digest is None and not published.is_demo
+
+
+def test_stored_ids_are_unchanged_and_map_back_to_names(tmp_path) -> None:
+    settings = _settings(tmp_path)
+    digest = _sha256(DEMO)[:12]
+    # The key existing archives were stored under: file stem @ digest (never renamed).
+    assert configured_model_id(settings) == f"model@{digest}"
+    assert describe_configured_model(settings).name == "ramdex-demo"
+    assert model_name_for_id(f"model@{digest}", settings) == "ramdex-demo"
+    assert model_name_for_id(f"demo@{digest}", settings) == "ramdex-demo"  # `ramdex demo` ids
+    assert model_name_for_id("mine@0123456789ab", settings) == "mine"
+    assert model_name_for_id(None, settings) is None
+    custom = _settings(tmp_path, checkpoint=str(GOLDEN / "checkpoint.pth"))
+    assert describe_configured_model(custom).name == "checkpoint.pth"
+    assert model_name_for_id(configured_model_id(custom), custom) == "checkpoint.pth"
+
+
+def test_tags_page_with_next_cursor(api_env) -> None:
+    client, keys, settings = api_env
+    with session_scope(settings.database_url) as session:  # as the first ingest would
+        ensure_vocabulary(session, configured_model_id(settings), resolve_model(MODEL).vocabulary)
+    everything = client.get("/tags?limit=1000", headers=keys.read).json()
+    assert everything["next_cursor"] is None and "next_offset" not in everything
+    names = [t["name"] for t in everything["items"]]
+    assert len(names) > 3
+    seen, cursor = [], None
+    while True:
+        query = "/tags?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(query, headers=keys.read).json()
+        assert len(page["items"]) <= 3
+        seen += [t["name"] for t in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == names  # every tag once, in order
+    bad = client.get("/tags?cursor=%%%", headers=keys.read)
+    assert bad.status_code == 422 and "next_cursor" in bad.json()["detail"]
