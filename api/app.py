@@ -23,7 +23,7 @@ from api.problems import (
     install_problem_handlers,
 )
 from api.routers import assets, concepts, health, jobs, search, tags
-from api.services import Services
+from api.services import Services, install_indexer_error_handlers
 from indexer.settings import Settings, get_settings
 
 STATIC_DIR = resources.files("api") / "static"
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.api.max_json_bytes,
     )
     install_problem_handlers(app)
+    install_indexer_error_handlers(app)
     for router in (
         health.router,
         assets.build_router(settings),

@@ -18,10 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +29,7 @@ from sqlalchemy.orm import Session
 from api.problems import ProblemError
 from api.schemas import AssetSummary, Reason, SearchHitOut, SearchPageOut, SearchRequest
 from api.services import Services
+from indexer.archive import Archive
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.errors import UnknownTagError
 
@@ -49,7 +47,6 @@ from indexer.db.vectors import decode_vector
 from indexer.retroactive import Mode
 
 RECALL = 1000  # relevance-ranked assets recalled for concept and similar search
-_CACHE_TTL_S = 60.0
 _OFFSET_PREFIX = "o."
 
 
@@ -62,34 +59,6 @@ class Ranked:
     kind: str  # "concept" or "similar"
     name: str
     threshold: float | None = None
-
-
-class TtlCache:
-    """A small thread-safe LRU whose entries expire after ``ttl_s`` seconds."""
-
-    def __init__(self, size: int = 64, ttl_s: float = _CACHE_TTL_S) -> None:
-        self.size, self.ttl_s = size, ttl_s
-        self._items: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def get_or_build(self, key: str, build: Callable[[], Any]) -> Any:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and now - hit[0] < self.ttl_s:
-                self._items.move_to_end(key)
-                return hit[1]
-        value = build()  # outside the lock: builds may take a second
-        with self._lock:
-            self._items[key] = (now, value)
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return value
 
 
 # ---------- cursors ----------
@@ -121,7 +90,7 @@ def _decode_offset(cursor: str, digest: str) -> int:
 
 
 # ---------- rankings ----------
-def concept_ranking(services: Services, text: str) -> Ranked:
+def concept_ranking(services: Archive, text: str) -> Ranked:
     """Assets ranked by the free-text concept's RAM++ probability (two-stage search)."""
     from ram_pp.concepts import encode_concepts, make_concept
 
@@ -132,23 +101,23 @@ def concept_ranking(services: Services, text: str) -> Ranked:
         concept = make_concept(text)
     except ValueError as exc:
         raise ProblemError(422, str(exc), kind="validation") from exc
-    with services.metrics.time_model("encode_text"):
+    with services.timer("encode_text"):
         bank = services.cache("banks").get_or_build(
             concept.name, lambda: encode_concepts([concept], services.text_encoder())
         )
     searcher = services.searcher()
     mode: Mode = "exhaustive" if len(store) <= searcher.shortlist else "two_stage"
-    with services.metrics.time_model(f"concept_{mode}"):
+    with services.timer(f"concept_{mode}"):
         result = searcher.search(bank, names=[concept.name], top_k=RECALL, mode=mode)[0]
     return Ranked(result.ids, result.scores, "concept", concept.name, result.threshold)
 
 
 def similar_ranking(
-    services: Services, vector: np.ndarray, name: str, exclude: int | None = None
+    services: Archive, vector: np.ndarray, name: str, exclude: int | None = None
 ) -> Ranked:
     """Assets ranked by cosine similarity of their image embedding to ``vector``."""
     index = services.vector_index()
-    with services.metrics.time_model("similar_search"):
+    with services.timer("similar_search"):
         all_scores, all_ids = index.search(
             np.asarray(vector, np.float32).reshape(1, -1), RECALL + 1
         )

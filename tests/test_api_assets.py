@@ -255,10 +255,8 @@ def test_concept_becomes_a_tag_scored_for_every_asset(archive, wait_job, referen
         assert new_id not in new_scores
 
     # Run again (as a redelivered backfill task would): same scores, progress counted once.
-    from api.concept_backfill import backfill_concept
-
     services = archive.client.app.state.services
-    backfill_concept(services, created["concept"]["id"], created["job"]["id"])
+    services.backfill_concept(created["concept"]["id"], created["job"]["id"])
     again = c.get(f"/jobs/{created['job']['id']}", headers=k.read).json()
     assert again["status"] == "done" and again["done"] == again["total"] == len(
         services.token_store()

@@ -103,9 +103,9 @@ def _run_demo(home: Path, n_images: int, top: int) -> None:
     )
     names = _asset_names(settings)
 
-    from api.services import Services
+    from indexer.archive import Archive
 
-    services = Services(settings)
+    services = Archive(settings)
     try:
         _tag_search(services, names, truth, top)
         _similar_search(services, names, truth, top)

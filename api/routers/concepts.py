@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy import func, select
 
-from api.concept_backfill import backfill_concept
 from api.deps import ConceptId, ReadKey, ServicesDep, SessionDep, WriteKey
 from api.problems import ProblemError, not_found
 from api.routers.jobs import job_out
@@ -82,8 +81,8 @@ def create(
         )
     else:
         services.background(
-            lambda: backfill_concept(
-                services, concept_id, job_id, generate=body.generate, fixed_threshold=fixed
+            lambda: services.backfill_concept(
+                concept_id, job_id, generate=body.generate, fixed_threshold=fixed
             )
         )
     return ConceptCreated(concept=concept_out(concept), job=job_out(job))
