@@ -26,6 +26,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from api.model_info import model_name
 from api.problems import ProblemError
 from api.schemas import AssetSummary, Reason, SearchHitOut, SearchPageOut, SearchRequest
 from api.services import Services
@@ -333,7 +334,9 @@ def run_search(
 
     if not req.text and not similar:  # the storage layer resolves the tag names itself
         hits, next_cursor = _tag_page(session, model_id, req)
-        return SearchPageOut(hits=hits, next_cursor=next_cursor, pending_reindex=pending)
+        return SearchPageOut(
+            hits=hits, next_cursor=next_cursor, pending_reindex=pending, model=model_name(services)
+        )
 
     terms = _resolve(session, model_id, req)
 
@@ -361,5 +364,6 @@ def run_search(
         hits=hits,
         next_cursor=next_cursor,
         pending_reindex=pending,
+        model=model_name(services),
         concept_threshold=ranked.threshold if ranked.kind == "concept" else None,
     )
