@@ -7,10 +7,12 @@ One wrapper, :class:`VectorIndex`:
   FAISS's native 64-bit ids and a hash-table direct map. (``IndexIDMap2`` is not used around IVF:
   its ``remove_ids`` compacts its id map while IVF keeps the old internal ids, so after a delete
   searches return the wrong assets. Checked with faiss 1.15.)
-* ``save`` writes a temporary file and ``os.replace``s it, with a JSON sidecar (model, dim, count,
-  kind, database watermark) so staleness can be detected;
-* ``load(mmap=True)`` maps the file read-only (readers share the page cache; a replaced file
-  keeps serving until ``reload_if_changed``);
+* ``save`` commits a new version folder (the FAISS file and its JSON metadata: model, dim,
+  count, kind, database watermark, so staleness can be detected) behind one pointer replaced
+  with ``os.replace`` (:mod:`indexer.index_versions`): a reader never pairs the file of one save
+  with the metadata of another;
+* ``load(mmap=True)`` maps the committed version read-only (readers share the page cache; the
+  loaded snapshot keeps serving, even once removed from disk, until ``reload_if_changed``);
 * ``rebuild_from_database``, ``check`` (drift report) and ``sync`` (incremental repair);
 * one writer and many reader threads per object (a readers-writer lock); across processes, one
   writer at a time (:func:`writer_lock`) and any number of memory-mapping readers;
@@ -25,10 +27,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import math
-import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -41,9 +41,11 @@ import faiss as _faiss
 import numpy as np
 from sqlalchemy.orm import Session
 
+from indexer import index_versions
 from indexer.db import embedding_repo
 from indexer.db.base import utcnow
 from indexer.db.embedding_repo import Watermark
+from indexer.index_versions import IndexFiles, TornReadError
 
 # faiss ships partial type stubs (no DirectMap, SearchParameters keywords, ...): use it untyped.
 faiss: Any = _faiss
@@ -51,7 +53,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 INDEX_SUFFIX = ".faiss"
-SIDECAR_SUFFIX = ".json"
 FLAT = "flat"
 IVFPQ = "ivfpq"
 # A transaction that committed late can carry an updated_at older than the watermark taken before
@@ -107,7 +108,12 @@ class DriftReport:
 
 @dataclass(slots=True)
 class IndexMeta:
-    """Sidecar JSON stored next to the index file."""
+    """The JSON metadata committed with the index file (``meta.json`` of its version folder;
+    ``<name>.json`` next to the file in the old layout).
+
+    ``version`` and ``previous`` name the version folder and the one it replaced (empty in the
+    old layout).
+    """
 
     model_name: str
     dim: int
@@ -117,6 +123,8 @@ class IndexMeta:
     watermark: dict[str, Any] | None = None
     saved_at: str = ""
     format: int = FORMAT_VERSION
+    version: str = ""
+    previous: str = ""
 
     def watermark_obj(self) -> Watermark | None:
         if not self.watermark:
@@ -181,27 +189,29 @@ def index_path(index_dir: Path, model_name: str) -> Path:
 
 
 def sidecar_path(path: Path) -> Path:
-    """The JSON sidecar of an index file."""
-    return Path(path).with_suffix(SIDECAR_SUFFIX)
+    """The JSON sidecar of an index file in the old two-file layout (read, never written)."""
+    return index_versions.legacy_meta_path(path)
 
 
 def read_meta(path: Path) -> IndexMeta:
-    """The sidecar of an index file.
+    """The metadata of the index committed at ``path``.
 
     Raises:
-        FileNotFoundError: no sidecar.
+        FileNotFoundError: no index or no metadata.
         ValueError: unreadable or from a newer format.
     """
-    data = json.loads(sidecar_path(path).read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{sidecar_path(path)} is not an index sidecar")
+    return index_versions.read_committed(path, lambda files: _parse_meta(files.meta))
+
+
+def _parse_meta(meta_path: Path) -> IndexMeta:
+    data = index_versions.read_json(meta_path)
     if int(data.get("format", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{sidecar_path(path)} has format {data['format']}; upgrade ramdex")
+        raise ValueError(f"{meta_path} has format {data['format']}; upgrade ramdex")
     known = {f.name for f in fields(IndexMeta)}
     try:
         return IndexMeta(**{k: v for k, v in data.items() if k in known})
     except TypeError as exc:  # a required field is missing
-        raise ValueError(f"{sidecar_path(path)} is incomplete: {exc}") from exc
+        raise ValueError(f"{meta_path} is incomplete: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -288,7 +298,7 @@ class VectorIndex:
         self.watermark: Watermark | None = None
         self.read_only = False
         self.path: Path | None = None
-        self._file_stamp: tuple[int, int] | None = None
+        self._token: tuple[Any, ...] | None = None  # the committed state loaded (reload checks)
         self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._gpu_index: Any = None
         self._gpu_dirty = True
@@ -530,69 +540,72 @@ class VectorIndex:
         )
 
     def save(self, path: Path | str) -> None:
-        """Write index and sidecar atomically (temporary file, fsync, ``os.replace``).
+        """Commit the index and its metadata as one new version (see :mod:`indexer.index_versions`):
+        both files written and fsynced in a fresh version folder, then the pointer at ``path``
+        replaced with ``os.replace``. A crash or an error before that leaves the previous version
+        in force; an index in the old two-file layout is migrated by the first save.
 
-        Readers that memory-mapped the previous file keep using it until they reload.
+        Readers that loaded a previous version keep serving it until they reload.
 
         Raises:
             IndexReadOnlyError: the index is memory-mapped read-only.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tag = f".{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp_index = path.with_name(path.name + tag)
-        tmp_meta = sidecar_path(path).with_name(sidecar_path(path).name + tag)
         with self._lock.write():
             self._check_writable()
-            try:
-                if self.kind == IVFPQ:
-                    # Readers do not need the id hash table; keep it out of the file.
-                    self._index.set_direct_map_type(faiss.DirectMap.NoMap)
-                try:
-                    faiss.write_index(self._index, str(tmp_index))
-                finally:
-                    if self.kind == IVFPQ:
-                        self._index.set_direct_map_type(faiss.DirectMap.Hashtable)
-                _fsync(tmp_index)
-                tmp_meta.write_text(json.dumps(asdict(self.meta()), indent=1))
-                _fsync(tmp_meta)
-                os.replace(tmp_index, path)
-                os.replace(tmp_meta, sidecar_path(path))
-                _fsync_dir(path.parent)
-            finally:
-                tmp_index.unlink(missing_ok=True)
-                tmp_meta.unlink(missing_ok=True)
+            files = index_versions.commit(path, self._write_unlocked, asdict(self.meta()))
             self.path = path
-            self._file_stamp = _stamp(path)
+            self._token = files.token
+
+    def _write_unlocked(self, target: Path) -> None:
+        if self.kind == IVFPQ:
+            # Readers do not need the id hash table; keep it out of the file.
+            self._index.set_direct_map_type(faiss.DirectMap.NoMap)
+        try:
+            faiss.write_index(self._index, str(target))
+        finally:
+            if self.kind == IVFPQ:
+                self._index.set_direct_map_type(faiss.DirectMap.Hashtable)
 
     @classmethod
     def load(
         cls, path: Path | str, *, mmap: bool = True, use_gpu: bool | None = None
     ) -> VectorIndex:
-        """Load a saved index.
+        """Load the index committed at ``path``.
+
+        The index file and metadata come from one committed version; when a writer commits (and
+        removes the version being opened) meanwhile, the newer one is loaded.
 
         Args:
-            path: the ``.faiss`` file (its ``.json`` sidecar must be next to it).
+            path: the index's ``.faiss`` path (a pointer to the current version, or an index file
+                with its ``.json`` sidecar next to it in the old layout).
             mmap: map the file read-only (readers); False loads a writable copy (the writer).
             use_gpu: as in the constructor.
 
         Raises:
-            FileNotFoundError: index or sidecar missing.
-            ValueError: the file and its sidecar disagree.
+            FileNotFoundError: no index, or its metadata is missing.
+            ValueError: the file and its metadata disagree.
         """
         path = Path(path)
-        meta = read_meta(path)
-        stamp = _stamp(path)
+        return index_versions.read_committed(
+            path, lambda files: cls._load_files(path, files, mmap=mmap, use_gpu=use_gpu)
+        )
+
+    @classmethod
+    def _load_files(
+        cls, path: Path, files: IndexFiles, *, mmap: bool, use_gpu: bool | None
+    ) -> VectorIndex:
+        meta = _parse_meta(files.meta)
         if mmap:
             # Flat codes need IO_FLAG_MMAP_IFC; IVF lists need IO_FLAG_MMAP (the two flags
             # together fail on IVF files), both with IO_FLAG_READ_ONLY.
             flag = faiss.IO_FLAG_MMAP_IFC if meta.kind == FLAT else faiss.IO_FLAG_MMAP
-            raw = faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY)
+            raw = _read_index(files.index, flag | faiss.IO_FLAG_READ_ONLY)
         else:
-            raw = faiss.read_index(str(path))
+            raw = _read_index(files.index, 0)
         if raw.d != meta.dim or raw.ntotal != meta.count:
-            raise ValueError(
-                f"{path}: index has {raw.ntotal} x {raw.d}, sidecar says {meta.count} x {meta.dim}"
+            raise TornReadError(
+                f"{path}: index has {raw.ntotal} x {raw.d}, metadata says {meta.count} x {meta.dim}"
             )
         obj = cls(meta.dim, model_name=meta.model_name, use_gpu=use_gpu)
         if meta.kind == IVFPQ:
@@ -605,25 +618,31 @@ class VectorIndex:
         obj.watermark = meta.watermark_obj()
         obj.read_only = mmap
         obj.path = path
-        obj._file_stamp = stamp
+        obj._token = files.token
         return obj
 
+    @property
+    def version(self) -> str | None:
+        """The version folder this index was loaded from or saved to (None: old layout, unsaved)."""
+        token = self._token
+        return str(token[1]) if token and token[0] == "version" else None
+
     def reload_if_changed(self) -> bool:
-        """Readers: swap in a newer saved file (same path) if one was written. Returns whether
-        it did. Searches in flight finish on the old mapping."""
+        """Readers: swap in the newer version if a writer committed one since this was loaded
+        (one ``readlink``). Returns whether it did. Searches in flight finish on the old
+        mapping."""
         if self.path is None or not self.read_only:
             return False
         try:
-            stamp = _stamp(self.path)
+            if index_versions.current_token(self.path) == self._token:
+                return False
         except FileNotFoundError:
-            return False
-        if stamp == self._file_stamp:
             return False
         fresh = VectorIndex.load(self.path, mmap=True, use_gpu=self.use_gpu)
         with self._lock.write():
             self._index, self.kind, self.params = fresh._index, fresh.kind, fresh.params
             self.dim, self.model_name, self.watermark = fresh.dim, fresh.model_name, fresh.watermark
-            self.nprobe, self._file_stamp = fresh.nprobe, fresh._file_stamp
+            self.nprobe, self._token = fresh.nprobe, fresh._token
             self._gpu_dirty = True
         return True
 
@@ -778,22 +797,15 @@ def open_index(
     return index
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_mtime_ns
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _read_index(path: Path, flags: int) -> Any:
+    """``faiss.read_index``, with a missing file reported as FileNotFoundError (FAISS raises a
+    RuntimeError), so that a version removed under a reader is retried."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem allows fsync on a directory
-        _fsync(path)
+        return faiss.read_index(str(path), flags)
+    except RuntimeError:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} was removed") from None
+        raise
 
 
 def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:

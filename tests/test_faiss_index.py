@@ -1,9 +1,15 @@
-"""FAISS wrapper: exact and IVF-PQ search against brute force, deletes, atomic save, read-only
+"""FAISS wrapper: exact and IVF-PQ search against brute force, deletes, versioned atomic save
+(one commit point, old layout, crash, a writer process racing reader threads), read-only
 memory-mapped readers, reload, threads, and rebuild / drift check / sync against real databases."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -26,6 +32,7 @@ from indexer.faiss_index import (
     sidecar_path,
     writer_lock,
 )
+from indexer.index_versions import resolve, versions_dir
 from ram_pp.vocab import TagVocabulary
 
 pytest_plugins = ["tests.db_fixtures"]
@@ -196,7 +203,7 @@ def test_save_is_atomic_and_readers_are_read_only(tmp_path: Path, monkeypatch) -
     with pytest.raises(IndexReadOnlyError):
         reader.remove([1])
 
-    # a failing write leaves the previous file and sidecar intact and no temporary files
+    # a failing write leaves the previous version in force and no partial version or temp file
     before = path.read_bytes()
     index.add([500], unit(1, seed=3))
 
@@ -208,7 +215,9 @@ def test_save_is_atomic_and_readers_are_read_only(tmp_path: Path, monkeypatch) -
         index.save(path)
     monkeypatch.undo()
     assert path.read_bytes() == before and read_meta(path).count == 200
-    assert sorted(p.name for p in path.parent.iterdir()) == ["m.faiss", "m.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.faiss", "m.versions"]
+    assert sorted(p.name for p in versions_dir(path).iterdir()) == [".lock", "v000001"]
+    assert os.readlink(path) == "m.versions/v000001/index.faiss"
 
 
 def test_reader_reloads_after_writer_saves(tmp_path: Path) -> None:
@@ -226,6 +235,185 @@ def test_reader_reloads_after_writer_saves(tmp_path: Path) -> None:
     assert reader.reload_if_changed() is True
     assert reader.count == 51 and reader.search_one(new[0], 1)[1].tolist() == [777]
     assert reader.reload_if_changed() is False
+
+
+def test_versions_behind_one_pointer_old_ones_collected_snapshots_survive(tmp_path: Path) -> None:
+    path = tmp_path / "m.faiss"
+    writer = flat()
+    vectors = unit(60, seed=8)
+    writer.add(np.arange(10), vectors[:10])
+    writer.save(path)
+    first = VectorIndex.load(path)  # memory-maps version 1
+    assert first.version == "v000001"
+    for n in (20, 30, 40):
+        writer.add(np.arange(n - 10, n), vectors[n - 10 : n])
+        writer.save(path)
+    # the current version and the one before it stay; the pointer names the current one
+    assert sorted(p.name for p in versions_dir(path).iterdir()) == [".lock", "v000003", "v000004"]
+    assert os.readlink(path) == "m.versions/v000004/index.faiss" and path.exists()
+    meta = read_meta(path)
+    assert (meta.count, meta.version, meta.previous) == (40, "v000004", "v000003")
+    assert writer.version == "v000004"
+    # version 1's files are gone, yet the reader that mapped them keeps serving that snapshot
+    assert first.count == 10
+    np.testing.assert_array_equal(first.search(vectors[:10], 1)[1], np.arange(10)[:, None])
+    assert first.reload_if_changed() and first.version == "v000004" and first.count == 40
+    np.testing.assert_array_equal(first.search(vectors[30:40], 1)[1], np.arange(30, 40)[:, None])
+
+
+def _old_layout(path: Path, vectors: np.ndarray) -> None:
+    """An index as the two-file layout wrote it: ``m.faiss`` and its ``m.json`` sidecar."""
+    raw = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    raw.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    faiss.write_index(raw, str(path))
+    meta = {"model_name": "m", "dim": DIM, "count": len(vectors), "kind": "flat", "params": {}}
+    meta |= {"watermark": None, "saved_at": "2024-01-01T00:00:00+00:00", "format": 1}
+    sidecar_path(path).write_text(json.dumps(meta))
+
+
+def test_old_two_file_layout_opens_and_the_first_save_migrates_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.faiss"
+    vectors = unit(30, seed=4)
+    _old_layout(path, vectors[:20])
+    (tmp_path / "m.faiss.123.456.tmp").write_bytes(b"left by a crashed old-layout save")
+    reader = VectorIndex.load(path)
+    assert reader.count == 20 and reader.version is None and read_meta(path).version == ""
+    assert reader.reload_if_changed() is False
+    writer = VectorIndex.load(path, mmap=False)
+    writer.add(np.arange(20, 30), vectors[20:])
+    writer.save(path)
+    # one os.replace turned the file into the pointer; the dead sidecar and temp file are gone
+    assert path.is_symlink() and not sidecar_path(path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.faiss", "m.versions"]
+    assert read_meta(path).version == "v000001" and read_meta(path).count == 30
+    assert reader.count == 20  # still the old file's snapshot, unlinked but mapped
+    assert reader.reload_if_changed() and reader.count == 30
+    np.testing.assert_array_equal(reader.search(vectors, 1)[1], np.arange(30)[:, None])
+
+
+def test_old_layout_with_a_mismatched_sidecar_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.faiss"
+    _old_layout(path, unit(5))
+    sidecar = sidecar_path(path)
+    sidecar.write_text(sidecar.read_text().replace('"count": 5', '"count": 4'))
+    with pytest.raises(ValueError, match="index has 5 x 32, metadata says 4 x 32"):
+        VectorIndex.load(path)
+
+
+_CRASHING_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    from indexer import index_versions
+    from indexer.faiss_index import VectorIndex
+    index = VectorIndex.load(sys.argv[1], mmap=False)
+    index.add([999], np.ones((1, index.dim), np.float32) / np.sqrt(index.dim))
+    # killed after the version folder is complete, before the pointer swap
+    index_versions._swap_pointer = lambda *args: os._exit(3)
+    index.save(sys.argv[1])
+    """
+)
+
+
+def test_crash_before_the_pointer_swap_keeps_the_previous_version(tmp_path: Path) -> None:
+    path = tmp_path / "m.faiss"
+    writer = flat()
+    writer.add(np.arange(10), unit(10))
+    writer.save(path)
+    crashed = subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path)], timeout=120)
+    assert crashed.returncode == 3
+    # the crashed writer's version is complete on disk but not committed: nobody sees it
+    orphan = versions_dir(path) / "v000002"
+    assert json.loads((orphan / "meta.json").read_text())["count"] == 11
+    assert read_meta(path).count == 10 and VectorIndex.load(path).count == 10
+    assert 999 not in VectorIndex.load(path)
+    # the next writer commits after it and removes it
+    writer.add([10], unit(1, seed=2))
+    writer.save(path)
+    assert sorted(p.name for p in versions_dir(path).iterdir()) == [".lock", "v000001", "v000003"]
+    assert read_meta(path).previous == "v000001" and VectorIndex.load(path).count == 11
+
+
+_RACE_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from indexer.db.embedding_repo import Watermark
+    from indexer.faiss_index import VectorIndex
+    path, seconds, dim = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    rng = np.random.default_rng(0)
+    def vectors(n):
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex(dim, model_name="race", exact_max_size=10**6, nlist=8, pq_m=8)
+    index.add(np.arange(1000), vectors(1000))
+    index.watermark = Watermark(count=1000, max_id=999, max_updated_at=None)
+    index.save(path)
+    print("ready", flush=True)
+    end, saves = time.monotonic() + seconds, 1
+    while time.monotonic() < end:
+        n = index.count  # version k holds ids 0..n-1 and says so in its metadata
+        index.add([n], vectors(1))
+        index.watermark = Watermark(count=n + 1, max_id=n, max_updated_at=None)
+        index.save(path)
+        saves += 1
+    print(saves, flush=True)
+    """
+)
+
+
+def test_writer_process_saving_while_reader_threads_load_and_search(tmp_path: Path) -> None:
+    """The issue's race (the old two-file save failed here about 10 times a second): a writer
+    process commits a new version as fast as it can while reader threads open the index afresh
+    or reload it and search. Every read must be one committed version, whole: its metadata (the
+    watermark), its vector count and its ids agree."""
+    path, dim, seconds = tmp_path / "race.faiss", 384, 3.0
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _RACE_WRITER, str(path), str(seconds), str(dim)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    errors: list[str] = []
+    reads = [0, 0]
+    stop = threading.Event()
+    query = np.full((1, dim), 1 / np.sqrt(dim), np.float32)
+
+    def check(index: VectorIndex) -> None:
+        n = index.count
+        assert index.watermark is not None and index.watermark.count == n, (index.watermark, n)
+        np.testing.assert_array_equal(index.ids(), np.arange(n))
+        assert index.search(query, 5)[1][0].size == 5
+
+    def reader(slot: int) -> None:
+        index: VectorIndex | None = None
+        seen = 0
+        while not stop.is_set():
+            try:
+                if slot == 0 or index is None:
+                    index = VectorIndex.load(path)  # a process starting
+                else:
+                    index.reload_if_changed()  # the API's long-lived reader
+                assert index.count >= seen, "went back to an older version"
+                seen = index.count
+                check(index)
+                reads[slot] += 1
+            except Exception as exc:  # noqa: BLE001 - counted and reported below
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=reader, args=(i % 2,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    out, _ = writer.communicate(timeout=seconds + 120)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert writer.returncode == 0
+    saves = int(out.strip())
+    assert not errors, (len(errors), errors[:3])
+    assert saves > 10 and min(reads) > 10, (saves, reads)
+    assert read_meta(path).count == 1000 + saves - 1
+    assert len([p for p in versions_dir(path).iterdir() if p.name.startswith("v")]) == 2
 
 
 def test_one_writer_many_reader_threads() -> None:
@@ -406,9 +594,10 @@ def test_damaged_sidecar_is_a_clear_error_and_open_index_rebuilds(
     path = index_path(tmp_path, MODEL)
     with session_scope(db_url) as s:
         open_index(s, MODEL, index_dir=tmp_path)
-    sidecar_path(path).write_text('{"model_name": "x"}')
+    resolve(path).meta.write_text('{"model_name": "x"}')
     with pytest.raises(ValueError, match="incomplete"):
         VectorIndex.load(path)
     with session_scope(db_url) as s:
         again = open_index(s, MODEL, index_dir=tmp_path)
     assert again.count == 10 and read_meta(path).count == 10
+    assert read_meta(path).version == "v000002"  # rebuilt and committed as a new version
