@@ -259,12 +259,17 @@ def display_name(
 
 
 def describe_model(
-    loaded: LoadedModel, name: str | None = None, digest: str | None = None
+    loaded: LoadedModel,
+    name: str | None = None,
+    digest: str | None = None,
+    hash_file: bool = True,
 ) -> ModelDescription:
     """Describe a loaded model (``name``: the name it was asked for; ``digest``: its file's
-    sha256, computed here when the model came from a file and none is given)."""
+    sha256, computed here when the model came from a file and none is given, unless
+    ``hash_file`` is off: a 3 GB checkpoint takes seconds to hash, and only a file of the demo
+    model's size is then hashed to tell whether it is the demo model)."""
     path = loaded.checkpoint
-    if digest is None and path is not None and path.is_file():
+    if digest is None and hash_file and path is not None and path.is_file():
         from ram_pp.pretrained import sha256_file
 
         digest = sha256_file(path)

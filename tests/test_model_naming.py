@@ -5,6 +5,7 @@ archives keep matching their model."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 from indexer.db.session import session_scope
@@ -20,7 +21,7 @@ from ram_pp.factory import (
     resolve_model,
 )
 from tests.api_support import MODEL
-from tests.conftest import GOLDEN
+from tests.conftest import GOLDEN, GOLDEN_IMAGES
 
 pytest_plugins = ["tests.api_support"]
 
@@ -112,3 +113,30 @@ def test_tags_page_with_next_cursor(api_env) -> None:
     assert seen == names  # every tag once, in order
     bad = client.get("/tags?cursor=%%%", headers=keys.read)
     assert bad.status_code == 422 and "next_cursor" in bad.json()["detail"]
+
+
+def _tag(*args: str):
+    from typer.testing import CliRunner
+
+    from api.cli import app, model_notice
+
+    model_notice._announced.clear()  # "once per process": each invocation here is a process
+    return CliRunner().invoke(app, ["tag", *args])
+
+
+def test_ramdex_tag_says_once_that_the_demo_model_is_a_demo(golden_dir) -> None:
+    images = [str(golden_dir / name) for name in GOLDEN_IMAGES]
+    result = _tag(*images, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("demo model: 40 synthetic tags") == 1  # once, for every file
+    assert "not real photographs" in result.stderr and "ramdex models download" in result.stderr
+    records = json.loads(result.stdout)
+    assert len(records) == len(images) and {r["model"] for r in records} == {"ramdex-demo"}
+
+
+def test_ramdex_tag_names_a_custom_checkpoint_and_keeps_quiet(golden_dir) -> None:
+    image = str(golden_dir / GOLDEN_IMAGES[0])
+    result = _tag(image, "--checkpoint", str(golden_dir / "checkpoint.pth"), "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert "demo model" not in result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["model"] == "checkpoint.pth"

@@ -118,8 +118,9 @@ def tag(
     """Tag images. Exit code 0 when every file was tagged, 1 when any failed."""
     from tqdm import tqdm
 
+    from api.cli.model_notice import announce
     from ram_pp.convert import CheckpointError
-    from ram_pp.factory import resolve_model
+    from ram_pp.factory import describe_model, resolve_model
     from ram_pp.inference import FailedImage, TaggingEngine, TagSelection
     from ram_pp.preprocess import DecodeOptions
 
@@ -132,6 +133,8 @@ def tag(
     except (CheckpointError, LookupError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    # The demo model says what it is (stderr, once); JSON records name the model.
+    model_name = announce(describe_model(loaded, name=model, hash_file=False)).name
     engine = TaggingEngine(
         loaded,
         device=device,
@@ -150,6 +153,7 @@ def tag(
                 record: dict[str, Any] = {"path": result.source, "error": result.error}
             else:
                 record = _record(result, lang, all_scores, loaded.vocabulary)
+            record["model"] = model_name
             if output is OutputFormat.jsonl:
                 sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
             elif output is OutputFormat.text:
