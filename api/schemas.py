@@ -210,7 +210,7 @@ class SearchRequest(BaseModel):
     )
     created_after: datetime | None = None
     created_before: datetime | None = None
-    similar_to: int | None = Field(default=None, ge=1, description="asset id")
+    similar_to: int | None = Field(default=None, ge=1, le=2**63 - 1, description="asset id")
     sort: Literal["relevance", "date"] = "relevance"
     limit: int = Field(default=40, ge=1, le=200)
     cursor: Cursor | None = None

@@ -26,6 +26,8 @@ from indexer.db.jobs import Job
 from indexer.models import ModelNotAvailableError
 from indexer.search.errors import (
     AssetNotFoundError,
+    BadImageError,
+    CursorOutOfRangeError,
     InvalidCursorError,
     InvalidQueryError,
     NotIndexedError,
@@ -191,7 +193,11 @@ _PROBLEMS: tuple[tuple[type[Exception], int, str], ...] = (
     (UnknownTagError, 422, "unknown-tag"),
     (AssetNotFoundError, 404, "not-found"),
     (NotIndexedError, 409, "not-indexed"),
-    (InvalidCursorError, 422, "invalid-cursor"),
+    # Out-of-range values are input checked at the edge (422); a cursor that is not ours or
+    # continues another query is a bad request (400), as it always was.
+    (CursorOutOfRangeError, 422, "invalid-cursor"),
+    (InvalidCursorError, 400, "invalid-cursor"),
+    (BadImageError, 422, "bad-image"),
     (InvalidQueryError, 422, "validation"),
 )
 

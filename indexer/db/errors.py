@@ -27,3 +27,12 @@ class UnknownTagError(LookupError):
         shown = ", ".join(repr(n) for n in self.names[:10])
         more = f" and {len(self.names) - 10} more" if len(self.names) > 10 else ""
         super().__init__(f"unknown tag(s) for model {model_name!r}: {shown}{more}")
+
+
+class InvalidCursorError(ValueError):
+    """A paging cursor that is not one of ours (malformed) or belongs to another query."""
+
+
+class CursorOutOfRangeError(InvalidCursorError):
+    """A well-formed cursor whose values are out of range or of the wrong kind (an id past
+    BIGINT, a score that is not a probability, a date cursor of the other database backend)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,10 +27,13 @@ from sqlalchemy.orm import Session
 from indexer.db._sql import table_of
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.base import Real
+from indexer.db.errors import CursorOutOfRangeError, InvalidCursorError
 from indexer.db.tag_repo import resolve_tags
 from indexer.db.tags import AssetTag, Tag
 
 MAX_LIMIT = 1000
+MAX_ID = 2**63 - 1  # assets.id is a BIGINT
+MAX_JULIAN_DAY = 5373484.5  # 9999-12-31, the last day a datetime holds
 _assets = table_of(Asset)
 _asset_tags = table_of(AssetTag)
 
@@ -67,15 +71,48 @@ def _encode_cursor(score: float | None, asset_id: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[float | None, int]:
+def _cursor_fields(cursor: str, what: str) -> dict[str, Any]:
+    """The JSON object inside a cursor.
+
+    Raises:
+        InvalidCursorError: not base64url JSON holding an object.
+    """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        score, asset_id = data["s"], data["i"]
-        if not isinstance(asset_id, int) or not (score is None or isinstance(score, int | float)):
-            raise TypeError
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise ValueError(f"invalid search cursor {cursor[:40]!r}") from exc
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidCursorError(f"invalid search cursor {cursor[:40]!r}{what}") from exc
+    if not isinstance(data, dict):
+        raise InvalidCursorError(f"invalid search cursor {cursor[:40]!r}{what}")
+    return data
+
+
+def _cursor_id(data: dict[str, Any], cursor: str) -> int:
+    """The cursor's asset id, range-checked: an id past BIGINT would overflow in the database."""
+    if "i" not in data:
+        raise InvalidCursorError(f"invalid search cursor {cursor[:40]!r}")
+    asset_id = data["i"]
+    if isinstance(asset_id, bool) or not isinstance(asset_id, int) or not 1 <= asset_id <= MAX_ID:
+        raise CursorOutOfRangeError(f"search cursor asset id out of range 1..{MAX_ID}")
+    return asset_id
+
+
+def _decode_cursor(cursor: str) -> tuple[float | None, int]:
+    """(score, asset id) of a score-ordered cursor; the score is a probability or None.
+
+    Raises:
+        InvalidCursorError: malformed; CursorOutOfRangeError: values out of range.
+    """
+    data = _cursor_fields(cursor, "")
+    if "s" not in data:
+        raise InvalidCursorError(f"invalid search cursor {cursor[:40]!r}")
+    score, asset_id = data["s"], _cursor_id(data, cursor)
+    if score is not None and (
+        isinstance(score, bool)
+        or not isinstance(score, int | float)
+        or not (math.isfinite(score) and 0.0 <= score <= 1.0)
+    ):
+        raise CursorOutOfRangeError("search cursor score must be a probability in [0, 1]")
     return (None if score is None else float(score)), asset_id
 
 
@@ -196,7 +233,7 @@ def search_by_tags(
             session, all_terms, any_tags, none_tags, min_score, filters, limit, cursor, positive
         )
     if after is not None and after[0] is None:
-        raise ValueError("cursor does not belong to a tag query")
+        raise InvalidCursorError("cursor does not belong to a tag query")
     rows = _ranked_rows(
         session,
         rank_tags,
@@ -314,20 +351,36 @@ def _encode_date_cursor(key: Any, asset_id: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_date_cursor(cursor: str) -> tuple[Any, int]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        asset_id = data["i"]
-        if not isinstance(asset_id, int):
-            raise TypeError
-        if isinstance(data.get("us"), int):
-            return _EPOCH + timedelta(microseconds=data["us"]), asset_id
-        if isinstance(data.get("jd"), int | float):
-            return float(data["jd"]), asset_id
-        raise KeyError("us")
-    except (ValueError, KeyError, TypeError, binascii.Error, OverflowError) as exc:
-        raise ValueError(f"invalid search cursor {cursor[:40]!r} for a date-ordered query") from exc
+def _decode_date_cursor(cursor: str, dialect: str) -> tuple[Any, int]:
+    """(date key, asset id) of a date-ordered cursor of this database backend: microseconds
+    since the epoch on PostgreSQL, a Julian day number on SQLite.
+
+    Raises:
+        InvalidCursorError: malformed; CursorOutOfRangeError: values out of range, or the
+            cursor was made by the other backend.
+    """
+    data = _cursor_fields(cursor, " for a date-ordered query")
+    if "us" not in data and "jd" not in data:
+        raise InvalidCursorError(f"invalid search cursor {cursor[:40]!r} for a date-ordered query")
+    asset_id = _cursor_id(data, cursor)
+    kind = "jd" if dialect == "sqlite" else "us"
+    value = data.get(kind)
+    if kind == "us":
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return _EPOCH + timedelta(microseconds=value), asset_id
+            except OverflowError:
+                pass
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value <= MAX_JULIAN_DAY
+    ):
+        return float(value), asset_id
+    raise CursorOutOfRangeError(
+        f"date cursor out of range or made by another database backend (this one is {dialect})"
+    )
 
 
 def _date_page(
@@ -354,7 +407,7 @@ def _date_page(
         _assets.c.status == AssetStatus.DONE.value, *filters, *conditions
     )
     if cursor:
-        at, asset_id = _decode_date_cursor(cursor)
+        at, asset_id = _decode_date_cursor(cursor, session.get_bind().dialect.name)
         bound = sa.literal(at, _assets.c.created_at.type) if isinstance(at, datetime) else at
         # (key, id) < (bound, asset_id), written so that ``key <= bound`` can start the index walk
         stmt = stmt.where(key <= bound, sa.or_(key < bound, _assets.c.id < asset_id))

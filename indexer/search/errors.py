@@ -3,10 +3,17 @@ them to HTTP statuses (``api.services``), the command line to one-line errors (e
 
 from __future__ import annotations
 
-from indexer.db.errors import NotFoundError, UnknownTagError
+from indexer.db.errors import (
+    CursorOutOfRangeError,
+    InvalidCursorError,
+    NotFoundError,
+    UnknownTagError,
+)
 
 __all__ = [
     "AssetNotFoundError",
+    "BadImageError",
+    "CursorOutOfRangeError",
     "InvalidCursorError",
     "InvalidQueryError",
     "NotIndexedError",
@@ -24,8 +31,8 @@ class InvalidQueryError(SearchError):
     range, a concept name that is blank once cleaned, ...)."""
 
 
-class InvalidCursorError(SearchError):
-    """A cursor that is malformed, out of range, or belongs to another query."""
+class BadImageError(SearchError):
+    """The query image cannot be decoded or is too large to use."""
 
 
 class NotIndexedError(SearchError):

@@ -1,0 +1,282 @@
+"""The search service: tag filters, free-text concepts and similar images, ranked and paged one
+way for every caller (the API translates HTTP to it, ``ramdex search`` the command line).
+
+- Tags only: the storage layer's boolean tag search (keyset pages, ranked by tag score, or every
+  match newest first with ``sort="date"``).
+- Free text: scored as an open-set concept over the stored token embeddings; the concept's
+  calibrated threshold comes with the page and each hit says whether it passes it.
+- Similar: FAISS over the stored image embeddings, by cosine similarity.
+
+Concept and similar searches recall at most :data:`~indexer.search.rankings.RECALL` assets by
+relevance; tag, type and date filters then apply to that ranked list; ``sort="date"`` orders the
+recalled assets newest first. Pages of such lists use offset cursors tied to the query, and the
+ranked list is cached for a minute so that paging does not score again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from indexer.db.assets import Asset, AssetSource, AssetStatus
+
+# The storage layer's tag-term SQL is reused so that filters here mean exactly what tag search
+# means: thresholds, min_score, mime prefixes, half-open date range.
+from indexer.db.search import MatchedTag, asset_filters, has_tag_term, matched_tags, search_by_tags
+from indexer.db.tag_repo import resolve_tags
+from indexer.search.cursors import decode_offset, encode_offset, is_offset_cursor, query_digest
+from indexer.search.errors import InvalidCursorError
+from indexer.search.rankings import (
+    RECALL,
+    Ranked,
+    asset_vector,
+    concept_ranking,
+    query_image,
+    similar_ranking,
+)
+from indexer.search.request import QueryImage, Reason, SearchHit, SearchPage, SearchRequest
+
+if TYPE_CHECKING:
+    from indexer.archive import Archive
+    from indexer.db.tags import Tag
+    from ram_pp.preprocess import DecodeOptions
+
+
+@dataclass
+class _Terms:
+    """The request's tag names resolved to the model's tags."""
+
+    all_terms: list[list[Tag]]
+    any_tags: list[Tag]
+    none_tags: list[Tag]
+
+    @property
+    def positive(self) -> list[Tag]:
+        return [t for term in self.all_terms for t in term] + self.any_tags
+
+
+class SearchService:
+    """Searches one archive.
+
+    Args:
+        archive: the archive (database, model, token store, vector index, caches).
+    """
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    def search(self, req: SearchRequest, session: Session | None = None) -> SearchPage:
+        """One page of results (blocking: the model may run).
+
+        Args:
+            req: the search.
+            session: a database session to use (default: one of the archive's, for this call).
+
+        Raises:
+            UnknownTagError: a tag name matches no tag of the model (``names`` lists them).
+            InvalidCursorError: a cursor that is malformed or of another query
+                (:class:`CursorOutOfRangeError`: well-formed but out of range).
+            InvalidQueryError: the text makes no concept.
+            AssetNotFoundError, NotIndexedError: ``similar_to`` names no usable asset.
+            ModelNotAvailableError, TextEncoderNotAvailableError: the model cannot run here.
+        """
+        with self._session(session) as db:
+            return self._search(db, req)
+
+    def query_image(self, data: bytes, options: DecodeOptions | None = None) -> QueryImage:
+        """Encode a query image for ``SearchRequest(image=...)`` (see
+        :func:`indexer.search.rankings.query_image`)."""
+        return query_image(self.archive, data, options)
+
+    @contextmanager
+    def _session(self, session: Session | None) -> Iterator[Session]:
+        if session is not None:
+            yield session
+            return
+        with self.archive.sessions() as own:
+            yield own
+
+    def _search(self, session: Session, req: SearchRequest) -> SearchPage:
+        archive = self.archive
+        model_id = archive.model_id()
+        pending = archive.pending_reindex(session, model_id)
+
+        if not req.text and not req.similar:  # the storage layer resolves the tag names itself
+            hits, next_cursor = self._tag_page(session, model_id, req)
+            return SearchPage(hits, next_cursor, model_id, pending)
+
+        terms = _resolve(session, model_id, req)
+        ranked = self._ranking(session, model_id, req)
+        ranked = _filter(session, ranked, terms, req)
+        image_digest = req.image.digest if req.image is not None else ""
+        digest = query_digest(req, f"{model_id}|{image_digest}")
+        hits, next_cursor = _ranked_page(session, ranked, terms, req, digest)
+        threshold = ranked.threshold if ranked.kind == "concept" else None
+        return SearchPage(hits, next_cursor, model_id, pending, threshold)
+
+    def _ranking(self, session: Session, model_id: str, req: SearchRequest) -> Ranked:
+        """The request's relevance ranking, from the cache when it was built a moment ago."""
+        archive = self.archive
+        cache = archive.cache("rankings")
+        if req.text:
+            text = req.text
+            return cache.get_or_build(
+                f"concept|{model_id}|{text}", lambda: concept_ranking(archive, text)
+            )
+        if req.image is not None:
+            image = req.image
+            return cache.get_or_build(
+                f"image|{model_id}|{image.digest}",
+                lambda: similar_ranking(archive, image.vector, "query image"),
+            )
+        target = int(req.similar_to)  # type: ignore[arg-type]
+        vector = asset_vector(session, target)
+        return cache.get_or_build(
+            f"asset|{model_id}|{target}",
+            lambda: similar_ranking(archive, vector, f"asset {target}", exclude=target),
+        )
+
+    def _tag_page(
+        self, session: Session, model_id: str, req: SearchRequest
+    ) -> tuple[list[SearchHit], str | None]:
+        if req.cursor and is_offset_cursor(req.cursor):
+            raise InvalidCursorError("the cursor belongs to another query")
+        page = search_by_tags(
+            session,
+            model_name=model_id,
+            all_=req.all,
+            any_=req.any,
+            none=req.none,
+            min_score=req.min_score,
+            mime=req.mime or None,
+            since=req.created_after,
+            until=req.created_before,
+            limit=req.limit,
+            cursor=req.cursor,
+            order="date" if req.sort == "date" else "score",
+        )
+        facts = asset_facts(session, [h.asset_id for h in page.hits])
+        hits = [
+            _hit(facts[h.asset_id], h.score, _tag_reasons(h.tags))
+            for h in page.hits
+            if h.asset_id in facts  # deleted meanwhile
+        ]
+        return hits, page.next_cursor
+
+
+def asset_facts(session: Session, ids: Sequence[int]) -> dict[int, Any]:
+    """Status, type, size, creation time and first source of assets (no thumbnails or
+    embeddings loaded), by id; missing ids are left out."""
+    if not ids:
+        return {}
+    first_source = (
+        sa.select(AssetSource.uri)
+        .where(AssetSource.asset_id == Asset.id)
+        .order_by(AssetSource.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    cols = (Asset.id, Asset.status, Asset.mime, Asset.width, Asset.height, Asset.created_at)
+    rows = session.execute(
+        sa.select(*cols, first_source.label("source")).where(Asset.id.in_(list(ids)))
+    )
+    return {int(r.id): r for r in rows}
+
+
+def _hit(row: Any, score: float | None, reasons: Sequence[Reason]) -> SearchHit:
+    return SearchHit(
+        asset_id=int(row.id),
+        score=score,
+        reasons=tuple(reasons),
+        source=row.source,
+        status=row.status,
+        mime=row.mime,
+        width=row.width,
+        height=row.height,
+        created_at=row.created_at,
+    )
+
+
+def _resolve(session: Session, model_id: str, req: SearchRequest) -> _Terms:
+    names = list(req.tags)
+    resolved = resolve_tags(session, model_id, names) if names else {}
+    return _Terms(
+        [resolved[n] for n in req.all],
+        [t for n in req.any for t in resolved[n]],
+        [t for n in req.none for t in resolved[n]],
+    )
+
+
+def _filter(session: Session, ranked: Ranked, terms: _Terms, req: SearchRequest) -> Ranked:
+    """Keep the ranked assets that pass the tag, type and date filters (order kept).
+
+    Without filters the list is kept as it is: it comes from the index of done assets, and
+    assets deleted since are dropped when the page is read.
+    """
+    if not (req.tags or req.mime or req.created_after or req.created_before):
+        return ranked
+    ids = Asset.__table__.c.id
+    conditions = asset_filters(req.mime or None, req.created_after, req.created_before)
+    for term in terms.all_terms:
+        conditions.append(has_tag_term(ids, term, req.min_score))
+    if terms.any_tags:
+        conditions.append(has_tag_term(ids, terms.any_tags, req.min_score))
+    if terms.none_tags:
+        conditions.append(~has_tag_term(ids, terms.none_tags, req.min_score))
+    conditions.append(Asset.__table__.c.status == AssetStatus.DONE.value)
+    stmt = sa.select(ids).where(ids.in_(ranked.ids.tolist()), *conditions)
+    allowed = np.fromiter((int(i) for i in session.execute(stmt).scalars()), np.int64)
+    return ranked.keep(np.isin(ranked.ids, allowed))
+
+
+def _by_date(session: Session, ids: np.ndarray) -> np.ndarray:
+    """Positions of ``ids`` ordered newest first (ties: higher id first); ids deleted since
+    the ranking was built go last."""
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    created = dict(
+        session.execute(
+            sa.select(Asset.id, Asset.created_at).where(Asset.id.in_(ids.tolist()))
+        ).all()
+    )
+    present = [i for i in range(len(ids)) if int(ids[i]) in created]
+    gone = [i for i in range(len(ids)) if int(ids[i]) not in created]
+    present.sort(key=lambda i: (created[int(ids[i])], int(ids[i])), reverse=True)
+    return np.array(present + gone, dtype=np.int64)
+
+
+def _tag_reasons(matched: Sequence[MatchedTag]) -> list[Reason]:
+    return [Reason("tag", m.english, m.score, name_zh=m.chinese) for m in matched]
+
+
+def _ranked_page(
+    session: Session, ranked: Ranked, terms: _Terms, req: SearchRequest, digest: str
+) -> tuple[list[SearchHit], str | None]:
+    order = _by_date(session, ranked.ids) if req.sort == "date" else np.arange(len(ranked.ids))
+    offset = decode_offset(req.cursor, digest, RECALL) if req.cursor else 0
+    chosen = order[offset : offset + req.limit]
+    ids = [int(ranked.ids[i]) for i in chosen]
+    facts = asset_facts(session, ids)
+    matched = matched_tags(session, ids, terms.positive, req.min_score)
+    hits = []
+    for i in chosen:
+        asset_id, score = int(ranked.ids[i]), float(ranked.scores[i])
+        if asset_id not in facts:
+            continue  # deleted since the ranking was cached
+        threshold = ranked.threshold
+        reason = Reason(
+            ranked.kind,  # type: ignore[arg-type]
+            ranked.name,
+            score,
+            above_threshold=None if threshold is None else score > threshold,
+        )
+        tags = _tag_reasons(matched.get(asset_id, ()))
+        hits.append(_hit(facts[asset_id], score, [reason, *tags]))
+    end = offset + req.limit
+    return hits, encode_offset(end, digest) if end < len(order) else None
