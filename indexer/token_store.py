@@ -23,7 +23,11 @@ Concurrency: any number of readers (processes or threads); writers serialise on 
 ``fcntl.flock`` of ``LOCK`` and always re-read the manifest under the lock, so several writer
 processes are safe, one at a time. Readers see a consistent snapshot (the manifest they loaded);
 :meth:`TokenStore.refresh` picks up later commits. Shards are read through ``numpy.memmap``, so
-streaming over the whole store needs memory for one chunk, not for N assets.
+streaming over the whole store needs memory for one chunk, not for N assets. The manifest is the
+one commit point: files it names never change after it is published (record bytes below a
+shard's committed count, id files of a generation), so a writer process appending, tombstoning
+and compacting while readers read never shows them a torn state (tested with a racing writer
+process; compaction removes files that readers keep reading through their open maps).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -416,13 +421,15 @@ class TokenStore:
             self._write_manifest(manifest)
 
     def _load(self) -> _Snapshot:
-        for attempt in range(5):
+        for attempt in range(8):
             try:
                 return self._load_once()
             except FileNotFoundError:
-                # A writer committed and removed the files of the manifest just read: re-read.
-                if attempt == 4:
+                # A writer committed and removed the files of the manifest just read: re-read,
+                # after a pause that lets a writer committing again right away finish.
+                if attempt == 7:
                     raise
+                time.sleep(0.001 * 2**attempt)
         raise AssertionError("unreachable")
 
     def _load_once(self) -> _Snapshot:

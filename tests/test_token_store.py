@@ -1,10 +1,12 @@
-"""Token store: formats, shards, deletes and compaction, crash safety, concurrent writers."""
+"""Token store: formats, shards, deletes and compaction, crash safety, concurrent writers, and a
+writer process committing while reader threads read."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -176,3 +178,92 @@ def test_concurrent_writer_processes(tmp_path):
     got = store.get(want)
     np.testing.assert_array_equal(got[:, 0, 0], want.astype(np.float16).astype(np.float32))
     assert (got == got[:, :1, :1]).all()
+
+
+_RACE_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from indexer.token_store import TokenStore
+    path, seconds, tokens, dim = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    store = TokenStore(path, tokens=tokens, dim=dim, shard_bytes=40 * tokens * dim * 2)
+    def records(ids):
+        return np.broadcast_to((ids % 1000)[:, None, None], (len(ids), tokens, dim)).astype(float)
+    # every commit leaves the ids lo..hi-1 stored, each record filled with its id (mod 1000)
+    lo, hi = 0, 50
+    store.add(np.arange(lo, hi), records(np.arange(lo, hi)))
+    print("ready", flush=True)
+    rng, end, commits = np.random.default_rng(1), time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        roll = rng.random()
+        if roll < 0.4:  # append
+            ids = np.arange(hi, hi + 7)
+            store.add(ids, records(ids))
+            hi += 7
+        elif roll < 0.6:  # tombstones
+            store.delete(np.arange(lo, lo + 5))
+            lo += 5
+        elif roll < 0.8:  # a redelivered batch rewrites stored assets
+            ids = rng.choice(np.arange(lo, hi), size=4, replace=False)
+            store.add(ids, records(ids))
+        else:  # rewrites the shards readers have mapped and removes their files
+            store.compact()
+        commits += 1
+    print(commits, flush=True)
+    """
+)
+
+
+def test_writer_process_commits_while_reader_threads_read(tmp_path):
+    """A writer process appends, replaces, tombstones and compacts as fast as it commits while
+    reader threads open the store afresh or refresh it and read every record (``get`` and
+    ``iter_chunks``). Each read must be one whole committed state: a contiguous id range whose
+    records all hold their own id, never an error."""
+    path = tmp_path / "s"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _RACE_WRITER, str(path), "3.0", str(T), str(C)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    errors: list[str] = []
+    reads = [0, 0]
+    stop = threading.Event()
+
+    def check(store: TokenStore) -> None:
+        ids = store.ids()
+        assert ids.size and np.array_equal(ids, np.arange(ids[0], ids[0] + ids.size)), ids
+        assert (store.get(ids) == (ids % 1000)[:, None, None]).all(), "get read a wrong record"
+        streamed = 0
+        for chunk_ids, chunk in store.iter_chunks(chunk_size=16):
+            assert (chunk == (chunk_ids % 1000)[:, None, None]).all(), "chunk read wrong records"
+            streamed += len(chunk_ids)
+        assert streamed == ids.size
+
+    def reader(slot: int) -> None:
+        store: TokenStore | None = None
+        while not stop.is_set():
+            try:
+                if slot == 0 or store is None:
+                    store = TokenStore(path, read_only=True)
+                else:
+                    store.refresh()
+                check(store)
+                reads[slot] += 1
+            except Exception as exc:  # noqa: BLE001 - counted and reported below
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=reader, args=(i % 2,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    out, _ = writer.communicate(timeout=120)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert writer.returncode == 0
+    commits = int(out.strip())
+    assert not errors, (len(errors), errors[:3])
+    assert commits > 10 and min(reads) > 10, (commits, reads)
+    final = TokenStore(path, read_only=True)
+    check(final)
+    assert final.stats()["shards"] >= 1
