@@ -140,3 +140,13 @@ def test_ramdex_tag_names_a_custom_checkpoint_and_keeps_quiet(golden_dir) -> Non
     assert result.exit_code == 0, result.output
     assert "demo model" not in result.stderr
     assert json.loads(result.stdout.splitlines()[0])["model"] == "checkpoint.pth"
+
+
+def test_the_demo_archive_opens_with_default_settings(tmp_path) -> None:
+    """`ramdex demo` stores its assets under the id that `ramdex serve` with nothing configured
+    looks for (the demo tells the user to open it that way)."""
+    from api.cli.demo import demo_settings
+
+    home = tmp_path / "demo-home"
+    assert configured_model_id(demo_settings(home)) == configured_model_id(_settings(tmp_path))
+    assert describe_configured_model(demo_settings(home)).name == "ramdex-demo"

@@ -78,17 +78,27 @@ def demo(
     _run_demo(home.resolve(), images, top)
 
 
-def _run_demo(home: Path, n_images: int, top: int) -> None:
-    from indexer.ingest import ingest
+def demo_settings(home: Path) -> Any:
+    """The demo's settings: embedded database and tasks under ``home``, the default model (the
+    bundled demo model, stored under the same id ``ramdex serve`` uses with nothing configured,
+    so ``RAMDEX_HOME=home ramdex serve`` finds the demo's tags)."""
     from indexer.settings import BrokerSettings, DatabaseSettings, ModelSettings, Settings
-    from ram_pp.synth import SynthSpec, heldout_concepts, write_dataset
 
-    settings = Settings(
+    return Settings(
         home=home,
         database=DatabaseSettings(url=""),  # embedded: a SQLite file under home
         broker=BrokerSettings(url=""),  # embedded: tasks run in this process
-        model=ModelSettings(name="demo", device="cpu"),
+        model=ModelSettings(device="cpu"),
     )
+
+
+def _run_demo(home: Path, n_images: int, top: int) -> None:
+    from api.cli.model_notice import announce_configured
+    from indexer.ingest import ingest
+    from ram_pp.synth import SynthSpec, heldout_concepts, write_dataset
+
+    settings = demo_settings(home)
+    announce_configured(settings)
     samples = home / "samples"
     if not (samples / "manifest.json").is_file():
         typer.echo(f"generating {n_images} sample images in {samples} ...")
@@ -104,16 +114,15 @@ def _run_demo(home: Path, n_images: int, top: int) -> None:
     names = _asset_names(settings)
 
     from indexer.archive import Archive
+    from indexer.search import SearchService
 
-    services = Archive(settings)
-    try:
-        _tag_search(services, names, truth, top)
-        _similar_search(services, names, truth, top)
+    with Archive(settings) as archive:
+        service = SearchService(archive)
+        _tag_search(service, truth, top)
+        _similar_search(service, names, truth, top)
         for concept in heldout_concepts():
             if concept.name in DEMO_CONCEPTS:
-                _concept_search(services, names, samples, concept, top)
-    finally:
-        services.close()
+                _concept_search(service, samples, concept, top)
     typer.echo(
         f"\nEverything is in {home}; `RAMDEX_HOME={home} ramdex serve` opens it in a browser."
     )
@@ -130,47 +139,43 @@ def _asset_names(settings: Any) -> dict[int, str]:
     return {asset_id: Path(uri).name for asset_id, uri in sorted(rows, reverse=True)}
 
 
-def _tag_search(services: Any, names: dict[int, str], truth: dict[str, set[str]], top: int) -> None:
-    from indexer.db import search_by_tags
+def _name(hit: Any) -> str:
+    """The sample file name of a search hit (its source path)."""
+    return Path(hit.source).name
 
-    with services.sessions() as session:
-        page = search_by_tags(session, model_name=services.model_id(), all_=[DEMO_TAG], limit=top)
-    hits = [(names[h.asset_id], h.score, DEMO_TAG in truth[names[h.asset_id]]) for h in page.hits]
+
+def _tag_search(service: Any, truth: dict[str, set[str]], top: int) -> None:
+    from indexer.search import SearchRequest
+
+    page = service.search(SearchRequest(all=[DEMO_TAG], limit=top))
+    hits = [(_name(h), h.score, DEMO_TAG in truth[_name(h)]) for h in page.hits]
     in_archive = sum(DEMO_TAG in tags for tags in truth.values())
     _print_hits(f"Tag search '{DEMO_TAG}'", hits, DEMO_TAG, in_archive)
 
 
 def _similar_search(
-    services: Any, names: dict[int, str], truth: dict[str, set[str]], top: int
+    service: Any, names: dict[int, str], truth: dict[str, set[str]], top: int
 ) -> None:
-    from api.search import asset_vector, similar_ranking
+    from indexer.search import SearchRequest
 
     query_id = min(names)
     query_name = names[query_id]
-    with services.sessions() as session:
-        vector = asset_vector(session, query_id)
-    ranked = similar_ranking(services, vector, query_name, exclude=query_id)
+    page = service.search(SearchRequest(similar_to=query_id, limit=top))
     shared = truth[query_name]
     typer.echo(f"\nSimilar to {query_name} (tags: {', '.join(sorted(shared))})")
-    for asset_id, score in list(zip(ranked.ids, ranked.scores, strict=True))[:top]:
-        other = truth[names[int(asset_id)]]
+    for hit in page.hits:
+        other = truth[_name(hit)]
         overlap = len(shared & other) / max(1, len(shared | other))
-        typer.echo(f"  {names[int(asset_id)]}  cosine {score:.3f}  tag overlap {overlap:.0%}")
+        typer.echo(f"  {_name(hit)}  cosine {hit.score:.3f}  tag overlap {overlap:.0%}")
 
 
-def _concept_search(
-    services: Any, names: dict[int, str], samples: Path, concept: Any, top: int
-) -> None:
-    from ram_pp.concepts import encode_concepts, make_concept
+def _concept_search(service: Any, samples: Path, concept: Any, top: int) -> None:
+    from indexer.search import SearchRequest
 
     truth = _truth(samples / "heldout_test.txt")
-    described = make_concept(concept.name, concept.descriptions, use_templates=False)
-    bank = encode_concepts([described], services.text_encoder())
-    result = services.searcher().search(bank, names=[concept.name], top_k=top, mode="exhaustive")[0]
-    hits = [
-        (names[int(i)], float(s), concept.name in truth[names[int(i)]])
-        for i, s in zip(result.ids, result.scores, strict=True)
-    ]
+    request = SearchRequest(text=concept.name, descriptions=concept.descriptions, limit=top)
+    page = service.search(request)
+    hits = [(_name(h), float(h.score), concept.name in truth[_name(h)]) for h in page.hits]
     typer.echo(f"\nA concept the model never saw: '{concept.name}' ({concept.descriptions[0]})")
     in_archive = sum(concept.name in present for present in truth.values())
     _print_hits(f"Open-set search '{concept.name}'", hits, concept.name, in_archive)
