@@ -34,6 +34,7 @@ def query_digest(req: SearchRequest, extra: str) -> str:
         name: plain(getattr(req, name))
         for name in (
             "text",
+            "descriptions",
             "all",
             "any",
             "none",

@@ -9,6 +9,7 @@ similarity, best first, at most :data:`RECALL` of them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,8 +58,11 @@ class Ranked:
         return Ranked(self.ids[mask], self.scores[mask], self.kind, self.name, self.threshold)
 
 
-def concept_ranking(archive: Archive, text: str) -> Ranked:
+def concept_ranking(archive: Archive, text: str, descriptions: Sequence[str] = ()) -> Ranked:
     """Assets ranked by the free-text concept's RAM++ probability (two-stage search).
+
+    The concept is ``text`` described by ``descriptions``, or by the prompt templates when
+    there are none (as a concept's backfill builds it).
 
     Raises:
         InvalidQueryError: the text makes no concept (blank once cleaned).
@@ -71,12 +75,13 @@ def concept_ranking(archive: Archive, text: str) -> Ranked:
         empty = np.zeros(0, np.int64), np.zeros(0, np.float32)
         return Ranked(*empty, "concept", text, CONCEPT_THRESHOLD)
     try:
-        concept = make_concept(text)
+        concept = make_concept(text, descriptions, use_templates=not descriptions)
     except ValueError as exc:
         raise InvalidQueryError(str(exc)) from exc
     with archive.timer("encode_text"):
         bank = archive.cache("banks").get_or_build(
-            concept.name, lambda: encode_concepts([concept], archive.text_encoder())
+            "|".join((concept.name, *concept.descriptions)),
+            lambda: encode_concepts([concept], archive.text_encoder()),
         )
     searcher = archive.searcher()
     mode: Mode = "exhaustive" if len(store) <= searcher.shortlist else "two_stage"

@@ -41,6 +41,9 @@ class SearchRequest:
 
     Attributes:
         text: free-text concept (retroactive search), e.g. ``"navy"`` or ``"a red kite"``.
+        descriptions: how the concept looks ("navy, a dark deep blue colour"); RAM++ scores an
+            open-set concept by its descriptions. Without them, prompt templates filled with
+            ``text`` stand in (as a concept's backfill does).
         all: tags every hit must have.
         any: tags of which every hit must have at least one.
         none: tags no hit may have.
@@ -59,6 +62,7 @@ class SearchRequest:
     """
 
     text: str | None = None
+    descriptions: Sequence[str] = ()
     all: Sequence[str] = ()
     any: Sequence[str] = ()
     none: Sequence[str] = ()
@@ -73,7 +77,7 @@ class SearchRequest:
     created_before: datetime | None = None
 
     def __post_init__(self) -> None:
-        for name in ("all", "any", "none", "mime"):
+        for name in ("descriptions", "all", "any", "none", "mime"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         text = self.text.strip() if self.text is not None else None
         object.__setattr__(self, "text", text or None)
@@ -87,6 +91,8 @@ class SearchRequest:
             raise InvalidQueryError(f"similar_to must be an asset id in 1..{MAX_ASSET_ID}")
         if self.similar_to is not None and self.image is not None:
             raise InvalidQueryError("give either an asset or an image to search similar to")
+        if self.descriptions and not self.text:
+            raise InvalidQueryError("descriptions describe a text concept: give the text too")
         if self.text and self.similar:
             raise InvalidQueryError("give either text or a similar image, not both")
         if self.min_score is not None and not (

@@ -125,9 +125,10 @@ class SearchService:
         archive = self.archive
         cache = archive.cache("rankings")
         if req.text:
-            text = req.text
+            text, described = req.text, req.descriptions
             return cache.get_or_build(
-                f"concept|{model_id}|{text}", lambda: concept_ranking(archive, text)
+                "|".join(("concept", model_id, text, *described)),
+                lambda: concept_ranking(archive, text, described),
             )
         if req.image is not None:
             image = req.image
