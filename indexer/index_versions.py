@@ -98,12 +98,12 @@ def _pointed_version(path: Path) -> str | None:
         if not path.exists():  # neither a link nor a file (a dangling link counts as missing)
             raise FileNotFoundError(f"no FAISS index at {path}") from exc
         return None  # a regular file: the old layout
-    parts = Path(target).parts
+    parts = target.split("/")  # checked on every search (reload_if_changed): no Path objects
     if (
         len(parts) == 3
-        and parts[0] == versions_dir(path).name
-        and _VERSION_RE.fullmatch(parts[1])
         and parts[2] == INDEX_FILE
+        and parts[0] == path.stem + VERSIONS_SUFFIX
+        and _VERSION_RE.fullmatch(parts[1])
     ):
         return parts[1]
     return None  # a symlink of the user's own (e.g. to another disk): treat as an old-layout file
