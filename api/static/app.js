@@ -60,6 +60,30 @@ function percent(job) {
   return job.total ? Math.round((100 * job.done) / job.total) : job.status === "done" ? 100 : 0;
 }
 
+// ---------- the model ----------
+// Readiness needs no key, so the page names the model (and warns about the demo model) before
+// a key is entered. A 503 (not ready) still carries the model.
+function showText(el, text) {
+  // Text in `backticks` becomes <code>, as in the server's messages; never HTML.
+  el.replaceChildren();
+  text.split("`").forEach((part, i) => {
+    if (i % 2) { const code = document.createElement("code"); code.textContent = part; el.append(code); }
+    else el.append(part);
+  });
+}
+
+async function showModel() {
+  try {
+    const response = await fetch("/readyz");
+    const model = (await response.json()).model;
+    if (!model) return;
+    $("model-name").textContent = `model: ${model.name}${model.digest ? ` (${model.digest})` : ""}`;
+    const banner = $("model-banner");
+    banner.hidden = !model.notice;
+    if (model.notice) showText(banner, model.notice.replace(/^demo model/, "Demo model"));
+  } catch { /* the server is unreachable: the key check says so */ }
+}
+
 // ---------- API key ----------
 async function checkKey() {
   const status = $("key-status");
@@ -67,10 +91,12 @@ async function checkKey() {
     const me = await api("/me");
     status.textContent = `${me.name}: ${me.scopes.join(", ")}`;
     status.className = "ok";
+    $("key-hint").hidden = true;
     return true;
   } catch (error) {
     status.textContent = state.key ? `key refused (${error.message})` : "enter an API key";
     status.className = "error";
+    $("key-hint").hidden = false;
     return false;
   }
 }
@@ -236,6 +262,12 @@ $("search-form").addEventListener("submit", (event) => { event.preventDefault();
 $("more").addEventListener("click", () => runSearch(true));
 
 // ---------- asset detail ----------
+function modelLabel(asset) {
+  if (!asset.model) return "—";
+  const digest = (asset.model_id || "").split("@")[1];
+  return digest ? `${asset.model} (${digest})` : asset.model;
+}
+
 async function openDetail(id) {
   const dialog = $("detail");
   try {
@@ -247,7 +279,7 @@ async function openDetail(id) {
     const rows = [
       ["id", asset.id], ["status", asset.status + (asset.error ? ` (${asset.error})` : "")],
       ["type", asset.mime || "?"], ["size", `${asset.width || "?"}×${asset.height || "?"}, ${asset.bytes} bytes`],
-      ["model", asset.model || "—"], ["sources", asset.sources.map((s) => s.uri).join("\n")],
+      ["model", modelLabel(asset)], ["sources", asset.sources.map((s) => s.uri).join("\n")],
     ];
     for (const [k, v] of rows) {
       const dt = document.createElement("dt"); dt.textContent = k;
@@ -374,4 +406,5 @@ $("concept-form").addEventListener("submit", async (event) => {
 
 // ---------- start ----------
 $("api-key").value = state.key;
+showModel();
 checkKey().then((ok) => { if (ok) { refreshConcepts(); runSearch(); } });
