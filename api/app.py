@@ -15,13 +15,15 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp
 
-from api.metrics import LatencyMiddleware, Metrics
+from api.hardening import KeepConnectionAfterErrors, SecurityHeaders
+from api.metrics import LatencyMiddleware, Metrics, start_metrics_listener
 from api.problems import (
     PROBLEM_MEDIA_TYPE,
     PlainErrorsAsProblems,
     Problem,
     install_problem_handlers,
 )
+from api.ratelimit import AuthThrottle, CostlySlots
 from api.routers import assets, concepts, health, jobs, search, tags
 from api.services import Services, install_indexer_error_handlers
 from indexer.settings import Settings, get_settings
@@ -31,10 +33,10 @@ STATIC_DIR = resources.files("api") / "static"
 
 class _RamdexAPI(FastAPI):
     """FastAPI with :class:`PlainErrorsAsProblems` outside everything, the body limiter included
-    (user middleware sits inside it)."""
+    (user middleware sits inside it), and :class:`KeepConnectionAfterErrors` just inside it."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return PlainErrorsAsProblems(super().build_middleware_stack())
+        return PlainErrorsAsProblems(KeepConnectionAfterErrors(super().build_middleware_stack()))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,9 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await run_in_threadpool(Services, settings, metrics)
         app.state.services = services
+        listener = None
         try:
+            if settings.api.metrics_access == "bind":
+                listener = start_metrics_listener(metrics, settings.api.metrics_bind)
             yield
         finally:
+            if listener is not None:
+                listener.shutdown()
+                listener.server_close()
             await run_in_threadpool(services.close)
 
     app = _RamdexAPI(
@@ -65,8 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_indexer_error_handlers(app)
+    api = settings.api
+    app.state.auth_throttle = AuthThrottle(api.auth_failure_limit, api.rate_limit_storage)
+    app.state.costly_slots = CostlySlots(api.costly_searches_per_key)
     for router in (
-        health.router,
+        health.build_router(settings),
         assets.build_router(settings),
         search.build_router(settings),
         concepts.router,
@@ -85,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Retry-After", "Location"],
         )
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
 

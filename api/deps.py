@@ -56,6 +56,7 @@ def _unauthorized(detail: str) -> ProblemError:
 
 
 def get_principal(
+    request: Request,
     services: ServicesDep,
     session: SessionDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
@@ -64,15 +65,22 @@ def get_principal(
     """Who is calling. With ``api.require_auth`` off, everyone is an anonymous admin.
 
     Raises:
-        ProblemError: 401 when no key is given or the key is unknown, wrong or revoked.
+        ProblemError: 401 when no key is given or the key is unknown, wrong or revoked; 429
+            when this client address failed too often lately (checked before the key is).
     """
     if not services.settings.api.require_auth:
         return ANONYMOUS_ADMIN
+    throttle = getattr(request.app.state, "auth_throttle", None)
+    client = request.client.host if request.client else None
+    if throttle is not None:
+        throttle.check(client)
     token = bearer.credentials if bearer is not None else header_key
     if not token:
         raise _unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
     principal = verify_token(session, token)
     if principal is None:
+        if throttle is not None:
+            throttle.failed(client)
         raise _unauthorized("the API key is unknown, wrong or revoked")
     return principal
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +20,7 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -113,6 +115,33 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port).
+
+    Raises:
+        ValueError: not of that shape, or the port is not 1-65535.
+    """
+    host, sep, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"api.metrics_bind must be host:port, not {bind!r}")
+    return host, int(port)
+
+
+def start_metrics_listener(metrics: Metrics, bind: str) -> WSGIServer:
+    """Serve ``metrics`` on their own address (``api.metrics_access=bind``) in a daemon thread;
+    call ``shutdown()`` and ``server_close()`` on the result to stop it.
+
+    Raises:
+        ValueError: a malformed ``bind``.
+        OSError: the address cannot be bound (in use, not local).
+    """
+    host, port = parse_bind(bind)
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    log.info("metrics served on %s", bind)
+    return server
 
 
 class LatencyMiddleware:

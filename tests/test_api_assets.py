@@ -136,7 +136,7 @@ def test_delete_removes_the_asset_everywhere(archive, wait_job) -> None:
     assert not any(p.exists() for p in media_files)
 
 
-def test_register_server_paths_is_admin_only(archive, wait_job, tmp_path) -> None:
+def test_register_server_paths_is_admin_only(archive, wait_job, tmp_path, monkeypatch) -> None:
     folder = tmp_path / "incoming"
     write_images(folder, 2, size=(50, 40), start=500)
     c, k = archive.client, archive.keys
@@ -152,6 +152,8 @@ def test_register_server_paths_is_admin_only(archive, wait_job, tmp_path) -> Non
         ).status_code
         == 422
     )
+    # Server paths only inside storage.allowed_roots (tests/test_api_hardening.py goes further).
+    monkeypatch.setattr(archive.settings.storage, "allowed_roots", [tmp_path])
     reply = c.post("/assets/register", json=body, headers=k.admin)
     assert reply.status_code == 202, reply.text
     job = wait_job(c, k.read, reply.json()["job"]["id"])
@@ -312,7 +314,7 @@ def test_with_a_broker_uploads_become_model_tasks_and_queue_depth_is_reported(
             assert reply.status_code == 202, reply.text
             assert reply.json()["job"]["status"] in ("pending", "running")
             assert client.get("/readyz").json()["checks"]["broker"]["detail"] == "redis"
-            metrics = client.get("/metrics").text
+            metrics = client.get("/metrics", headers=keys.read).text
             assert f'ramdex_queue_depth{{queue="{settings.broker.model_queue}"}} 1.0' in metrics
             assert f'ramdex_queue_depth{{queue="{settings.broker.default_queue}"}} 0.0' in metrics
             message = json.loads(client_redis.lindex(settings.broker.model_queue, 0))

@@ -79,7 +79,7 @@ def test_readyz_reports_embeddings_without_an_index(archive) -> None:
 def test_metrics_expose_request_latency_by_route(api_env) -> None:
     client, keys, _ = api_env
     client.get("/jobs/12345", headers=keys.read)
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=keys.read).text
     assert re.search(
         r'ramdex_http_request_duration_seconds_count\{method="GET",route="/jobs/\{job_id\}",'
         r'status="404"\} [1-9]',
@@ -93,7 +93,7 @@ def test_metrics_expose_request_latency_by_route(api_env) -> None:
 def test_archive_gauges_are_counted_once_per_cache_period(api_env, monkeypatch) -> None:
     from api.metrics import ArchiveStats
 
-    client, _, settings = api_env
+    client, keys, settings = api_env
     services = client.app.state.services
     counts = []
 
@@ -105,15 +105,15 @@ def test_archive_gauges_are_counted_once_per_cache_period(api_env, monkeypatch) 
     monkeypatch.setattr(services, "_stats", None)
     monkeypatch.setattr(settings.api, "metrics_cache_s", 3600.0)
     for _ in range(3):
-        assert 'ramdex_assets{status="done"} 1.0' in client.get("/metrics").text
+        assert 'ramdex_assets{status="done"} 1.0' in client.get("/metrics", headers=keys.read).text
     monkeypatch.setattr(settings.api, "metrics_cache_s", 0.0)
-    assert 'ramdex_assets{status="done"} 2.0' in client.get("/metrics").text
+    assert 'ramdex_assets{status="done"} 2.0' in client.get("/metrics", headers=keys.read).text
 
 
 def test_every_data_route_needs_a_key(api_env) -> None:
     client, _, _ = api_env
     openapi = client.get("/openapi.json").json()
-    open_paths = {"/healthz", "/readyz", "/metrics"}
+    open_paths = {"/healthz", "/readyz"}  # /metrics needs a key too (api.metrics_access=key)
     checked = 0
     for path, item in openapi["paths"].items():
         if path in open_paths:

@@ -259,6 +259,6 @@ def test_sort_by_date_orders_the_recalled_assets_newest_first(archive) -> None:
 
 def test_search_reports_model_latency_metrics(archive) -> None:
     search(archive, text="lighthouse", limit=1)
-    text = archive.client.get("/metrics").text
+    text = archive.client.get("/metrics", headers=archive.keys.read).text
     assert 'ramdex_model_latency_seconds_count{operation="encode_text"}' in text
     assert 'ramdex_model_latency_seconds_count{operation="concept_' in text

@@ -97,28 +97,40 @@ def test_upload_search_open_and_create_a_concept(
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The UI runs under its Content-Security-Policy (api/hardening.py): no violation may occur.
+    # (Predicates below are functions: Playwright evaluates expression strings with eval.)
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
     page.set_default_timeout(30_000)
-    page.goto(base + "/")
+    response = page.goto(base + "/")
+    assert (
+        response is not None
+        and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    )
 
     # Without a key the page says so; with one it shows the key's scopes.
-    page.wait_for_function("document.querySelector('#key-status').textContent.length > 0")
+    page.wait_for_function("() => document.querySelector('#key-status').textContent.length > 0")
     assert "API key" in page.text_content("#key-status")
     page.fill("#api-key", key)
     page.click("#save-key")
-    page.wait_for_function("document.querySelector('#key-status').textContent.includes('write')")
+    page.wait_for_function(
+        "() => document.querySelector('#key-status').textContent.includes('write')"
+    )
 
     # Upload three files: progress reaches 100 and the jobs finish.
     page.set_input_files("#upload-input", files)
     page.click("#upload-button")
     page.wait_for_function(
-        "document.querySelector('#upload-status').textContent.startsWith('indexed 3')"
+        "() => document.querySelector('#upload-status').textContent.startsWith('indexed 3')"
     )
     assert page.eval_on_selector("#upload-progress", "el => el.value") == 100
 
     # The grid shows the new assets, thumbnails loaded through the key.
-    page.wait_for_function("document.querySelectorAll('#results .hit').length === 3")
+    page.wait_for_function("() => document.querySelectorAll('#results .hit').length === 3")
     page.wait_for_function(
-        "[...document.querySelectorAll('#results .hit img')].every(i => i.naturalWidth > 0)"
+        "() => [...document.querySelectorAll('#results .hit img')].every(i => i.naturalWidth > 0)"
     )
 
     # Tag autocomplete: typing a prefix lists tags; picking one makes a filter chip.
@@ -135,7 +147,7 @@ def test_upload_search_open_and_create_a_concept(
     page.fill("#search-input", "snowy mountain cabin")
     page.click("#search-button")
     page.wait_for_function(
-        "[...document.querySelectorAll('#results .hit .why')].length === 3 && "
+        "() => [...document.querySelectorAll('#results .hit .why')].length === 3 && "
         "[...document.querySelectorAll('#results .hit .why')]"
         ".every(e => e.textContent.startsWith('snowy mountain cabin'))"
     )
@@ -154,7 +166,7 @@ def test_upload_search_open_and_create_a_concept(
     )
     assert rows and all(en and zh for en, zh, _score in rows)
     assert "upload:holiday-" in page.text_content("#detail-meta")
-    page.wait_for_function("document.querySelector('#detail-image').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#detail-image').naturalWidth > 0")
     page.screenshot(path=str(test_output_dir / "webui-detail.png"))
     page.click("#detail .close")
 
@@ -163,12 +175,12 @@ def test_upload_search_open_and_create_a_concept(
     page.fill("#concept-descriptions", "a red kite flying in a blue sky")
     page.click("#concept-create")
     page.wait_for_function(
-        "document.querySelector('#concept-status').textContent.includes('is now a tag')"
+        "() => document.querySelector('#concept-status').textContent.includes('is now a tag')"
     )
     assert "3 assets scored" in page.text_content("#concept-status")
     assert page.eval_on_selector("#concept-progress", "el => el.value") == 100
     page.wait_for_function(
-        "document.querySelector('#concepts-list').textContent.includes('red kite')"
+        "() => document.querySelector('#concepts-list').textContent.includes('red kite')"
     )
     page.fill("#search-input", "red k")
     page.wait_for_selector("#suggestions li.concept")

@@ -25,12 +25,27 @@ def serve(
     ] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Serve the HTTP API and the web UI (settings from RAMDEX_* variables)."""
+    """Serve the HTTP API and the web UI (settings from RAMDEX_* variables).
+
+    Connection limits come from the api.* settings (docs/deploy.md, "Limits"): request heads over
+    api.max_header_bytes get 431, heads slower than api.header_timeout_s and body gaps longer than
+    api.body_timeout_s get 408, idle keep-alive connections close after api.keep_alive_s, and
+    more than api.max_concurrency connections or requests get 503.
+    """
     import uvicorn
 
+    from api.http_guard import GuardedH11Protocol
     from indexer.settings import get_settings
 
     settings = get_settings()
+    api = settings.api
+    if api.metrics_access == "bind" and workers > 1:
+        typer.echo(
+            "error: api.metrics_access=bind serves /metrics from one process: run --workers 1 "
+            "per container, or set RAMDEX_API__METRICS_ACCESS=key",
+            err=True,
+        )
+        raise typer.Exit(2)
     if migrate:
         from indexer.migrate import upgrade_database
 
@@ -38,11 +53,16 @@ def serve(
     uvicorn.run(
         "api.app:create_app",
         factory=True,
-        host=host or settings.api.host,
-        port=port or settings.api.port,
+        host=host or api.host,
+        port=port or api.port,
         workers=workers,
         log_level=log_level,
         proxy_headers=True,
+        # h11 (not httptools): the only uvicorn protocol that bounds the request head.
+        http=GuardedH11Protocol,
+        h11_max_incomplete_event_size=api.max_header_bytes,
+        timeout_keep_alive=api.keep_alive_s,
+        limit_concurrency=api.max_concurrency,
     )
 
 

@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
-from api.deps import AdminKey, AssetId, ReadKey, ServicesDep, SessionDep, WriteKey
+from api.deps import MAX_INT64, AdminKey, AssetId, ReadKey, ServicesDep, SessionDep, WriteKey
 from api.problems import ProblemError, not_found
+from api.redact import hide_path, hide_paths_in_text, sees_server_paths
 from api.routers.jobs import job_out
 from api.schemas import (
     Accepted,
@@ -24,6 +25,7 @@ from api.schemas import (
 )
 from api.search import asset_summaries
 from api.submit import check_sources, submit_sources, submit_upload
+from indexer.allowed_roots import PathNotAllowedError, check_server_paths
 from indexer.db.asset_repo import delete_asset, get_asset, list_sources
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.job_repo import get_job
@@ -38,12 +40,17 @@ def _cursor(asset_id: int) -> str:
 
 
 def _after(cursor: str) -> int:
+    """The asset id a cursor continues after; 422 for anything a page never handed out (an id
+    outside 1..2**63-1 would overflow the database's BIGINT: a 500 before)."""
+    invalid = ProblemError(
+        422, "invalid cursor: pass next_cursor from the previous page", kind="invalid-cursor"
+    )
     try:
         value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
     except ValueError as exc:
-        raise ProblemError(400, "invalid cursor", kind="invalid-cursor") from exc
-    if value < 1:
-        raise ProblemError(400, "invalid cursor", kind="invalid-cursor")
+        raise invalid from exc
+    if not 1 <= value <= MAX_INT64:
+        raise invalid
     return value
 
 
@@ -53,6 +60,21 @@ def _inside(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_allowed_paths(paths: list[str], settings: Settings) -> None:
+    """Refuse server paths outside ``storage.allowed_roots`` (all of them when none are set),
+    with one message whether or not the file exists.
+
+    Raises:
+        ProblemError: 403 naming the first refused path.
+    """
+    try:
+        check_server_paths(paths, settings.storage.allowed_roots)
+    except PathNotAllowedError as exc:
+        raise ProblemError(
+            403, f"{exc.path[:200]!r}: {exc.reason}", kind="path-not-allowed"
+        ) from exc
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -80,12 +102,15 @@ def build_router(settings: Settings) -> APIRouter:
         )
 
     @router.get("/{asset_id}", response_model=AssetOut, summary="One asset with tags and sources")
-    def asset(asset_id: AssetId, _: ReadKey, session: SessionDep) -> AssetOut:
+    def asset(
+        asset_id: AssetId, principal: ReadKey, services: ServicesDep, session: SessionDep
+    ) -> AssetOut:
         row = get_asset(session, asset_id)
         if row is None:
             raise not_found("asset", asset_id)
         tags = get_asset_tags(session, asset_id, include_below_threshold=True)
         sources = list_sources(session, asset_id)
+        shown = sees_server_paths(principal, services.settings)
         return AssetOut(
             id=row.id,
             status=row.status,
@@ -96,12 +121,16 @@ def build_router(settings: Settings) -> APIRouter:
             thumbnail_url=f"/assets/{asset_id}/thumbnail",
             sha256=row.sha256,
             bytes=row.size_bytes,
-            error=row.error,
+            error=row.error if shown or not row.error else hide_paths_in_text(row.error),
             model=row.model_name,
             updated_at=row.updated_at,
             original_url=f"/assets/{asset_id}/original",
             sources=[
-                SourceOut(uri=s.uri, first_seen=s.first_seen, last_seen=s.last_seen)
+                SourceOut(
+                    uri=s.uri if shown else hide_path(s.uri),
+                    first_seen=s.first_seen,
+                    last_seen=s.last_seen,
+                )
                 for s in sources
             ],
             tags=[
@@ -217,11 +246,15 @@ def build_router(settings: Settings) -> APIRouter:
         status_code=202,
         response_model=Accepted,
         summary="Ingest URLs or files and folders on the server (admin)",
+        responses={
+            403: {"description": "a path outside storage.allowed_roots, or server paths are off"}
+        },
     )
     def register(
         body: RegisterRequest, _: AdminKey, services: ServicesDep, session: SessionDep
     ) -> Accepted:
         sources = check_sources(body.urls, body.paths)
+        check_allowed_paths(body.paths, services.settings)
         job_id = submit_sources(services, sources)
         job = get_job(session, job_id)
         assert job is not None  # created by submit_sources just now

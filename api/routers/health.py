@@ -1,14 +1,16 @@
-"""Liveness, readiness and Prometheus metrics (no key needed), and who the caller is."""
+"""Liveness and readiness (no key needed), Prometheus metrics (as ``api.metrics_access`` says),
+and who the caller is."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import ordered
-from api.deps import ReadKey, ServicesDep
+from api.auth import Scope, ordered
+from api.deps import ReadKey, ServicesDep, require
 from api.problems import ProblemError
 from api.schemas import CheckOut, Health, Me, Ready
+from indexer.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -39,17 +41,31 @@ async def readyz(services: ServicesDep) -> Ready:
     return Ready(status="ok", checks=out)
 
 
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics",
-    response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-)
-async def metrics(services: ServicesDep) -> Response:
-    body, content_type = await run_in_threadpool(services.metrics.render)
-    return Response(body, media_type=content_type)
-
-
 @router.get("/me", response_model=Me, summary="The calling key's name and scopes", tags=["auth"])
 def me(principal: ReadKey) -> Me:
     return Me(key_id=principal.key_id, name=principal.name, scopes=ordered(principal.scopes))
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The health routes plus ``/metrics``: open, behind a read key, or absent here when the
+    metrics have their own listener (``api.metrics_access``)."""
+    built = APIRouter(tags=["health"])
+    built.include_router(router)
+    access = settings.api.metrics_access
+    if access == "bind":
+        return built
+    guard = [Depends(require(Scope.read))] if access == "key" else []
+
+    @built.get(
+        "/metrics",
+        summary="Prometheus metrics"
+        + (" (a read key is needed)" if access == "key" else " (no key needed)"),
+        response_class=Response,
+        dependencies=guard,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(services: ServicesDep) -> Response:
+        body, content_type = await run_in_threadpool(services.metrics.render)
+        return Response(body, media_type=content_type)
+
+    return built

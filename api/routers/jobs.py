@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import JobId, ReadKey, SessionDep
+from api.deps import JobId, ReadKey, ServicesDep, SessionDep
 from api.problems import not_found
+from api.redact import hide_paths_in, hide_paths_in_text, sees_server_paths
 from api.schemas import JobOut, JobPage
 from indexer.db.job_repo import get_job, list_jobs
 from indexer.db.jobs import Job, JobKind, JobStatus
@@ -16,8 +17,9 @@ from indexer.jobs import view
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def job_out(job: Job) -> JobOut:
-    """The API view of a job row, with rate and ETA."""
+def job_out(job: Job, *, hide_paths: bool = False) -> JobOut:
+    """The API view of a job row, with rate and ETA; ``hide_paths`` cuts server paths in its
+    params and error to file names (for read-only keys, see :mod:`api.redact`)."""
     v = view(job)
     return JobOut(
         id=v.id,
@@ -26,30 +28,32 @@ def job_out(job: Job) -> JobOut:
         total=v.total,
         done=v.done,
         failed=v.failed,
-        error=v.error,
+        error=hide_paths_in_text(v.error) if hide_paths and v.error else v.error,
         created_at=v.created_at,
         updated_at=v.updated_at,
         rate_per_s=v.rate,
         eta_s=v.eta_s,
-        params=v.params,
+        params=hide_paths_in(v.params) if hide_paths else v.params,
     )
 
 
 @router.get("", response_model=JobPage, summary="Recent jobs, newest first")
 def jobs(
-    _: ReadKey,
+    principal: ReadKey,
+    services: ServicesDep,
     session: SessionDep,
     status: Annotated[JobStatus | None, Query()] = None,
     kind: Annotated[JobKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> JobPage:
     rows = list_jobs(session, status=status, kind=kind, limit=limit)
-    return JobPage(items=[job_out(j) for j in rows])
+    hide = not sees_server_paths(principal, services.settings)
+    return JobPage(items=[job_out(j, hide_paths=hide) for j in rows])
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job with its progress")
-def job(job_id: JobId, _: ReadKey, session: SessionDep) -> JobOut:
+def job(job_id: JobId, principal: ReadKey, services: ServicesDep, session: SessionDep) -> JobOut:
     row = get_job(session, job_id)
     if row is None:
         raise not_found("job", job_id)
-    return job_out(row)
+    return job_out(row, hide_paths=not sees_server_paths(principal, services.settings))

@@ -4,6 +4,7 @@ similar-to-an-uploaded-image (``POST /search/image``)."""
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from typing import Annotated
 
 import numpy as np
@@ -11,21 +12,26 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from api.deps import ReadKey, ServicesDep, SessionDep
 from api.problems import ProblemError
+from api.query_image import query_decode_options, release_memory
+from api.ratelimit import CostlyGateDep
 from api.schemas import Cursor, SearchPageOut, SearchRequest
 from api.search import run_search
 from api.services import Services
 from indexer.settings import Settings
-from ram_pp.preprocess import DecodeOptions, ImageDecodeError
+from ram_pp.preprocess import ImageDecodeError
 
 
 def _image_vector(services: Services, data: bytes) -> np.ndarray:
     """The unit-norm image embedding c of a query image (the model's image encoder)."""
     engine = services.tagging_engine()
-    options = DecodeOptions(max_pixels=services.settings.ingest.max_pixels)
+    # Bounded to what the model needs (422 for a huge non-JPEG); see api/query_image.py.
+    options = query_decode_options(services.settings, data, engine.preprocess.image_size)
     try:
         pixels = engine.preprocess.load(data, options)
     except ImageDecodeError as exc:
         raise ProblemError(422, f"the query image cannot be used: {exc}", kind="bad-image") from exc
+    finally:
+        release_memory()  # the decoded full-size image is garbage now: hand its heap back
     with services.metrics.time_model("encode_image"):
         tokens = engine.run(pixels.unsqueeze(0)).tokens[0, 0].cpu().numpy()
     return (tokens / max(float(np.linalg.norm(tokens)), 1e-12)).astype(np.float32)
@@ -41,14 +47,21 @@ def build_router(settings: Settings) -> APIRouter:
         _: ReadKey,
         services: ServicesDep,
         session: SessionDep,
+        costly: CostlyGateDep,
     ) -> SearchPageOut:
-        return run_search(services, session, params)
+        with costly.slot() if params.text else nullcontext():  # concepts: 429 past the limit
+            return run_search(services, session, params)
 
     @router.post("", response_model=SearchPageOut, summary="Search (JSON body)")
     def search_post(
-        body: SearchRequest, _: ReadKey, services: ServicesDep, session: SessionDep
+        body: SearchRequest,
+        _: ReadKey,
+        services: ServicesDep,
+        session: SessionDep,
+        costly: CostlyGateDep,
     ) -> SearchPageOut:
-        return run_search(services, session, body)
+        with costly.slot() if body.text else nullcontext():  # concepts: 429 past the limit
+            return run_search(services, session, body)
 
     @router.post(
         "/image",
@@ -61,13 +74,15 @@ def build_router(settings: Settings) -> APIRouter:
         _: ReadKey,
         services: ServicesDep,
         session: SessionDep,
+        costly: CostlyGateDep,
         limit: Annotated[int, Form(ge=1, le=200)] = 40,
         cursor: Annotated[Cursor | None, Form()] = None,
     ) -> SearchPageOut:
         data = file.file.read()
         if not data:
             raise ProblemError(422, "the query image is empty", kind="bad-image")
-        vector = _image_vector(services, data)
+        with costly.slot():  # the image model runs: 429 past the key's limit
+            vector = _image_vector(services, data)
         req = SearchRequest(limit=limit, cursor=cursor)
         return run_search(
             services,
