@@ -1,0 +1,177 @@
+"""Faults: the database or the broker goes away mid-ingest (issue 11, sections 1 and 4).
+
+The PostgreSQL cluster and the Redis server are this session's own (tests/fault_support.py), so
+they are really stopped and restarted: PostgreSQL with a fast shutdown (every session terminated,
+new ones refused), Redis SIGKILLed and started empty (no persistence: every queued message lost).
+
+Allowed recovery, as in the issue: waiting (the reconciler), and running the same ``ramdex ingest``
+again when the first one gave up (a command may exit 2 when its database disappears during
+registration: that is a clear error, not a loss). The end state is
+:func:`tests.fault_support.check_invariants`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.register_assert_rewrite("tests.fault_support")
+
+from tests.fault_support import (  # noqa: E402 - after the assert-rewrite hook
+    FaultStack,
+    check_invariants,
+    image_set,
+    report,
+    wait_until,
+)
+
+pytest_plugins = ["tests.fault_support"]
+pytestmark = [pytest.mark.slow]
+
+PAUSE = {"RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S": "0.3"}
+
+
+def _finish_with_reruns(stack: FaultStack, images, first, reruns: int = 1) -> list[int]:
+    """Wait for the first command; if it gave up (exit 2: database or broker unavailable), run
+    the same command again, as a user would. Returns the exit codes."""
+    codes = [first.wait(240)]
+    while codes[-1] == 2 and reruns > 0:
+        reruns -= 1
+        codes.append(stack.ingest([images.folder]).wait(240))
+    assert codes[-1] == 1, (codes, stack.logs())  # 1: the corrupt file failed, with a reason
+    return codes
+
+
+def _assert_clear_errors(stack: FaultStack) -> None:
+    """A command that gave up said why in a line or two, without a traceback (issue 10, 3)."""
+    for run in stack.runs:
+        assert "Traceback" not in run.stderr(), run.output()
+
+
+def pg_stop_during_registration_round(make_stack, seed: int, count: int = 150) -> None:
+    """Stop PostgreSQL when a seeded share of the files is registered, for a seeded while."""
+    rng = np.random.default_rng(seed)
+    stack: FaultStack = make_stack()
+    images = image_set(stack.root / "in", count, seed)
+    stack.start_worker("w")
+    target = int(rng.integers(5, images.distinct // 2))
+    down_s = float(rng.uniform(2.0, 6.0))
+    run = stack.ingest([images.folder])
+    wait_until(lambda: stack.probe.registered() >= target, 120, 0.005, f"{target} registered")
+    stack.pg.stop("fast")
+    time.sleep(down_s)
+    stack.pg.start()
+    registered_at_stop = stack.probe.registered()  # what the outage left (before any retry)
+    assert registered_at_stop < images.distinct, "the outage missed registration: seed?"
+    codes = _finish_with_reruns(stack, images, run)
+    end = check_invariants(stack, images)
+    done_jobs = [j for j in end.jobs if j["status"] == "done"]
+    assert done_jobs, end.jobs  # the command that finished has a done job
+    report(
+        "PostgreSQL stopped during registration",
+        seed=seed,
+        registered_at_stop=registered_at_stop,
+        down_s=round(down_s, 1),
+        exit_codes=codes,
+        jobs=[(j["status"], j["error"]) for j in end.jobs],
+    )
+    _assert_clear_errors(stack)
+
+
+def pg_stop_during_processing_round(make_stack, seed: int, down_s: float | None = None) -> None:
+    """Stop PostgreSQL while the worker processes (registration over), then start it again."""
+    rng = np.random.default_rng(seed)
+    stack: FaultStack = make_stack()
+    images = image_set(stack.root / "in", 40, seed)
+    worker = stack.start_worker("w", **PAUSE)
+    run = stack.ingest([images.folder])
+    wait_until(lambda: stack.probe.registered() == images.distinct, 120, 0.02, "registered")
+    target = int(rng.integers(1, images.distinct // 2))
+    wait_until(
+        lambda: stack.probe.done() >= target and worker.tasks_in_hand(), 120, 0.02, "mid-batch"
+    )
+    down_s = float(rng.uniform(3.0, 6.0)) if down_s is None else down_s
+    stack.pg.stop("fast")
+    time.sleep(down_s)
+    stack.pg.start()
+    codes = _finish_with_reruns(stack, images, run)
+    end = check_invariants(stack, images)
+    # Registration had ended before the outage: the job itself must end done (the workers
+    # retried), not failed.
+    assert end.jobs[0]["status"] == "done", end.jobs
+    report(
+        "PostgreSQL stopped during processing",
+        seed=seed,
+        down_s=round(down_s, 1),
+        exit_codes=codes,
+        settle_s=end.settle_s,
+    )
+    _assert_clear_errors(stack)
+
+
+def redis_restart_round(make_stack, seed: int, count: int = 60) -> None:
+    """Restart Redis empty while most assets are queued; the waiting command must finish."""
+    rng = np.random.default_rng(seed)
+    stack: FaultStack = make_stack()
+    images = image_set(stack.root / "in", count, seed)
+    worker = stack.start_worker("w", **PAUSE)
+    run = stack.ingest([images.folder])
+    wait_until(lambda: stack.probe.registered() == images.distinct, 120, 0.02, "registered")
+    target = int(rng.integers(0, images.distinct // 3))
+    wait_until(lambda: stack.probe.done() >= target and worker.tasks_in_hand(), 120, 0.02, "busy")
+    lost = stack.probe.statuses()["pending"]
+    stack.redis.restart(down_s=float(rng.uniform(0.0, 3.0)))
+    restarted = time.monotonic()
+    # No re-run: the command was only waiting. Issue 11: "ingest hangs; job running forever".
+    code = run.wait(180)
+    assert code == 1, (code, stack.logs())
+    recovered_s = time.monotonic() - restarted
+    summary = run.summary()
+    assert summary["failed"] == 1 and summary["queued"] == 0, summary
+    end = check_invariants(stack, images)
+    assert [j["status"] for j in end.jobs] == ["done"], end.jobs
+    assert worker.process.poll() is None, "the worker must survive a broker restart"
+    report(
+        "Redis restarted without persistence",
+        seed=seed,
+        queued_messages_lost=lost,
+        recovered_s=round(recovered_s, 1),
+    )
+
+
+def test_postgres_stopped_during_registration(make_stack):
+    """Issue 11: "13 assets registered, never dispatched; re-running ingest calls them
+    duplicate; job pending forever"."""
+    pg_stop_during_registration_round(make_stack, seed=1)
+
+
+def test_postgres_stopped_during_processing(make_stack):
+    pg_stop_during_processing_round(make_stack, seed=1)
+
+
+def test_redis_restarted_without_persistence_while_assets_are_queued(make_stack):
+    """Issue 11: "408 queued assets lost silently; ingest hangs; job running forever"."""
+    redis_restart_round(make_stack, seed=1)
+
+
+@pytest.mark.campaign
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_campaign_postgres_stopped_during_registration(make_stack, seed):
+    pg_stop_during_registration_round(make_stack, seed=seed)
+
+
+@pytest.mark.campaign
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", [21, 22])
+def test_campaign_postgres_stopped_20_s_during_processing(make_stack, seed):
+    pg_stop_during_processing_round(make_stack, seed=seed, down_s=20.0)
+
+
+@pytest.mark.campaign
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", [31, 32, 33])
+def test_campaign_redis_restarted(make_stack, seed):
+    redis_restart_round(make_stack, seed=seed, count=120)
