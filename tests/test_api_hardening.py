@@ -125,7 +125,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     the metrics on a separate listener."""
     home = tmp_path_factory.mktemp("served")
     db_url = f"sqlite:///{home / 'ramdex.sqlite3'}"
-    port, metrics_port = _free_port(), _free_port()
+    port = _free_port()
+    metrics_port = _free_port()
+    while metrics_port == port:
+        metrics_port = _free_port()
     env = {
         **os.environ,
         "RAMDEX_HOME": str(home),
