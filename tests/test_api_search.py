@@ -18,6 +18,7 @@ from indexer.db.assets import Asset
 from indexer.db.session import create_engine_for
 from indexer.db.vectors import decode_vector
 from indexer.models import configured_model_id
+from tests.api_support import MODEL
 
 pytest_plugins = ["tests.api_support"]
 
@@ -49,7 +50,8 @@ def test_asset_detail_has_tags_in_both_languages_and_facts(archive) -> None:
         assert detail["mime"] in ("image/png", "image/jpeg")
         assert detail["bytes"] == len(archive.images[asset_id])
         assert detail["sources"][0]["uri"].startswith("upload:photo-")
-        assert detail["model"] == configured_model_id(archive.settings)
+        assert detail["model_id"] == configured_model_id(archive.settings)
+        assert detail["model"] == MODEL  # the human name: the registered config name
         tags = detail["tags"]
         assert tags and all(t["name"] and t["name_zh"] for t in tags)
         scores = [t["score"] for t in tags]

@@ -8,6 +8,9 @@ import hashlib
 import json
 import shutil
 
+from fastapi.testclient import TestClient
+
+from api.app import create_app
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
 from indexer.models import configured_model_id, describe_configured_model, model_name_for_id
@@ -150,3 +153,22 @@ def test_the_demo_archive_opens_with_default_settings(tmp_path) -> None:
     home = tmp_path / "demo-home"
     assert configured_model_id(demo_settings(home)) == configured_model_id(_settings(tmp_path))
     assert describe_configured_model(demo_settings(home)).name == "ramdex-demo"
+
+
+def test_readiness_names_the_model_without_a_key(tmp_path, sqlite_url, settings_for) -> None:
+    settings = settings_for(tmp_path / "home", sqlite_url)
+    settings.model.name = ""  # the default: the bundled demo model
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/readyz").json()
+    model = body["model"]
+    assert model["name"] == "ramdex-demo" and model["is_demo"] is True
+    assert model["id"] == configured_model_id(settings)
+    assert model["digest"] == _sha256(DEMO)[:12] and model["num_tags"] == 40
+    assert model["notice"].startswith("demo model: 40 synthetic tags")
+
+
+def test_readiness_names_other_models_without_a_notice(api_env) -> None:
+    client, _, settings = api_env
+    model = client.get("/readyz").json()["model"]
+    assert model["name"] == settings.model.name and model["is_demo"] is False
+    assert model["notice"] is None and model["id"] == configured_model_id(settings)

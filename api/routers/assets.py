@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from api.deps import MAX_INT64, AdminKey, AssetId, ReadKey, ServicesDep, SessionDep, WriteKey
+from api.model_info import model_name
 from api.problems import ProblemError, not_found
 from api.redact import hide_path, hide_paths_in_text, sees_server_paths
 from api.routers.jobs import job_out
@@ -122,7 +123,8 @@ def build_router(settings: Settings) -> APIRouter:
             sha256=row.sha256,
             bytes=row.size_bytes,
             error=row.error if shown or not row.error else hide_paths_in_text(row.error),
-            model=row.model_name,
+            model=model_name(services, row.model_name) if row.model_name else None,
+            model_id=row.model_name,
             updated_at=row.updated_at,
             original_url=f"/assets/{asset_id}/original",
             sources=[

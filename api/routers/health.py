@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import Scope, ordered
 from api.deps import ReadKey, ServicesDep, require
+from api.model_info import model_out
 from api.problems import ProblemError
 from api.schemas import CheckOut, Health, Me, Ready
 from indexer.settings import Settings
@@ -28,6 +29,7 @@ async def healthz() -> Health:
 )
 async def readyz(services: ServicesDep) -> Ready:
     checks = await run_in_threadpool(services.readiness)
+    model = await run_in_threadpool(model_out, services)  # named even when not ready
     out = {name: CheckOut(ok=c.ok, detail=c.detail) for name, c in checks.items()}
     if not all(c.ok for c in checks.values()):
         failing = ", ".join(name for name, c in checks.items() if not c.ok)
@@ -37,8 +39,9 @@ async def readyz(services: ServicesDep) -> Ready:
             kind="not-ready",
             headers={"Retry-After": "5"},
             checks={k: v.model_dump() for k, v in out.items()},
+            model=model.model_dump(),
         )
-    return Ready(status="ok", checks=out)
+    return Ready(status="ok", checks=out, model=model)
 
 
 @router.get("/me", response_model=Me, summary="The calling key's name and scopes", tags=["auth"])
