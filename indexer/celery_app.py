@@ -112,3 +112,24 @@ def producer_app(settings: Settings) -> Celery:
             produced = configure(Celery("ramdex-producer"), settings)
             _producers[key] = produced
         return produced
+
+
+def require_broker(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Raise at once when the configured broker does not accept a connection (one attempt).
+
+    Publishing retries for a while by design, so that workers ride out a short outage; a person
+    starting ``ramdex ingest`` against a broker that is not there should hear so at once, before
+    anything is registered. Nothing to check in the embedded mode (no broker URL).
+
+    Raises:
+        kombu.exceptions.OperationalError: the broker did not answer (the command line names
+            ``RAMDEX_BROKER__URL``, see ``api/cli/errors.py``).
+    """
+    if not settings.broker.url:
+        return
+    from kombu import Connection
+
+    with Connection(settings.broker.url, connect_timeout=timeout_s) as connection:
+        connection.ensure_connection(
+            max_retries=1, interval_start=0, interval_step=0, timeout=timeout_s
+        )

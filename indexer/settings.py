@@ -20,12 +20,42 @@ def default_home() -> Path:
     return Path.home() / ".local" / "share" / "ramdex"
 
 
+def database_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be ramdex's database, or None when it can (or is empty: the default).
+
+    ramdex runs on PostgreSQL (``postgresql+psycopg://``) and SQLite files (``sqlite:///PATH``);
+    this is checked when settings load, so a ``mysql://`` URL is refused before anything runs.
+    """
+    if not url:
+        return None
+    scheme, sep, rest = url.partition("://")
+    backend = scheme.split("+", 1)[0].lower()
+    if not sep or not backend:
+        return "not a database URL (scheme://...)"
+    if backend not in ("postgresql", "sqlite"):
+        return (
+            f"unsupported database {backend!r}: ramdex runs on PostgreSQL "
+            "(postgresql+psycopg://USER:PASSWORD@HOST/DATABASE) or SQLite (sqlite:///PATH)"
+        )
+    if backend == "sqlite" and rest in ("", "/", "/:memory:"):
+        return "in-memory SQLite is not supported (each connection would see its own database)"
+    return None
+
+
 class DatabaseSettings(BaseModel):
     """Relational store. SQLite file by default; PostgreSQL (psycopg 3) in production."""
 
     url: str = Field(default="", description="SQLAlchemy URL; empty means a SQLite file in home")
     echo: bool = False
     pool_size: int = 5
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, value: str) -> str:
+        problem = database_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class BrokerSettings(BaseModel):

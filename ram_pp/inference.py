@@ -19,13 +19,48 @@ from ram_pp.factory import LoadedModel
 from ram_pp.preprocess import DecodeOptions, ImageDecodeError, Preprocessor, open_image
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The requested device is unknown or not on this machine (no GPU, no such GPU index)."""
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
+    """``auto`` picks cuda, then mps, then cpu; a named device must exist here.
+
+    Raises:
+        DeviceUnavailableError: an unknown device name, or CUDA/MPS (or that GPU index) is not
+            available on this machine. Checked here, before any weights move, so that the
+            caller gets one clear error instead of torch's driver messages.
+    """
     if device != "auto":
-        return torch.device(device)
+        try:
+            resolved = torch.device(device)
+        except RuntimeError:
+            raise DeviceUnavailableError(
+                f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps"
+            ) from None
+        if resolved.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise DeviceUnavailableError(
+                    f"device {device!r} is not available: PyTorch finds no CUDA GPU here"
+                )
+            if resolved.index is not None and resolved.index >= count:
+                raise DeviceUnavailableError(
+                    f"device {device!r} is not available: this machine has {count} CUDA "
+                    f"GPU(s), cuda:0 to cuda:{count - 1}"
+                )
+        elif resolved.type == "mps" and not _mps_available():
+            raise DeviceUnavailableError(
+                f"device {device!r} is not available: PyTorch finds no Apple MPS device here"
+            )
+        return resolved
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
 

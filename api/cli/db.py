@@ -6,12 +6,16 @@ from typing import Annotated
 
 import typer
 
+from api.cli.errors import database_url_option
+
 app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 
 UrlOption = Annotated[
     str | None,
     typer.Option(
-        "--url", help="SQLAlchemy URL (default: RAMDEX_DATABASE__URL or the SQLite file)."
+        "--url",
+        callback=database_url_option,
+        help="SQLAlchemy URL (default: RAMDEX_DATABASE__URL or the SQLite file).",
     ),
 ]
 

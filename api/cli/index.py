@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from api.cli.errors import database_url_option
+
 app = typer.Typer(help="FAISS similarity index maintenance.", no_args_is_help=True)
 
 ModelOption = Annotated[
@@ -15,7 +17,12 @@ ModelOption = Annotated[
     typer.Option("--model", help="Model id the index serves (default: the configured model)."),
 ]
 UrlOption = Annotated[
-    str | None, typer.Option("--url", help="Database URL (default: the configured database).")
+    str | None,
+    typer.Option(
+        "--url",
+        callback=database_url_option,
+        help="Database URL (default: RAMDEX_DATABASE__URL or the SQLite file).",
+    ),
 ]
 DirOption = Annotated[
     Path | None, typer.Option("--index-dir", help="Index folder (default: RAMDEX_HOME/index).")
@@ -51,11 +58,12 @@ def check_command(
 
     name = _model(model)
     path = index_path(_dir(index_dir), name)
-    if not path.is_file():
-        typer.echo(f"no index at {path}; run `ramdex index rebuild`", err=True)
-        raise typer.Exit(1)
-    index = VectorIndex.load(path, mmap=True)
     with session_scope(url) as session:
+        session.connection()  # an unreachable database is said before a missing index
+        if not path.is_file():
+            typer.echo(f"no index at {path}; run `ramdex index rebuild`", err=True)
+            raise typer.Exit(1)
+        index = VectorIndex.load(path, mmap=True)
         report = index.check(session, name)
     typer.echo(f"{path}: {index.kind}, {index.count} vectors")
     typer.echo(report.summary())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -33,6 +34,13 @@ class Lang(StrEnum):
     both = "both"
 
 
+class Dtype(StrEnum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 class OutputFormat(StrEnum):
     text = "text"
     json = "json"
@@ -52,6 +60,17 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def _as_url(path: Path) -> str | None:
+    """The URL a path argument was typed as (``Path`` folds ``https://`` into ``https:/``)."""
+    match = re.match(r"(?i)(https?):/+(.*)", str(path))
+    return f"{match.group(1)}://{match.group(2)}" if match else None
+
+
+def _has_chinese(vocab: Any) -> bool:
+    """Whether any tag has a Chinese name (a vocabulary without them repeats the English)."""
+    return any(zh and zh != en for en, zh in zip(vocab.english, vocab.chinese, strict=True))
 
 
 def _tag_label(tag: Any, lang: Lang) -> str:
@@ -87,11 +106,17 @@ def tag(
         list[Path], typer.Argument(help="Image files or folders (searched recursively).")
     ],
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint file (.pth or .safetensors).")
+        Path | None,
+        typer.Option(
+            help="Checkpoint file (.pth or .safetensors) (default: RAMDEX_MODEL__CHECKPOINT)."
+        ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model name: demo, ram_plus_swin_large_14m (once downloaded), test_*."),
+        typer.Option(
+            help="Model name: demo, ram_plus_swin_large_14m (once downloaded), test_* "
+            "(default: RAMDEX_MODEL__NAME, else demo)."
+        ),
     ] = None,
     threshold: Annotated[
         float | None,
@@ -105,41 +130,86 @@ def tag(
     all_scores: Annotated[
         bool, typer.Option("--all-scores", help="JSON: include every tag's probability.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Images per forward pass (default: RAMDEX_MODEL__BATCH_SIZE, else 8)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            metavar="[auto|cpu|cuda|cuda:N|mps]",
+            help="Where the model runs (default: RAMDEX_MODEL__DEVICE, else auto).",
+        ),
+    ] = None,
+    dtype: Annotated[
+        Dtype | None,
+        typer.Option(help="Precision (default: RAMDEX_MODEL__DTYPE, else auto: float32 on CPU)."),
+    ] = None,
     no_exif: Annotated[
         bool, typer.Option("--no-exif", help="Do not apply EXIF orientation (upstream behaviour).")
     ] = False,
     trust_checkpoint: Annotated[
-        bool, typer.Option(help="Allow full unpickling of the checkpoint (trusted files only).")
+        bool,
+        typer.Option(
+            "--trust-checkpoint",
+            help="Allow full unpickling of the checkpoint (trusted files only; or "
+            "RAMDEX_MODEL__TRUST_CHECKPOINT).",
+        ),
     ] = False,
 ) -> None:
-    """Tag images. Exit code 0 when every file was tagged, 1 when any failed."""
+    """Tag image files and print their tags (nothing is stored; `ramdex ingest` indexes).
+
+    The model, device and precision default to the RAMDEX_MODEL__* settings. Exit code 0 when
+    every file was tagged, 1 when any failed, 2 when nothing could run.
+    """
     from tqdm import tqdm
 
     from api.cli.model_notice import announce
-    from ram_pp.convert import CheckpointError
+    from indexer.errors import RamdexError
+    from indexer.settings import get_settings
     from ram_pp.factory import describe_model, resolve_model
-    from ram_pp.inference import FailedImage, TaggingEngine, TagSelection
+    from ram_pp.inference import FailedImage, TaggingEngine, TagSelection, resolve_device
     from ram_pp.preprocess import DecodeOptions
 
+    urls = [url for url in map(_as_url, inputs) if url]
+    if urls:
+        raise RamdexError(
+            f"INPUTS: {urls[0]} is a URL; `ramdex tag` reads local files",
+            hint=f"ingest URLs with `ramdex ingest {urls[0]}` (downloaded, tagged and stored), "
+            "or download the image and tag the file",
+        )
     files = expand_inputs(inputs)
     if not files:
         typer.echo("no image files found in the given paths", err=True)
         raise typer.Exit(1)
+    configured = get_settings().model
+    if model is None and checkpoint is None:  # the configured model, as the service runs it
+        model, checkpoint = configured.name or None, configured.checkpoint
+    resolve_device(device or configured.device)  # before loading: a missing GPU is said at once
     try:
-        loaded = resolve_model(name=model, checkpoint=checkpoint, trust=trust_checkpoint)
-    except (CheckpointError, LookupError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        loaded = resolve_model(
+            name=model,
+            checkpoint=checkpoint,
+            cache_dir=configured.cache_dir,
+            trust=trust_checkpoint or configured.trust_checkpoint,
+        )
+    except LookupError as exc:  # an unknown or not downloaded model (the message says which)
+        raise RamdexError(str(exc)) from None
     # The demo model says what it is (stderr, once); JSON records name the model.
     model_name = announce(describe_model(loaded, name=model, hash_file=False)).name
+    if lang is not Lang.en and not _has_chinese(loaded.vocabulary):
+        typer.echo(
+            f"--lang {lang.value}: model {model_name} has no Chinese tag names; printing English",
+            err=True,
+        )
+        lang = Lang.en
     engine = TaggingEngine(
         loaded,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
+        device=device or configured.device,
+        dtype=(dtype.value if dtype else None) or configured.dtype,
+        batch_size=batch_size or configured.batch_size,
         decode=DecodeOptions(apply_exif_orientation=not no_exif),
     )
     selection = TagSelection(threshold=threshold, top_k=top_k)
