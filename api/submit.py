@@ -20,9 +20,11 @@ from typing import Any, BinaryIO
 from api.problems import ProblemError
 from api.services import Services
 from indexer.db.jobs import JobKind
-from indexer.ingest import Registered, Registrar, is_url
-from indexer.jobs import add_total, end_registration, fail_job, start_job
+from indexer.dispatch import dispatch
+from indexer.jobs import end_registration, fail_job, start_job
+from indexer.lease import keeper_for, process_owner
 from indexer.media import CHUNK_SIZE
+from indexer.registrar import Registered, Registrar, is_url
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,12 @@ def submit_upload(
 ) -> tuple[int, Registered]:
     """Register one uploaded file and queue it for the model.
 
+    The asset is committed before anything is sent: if the broker (or this process) fails
+    right after, the asset's lease runs out and the reconciler sends it.
+
     Returns:
-        ``(job_id, registered)``; ``registered.state`` is ``queued``, ``duplicate`` or ``failed``.
+        ``(job_id, registered)``; ``registered.state`` is ``queued``, ``resumed``,
+        ``duplicate`` or ``failed``.
 
     Raises:
         ProblemError: 413 when the file is over the ingest size limit.
@@ -100,31 +106,42 @@ def submit_upload(
     settings = services.settings
     url = settings.database_url
     source = upload_source(filename)
-    job_id = start_job(url, JobKind.INGEST, params={"sources": [source]})
+    owner = process_owner()
+    job_id = start_job(
+        url,
+        JobKind.INGEST,
+        params={"sources": [source]},
+        owner=owner,
+        lease_s=settings.ingest.lease_s,
+    )
+    registrar = Registrar(settings, job_id=job_id, owner=owner)
     try:
-        registered = _store_stream(services, Registrar(settings), handle, source)
+        registered = _store_stream(services, registrar, handle, source)
     except BaseException as exc:
         fail_job(url, job_id, f"upload not stored: {exc}")
         raise
     extra: dict[str, Any] = {"duplicate": int(registered.state == "duplicate")}
     if registered.state == "failed":
         extra["failures"] = [{"source": source, "reason": registered.reason}]
-    if registered.state == "queued":
-        add_total(url, job_id, 1)
     end_registration(url, job_id, extra)
-    if registered.state == "queued":
+    if registered.held:
         asset_ids = [int(registered.asset_id)]  # type: ignore[arg-type]
+        keeper = keeper_for(settings)
         if settings.broker.url:
-            from indexer.tasks import submit
-
-            submit(asset_ids, job_id=job_id, settings=settings)
+            try:
+                dispatch(settings, asset_ids, owner)
+            except Exception:  # stored and leased: the reconciler sends it when the lease ends
+                log.warning("upload %s: broker unavailable, dispatch deferred", source)
         else:
-            _dispatch(
-                services,
-                job_id,
-                lambda: services.processor().process(asset_ids, job_id=job_id),
-                "tagging an upload",
-            )
+            keeper.hold_assets(asset_ids)  # until the background run claims and commits it
+
+            def work() -> None:
+                try:
+                    services.processor().process(asset_ids)
+                finally:
+                    keeper.drop_assets(asset_ids)
+
+            _dispatch(services, job_id, work, "tagging an upload")
     return job_id, registered
 
 
@@ -149,29 +166,51 @@ def check_sources(urls: list[str], paths: list[str]) -> list[str]:
 
 
 def submit_sources(services: Services, sources: list[str]) -> int:
-    """Queue URLs and server paths (files or folders) for ingest; returns the job id."""
+    """Queue URLs and server paths (files or folders) for ingest; returns the job id.
+
+    The job is created first; a default-queue worker (or the app's background thread) registers
+    the sources. If that registration is lost (a broker restarted, a worker killed), the
+    reconciler sends it again: registering the same sources twice is harmless.
+
+    Raises:
+        ProblemError: 503 when the broker does not accept the registration task.
+    """
     settings = services.settings
     url = settings.database_url
-    job_id = start_job(url, JobKind.INGEST, params={"sources": sources[:50]})
+    lease_s = settings.ingest.lease_s
+    params: dict[str, Any] = {"sources": sources[:50]}
     if settings.broker.url:
+        params["redrive"] = {"sources": sources}
+        # The registration task takes the lease over when it starts; until then this lease
+        # says how long it may sit in the queue before the reconciler sends it again.
+        job_id = start_job(url, JobKind.INGEST, params=params, owner="api", lease_s=lease_s * 4)
         from indexer.celery_app import REGISTER_TASK, producer_app
 
-        producer_app(settings).send_task(
-            REGISTER_TASK, args=[sources, job_id], queue=settings.broker.default_queue
-        )
-    else:
-        from indexer.ingest import ingest
+        try:
+            producer_app(settings).send_task(
+                REGISTER_TASK, args=[sources, job_id], queue=settings.broker.default_queue
+            )
+        except Exception as exc:
+            fail_job(url, job_id, f"broker unavailable: {type(exc).__name__}: {exc}")
+            raise ProblemError(
+                503, "the task broker is unavailable: try again later", kind="unavailable"
+            ) from exc
+        return job_id
+    from indexer.ingest import ingest
 
-        _dispatch(
-            services,
-            job_id,
-            lambda: ingest(
-                sources,
-                settings=settings,
-                job_id=job_id,
-                progress=False,
-                processor=services.processor(),
-            ),
-            "registering sources",
-        )
+    owner = process_owner()
+    job_id = start_job(url, JobKind.INGEST, params=params, owner=owner, lease_s=lease_s)
+    keeper_for(settings).hold_job(job_id)  # until the background run takes the job over
+    _dispatch(
+        services,
+        job_id,
+        lambda: ingest(
+            sources,
+            settings=settings,
+            job_id=job_id,
+            progress=False,
+            processor=services.processor(),
+        ),
+        "registering sources",
+    )
     return job_id

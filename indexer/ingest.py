@@ -1,22 +1,24 @@
 """Ingest: from files and URLs to stored tags, embeddings, tokens and thumbnails.
 
-Two stages, so the expensive one can run anywhere:
+Stages, so the expensive one can run anywhere, and every crash between them is harmless:
 
-1. **Register** (:class:`indexer.registrar.Registrar`, in the caller: CLI, API or a default-queue
-   task): walk folders, download URLs, hash and copy each original into the content-addressed
-   media store, and get-or-create the asset by sha256, recording the new source.
-2. **Process** (:class:`indexer.processor.AssetProcessor`, in-process or in a Celery model
+1. **Recover** (:func:`indexer.reconcile.recover`): work earlier runs left unfinished and nobody
+   holds (an interrupted ingest, a dead worker) is taken over first.
+2. **Register** (:class:`indexer.registrar.Registrar`, in the caller: CLI, API or a
+   default-queue task): walk folders, download URLs, hash and copy each original into the
+   content-addressed media store, and get-or-create the asset by sha256, recording the source
+   and the job's ledger row. New and resumed assets are leased to this process.
+3. **Dispatch** (:mod:`indexer.dispatch`, broker mode): after the commit, groups of ids go to the
+   model queue; the dispatch time is recorded once the broker accepted them.
+4. **Process** (:class:`indexer.processor.AssetProcessor`, in-process or in a Celery model
    worker): decode, thumbnail, run the model in batches, store E and every result of a batch in
-   one transaction; idempotent, so a redelivered task does no harm.
-3. **Index** (:func:`indexer.stores.sync_vector_index`): the FAISS index is derived from the
-   embeddings in the database; one writer at a time syncs it incrementally and saves it
-   atomically (at the end of an embedded run, or in a default-queue task when a job completes).
+   one transaction that also credits the jobs waiting for those assets.
+5. **Index** (:func:`indexer.stores.sync_vector_index`): the FAISS index is derived from the
+   embeddings in the database (at the end of an embedded run, in a default-queue task when a job
+   completes, and whenever the reconciler finds it behind).
 
-This module ties them together (:func:`ingest`): in the embedded mode (no broker URL) it
-registers in a background thread while the processor consumes the ids; with a broker it sends
-the ids to the model queue in groups (see ``indexer.tasks.Dispatcher``) and, with ``wait``,
-follows the job. It re-exports the stages' public names, so ``from indexer.ingest import ...``
-keeps working.
+This module ties them together (:func:`ingest`). It re-exports the stages' public names, so
+``from indexer.ingest import ...`` keeps working.
 """
 
 from __future__ import annotations
@@ -28,26 +30,28 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import torch
 
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
+from indexer.dispatch import Dispatcher, SendBreaker, dispatch, request_index_sync
 from indexer.jobs import (
-    add_total,
+    MAX_RECORDED_FAILURES,
+    begin_registration,
     end_registration,
-    fail_job,
-    finish_job,
-    set_running,
+    fail_registration,
+    get_job_view,
     start_job,
+    wait_for_job,
 )
+from indexer.lease import LeaseKeeper, keeper_for, process_owner
 from indexer.processor import (  # noqa: F401 - the ingest package's public names
     MAX_ATTEMPTS,
     POISON_REASON,
@@ -57,6 +61,7 @@ from indexer.processor import (  # noqa: F401 - the ingest package's public name
     forget_processors,
     shared_processor,
 )
+from indexer.reconcile import reconcile_once, recover
 from indexer.registrar import Registered, Registrar, is_url  # noqa: F401
 from indexer.settings import Settings, get_settings
 from indexer.stores import (  # noqa: F401
@@ -66,6 +71,7 @@ from indexer.stores import (  # noqa: F401
     sync_vector_index,
     token_store_path,
 )
+from indexer.transient import TRANSIENT, is_transient, retry_transient  # noqa: F401
 from indexer.walk import WalkError, walk_files
 
 log = logging.getLogger(__name__)
@@ -78,12 +84,16 @@ class IngestSummary:
     """What an ingest run did.
 
     Attributes:
-        job_id: the job that tracked it.
+        job_id: the job that tracked it (None when nothing was found to ingest).
         submitted: sources seen (files found by the walk, URLs, unreadable paths).
-        done: assets scored by this run.
-        duplicate: sources whose bytes were already an asset (done, or in progress elsewhere).
+        done: sources whose asset is done (scored by this run, or resumed and finished).
+        duplicate: sources whose bytes were already a done asset (or met twice by this run).
         failed: sources that ended failed (``failures`` says why).
         queued: assets handed to workers and not finished yet (``wait=False``).
+        resumed: sources whose asset an earlier run left unfinished and this run finished (or
+            queued): counted in ``done``, ``failed`` or ``queued`` as well.
+        recovered: unfinished assets of earlier runs, not among these sources, that this run
+            took over (they belong to their own jobs).
         asset_ids: every asset this run registered or met, in submission order.
         elapsed_s: wall time of the run.
     """
@@ -94,6 +104,8 @@ class IngestSummary:
     duplicate: int = 0
     failed: int = 0
     queued: int = 0
+    resumed: int = 0
+    recovered: int = 0
     failures: list[Failure] = field(default_factory=list)
     asset_ids: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -112,6 +124,8 @@ class IngestSummary:
             "duplicate": self.duplicate,
             "failed": self.failed,
             "queued": self.queued,
+            "resumed": self.resumed,
+            "recovered": self.recovered,
             "elapsed_s": round(self.elapsed_s, 3),
             "failures": [
                 {"source": f.source, "reason": f.reason, "asset_id": f.asset_id}
@@ -162,7 +176,8 @@ class _Tally:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.queued: list[int] = []
+        self.work: list[int] = []  # queued and resumed assets, whose outcome this run reports
+        self.resumed: set[int] = set()
         self.duplicate = 0
         self.failures: list[Failure] = []
         self.asset_ids: list[int] = []
@@ -173,12 +188,32 @@ class _Tally:
             if reg.asset_id is not None:
                 self.asset_ids.append(reg.asset_id)
                 self.source_of.setdefault(reg.asset_id, reg.source)
-            if reg.state == "queued":
-                self.queued.append(reg.asset_id)  # type: ignore[arg-type]
+            if reg.state in ("queued", "resumed"):
+                self.work.append(reg.asset_id)  # type: ignore[arg-type]
+                if reg.state == "resumed":
+                    self.resumed.add(reg.asset_id)  # type: ignore[arg-type]
             elif reg.state == "duplicate":
                 self.duplicate += 1
             else:
                 self.failures.append(Failure(reg.source, reg.reason or "failed", reg.asset_id))
+
+    def extra(self) -> dict[str, Any]:
+        """What the job's params keep of the registration."""
+        with self.lock:
+            return {
+                "duplicate": self.duplicate,
+                "resumed": len(self.resumed),
+                "register_failed": len(self.failures),
+                "failures": [
+                    {"source": f.source, "reason": f.reason}
+                    for f in self.failures[:MAX_RECORDED_FAILURES]
+                ],
+            }
+
+    def unregistered(self) -> int:
+        """Failed sources that never became assets (they count as failed items of the job)."""
+        with self.lock:
+            return sum(1 for f in self.failures if f.asset_id is None)
 
 
 def _register_all(
@@ -228,6 +263,9 @@ def ingest(
 ) -> IngestSummary:
     """Ingest files, folders and ``http(s)`` URLs; the Python face of ``ramdex ingest``.
 
+    Running it again on the same sources finishes whatever an interrupted run left (counted as
+    ``resumed``); work other interrupted runs left is recovered too.
+
     Args:
         sources: paths (files or folders, walked recursively) and URLs.
         include, exclude: glob patterns for files found in folders (see :mod:`indexer.walk`).
@@ -243,53 +281,74 @@ def ingest(
             a new one.
 
     Returns:
-        The summary: done, duplicate, failed (with reasons), queued, job id.
+        The summary: done, duplicate, failed (with reasons), queued, resumed, job id. With no
+        source at all (an empty folder), ``submitted == 0`` and no job is created.
 
     Raises:
         indexer.models.ModelNotAvailableError: embedded mode and the model is not available.
         sqlalchemy.exc.OperationalError: the database stayed unreachable.
+        indexer.jobs.JobStalledError: waiting, the job made no progress for
+            ``ingest.stall_timeout_s`` (the job goes on; nothing is marked failed).
     """
     settings = settings or get_settings()
     url = settings.database_url
     ensure_schema(url)
     started = time.monotonic()
     items, problems = expand_sources(sources, include, exclude, follow_symlinks)
-    job_id = job_id or start_job(
-        url,
-        JobKind.INGEST,
-        params={
+    if not items and not problems and job_id is None:
+        return IngestSummary(elapsed_s=time.monotonic() - started)
+    owner = process_owner()
+    keeper = keeper_for(settings)
+    lease_s = settings.ingest.lease_s
+    if job_id is None:
+        params = {
             "sources": [str(s) for s in sources][:50],
             "include": list(include or []),
             "exclude": list(exclude),
-        },
-    )
+        }
+        job_id = start_job(url, JobKind.INGEST, params=params, owner=owner, lease_s=lease_s)
+    else:
+        begin_registration(url, job_id, owner, lease_s)
+    keeper.hold_job(job_id)
     summary = IngestSummary(job_id=job_id, submitted=len(items) + len(problems))
     tally = _Tally()
     tally.failures.extend(problems)
-    registrar = Registrar(settings, retry_failed=retry_failed)
     bar = _bar(summary.submitted, progress, "ingest")
     bar.update(len(problems))
+    run = _Run(settings, keeper, owner, job_id, tally, bar)
     try:
+        found = recover(settings, owner)
+        run.hold(found.assets)
+        summary.recovered = len(found.assets)
+        registrar = Registrar(
+            settings, retry_failed, job_id=job_id, owner=owner, recovered=set(found.assets)
+        )
         if settings.broker.url:
-            _run_with_broker(settings, registrar, items, tally, job_id, bar, wait, register_workers)
+            _run_with_broker(run, registrar, items, found.assets, wait, register_workers)
         else:
             proc = processor or shared_processor(settings)
-            _run_embedded(settings, proc, registrar, items, tally, job_id, bar, register_workers)
+            _run_embedded(run, proc, registrar, items, found.assets, register_workers)
     except BaseException as exc:
+        # Only a registration that did not finish fails the job: once every source is
+        # registered, the job completes from its assets, whoever finishes them.
+        reason = f"registration interrupted ({type(exc).__name__}: {exc})"
         try:
-            fail_job(url, job_id, f"{type(exc).__name__}: {exc}")
-        except Exception:  # the database may be the problem; the original error matters more
+            fail_registration(url, job_id, reason)
+        except Exception:  # the database may be the problem; its lease runs out instead
             log.warning("could not mark job %s failed", job_id, exc_info=True)
         raise
     finally:
+        run.close()
         bar.close()
 
     summary.duplicate = tally.duplicate
     summary.asset_ids = tally.asset_ids
     summary.failures = list(tally.failures)
-    if tally.queued and (wait or not settings.broker.url):
-        final = _final_statuses(url, tally.queued)
-        for asset_id in dict.fromkeys(tally.queued):
+    work = list(dict.fromkeys(tally.work))
+    summary.resumed = sum(1 for i in work if i in tally.resumed)
+    if work and (wait or not settings.broker.url):
+        final = _final_statuses(url, work)
+        for asset_id in work:
             status, error = final.get(asset_id, ("deleted", "asset deleted during ingest"))
             if status == AssetStatus.DONE.value:
                 summary.done += 1
@@ -300,36 +359,71 @@ def ingest(
             else:
                 summary.queued += 1
     else:
-        summary.queued = len(set(tally.queued))
+        summary.queued = len(work)
     summary.failed = len(summary.failures)
     summary.elapsed_s = time.monotonic() - started
     return summary
 
 
-def _registration_extra(tally: _Tally) -> dict[str, Any]:
-    from indexer.jobs import MAX_RECORDED_FAILURES
+class _Run:
+    """One ingest run's shared state: its leases, job, tally and progress bar."""
 
-    return {
-        "duplicate": tally.duplicate,
-        "register_failed": len(tally.failures),
-        "failures": [
-            {"source": f.source, "reason": f.reason} for f in tally.failures[:MAX_RECORDED_FAILURES]
-        ],
-    }
+    def __init__(
+        self,
+        settings: Settings,
+        keeper: LeaseKeeper,
+        owner: str,
+        job_id: int,
+        tally: _Tally,
+        bar: Any,
+    ) -> None:
+        self.settings = settings
+        self.url = settings.database_url
+        self.keeper = keeper
+        self.owner = owner
+        self.job_id = job_id
+        self.tally = tally
+        self.bar = bar
+        self.held: set[int] = set()
+        self._lock = threading.Lock()
+
+    def hold(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            new = [i for i in ids if i not in self.held]
+            self.held.update(new)
+        self.keeper.hold_assets(new)
+
+    def drop(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            gone = [i for i in ids if i in self.held]
+            self.held.difference_update(gone)
+        self.keeper.drop_assets(gone)
+
+    def end_registration(self) -> str:
+        """Registration is over: the job runs until its assets end (or is done already)."""
+        status = end_registration(
+            self.url, self.job_id, self.tally.extra(), unregistered=self.tally.unregistered()
+        )
+        self.keeper.drop_job(self.job_id)
+        return status
+
+    def close(self) -> None:
+        """Stop renewing: what was not handed over is left to run out (and be recovered)."""
+        self.drop(list(self.held))
+        self.keeper.drop_job(self.job_id)
 
 
 def _run_embedded(
-    settings: Settings,
+    run: _Run,
     proc: AssetProcessor,
     registrar: Registrar,
     items: Sequence[str | Path],
-    tally: _Tally,
-    job_id: int,
-    bar: Any,
+    recovered: Sequence[int],
     register_workers: int,
 ) -> None:
-    """Register in a background thread while the processor consumes the new asset ids."""
-    url = settings.database_url
+    """Recovered work first, then register in a background thread while the processor
+    consumes the new asset ids; finally wait for assets other processes were finishing."""
+    settings = run.settings
     ids: queue.Queue[int | None] = queue.Queue(maxsize=proc.batch_size * 8)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -343,21 +437,20 @@ def _run_embedded(
                 continue
 
     def produce() -> None:
-        unsent = 0
         try:
+            for asset_id in recovered:
+                put(asset_id)
             for reg in _register_all(registrar, items, register_workers):
                 if stop.is_set():
                     return
-                tally.add(reg)
-                if reg.state == "queued":
-                    unsent += 1
-                    if unsent >= 64:
-                        add_total(url, job_id, unsent)
-                        unsent = 0
+                run.tally.add(reg)
+                if reg.held:
+                    run.hold([reg.asset_id])  # type: ignore[list-item]
+                if reg.state in ("queued", "resumed"):
                     put(reg.asset_id)
                 else:
-                    bar.update(1)
-            add_total(url, job_id, unsent)
+                    run.bar.update(1)
+            run.end_registration()
         except BaseException as exc:  # handed to the consumer thread, which re-raises
             errors.append(exc)
         finally:
@@ -378,24 +471,22 @@ def _run_embedded(
             sync_vector_index(settings, proc.model_id, proc.embed_dim)
             last_sync[0] = time.monotonic()
 
-    set_running(url, job_id)
     producer = threading.Thread(target=produce, name="ramdex-register", daemon=True)
     producer.start()
     try:
         with proc._lock:
             hook, proc.on_committed = proc.on_committed, periodic_sync
             try:
-                proc.process(stream(), job_id=job_id, on_progress=bar.update, complete_job=False)
-            except _TRANSIENT as exc:
+                proc.process(stream(), on_progress=run.bar.update)
+            except TRANSIENT as exc:
                 # Let registration finish, then retry the whole id list: processing is
                 # idempotent, so what was committed is skipped.
                 log.warning("ingest: transient error (%s); retrying", exc)
                 for _ in stream():
                     pass
                 producer.join()
-                _retry_transient(
-                    lambda: proc.process(list(tally.queued), job_id=job_id, complete_job=False)
-                )
+                again = [*recovered, *run.tally.work]
+                retry_transient(lambda: proc.process(again))
             finally:
                 proc.on_committed = hook
     finally:
@@ -403,99 +494,97 @@ def _run_embedded(
         producer.join(timeout=30)
     if errors:
         raise errors[0]
-    finish_job(url, job_id, _registration_extra(tally))
-    if tally.queued:
-        _retry_transient(lambda: sync_vector_index(settings, proc.model_id, proc.embed_dim))
+    _wait_for_others(run)
+    if run.tally.work or recovered:
+        retry_transient(lambda: sync_vector_index(settings, proc.model_id, proc.embed_dim))
+
+
+def _wait_for_others(run: _Run) -> None:
+    """Assets of this job that other live processes were processing: wait for them (with the
+    stall timeout), so the summary reports their outcome."""
+    view = get_job_view(run.url, run.job_id)
+    if view is None or view.finished:
+        return
+    wait_for_job(
+        run.url,
+        run.job_id,
+        poll_s=0.5,
+        stall_timeout_s=run.settings.ingest.stall_timeout_s or None,
+    )
 
 
 def _run_with_broker(
-    settings: Settings,
+    run: _Run,
     registrar: Registrar,
     items: Sequence[str | Path],
-    tally: _Tally,
-    job_id: int,
-    bar: Any,
+    recovered: Sequence[int],
     wait: bool,
     register_workers: int,
 ) -> None:
-    """Register here, send groups of ids to the model queue, optionally follow the job."""
-    from indexer.jobs import wait_for_job
-    from indexer.tasks import Dispatcher, submit
+    """Register here, send groups of ids to the model queue, optionally follow the job.
 
-    url = settings.database_url
+    A group is sent only after its assets' registration committed; one the broker refused stays
+    leased to this run and is sent again while it waits (or, if this run ends first, by the
+    reconciler once the lease runs out).
+    """
+    settings, url = run.settings, run.url
+    breaker = SendBreaker()
 
     def send(group: list[int]) -> None:
-        add_total(url, job_id, len(group))  # before the task can finish: totals never lag
-        submit(group, job_id=job_id, settings=settings)
+        if not breaker.open():
+            return  # kept: sent later
+        try:
+            dispatch(settings, group, run.owner)
+        except Exception as exc:
+            breaker.failed(exc)
+            return
+        run.drop(group)
+
+    def send_held() -> None:
+        held = sorted(run.held)
+        size = settings.broker.batch_size * 64
+        for start in range(0, len(held), size):
+            send(held[start : start + size])
 
     registered_only = 0
-    with Dispatcher(send, settings.broker.batch_size, settings.broker.batch_timeout_ms) as dispatch:
+    with Dispatcher(send, settings.broker.batch_size, settings.broker.batch_timeout_ms) as d:
+        for asset_id in recovered:
+            d.add(asset_id)
         for reg in _register_all(registrar, items, register_workers):
-            tally.add(reg)
-            if reg.state == "queued":
-                dispatch.add(reg.asset_id)  # type: ignore[arg-type]
-            else:
+            run.tally.add(reg)
+            if reg.held:
+                run.hold([reg.asset_id])  # type: ignore[list-item]
+                d.add(reg.asset_id)  # type: ignore[arg-type]
+            if reg.state not in ("queued", "resumed"):
                 registered_only += 1
-                bar.update(1)
-    status = end_registration(url, job_id, _registration_extra(tally))
-    if status == "done" and tally.queued:
+                run.bar.update(1)
+    status = run.end_registration()
+    send_held()
+    if status == "done" and run.tally.work:
         # The workers finished before registration ended: none of them saw the job complete.
-        from indexer.tasks import request_index_sync
-
         request_index_sync(settings, final=True)
-    if not wait or not tally.queued:
+    if not wait or not run.tally.work:
         return
 
     def on_update(view: Any) -> None:
-        bar.n = registered_only + view.processed
-        bar.refresh()
+        run.bar.n = registered_only + view.processed
+        run.bar.refresh()
 
-    wait_for_job(url, job_id, on_update=on_update)
+    last_pass = [time.monotonic()]
 
+    def on_poll() -> None:
+        # While waiting: send what the broker refused before, and reconcile now and then (a
+        # dead worker's assets come back even when no worker runs a reconciler).
+        if run.held:
+            send_held()
+        if time.monotonic() - last_pass[0] >= settings.ingest.reconcile_interval_s:
+            last_pass[0] = time.monotonic()
+            reconcile_once(settings)
 
-# Errors worth retrying: the database or broker was unreachable, a lock timed out, GPU memory ran
-# out. Anything else is a bug or bad input and must surface.
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [
-        sa.exc.OperationalError,
-        sa.exc.InterfaceError,
-        sa.exc.TimeoutError,
-        torch.cuda.OutOfMemoryError,
-        ConnectionError,
-        TimeoutError,
-    ]
-    try:
-        import redis.exceptions
-
-        errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-    except ImportError:  # pragma: no cover - redis is a dependency through celery[redis]
-        pass
-    try:
-        import kombu.exceptions
-
-        errors.append(kombu.exceptions.OperationalError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
-_TRANSIENT = _transient_errors()
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether an error is worth retrying later (database/broker down, GPU out of memory)."""
-    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, _TRANSIENT)
-
-
-def _retry_transient(fn: Callable[[], Any], attempts: int = 6, base_s: float = 1.0) -> Any:
-    """Call ``fn``, retrying transient errors with exponential backoff (1, 2, 4 ... s)."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except _TRANSIENT:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(min(base_s * 2**attempt, 30.0))
-    return None
+    wait_for_job(
+        url,
+        run.job_id,
+        on_update=on_update,
+        on_poll=on_poll,
+        stall_timeout_s=settings.ingest.stall_timeout_s or None,
+    )

@@ -2,23 +2,28 @@
 
 Lifecycle of a job row (``indexer.db.jobs.Job``):
 
-- ``pending``: the caller is still registering items (``total`` grows as assets are queued);
-- ``running``: every item is registered and queued; workers count ``done`` / ``failed``
-  (in-process runs, which register and process at once, are ``running`` from the start and
-  finish the job themselves);
-- ``done``: ``done + failed >= total`` once registration has ended (a job whose items all
-  failed is still ``done``: failures are per asset, with reasons on the assets);
-- ``failed``: the run itself broke (the error says why), ``cancelled``: stopped by a person.
+- ``pending``: the caller is still registering sources; it holds the job's lease (renewed by
+  its heartbeat), so a registration that died is noticed: the reconciler marks the job
+  ``failed`` with a reason (or, for the API's server-path jobs, registers them again);
+- ``running``: registration is over; the job waits for the assets in its ledger
+  (``job_assets``): each is credited ``done`` or ``failed`` once, when it ends, by whichever
+  process ended it (its own run, a run that resumed it, a worker after the reconciler
+  re-dispatched it), in the transaction that ended it;
+- ``done``: every ledger row is credited and registration is over (a job with failures is
+  still ``done``: failures are per source, with reasons; sources that never became assets, such
+  as a refused URL, count as failed too);
+- ``failed``: the run itself broke before registering everything (the error says why),
+  ``cancelled``: stopped by a person.
 
-Whoever finishes last flips the status, with one conditional ``UPDATE`` each, so the caller
-and the workers never race: a worker completes a ``running`` job; the caller, when it ends
-registration, goes straight to ``done`` if the workers were faster.
+Whoever credits the last item flips the status, with one conditional ``UPDATE``, so callers and
+workers never race; a client that stops waiting (Ctrl-C) changes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,10 +31,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db.job_repo import create_job, get_job, update_job
-from indexer.db.jobs import Job, JobKind, JobStatus
+from indexer.db.job_repo import (
+    add_job_assets,
+    complete_jobs,
+    create_job,
+    credit_assets,
+    get_job,
+    renew_job_lease,
+    settle_job,
+    update_job,
+)
+from indexer.db.jobs import Job, JobKind, JobOutcome, JobStatus
+from indexer.db.leases import db_in
 from indexer.db.session import session_scope
 
+log = logging.getLogger(__name__)
 _jobs = Job.__table__
 MAX_RECORDED_FAILURES = 100  # per job, in params["failures"]: enough to act on, bounded in size
 
@@ -107,40 +123,91 @@ def view(job: Job) -> JobView:
     )
 
 
-def start_job(url: str | None, kind: JobKind | str, params: dict[str, Any] | None = None) -> int:
-    """Create a ``pending`` job (items are being registered) and return its id."""
+def start_job(
+    url: str | None,
+    kind: JobKind | str,
+    params: dict[str, Any] | None = None,
+    *,
+    owner: str | None = None,
+    lease_s: float | None = None,
+) -> int:
+    """Create a ``pending`` job (its sources are being registered) and return its id.
+
+    Args:
+        owner, lease_s: the registering process and its lease; None: no lease (the job is not
+            watched by the reconciler until a registering process takes it, see
+            :func:`begin_registration`).
+    """
     with session_scope(url) as session:
-        return int(create_job(session, kind=kind, total=0, params=params or {}).id)
+        job = create_job(session, kind=kind, total=0, params=params or {})
+        if owner is not None and lease_s is not None:
+            job.lease_owner = owner
+            session.flush()
+            renew_job_lease(session, int(job.id), owner, lease_s)
+        return int(job.id)
 
 
-def add_total(url: str | None, job_id: int, count: int) -> None:
-    """Grow a job's total by ``count`` queued items."""
-    if count:
-        with session_scope(url) as session:
-            update_job(session, job_id, add_total=count)
+def begin_registration(url: str | None, job_id: int, owner: str, lease_s: float) -> None:
+    """This process registers the sources of an existing ``pending`` job (created by the API, or
+    registered again after its first registration was lost): it takes the job's lease.
+
+    Raises:
+        LookupError: no such job, or it is no longer pending.
+    """
+    with session_scope(url) as session:
+        taken = session.execute(
+            sa.update(_jobs)
+            .where(_jobs.c.id == job_id, _jobs.c.status == JobStatus.PENDING.value)
+            .values(lease_owner=owner, lease_until=db_in(lease_s), updated_at=sa.func.now())
+        )
+        if not taken.rowcount:
+            raise LookupError(f"job {job_id} is not a pending job")
 
 
-def end_registration(url: str | None, job_id: int, extra: dict[str, Any] | None = None) -> str:
-    """Registration is over: ``running``, or ``done`` if the workers already finished.
+def end_registration(
+    url: str | None,
+    job_id: int,
+    extra: dict[str, Any] | None = None,
+    *,
+    unregistered: int = 0,
+    model_name: str | None = None,
+) -> str:
+    """Registration is over: ``running``, or ``done`` if its assets have all ended already.
 
     Args:
         extra: merged into the job's params (counts of duplicates and registration failures).
+        unregistered: sources that failed before becoming assets (unreadable paths, refused
+            URLs): counted in the job's total and failed.
+        model_name: a reindex job's model (its ledger rows count done once that model scored
+            them).
 
     Returns:
         The job's status afterwards.
     """
     with session_scope(url) as session:
-        if extra:
-            job = get_job(session, job_id)
-            if job is not None:
-                job.params = {**(job.params or {}), **extra}
-                session.flush()
+        job = get_job(session, job_id)
+        if job is not None and extra:
+            job.params = {**(job.params or {}), **extra}
+            session.flush()
+        if unregistered:
+            session.execute(
+                sa.update(_jobs)
+                .where(_jobs.c.id == job_id)
+                .values(
+                    total=_jobs.c.total + unregistered,
+                    failed=_jobs.c.failed + unregistered,
+                )
+            )
+        # Rows added just as their asset ended elsewhere were not credited by that process.
+        settle_job(session, job_id, model_name)
         finished = (_jobs.c.done + _jobs.c.failed) >= _jobs.c.total
         session.execute(
             sa.update(_jobs)
             .where(_jobs.c.id == job_id, _jobs.c.status == JobStatus.PENDING.value)
             .values(
                 status=sa.case((finished, JobStatus.DONE.value), else_=JobStatus.RUNNING.value),
+                lease_owner=None,
+                lease_until=None,
                 updated_at=sa.func.now(),
             )
         )
@@ -148,20 +215,23 @@ def end_registration(url: str | None, job_id: int, extra: dict[str, Any] | None 
         return str(status.scalar_one_or_none() or "")
 
 
-def set_running(url: str | None, job_id: int) -> None:
-    """In-process runs (embedded mode) register and process at once: show the job running."""
+def add_assets(url: str | None, job_id: int, asset_ids: Sequence[int]) -> int:
+    """Make the job wait for these assets (each once); returns how many were new to it."""
     with session_scope(url) as session:
-        update_job(session, job_id, status=JobStatus.RUNNING)
+        return add_job_assets(session, job_id, asset_ids)
 
 
-def finish_job(url: str | None, job_id: int, extra: dict[str, Any] | None = None) -> None:
-    """An in-process run is over: ``done``, with ``extra`` merged into the params."""
-    with session_scope(url) as session:
-        job = get_job(session, job_id)
-        if job is not None and extra:
-            job.params = {**(job.params or {}), **extra}
-            session.flush()
-        update_job(session, job_id, status=JobStatus.DONE)
+def settle(session: Session, done: Sequence[int] = (), failed: Sequence[int] = ()) -> list[int]:
+    """In the caller's transaction: these assets ended; credit every job waiting for them and
+    complete the jobs that have nothing left.
+
+    Returns:
+        The ids of the jobs this call completed.
+    """
+    touched = set(credit_assets(session, done, JobOutcome.DONE)) if done else set()
+    if failed:
+        touched.update(credit_assets(session, failed, JobOutcome.FAILED))
+    return complete_jobs(session, sorted(touched))
 
 
 def complete_if_finished(session: Session, job_id: int) -> bool:
@@ -170,22 +240,34 @@ def complete_if_finished(session: Session, job_id: int) -> bool:
     Returns:
         Whether this call completed the job.
     """
-    result = session.execute(
-        sa.update(_jobs)
-        .where(
-            _jobs.c.id == job_id,
-            _jobs.c.status == JobStatus.RUNNING.value,
-            (_jobs.c.done + _jobs.c.failed) >= _jobs.c.total,
-        )
-        .values(status=JobStatus.DONE.value, updated_at=sa.func.now())
-    )
-    return bool(result.rowcount)
+    return bool(complete_jobs(session, [job_id]))
 
 
 def fail_job(url: str | None, job_id: int, error: str) -> None:
     """Mark the run itself failed (not its items) with a reason."""
     with session_scope(url) as session:
         update_job(session, job_id, status=JobStatus.FAILED, error=error)
+        session.execute(
+            sa.update(_jobs).where(_jobs.c.id == job_id).values(lease_owner=None, lease_until=None)
+        )
+
+
+def fail_registration(url: str | None, job_id: int, error: str) -> bool:
+    """A registration that could not finish fails its job (a job already past registration is
+    left alone: it completes from its assets). Returns whether the job was failed."""
+    with session_scope(url) as session:
+        result = session.execute(
+            sa.update(_jobs)
+            .where(_jobs.c.id == job_id, _jobs.c.status == JobStatus.PENDING.value)
+            .values(
+                status=JobStatus.FAILED.value,
+                error=error[:4000],
+                lease_owner=None,
+                lease_until=None,
+                updated_at=sa.func.now(),
+            )
+        )
+        return bool(result.rowcount)
 
 
 def get_job_view(url: str | None, job_id: int) -> JobView | None:
@@ -202,24 +284,56 @@ def recent_jobs(url: str | None, limit: int = 20) -> list[JobView]:
         return [view(j) for j in rows]
 
 
+class JobStalledError(RuntimeError):
+    """A waited-for job made no progress for the stall timeout."""
+
+    def __init__(self, view: JobView, stalled_s: float) -> None:
+        self.view = view
+        self.stalled_s = stalled_s
+        left = view.total - view.processed
+        super().__init__(
+            f"job {view.id} made no progress for {stalled_s:.0f} s "
+            f"({view.processed}/{view.total} processed, {left} waiting): is a worker running "
+            f"(`ramdex worker`) and can it reach the broker and the database? The job goes on "
+            f"when one does; follow it with `ramdex jobs {view.id} --watch`"
+        )
+
+
 def wait_for_job(
     url: str | None,
     job_id: int,
     *,
     poll_s: float = 0.5,
     timeout_s: float | None = None,
+    stall_timeout_s: float | None = None,
     on_update: Callable[[JobView], None] | None = None,
+    on_poll: Callable[[], None] | None = None,
 ) -> JobView:
     """Poll until the job is finished; ``on_update`` sees every poll (progress bars).
 
-    Database hiccups while polling are retried: the job goes on in the workers anyway.
+    Database hiccups while polling are retried: the job goes on in the workers anyway. Stopping
+    the wait (an exception, Ctrl-C) leaves the job as it is.
+
+    Args:
+        stall_timeout_s: give up when ``done + failed`` and ``total`` have not changed for this
+            long (None or 0: never).
+        on_poll: called once per poll before reading the job (clients re-send what they could
+            not dispatch); its errors are logged, not raised.
 
     Raises:
         LookupError: no such job.
         TimeoutError: not finished within ``timeout_s``.
+        JobStalledError: no progress for ``stall_timeout_s``.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_change = time.monotonic()
+    seen: tuple[int, int] | None = None
     while True:
+        if on_poll is not None:
+            try:
+                on_poll()
+            except Exception:
+                log.warning("while waiting for job %s", job_id, exc_info=True)
         try:
             current = get_job_view(url, job_id)
         except sa.exc.OperationalError:
@@ -233,7 +347,13 @@ def wait_for_job(
             on_update(current)
         if current.finished:
             return current
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        progress = (current.processed, current.total)
+        if progress != seen:
+            seen, last_change = progress, now
+        elif stall_timeout_s and now - last_change >= stall_timeout_s:
+            raise JobStalledError(current, now - last_change)
+        if deadline is not None and now > deadline:
             raise TimeoutError(
                 f"job {job_id} not finished after {timeout_s:.0f} s "
                 f"({current.processed}/{current.total} processed)"

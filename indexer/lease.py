@@ -92,7 +92,7 @@ class LeaseKeeper:
         self.url = settings.database_url
         self.lease_s = settings.ingest.lease_s
         self.owner = process_owner()
-        self._assets: dict[int, int] = {}  # asset id -> holders (two runs may hold one asset)
+        self._assets: set[int] = set()
         self._jobs: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -101,19 +101,13 @@ class LeaseKeeper:
     def hold_assets(self, asset_ids: Iterable[int]) -> None:
         """Renew the leases of these assets until :meth:`drop_assets`."""
         with self._lock:
-            for asset_id in asset_ids:
-                self._assets[int(asset_id)] = self._assets.get(int(asset_id), 0) + 1
+            self._assets.update(int(i) for i in asset_ids)
             self._start()
 
     def drop_assets(self, asset_ids: Iterable[int]) -> None:
         """Stop renewing these assets (finished, handed over, or given up)."""
         with self._lock:
-            for asset_id in asset_ids:
-                left = self._assets.get(int(asset_id), 0) - 1
-                if left > 0:
-                    self._assets[int(asset_id)] = left
-                else:
-                    self._assets.pop(int(asset_id), None)
+            self._assets.difference_update(int(i) for i in asset_ids)
 
     def hold_job(self, job_id: int) -> None:
         """Renew a pending job's registration lease until :meth:`drop_job`."""

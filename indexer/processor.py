@@ -3,8 +3,11 @@ make the thumbnail, run the model in batches, append E to the token store, then 
 result of the batch in one transaction.
 
 Processing is idempotent (an asset already scored by this model is skipped, so a redelivered task
-does no harm) and guarded against poison files (see ``MAX_ATTEMPTS``). One processor per process
-and configuration owns the model (:func:`shared_processor`).
+does no harm) and guarded against poison files (see ``MAX_ATTEMPTS``). Work is claimed under a
+lease (:mod:`indexer.lease`): an asset another live process is working on is left to it, and the
+lease is renewed while the batch runs, so a process that dies gives its work back within
+``ingest.lease_s``. Jobs are credited through their ledger when the batch commits, whoever ran
+it. One processor per process and configuration owns the model (:func:`shared_processor`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,12 +29,19 @@ import torch
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from indexer.db.asset_repo import AssetResult, mark_failed, set_status, write_asset_results
+from indexer.db.asset_repo import (
+    AssetResult,
+    claim_assets,
+    expire_leases_of,
+    mark_failed,
+    release_assets,
+    write_asset_results,
+)
 from indexer.db.assets import Asset, AssetStatus
-from indexer.db.job_repo import add_job_progress
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
-from indexer.jobs import complete_if_finished
+from indexer.jobs import settle
+from indexer.lease import LeaseKeeper, is_dead_here, keeper_for, process_owner
 from indexer.media import MediaStore, decode_image, make_thumbnail
 from indexer.settings import Settings
 from indexer.stores import ensure_schema, open_token_store
@@ -76,6 +87,8 @@ class _Row:
     storage_path: str | None
     mime: str | None
     attempts: int = 0
+    first_run: bool = False  # its first processing run starts now (counted when claimed)
+    elsewhere: bool = False  # another live process holds its lease
 
 
 @dataclass
@@ -100,6 +113,9 @@ _MIME_BY_FORMAT = {
     "AVIF": "image/avif",
 }
 
+
+DEBUG_PAUSE_ENV = "RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S"  # tests only: sleep before each commit
+DEBUG_CRASH_ENV = "RAMDEX_DEBUG_CRASH_ON_SHA256"  # tests only: this file "crashes the decoder"
 
 # Processing runs an asset may start: after that many ended without a commit (each crashed or was
 # killed), it is marked failed instead of being redelivered forever.
@@ -167,12 +183,25 @@ class AssetProcessor:
         self._tokens: TokenStore | None = None
         self._lock = threading.Lock()
         self.pid = os.getpid()
+        self.owner = process_owner()
         #: Called with the batch's ids after the token store write, before the database commit
         #: (fault-injection point for tests of crashes between the two).
         self.before_commit: Callable[[np.ndarray], None] | None = None
         #: Called with an asset's sha256 before it is decoded (fault-injection point for tests
         #: of files that crash the process).
         self.before_prepare: Callable[[str], None] | None = None
+        self._debug_hooks_from_env()
+
+    def _debug_hooks_from_env(self) -> None:
+        """Fault injection for the tests of real processes (workers, ``ramdex ingest``), from
+        the environment: never set in production."""
+        pause = os.environ.get(DEBUG_PAUSE_ENV)
+        if pause:
+            seconds = float(pause)
+            self.before_commit = lambda ids: time.sleep(seconds)
+        poison = os.environ.get(DEBUG_CRASH_ENV)
+        if poison:
+            self.before_prepare = lambda sha256: os._exit(70) if sha256 == poison else None
 
     # -- resources ----------------------------------------------------------------------------
 
@@ -204,9 +233,17 @@ class AssetProcessor:
                 sa.update(Asset).where(Asset.id.in_(list(ids))).values(attempts=Asset.attempts + 1)
             )
 
-    def _load_rows(self, ids: Sequence[int], force: bool) -> dict[int, _Row]:
-        """Load and claim assets; the first run of new work is counted in the same transaction."""
+    def _load_rows(self, ids: Sequence[int], force: bool, run: _Run) -> dict[int, _Row]:
+        """Load and claim a window of assets, in one transaction.
+
+        Unfinished assets are claimed under this process's lease (those another live process
+        holds are left out: it finishes them). The first run of new work is counted in
+        ``attempts`` here; assets already finished (a redelivered message, or a job that met
+        them) are credited to any job still waiting for them.
+        """
+        lease_s = self.settings.ingest.lease_s
         with session_scope(self.url) as session:
+            claimed = claim_assets(session, ids, self.owner, lease_s)
             rows = session.execute(
                 sa.select(
                     Asset.id,
@@ -216,24 +253,58 @@ class AssetProcessor:
                     Asset.storage_path,
                     Asset.mime,
                     Asset.attempts,
+                    Asset.lease_owner,
                 ).where(Asset.id.in_(list(ids)))
             ).all()
-            # Claim new work so `ramdex jobs` and the API show it as in progress. Assets being
-            # re-scored (reindex) stay `done`: they remain searchable meanwhile.
-            set_status(session, list(ids), AssetStatus.PROCESSING, only_from=[AssetStatus.PENDING])
+            # Held by a process of this machine that no longer runs (a pool process killed
+            # mid-batch, whose message came straight back): take them over now.
+            dead = {
+                r.lease_owner
+                for r in rows
+                if int(r.id) not in claimed
+                and r.status == AssetStatus.PROCESSING.value
+                and r.lease_owner
+                and is_dead_here(r.lease_owner)
+            }
+            if dead:
+                expire_leases_of(session, sorted(dead))
+                claimed |= claim_assets(session, ids, self.owner, lease_s)
             loaded = {
                 int(r.id): _Row(
                     int(r.id), r.sha256, r.status, r.model_name, r.storage_path, r.mime, r.attempts
                 )
                 for r in rows
             }
-            self._count_attempt(
-                session,
-                [i for i, r in loaded.items() if _is_first_run(r) and self._wanted(r, force)],
+            for i, r in loaded.items():
+                r.elsewhere = _unfinished(r) and i not in claimed
+            first = [
+                i
+                for i, r in loaded.items()
+                if i in claimed and _is_first_run(r) and self._wanted(r, force)
+            ]
+            self._count_attempt(session, first)
+            for i in first:
+                loaded[i].attempts += 1
+                loaded[i].first_run = True
+            finished = [
+                r
+                for r in loaded.values()
+                if not _unfinished(r) and not r.elsewhere and not self._wanted(r, force)
+            ]
+            run.completed.update(
+                settle(
+                    session,
+                    done=[r.id for r in finished if r.status == AssetStatus.DONE.value],
+                    failed=[r.id for r in finished if r.status == AssetStatus.FAILED.value],
+                )
             )
+        run.hold(claimed)
+        run.counted.update(first)
         return loaded
 
     def _wanted(self, row: _Row, force: bool) -> bool:
+        if row.elsewhere:
+            return False  # another live process is processing it
         if force:
             return True
         if row.status == AssetStatus.DONE.value:
@@ -306,9 +377,8 @@ class AssetProcessor:
         self,
         batch: list[_Prepared],
         failures: list[_Prepared],
-        job_id: int | None,
         outcome: ProcessOutcome,
-        complete_job: bool = True,
+        run: _Run,
     ) -> None:
         """Model + token store + one database transaction for a batch and its failures."""
         results = self._infer(batch) if batch else []
@@ -346,16 +416,16 @@ class AssetProcessor:
                 by_reason.setdefault(p.error or "unknown error", []).append(p.row.id)
             for reason, failed_ids in by_reason.items():
                 mark_failed(session, failed_ids, reason)
-            completed = False
-            if job_id is not None:
-                add_job_progress(session, job_id, done=len(written.written), failed=len(failures))
-                completed = complete_job and complete_if_finished(session, job_id)
+            completed = settle(session, done=written.written, failed=[p.row.id for p in failures])
+        run.drop([p.row.id for p in batch] + [p.row.id for p in failures])
         outcome.done.extend(written.written)
         outcome.skipped.extend(written.missing)
         outcome.failed.extend(Failure(str(p.row.id), p.error or "", p.row.id) for p in failures)
+        completed = sorted(set(completed) | run.completed)
+        run.completed.clear()
         if self.on_committed is not None and (written.written or completed):
             try:
-                self.on_committed(list(written.written), completed)
+                self.on_committed(list(written.written), bool(completed))
             except Exception:  # the index is derived data; it is resynced from the database
                 log.exception("after-commit hook failed for %d assets", len(written.written))
 
@@ -363,23 +433,22 @@ class AssetProcessor:
         self,
         asset_ids: Iterable[int],
         *,
-        job_id: int | None = None,
         force: bool = False,
         on_progress: Callable[[int], None] | None = None,
-        complete_job: bool = True,
     ) -> ProcessOutcome:
         """Tag the given assets (an iterable may stream ids while earlier ones are processed).
 
-        Assets already done by this model, failed ones (unless ``force``) and deleted ones are
-        skipped; they still count in ``on_progress``. With ``complete_job`` (workers), the batch
-        that processes a job's last item marks the job done; in-process runs finish their job
-        themselves.
+        Assets already done by this model, failed ones (unless ``force``), deleted ones and ones
+        another live process is working on are skipped; they still count in ``on_progress``.
+        Jobs waiting for an asset are credited in the transaction that ends it.
 
         Raises:
             sqlalchemy.exc.OperationalError and other transient errors: nothing of the current
-                batch was committed; calling again with the same ids is safe.
+                batch was committed; its claimed assets were given back (``pending``) when the
+                database allowed it, else their lease runs out. Calling again is safe.
         """
         outcome = ProcessOutcome()
+        run = _Run(keeper_for(self.settings))
         window = max(self.batch_size * 2, 8)
         lookahead = self.batch_size * 2
         pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="ramdex-decode")
@@ -391,7 +460,7 @@ class AssetProcessor:
             nonlocal batch, failures
             count = len(batch) + len(failures)
             if count:
-                self._commit(batch, failures, job_id, outcome, complete_job)
+                self._commit(batch, failures, outcome, run)
                 batch, failures = [], []
                 if on_progress:
                     on_progress(count)
@@ -403,20 +472,18 @@ class AssetProcessor:
 
         try:
             for ids in _windows(asset_ids, window):
-                rows = self._load_rows(ids, force)
+                rows = self._load_rows(ids, force, run)
                 fresh: list[_Row] = []
                 for asset_id in ids:
                     row = rows.get(asset_id)
                     if row is None or not self._wanted(row, force):
-                        # Done by this model already (a redelivered task: counted when it was
-                        # committed) or failed earlier. A deleted asset still ends its job.
+                        # Done by this model already (a redelivered task), failed earlier,
+                        # deleted, or in another live process's hands: nothing to do here.
                         outcome.skipped.append(asset_id)
-                        if row is None and job_id is not None:
-                            self._count_gone(job_id, complete_job)
                         if on_progress:
                             on_progress(1)
                         continue
-                    if row.status == AssetStatus.DONE.value or _is_first_run(row):
+                    if row.status == AssetStatus.DONE.value or row.first_run:
                         fresh.append(row)  # first run (counted by _load_rows) or a re-score
                     elif row.attempts >= MAX_ATTEMPTS:
                         take(_Prepared(row, error=POISON_REASON.format(n=row.attempts)))
@@ -429,6 +496,7 @@ class AssetProcessor:
                         flush()
                         with session_scope(self.url) as session:
                             self._count_attempt(session, [row.id])
+                        run.counted.add(row.id)
                         take(self._prepare(row))
                         flush()
                 for row in fresh:
@@ -438,22 +506,73 @@ class AssetProcessor:
             while pending:
                 take(pending.popleft().result())
             flush()
+            if run.completed:  # jobs completed by crediting assets that were already finished
+                self._report_completed(run)
+        except BaseException:
+            run.give_back(self.url, self.owner)
+            raise
         finally:
             for future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+            run.close()
         return outcome
 
-    def _count_gone(self, job_id: int, complete_job: bool) -> None:
-        with session_scope(self.url) as session:
-            add_job_progress(session, job_id, failed=1)
-            if complete_job:
-                complete_if_finished(session, job_id)
+    def _report_completed(self, run: _Run) -> None:
+        run.completed.clear()
+        if self.on_committed is not None:
+            try:
+                self.on_committed([], True)
+            except Exception:  # derived data only (the index sync)
+                log.exception("after-commit hook failed")
+
+
+class _Run:
+    """What one :meth:`AssetProcessor.process` call holds: leases renewed by the keeper,
+    attempts it counted, jobs it completed and has not reported yet."""
+
+    def __init__(self, keeper: LeaseKeeper) -> None:
+        self.keeper = keeper
+        self.held: set[int] = set()
+        self.counted: set[int] = set()
+        self.completed: set[int] = set()
+
+    def hold(self, ids: Iterable[int]) -> None:
+        new = [i for i in ids if i not in self.held]
+        self.held.update(new)
+        self.keeper.hold_assets(new)
+
+    def drop(self, ids: Iterable[int]) -> None:
+        gone = [i for i in ids if i in self.held]
+        self.held.difference_update(gone)
+        self.counted.difference_update(gone)
+        self.keeper.drop_assets(gone)
+
+    def give_back(self, url: str, owner: str) -> None:
+        """After an error: release the unfinished claimed assets, their attempt taken back (a
+        clean stop is no crash), so a retry batches them again. Best effort: when the database
+        is the problem, their leases run out instead."""
+        if not self.held:
+            return
+        try:
+            with session_scope(url) as session:
+                release_assets(
+                    session, sorted(self.held), owner, dispatched=True, uncount=self.counted
+                )
+        except Exception:
+            log.warning("could not release %d claimed assets", len(self.held), exc_info=True)
+
+    def close(self) -> None:
+        self.drop(list(self.held))
 
 
 def _is_first_run(row: _Row) -> bool:
     """New work no run has started on yet (re-scores of done assets are not counted)."""
     return row.status != AssetStatus.DONE.value and row.attempts == 0
+
+
+def _unfinished(row: _Row) -> bool:
+    return row.status in (AssetStatus.PENDING.value, AssetStatus.PROCESSING.value)
 
 
 def _windows(ids: Iterable[int], size: int) -> Iterator[list[int]]:

@@ -2,26 +2,37 @@
 
 Hash and copy each original into the content-addressed media store and get-or-create the asset by
 sha256 (race-safe), recording the source. New assets are ``pending``; the same bytes seen again
-are a *duplicate* (one asset, one more source); unreadable input is ``failed`` with a reason.
+are a *duplicate* when that asset is done (one asset, one more source), *resumed* when it is
+still unfinished (an earlier run was interrupted: this run finishes it); unreadable input is
+``failed`` with a reason.
+
+With a job, every outcome is written into the job's ledger in the same transaction (so the job
+waits for exactly these assets). With an owner, new and resumed assets are leased to it: it
+promises to dispatch or process them, and its lease running out says it could not.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from indexer.allowed_roots import PathNotAllowedError, check_server_path
 from indexer.db.asset_repo import (
     add_source,
     get_or_create_asset_by_sha,
+    lease_assets,
     mark_failed,
     set_status,
 )
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.job_repo import add_job_assets
+from indexer.db.jobs import JobOutcome
 from indexer.db.session import session_scope
 from indexer.fetch import FetchError, FetchLimits, fetch_url
 from indexer.media import (
@@ -38,14 +49,17 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 class Registered:
     """The outcome of registering one source.
 
-    ``state`` is ``queued`` (new asset, to process), ``duplicate`` (already an asset),
-    or ``failed`` (``reason`` says why; ``asset_id`` is set when the bytes were readable).
+    ``state`` is ``queued`` (new asset, to process), ``resumed`` (an unfinished asset met again:
+    this run finishes it), ``duplicate`` (already done, or met twice by this job) or ``failed``
+    (``reason`` says why; ``asset_id`` is set when the bytes were readable). ``held``: the asset
+    is leased to the registrar's owner, which must dispatch or process it.
     """
 
     source: str
     state: str
     asset_id: int | None = None
     reason: str | None = None
+    held: bool = False
 
 
 def is_url(text: str) -> bool:
@@ -59,14 +73,31 @@ class Registrar:
     Args:
         settings: ramdex settings (media folder, limits, URL safety).
         retry_failed: put assets that failed before back to ``pending`` when seen again.
+        job_id: the job whose ledger records every outcome (None: no job).
+        owner: lease new and resumed assets to this process (see :mod:`indexer.lease`); None:
+            they are left unleased, for the reconciler to dispatch.
+        recovered: assets this run recovered before registering (left unfinished by an earlier
+            run): met again, they count as resumed even if they are done by now.
     """
 
-    def __init__(self, settings: Settings, retry_failed: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        retry_failed: bool = False,
+        *,
+        job_id: int | None = None,
+        owner: str | None = None,
+        recovered: Set[int] = frozenset(),
+    ) -> None:
         self.settings = settings
         self.url = settings.database_url
         self.media = MediaStore(settings.media_dir)
         self.limits = FetchLimits.from_settings(settings)
         self.retry_failed = retry_failed
+        self.job_id = job_id
+        self.owner = owner
+        self.lease_s = settings.ingest.lease_s
+        self.recovered = recovered
 
     def register(self, source: str | Path) -> Registered:
         """Register a path or an ``http(s)`` URL; never raises for bad input (see ``state``).
@@ -142,14 +173,42 @@ class Registrar:
             if ref.created:
                 if reason is not None:
                     mark_failed(session, ref.id, reason)
+                    self._ledger(session, ref.id, JobOutcome.FAILED)
                     return Registered(uri, "failed", ref.id, reason)
-                return Registered(uri, "queued", ref.id)
+                self._ledger(session, ref.id)
+                return Registered(uri, "queued", ref.id, held=self._lease(session, ref.id))
+            # Locked (PostgreSQL), so a worker finishing this asset right now either commits
+            # first (we see it done) or credits our ledger row after we commit.
             row = session.execute(
-                sa.select(Asset.status, Asset.error).where(Asset.id == ref.id)
+                sa.select(Asset.status, Asset.error, Asset.model_name)
+                .where(Asset.id == ref.id)
+                .with_for_update()
             ).one()
             if row.status == AssetStatus.FAILED.value:
                 if self.retry_failed and reason is None:
                     set_status(session, [ref.id], AssetStatus.PENDING)
-                    return Registered(uri, "queued", ref.id)
-                return Registered(uri, "failed", ref.id, row.error or "failed earlier")
-            return Registered(uri, "duplicate", ref.id)
+                    self._ledger(session, ref.id)
+                    return Registered(uri, "queued", ref.id, held=self._lease(session, ref.id))
+                error = row.error or "failed earlier"
+                self._ledger(session, ref.id, JobOutcome.FAILED)
+                return Registered(uri, "failed", ref.id, error)
+            if row.status == AssetStatus.DONE.value:
+                if ref.id in self.recovered and self._ledger(session, ref.id, JobOutcome.DONE):
+                    return Registered(uri, "resumed", ref.id)  # finished by this run's recovery
+                return Registered(uri, "duplicate", ref.id)
+            # Unfinished: an earlier run was interrupted (or another run works on it now).
+            if not self._ledger(session, ref.id) and self.job_id is not None:
+                return Registered(uri, "duplicate", ref.id)  # this job met the same bytes twice
+            return Registered(uri, "resumed", ref.id, held=self._lease(session, ref.id))
+
+    def _ledger(self, session: Session, asset_id: int, outcome: JobOutcome | None = None) -> bool:
+        """Record the asset in the job's ledger; False when it was there already (or no job)."""
+        if self.job_id is None:
+            return False
+        return bool(add_job_assets(session, self.job_id, [asset_id], outcome))
+
+    def _lease(self, session: Session, asset_id: int) -> bool:
+        """Lease the asset to the owner unless another live process holds it."""
+        if self.owner is None:
+            return False
+        return bool(lease_assets(session, [asset_id], self.owner, self.lease_s))

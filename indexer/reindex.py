@@ -9,8 +9,8 @@ Assets being re-scored stay ``done`` with their old scores until the new ones ar
 so search keeps working during a long reindex. The run is resumable by construction: the work
 list is "assets whose ``model_name`` differs from the configured model", which shrinks with every
 committed batch, so running the command again after an interruption continues where it stopped.
-It also picks up *stuck* assets: ``pending`` or ``processing`` ones untouched for a while (their
-task was lost, for example a crash between registration and dispatch).
+Like ``ramdex ingest``, it first recovers unfinished work nobody holds (expired leases, pending
+assets whose message was lost; see :mod:`indexer.reconcile`).
 """
 
 from __future__ import annotations
@@ -18,28 +18,30 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from indexer.db.asset_repo import assets_scored_by_other_model
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.job_repo import add_job_assets
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
-from indexer.ingest import AssetProcessor, ensure_schema, shared_processor, sync_vector_index
+from indexer.dispatch import dispatch, request_index_sync
+from indexer.ingest import _bar
 from indexer.jobs import (
-    add_total,
     end_registration,
-    fail_job,
-    finish_job,
-    set_running,
+    fail_registration,
+    get_job_view,
     start_job,
     wait_for_job,
 )
+from indexer.lease import keeper_for, process_owner
+from indexer.processor import AssetProcessor, shared_processor
+from indexer.reconcile import recover
 from indexer.settings import Settings, get_settings
+from indexer.stores import ensure_schema, sync_vector_index
 
-DEFAULT_STUCK_AFTER_S = 15 * 60
 PAGE = 1000
 
 
@@ -79,6 +81,7 @@ class ReindexSummary:
     queued: int = 0
     done: int = 0
     failed: int = 0
+    recovered: int = 0
     elapsed_s: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -87,6 +90,7 @@ class ReindexSummary:
             "job_id": self.job_id,
             "model": self.model_id,
             "queued": self.queued,
+            "recovered": self.recovered,
             "done": self.done,
             "failed": self.failed,
             "elapsed_s": round(self.elapsed_s, 3),
@@ -122,82 +126,51 @@ def pending_counts(settings: Settings | None = None, model_id: str | None = None
     return PendingCounts(model_id, int(other), int(waiting))
 
 
-def _stuck_ids(settings: Settings, older_than_s: float, after_id: int, limit: int) -> list[int]:
-    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-    with session_scope(settings.database_url) as session:
-        rows = session.execute(
-            sa.select(Asset.id)
-            .where(
-                Asset.status.in_([AssetStatus.PENDING.value, AssetStatus.PROCESSING.value]),
-                Asset.updated_at < cutoff,
-                Asset.id > after_id,
-            )
-            .order_by(Asset.id)
-            .limit(limit)
-        ).scalars()
-        return [int(i) for i in rows]
-
-
 def iter_reindex_ids(
     settings: Settings,
     model_id: str,
     *,
-    stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
     limit: int | None = None,
-) -> Iterator[int]:
-    """Ids to re-score, ascending: other-model assets, then stuck ones (keyset pages)."""
+) -> Iterator[list[int]]:
+    """Pages of ids to re-score, ascending: done assets scored by another model (keyset)."""
     emitted = 0
     last = 0
-    while True:
+    while limit is None or emitted < limit:
+        size = PAGE if limit is None else min(PAGE, limit - emitted)
         with session_scope(settings.database_url) as session:
-            page = assets_scored_by_other_model(session, model_id, after_id=last, limit=PAGE)
-        if not page:
-            break
-        for asset_id in page:
-            if limit is not None and emitted >= limit:
-                return
-            emitted += 1
-            yield asset_id
-        last = page[-1]
-    if stuck_after_s is None:
-        return
-    last = 0
-    while True:
-        page = _stuck_ids(settings, stuck_after_s, last, PAGE)
+            page = assets_scored_by_other_model(session, model_id, after_id=last, limit=size)
         if not page:
             return
-        for asset_id in page:
-            if limit is not None and emitted >= limit:
-                return
-            emitted += 1
-            yield asset_id
+        emitted += len(page)
         last = page[-1]
+        yield page
 
 
 def reindex(
     settings: Settings | None = None,
     *,
     limit: int | None = None,
-    stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
     wait: bool = True,
     progress: bool | None = None,
     processor: AssetProcessor | None = None,
 ) -> ReindexSummary:
     """Re-score every asset the configured model has not scored; resumable.
 
+    Unfinished work earlier runs left (an interrupted ingest or reindex, a dead worker) is
+    recovered first (``summary.recovered``), as by ``ramdex ingest``.
+
     Args:
         settings: default :func:`get_settings`.
         limit: at most this many assets (a trial run).
-        stuck_after_s: also re-queue ``pending``/``processing`` assets untouched this long
-            (None: do not).
         wait: with a broker, wait for the workers (the embedded mode always waits).
         progress: progress bar; None: when stderr is a terminal.
         processor: a ready processor (embedded mode).
 
     Raises:
         indexer.models.ModelNotAvailableError: the configured model is not on this machine.
+        indexer.jobs.JobStalledError: waiting, the job made no progress for
+            ``ingest.stall_timeout_s``.
     """
-    from indexer.ingest import _bar
     from indexer.models import configured_model_id
 
     settings = settings or get_settings()
@@ -211,51 +184,58 @@ def reindex(
     else:
         model_id = configured_model_id(settings)
     counts = pending_counts(settings, model_id)
-    expected = counts.other_model + (counts.pending if stuck_after_s is not None else 0)
-    if limit is not None:
-        expected = min(expected, limit)
-    job_id = start_job(url, JobKind.REINDEX, params={"model": model_id, "limit": limit})
+    expected = counts.other_model if limit is None else min(counts.other_model, limit)
+    owner = process_owner()
+    keeper = keeper_for(settings)
+    job_id = start_job(
+        url,
+        JobKind.REINDEX,
+        params={"model": model_id, "limit": limit},
+        owner=owner,
+        lease_s=settings.ingest.lease_s,
+    )
+    keeper.hold_job(job_id)
     summary = ReindexSummary(job_id, model_id)
     bar = _bar(expected, progress, "reindex")
-    ids = iter_reindex_ids(settings, model_id, stuck_after_s=stuck_after_s, limit=limit)
+    registered = [False]
+
+    def end() -> str:
+        status = end_registration(url, job_id, model_name=model_id)
+        keeper.drop_job(job_id)
+        registered[0] = True
+        return status
+
+    def pages() -> Iterator[list[int]]:
+        for page in iter_reindex_ids(settings, model_id, limit=limit):
+            with session_scope(url) as session:
+                add_job_assets(session, job_id, page)
+            summary.queued += len(page)
+            yield page
+
+    found: list[int] = []
     try:
+        found = recover(settings, owner).assets
+        keeper.hold_assets(found)
+        summary.recovered = len(found)
         if embedded:
-            queued: list[int] = []
-
-            def counted() -> Iterator[int]:
-                for asset_id in ids:
-                    queued.append(asset_id)
-                    if len(queued) % 64 == 0:
-                        add_total(url, job_id, 64)
-                    yield asset_id
-                add_total(url, job_id, len(queued) % 64)
-
             assert processor is not None
-            set_running(url, job_id)
+
+            def ids() -> Iterator[int]:
+                yield from found
+                for page in pages():
+                    yield from page
+                end()
+
             with processor._lock:
-                processor.process(
-                    counted(), job_id=job_id, on_progress=bar.update, complete_job=False
-                )
-            summary.queued = len(queued)
-            finish_job(url, job_id)
-            if queued:
+                processor.process(ids(), on_progress=bar.update)
+            if summary.queued or found:
                 sync_vector_index(settings, model_id, processor.embed_dim)
         else:
-            from indexer.tasks import Dispatcher, submit
-
-            def send(group: list[int]) -> None:
-                add_total(url, job_id, len(group))
-                submit(group, job_id=job_id, settings=settings)
-
-            with Dispatcher(
-                send, settings.broker.batch_size, settings.broker.batch_timeout_ms
-            ) as d:
-                for asset_id in ids:
-                    d.add(asset_id)
-                    summary.queued += 1
-            if end_registration(url, job_id) == "done" and summary.queued:
-                from indexer.tasks import request_index_sync
-
+            dispatch(settings, found, owner)
+            keeper.drop_assets(found)
+            for page in pages():
+                dispatch(settings, page, None)
+            if end() == "done" and summary.queued:
                 request_index_sync(settings, final=True, model_id=model_id)
             if wait and summary.queued:
 
@@ -263,17 +243,23 @@ def reindex(
                     bar.n = view.processed
                     bar.refresh()
 
-                wait_for_job(url, job_id, on_update=on_update)
+                wait_for_job(
+                    url,
+                    job_id,
+                    on_update=on_update,
+                    stall_timeout_s=settings.ingest.stall_timeout_s or None,
+                )
     except BaseException as exc:
-        try:
-            fail_job(url, job_id, f"{type(exc).__name__}: {exc}")
-        except Exception:
-            pass
+        if not registered[0]:
+            try:
+                fail_registration(url, job_id, f"{type(exc).__name__}: {exc}")
+            except Exception:
+                pass
         raise
     finally:
+        keeper.drop_assets(found)
+        keeper.drop_job(job_id)
         bar.close()
-    from indexer.jobs import get_job_view
-
     final = get_job_view(url, job_id)
     if final is not None:
         summary.done, summary.failed = final.done, final.failed

@@ -94,3 +94,36 @@ def sync_vector_index(
         after = _file_stamp(path)
         _index_cache[str(path)] = (index, after)
         return after != before
+
+
+def index_is_behind(settings: Settings, model_id: str, *, full: bool = False) -> bool:
+    """Whether the model's FAISS index misses changes the database has (cheap enough to ask on
+    every reconciler pass: the newest done asset of the model is the last entry of
+    ``ix_assets_model_name_status_updated_at``).
+
+    Args:
+        full: also compare the embedding set's count and highest id (one count over the
+            model's assets; catches deletions and late commits the newest time misses).
+    """
+    import sqlalchemy as sa
+
+    from indexer.db.assets import Asset, AssetStatus
+    from indexer.db.embedding_repo import embedding_watermark
+    from indexer.faiss_index import index_path, read_meta
+
+    path = index_path(settings.index_dir, model_id)
+    try:
+        mark = read_meta(path).watermark_obj()
+    except (FileNotFoundError, ValueError):
+        mark = None
+    with session_scope(settings.database_url) as session:
+        newest = session.execute(
+            sa.select(sa.func.max(Asset.updated_at)).where(
+                Asset.model_name == model_id, Asset.status == AssetStatus.DONE.value
+            )
+        ).scalar_one_or_none()
+        if mark is None:
+            return newest is not None
+        if newest is not None and (mark.max_updated_at is None or newest > mark.max_updated_at):
+            return True
+        return full and embedding_watermark(session, model_id) != mark

@@ -24,11 +24,11 @@ from indexer.db.assets import Asset, AssetSource
 from indexer.db.jobs import Job
 from indexer.db.session import session_scope
 from indexer.db.tags import AssetTag, Tag
+from indexer.dispatch import Dispatcher
 from indexer.faiss_index import VectorIndex, index_path
 from indexer.ingest import AssetProcessor, ingest, token_store_path
 from indexer.reindex import pending_counts, reindex
 from indexer.settings import Settings
-from indexer.tasks import Dispatcher
 from indexer.token_store import TokenStore
 from indexer.walk import walk_files
 from ram_pp.factory import random_model
@@ -300,7 +300,7 @@ def test_dispatcher_groups_by_size_and_time():
 
 
 def test_cli_ingest_and_jobs(tmp_path, monkeypatch):
-    from api.cli.ingest import app
+    from api.cli import app  # the root group: its handler turns errors into one line
     from indexer.settings import get_settings
 
     folder = tmp_path / "in"

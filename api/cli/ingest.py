@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -28,22 +26,6 @@ EXIT_UNUSABLE = 2  # nothing could run: configuration, model or database problem
 def _die(message: str, code: int = EXIT_UNUSABLE) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
-
-
-@contextmanager
-def _fatal_errors_as_messages() -> Iterator[None]:
-    """Model and database problems end the command with one clear line (exit 2), no traceback."""
-    import sqlalchemy as sa
-
-    from indexer.models import ModelNotAvailableError
-    from ram_pp.convert import CheckpointError
-
-    try:
-        yield
-    except (ModelNotAvailableError, CheckpointError) as exc:
-        _die(str(exc))
-    except sa.exc.OperationalError as exc:
-        _die(f"database unavailable: {str(exc).splitlines()[0]}")
 
 
 def _print_json(data: Any) -> None:
@@ -84,9 +66,13 @@ def ingest_command(
     Exit code 0 when every source was ingested or was a duplicate, 1 when some failed (each
     with a reason), 2 when nothing could run (model, database or broker unavailable).
     """
+    from indexer.celery_app import require_broker
     from indexer.ingest import ingest
+    from indexer.jobs import JobStalledError
+    from indexer.settings import get_settings
 
-    with _fatal_errors_as_messages():
+    try:
+        require_broker(get_settings())  # at once, not after a minute of publish retries
         summary = ingest(
             sources,
             include=include or None,
@@ -95,14 +81,35 @@ def ingest_command(
             retry_failed=retry_failed,
             follow_symlinks=follow_symlinks,
         )
+    except JobStalledError as exc:
+        _die(str(exc))
+    except KeyboardInterrupt:
+        # Registered work is stored: the workers (or the next run) finish it; the job stays
+        # truthful (a registration cut short is failed, a waiting client just leaves).
+        typer.echo(
+            "interrupted: what was registered is kept and finished by the workers (or by "
+            "running the same `ramdex ingest` again); see `ramdex jobs`",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    if summary.submitted == 0:
+        _die(
+            "no images found in " + ", ".join(sources) + " (looked for the image extensions; "
+            "use --include GLOB to take other files)",
+            EXIT_FAILED_ITEMS,
+        )
     if as_json:
         _print_json(summary.to_dict())
     else:
+        resumed = f" ({summary.resumed} resumed)" if summary.resumed else ""
         typer.echo(
             f"job {summary.job_id}: {summary.submitted} sources in {summary.elapsed_s:.1f} s "
-            f"({summary.rate:.1f}/s): {summary.done} done, {summary.duplicate} duplicate, "
-            f"{summary.failed} failed" + (f", {summary.queued} queued" if summary.queued else "")
+            f"({summary.rate:.1f}/s): {summary.done} done{resumed}, {summary.duplicate} "
+            f"duplicate, {summary.failed} failed"
+            + (f", {summary.queued} queued" if summary.queued else "")
         )
+        if summary.recovered:
+            typer.echo(f"  also finished {summary.recovered} assets earlier runs left unfinished")
         for failure in summary.failures[:show_failures]:
             typer.echo(f"  failed: {failure.source}: {failure.reason}")
         if summary.failed > show_failures:
@@ -179,9 +186,9 @@ def jobs_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show ingest and reindex jobs with their progress."""
-    from indexer.ingest import ensure_schema
     from indexer.jobs import get_job_view, recent_jobs, wait_for_job
     from indexer.settings import get_settings
+    from indexer.stores import ensure_schema
 
     url = get_settings().database_url
     ensure_schema(url)
@@ -224,35 +231,37 @@ def reindex_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only count the assets that need it.")
     ] = False,
-    stuck_after: Annotated[
-        float,
-        typer.Option(help="Also re-queue pending assets untouched for this many seconds."),
-    ] = 900.0,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the workers.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Re-score assets that the configured model has not scored (after a model change).
 
-    Resumable: run it again after an interruption and it continues.
+    Resumable: run it again after an interruption and it continues. Unfinished work earlier
+    runs left (interrupted ingests, dead workers) is taken over first.
     """
-    from indexer.ingest import ensure_schema
+    from indexer.celery_app import require_broker
+    from indexer.jobs import JobStalledError
     from indexer.reindex import pending_counts, reindex
     from indexer.settings import get_settings
+    from indexer.stores import ensure_schema
 
     settings = get_settings()
-    with _fatal_errors_as_messages():
-        ensure_schema(settings.database_url)
-        if dry_run:
-            counts = pending_counts(settings)
-            if as_json:
-                _print_json(counts.to_dict())
-            else:
-                typer.echo(
-                    f"model {counts.model_id}: {counts.other_model} assets scored by another "
-                    f"model, {counts.pending} pending or in progress"
-                )
-            return
-        summary = reindex(settings, limit=limit, stuck_after_s=stuck_after, wait=wait)
+    ensure_schema(settings.database_url)
+    if dry_run:
+        counts = pending_counts(settings)
+        if as_json:
+            _print_json(counts.to_dict())
+        else:
+            typer.echo(
+                f"model {counts.model_id}: {counts.other_model} assets scored by another "
+                f"model, {counts.pending} pending or in progress"
+            )
+        return
+    require_broker(settings)  # at once, not after a minute of publish retries
+    try:
+        summary = reindex(settings, limit=limit, wait=wait)
+    except JobStalledError as exc:
+        _die(str(exc))
     if as_json:
         _print_json(summary.to_dict())
     else:
@@ -260,5 +269,7 @@ def reindex_command(
             f"job {summary.job_id}: model {summary.model_id}: {summary.queued} queued, "
             f"{summary.done} done, {summary.failed} failed in {summary.elapsed_s:.1f} s"
         )
+        if summary.recovered:
+            typer.echo(f"  also took over {summary.recovered} assets earlier runs left unfinished")
     if summary.failed:
         raise typer.Exit(EXIT_FAILED_ITEMS)

@@ -603,17 +603,20 @@ def release_assets(
     return released
 
 
-def mark_dispatched(session: Session, asset_ids: Sequence[int], owner: str) -> int:
-    """After their message was sent: ``owner``'s pending assets drop their lease and record the
-    dispatch time (the queue holds them now). Returns the rows changed."""
+def mark_dispatched(session: Session, asset_ids: Sequence[int], owner: str | None) -> int:
+    """After their message was sent: pending assets leased to ``owner`` (or to nobody) drop the
+    lease and record the dispatch time (the queue holds them now). Returns the rows changed."""
     changed = 0
+    holder = _assets.c.lease_owner.is_(None)
+    if owner is not None:
+        holder = sa.or_(holder, _assets.c.lease_owner == owner)
     for part in chunks(list(asset_ids)):
         stmt = (
             sa.update(_assets)
             .where(
                 _assets.c.id.in_(part),
                 _assets.c.status == AssetStatus.PENDING.value,
-                _assets.c.lease_owner == owner,
+                holder,
             )
             .values(lease_owner=None, lease_until=None, dispatched_at=db_now())
         )
@@ -622,12 +625,12 @@ def mark_dispatched(session: Session, asset_ids: Sequence[int], owner: str) -> i
 
 
 def orphaned_assets(
-    session: Session, *, lost_after_s: float | None, limit: int = 1000
+    session: Session, *, lease_s: float, lost_after_s: float | None, limit: int = 1000
 ) -> list[int]:
     """Unfinished assets nobody holds, oldest first: runnable again.
 
     - ``pending`` or ``processing`` with a lease that ran out (its process died);
-    - ``pending`` with no lease and never dispatched;
+    - ``pending`` with no lease, never dispatched and not changed for ``lease_s``;
     - with ``lost_after_s``: ``pending`` with no lease, dispatched longer ago than that (the
       caller knows the queue holds no message for them, for example because it is empty).
 
@@ -642,7 +645,12 @@ def orphaned_assets(
     )
     pending = _assets.c.status == AssetStatus.PENDING.value
     unleased = _assets.c.lease_owner.is_(None)
-    never = sa.select(_assets.c.id).where(pending, unleased, _assets.c.dispatched_at.is_(None))
+    # Unleased and never dispatched: created by a caller that dispatches them itself; give it
+    # one lease period before taking over.
+    grace = db_in(-float(lease_s))
+    never = sa.select(_assets.c.id).where(
+        pending, unleased, _assets.c.dispatched_at.is_(None), _assets.c.updated_at < grace
+    )
     queries = [expired.limit(limit), never.limit(limit)]
     if lost_after_s is not None:
         lost = sa.select(_assets.c.id).where(
