@@ -234,31 +234,7 @@ def cli_home(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
-def test_cli_import_stores_and_merges(cli_home, tmp_path):
-    from typer.testing import CliRunner
-
-    from api.cli.concepts import app, concepts_file
-
-    runner = CliRunner()
-    res = runner.invoke(app, ["import", str(SAMPLE)])
-    assert res.exit_code == 0, res.output
-    assert "5 concepts, 255 descriptions (51-51 per concept)" in res.output  # 5 x 51 rows
-    stored = concepts_file()
-    assert stored.parent.parent == cli_home
-    assert load_upstream_json(stored) == load_upstream_json(SAMPLE)
-    extra = tmp_path / "extra.json"
-    extra.write_text(json.dumps([{"ale": ["a pint of ale."]}, {"Khinkali": ["dumplings."]}]))
-    res = runner.invoke(app, ["import", str(extra)])
-    assert res.exit_code == 0 and "(6 concepts, 1 replaced)" in res.output
-    by_name = {c.name.lower(): c for c in load_upstream_json(stored)}
-    assert by_name["ale"].descriptions == ("a photo of a ale.", "a pint of ale.")
-    dry = runner.invoke(app, ["import", str(extra), "--dry-run", "--out", str(tmp_path / "x.json")])
-    assert dry.exit_code == 0 and not (tmp_path / "x.json").exists()
-    bad = tmp_path / "bad.json"
-    bad.write_text('[{"a": 1}]')
-    res = runner.invoke(app, ["import", str(bad)])
-    assert res.exit_code == 1 and "list of strings" in res.output
-    assert runner.invoke(app, ["import", str(tmp_path / "missing.json")]).exit_code == 1
+# `ramdex concepts import` (into the database) is tested in tests/test_concepts_cli.py.
 
 
 def test_cli_describe(cli_home, monkeypatch):

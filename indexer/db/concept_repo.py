@@ -106,6 +106,15 @@ def get_concept_by_name(session: Session, model_name: str, name: str) -> Concept
     return session.scalars(stmt).one_or_none()
 
 
+def find_concept(session: Session, model_name: str, name: str) -> Concept | None:
+    """The model's concept with this name in any case (the API keeps names unique per model
+    ignoring case), or None."""
+    stmt = sa.select(Concept).where(
+        Concept.model_name == model_name, sa.func.lower(Concept.name) == name.strip().lower()
+    )
+    return session.scalars(stmt).first()
+
+
 def list_concepts(
     session: Session,
     model_name: str | None = None,

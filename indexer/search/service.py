@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db.assets import Asset, AssetSource, AssetStatus
+from indexer.db.concept_repo import find_concept
 
 # The storage layer's tag-term SQL is reused so that filters here mean exactly what tag search
 # means: thresholds, min_score, mime prefixes, half-open date range.
@@ -125,7 +126,10 @@ class SearchService:
         archive = self.archive
         cache = archive.cache("rankings")
         if req.text:
-            text, described = req.text, req.descriptions
+            text, described = req.text, tuple(req.descriptions)
+            if not described:  # a stored concept (imported, or made by the API) has its own
+                stored = find_concept(session, model_id, text)
+                described = tuple(stored.descriptions or ()) if stored is not None else ()
             return cache.get_or_build(
                 "|".join(("concept", model_id, text, *described)),
                 lambda: concept_ranking(archive, text, described),
