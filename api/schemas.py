@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from api.auth import Scope
 
@@ -30,6 +37,18 @@ def _flush_tiny(value: float) -> float:
 
 # A probability as stored in REAL columns (scores, thresholds).
 Probability = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_flush_tiny)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic's lax mode reads true as 1; an id or a count that arrives as a boolean is a
+    # client's mistake, not asset 1.
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
+# An asset id (assets.id is a BIGINT).
+AssetIdValue = Annotated[int, BeforeValidator(_not_a_bool), Field(ge=1, le=2**63 - 1)]
 
 
 class Health(BaseModel):
@@ -201,6 +220,11 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: QueryText | None = Field(default=None, description="free-text concept")
+    descriptions: list[QueryText] = Field(
+        default_factory=list,
+        max_length=20,
+        description="how the text concept looks (default: prompt templates with the text)",
+    )
     all: list[TagName] = Field(default_factory=list, max_length=50, description="tags required")
     any: list[TagName] = Field(default_factory=list, max_length=50, description="at least one of")
     none: list[TagName] = Field(default_factory=list, max_length=50, description="tags excluded")
@@ -210,9 +234,9 @@ class SearchRequest(BaseModel):
     )
     created_after: datetime | None = None
     created_before: datetime | None = None
-    similar_to: int | None = Field(default=None, ge=1, le=2**63 - 1, description="asset id")
+    similar_to: AssetIdValue | None = Field(default=None, description="asset id")
     sort: Literal["relevance", "date"] = "relevance"
-    limit: int = Field(default=40, ge=1, le=200)
+    limit: Annotated[int, BeforeValidator(_not_a_bool)] = Field(default=40, ge=1, le=200)
     cursor: Cursor | None = None
 
 

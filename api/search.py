@@ -54,6 +54,7 @@ def to_query(req: SearchRequest, image: QueryImage | None = None) -> Query:
     """
     return Query(
         text=req.text,
+        descriptions=req.descriptions,
         all=req.all,
         any=req.any,
         none=req.none,

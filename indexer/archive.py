@@ -343,6 +343,23 @@ class Archive:
         )
 
     # ---------- deleting ----------
+    def delete_asset(self, asset_id: int) -> bool:
+        """Delete an asset from the database (sources and scores with it), then from the token
+        store, the vector index, the media store and the result caches.
+
+        Returns:
+            False when there was no such asset.
+        """
+        from indexer.db.asset_repo import delete_asset
+
+        with self.sessions() as session:
+            deleted = delete_asset(session, asset_id)
+            if deleted is None:
+                return False
+            session.commit()
+        self.forget_asset(deleted)
+        return True
+
     def forget_asset(self, deleted: DeletedAsset) -> None:
         """Remove a deleted asset from the token store, the vector index, the media store and
         the result caches (the database row is already gone). Failures are logged: the database
