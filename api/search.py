@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -99,8 +98,7 @@ def run_search(
     session: Session,
     req: SearchRequest,
     *,
-    image_vector: np.ndarray | None = None,
-    image_digest: str = "",
+    image: QueryImage | None = None,
 ) -> SearchPageOut:
     """One page of results for a search request (blocking: call it from a worker thread).
 
@@ -108,14 +106,12 @@ def run_search(
         services: the app's services (the archive the service searches).
         session: the request's database session.
         req: the search.
-        image_vector: the embedding of an uploaded query image (similar search by upload).
-        image_digest: sha256 of that image (ties cursors and cache entries to it).
+        image: an uploaded query image, encoded (similar search by upload).
 
     Raises:
         indexer.search errors (bad combinations, unknown tags, bad cursors, missing assets),
         answered as problem documents by the app's handlers.
     """
-    image = QueryImage(image_vector, image_digest) if image_vector is not None else None
     page = SearchService(services).search(to_query(req, image), session=session)
     return SearchPageOut(
         hits=[hit_out(h) for h in page.hits],

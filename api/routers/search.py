@@ -3,11 +3,9 @@ similar-to-an-uploaded-image (``POST /search/image``)."""
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import nullcontext
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from api.deps import ReadKey, ServicesDep, SessionDep
@@ -17,24 +15,19 @@ from api.ratelimit import CostlyGateDep
 from api.schemas import Cursor, SearchPageOut, SearchRequest
 from api.search import run_search
 from api.services import Services
+from indexer.search import QueryImage, SearchService
 from indexer.settings import Settings
-from ram_pp.preprocess import ImageDecodeError
 
 
-def _image_vector(services: Services, data: bytes) -> np.ndarray:
-    """The unit-norm image embedding c of a query image (the model's image encoder)."""
-    engine = services.tagging_engine()
-    # Bounded to what the model needs (422 for a huge non-JPEG); see api/query_image.py.
-    options = query_decode_options(services.settings, data, engine.preprocess.image_size)
+def _query_image(services: Services, data: bytes) -> QueryImage:
+    """A query image encoded by the search service, decoded no larger than the model needs
+    (422 for a huge non-JPEG; see api/query_image.py)."""
+    side = services.tagging_engine().preprocess.image_size
+    options = query_decode_options(services.settings, data, side)
     try:
-        pixels = engine.preprocess.load(data, options)
-    except ImageDecodeError as exc:
-        raise ProblemError(422, f"the query image cannot be used: {exc}", kind="bad-image") from exc
+        return SearchService(services).query_image(data, options)
     finally:
         release_memory()  # the decoded full-size image is garbage now: hand its heap back
-    with services.metrics.time_model("encode_image"):
-        tokens = engine.run(pixels.unsqueeze(0)).tokens[0, 0].cpu().numpy()
-    return (tokens / max(float(np.linalg.norm(tokens)), 1e-12)).astype(np.float32)
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -82,14 +75,7 @@ def build_router(settings: Settings) -> APIRouter:
         if not data:
             raise ProblemError(422, "the query image is empty", kind="bad-image")
         with costly.slot():  # the image model runs: 429 past the key's limit
-            vector = _image_vector(services, data)
-        req = SearchRequest(limit=limit, cursor=cursor)
-        return run_search(
-            services,
-            session,
-            req,
-            image_vector=vector,
-            image_digest=hashlib.sha256(data).hexdigest(),
-        )
+            image = _query_image(services, data)
+        return run_search(services, session, SearchRequest(limit=limit, cursor=cursor), image=image)
 
     return router
