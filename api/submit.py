@@ -20,11 +20,11 @@ from typing import Any, BinaryIO
 from api.problems import ProblemError
 from api.services import Services
 from indexer.db.jobs import JobKind
-from indexer.dispatch import dispatch
+from indexer.ingest.dispatch import dispatch
+from indexer.ingest.lease import keeper_for, process_owner
+from indexer.ingest.register import Registered, Registrar, is_url
 from indexer.jobs import end_registration, fail_job, start_job
-from indexer.lease import keeper_for, process_owner
 from indexer.media import CHUNK_SIZE
-from indexer.registrar import Registered, Registrar, is_url
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def submit_sources(services: Services, sources: list[str]) -> int:
                 503, "the task broker is unavailable: try again later", kind="unavailable"
             ) from exc
         return job_id
-    from indexer.ingest import ingest
+    from indexer.ingest.pipeline import ingest
 
     owner = process_owner()
     job_id = start_job(url, JobKind.INGEST, params=params, owner=owner, lease_s=lease_s)

@@ -112,7 +112,7 @@ def load_embeddings(url: str, n: int, seed: int) -> np.ndarray:
 
 def load_tokens(settings: Any, model_id: str, ids: np.ndarray, fmt: str, seed: int) -> float:
     """E for every asset in the token store (DISTINCT_E random blocks, tiled). Returns GB."""
-    from indexer.ingest import open_token_store
+    from indexer.stores import open_token_store
 
     settings.index.token_format = fmt
     store = open_token_store(settings, model_id, TOKENS, DIM)

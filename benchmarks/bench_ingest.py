@@ -4,9 +4,9 @@ What it measures, on the same generated images (a few large photo-like JPEGs and
 
 1. **Bare model**: ``TaggingEngine.tag_files`` (decode + pre-process in threads, overlapped with
    the forward passes): the ceiling for the pipeline.
-2. **Pipeline**: ``indexer.ingest.ingest`` in the embedded mode (walk, hash + copy into the media
-   store, dedup, decode, thumbnail, model, one transaction per batch, token store, FAISS sync)
-   on SQLite and on PostgreSQL. Overhead = pipeline time / bare time - 1.
+2. **Pipeline**: ``indexer.ingest.pipeline.ingest`` in the embedded mode (walk, hash + copy into
+   the media store, dedup, decode, thumbnail, model, one transaction per batch, token store,
+   FAISS sync) on SQLite and on PostgreSQL. Overhead = pipeline time / bare time - 1.
 3. **Decoding** of one large JPEG, exact vs fast (JPEG draft, reduced DCT), single thread.
 4. **Fast-decode agreement** with exact decoding: identical tag decisions, mean and max
    probability differences, and the pre-processed input difference at 384 px.
@@ -44,9 +44,11 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from indexer.ingest import AssetProcessor, ensure_schema, ingest, token_store_path  # noqa: E402
+from indexer.ingest.pipeline import ingest  # noqa: E402
+from indexer.ingest.process import AssetProcessor  # noqa: E402
 from indexer.media import decode_image  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
+from indexer.stores import ensure_schema, token_store_path  # noqa: E402
 from ram_pp.factory import LoadedModel, load_model  # noqa: E402
 from ram_pp.inference import TaggingEngine  # noqa: E402
 from ram_pp.preprocess import DecodeOptions, Preprocessor  # noqa: E402

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from indexer.db.asset_repo import DeletedAsset
     from indexer.faiss_index import VectorIndex
-    from indexer.processor import AssetProcessor
+    from indexer.ingest.process import AssetProcessor
     from indexer.retroactive import RetroactiveSearcher
     from indexer.token_store import TokenStore
     from ram_pp.factory import LoadedModel
@@ -228,7 +228,7 @@ class Archive:
         each committed batch, scores them for promoted concepts and syncs the FAISS index."""
 
         def build() -> AssetProcessor:
-            from indexer.processor import AssetProcessor
+            from indexer.ingest.process import AssetProcessor
 
             return AssetProcessor(
                 self.settings,
@@ -336,7 +336,7 @@ class Archive:
     def request_index_sync(self, final: bool = True) -> None:
         """Have the FAISS index brought up to date with the database: a task on the default
         queue with a broker, right here in the embedded mode."""
-        from indexer.dispatch import request_index_sync
+        from indexer.ingest.dispatch import request_index_sync
 
         request_index_sync(
             self.settings, final=final, model_id=self.model_id(), dim=self.embed_dim()

@@ -10,7 +10,7 @@ so search keeps working during a long reindex. The run is resumable by construct
 list is "assets whose ``model_name`` differs from the configured model", which shrinks with every
 committed batch, so running the command again after an interruption continues where it stopped.
 Like ``ramdex ingest``, it first recovers unfinished work nobody holds (expired leases, pending
-assets whose message was lost; see :mod:`indexer.reconcile`).
+assets whose message was lost; see :mod:`indexer.ingest.reconcile`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from indexer.db.assets import Asset, AssetStatus
 from indexer.db.job_repo import add_job_assets
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
-from indexer.dispatch import dispatch, request_index_sync
-from indexer.ingest import _bar
+from indexer.ingest.dispatch import dispatch, request_index_sync
+from indexer.ingest.lease import keeper_for, process_owner
+from indexer.ingest.pipeline import progress_bar
+from indexer.ingest.process import AssetProcessor, shared_processor
+from indexer.ingest.reconcile import recover
 from indexer.jobs import (
     end_registration,
     fail_registration,
@@ -36,9 +39,6 @@ from indexer.jobs import (
     start_job,
     wait_for_job,
 )
-from indexer.lease import keeper_for, process_owner
-from indexer.processor import AssetProcessor, shared_processor
-from indexer.reconcile import recover
 from indexer.settings import Settings, get_settings
 from indexer.stores import ensure_schema, sync_vector_index
 
@@ -196,7 +196,7 @@ def reindex(
     )
     keeper.hold_job(job_id)
     summary = ReindexSummary(job_id, model_id)
-    bar = _bar(expected, progress, "reindex")
+    bar = progress_bar(expected, progress, "reindex")
     registered = [False]
 
     def end() -> str:

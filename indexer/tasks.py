@@ -1,7 +1,7 @@
 """Celery tasks, a thin layer over the ingest stages: tag assets by id (model queue); register
 sources and sync the FAISS index (default queue); concept backfills (model queue). Every worker
-process also runs the periodic reconciler (:mod:`indexer.reconcile`; one pass at a time across
-the cluster), which re-dispatches work whose process died or whose message was lost.
+process also runs the periodic reconciler (:mod:`indexer.ingest.reconcile`; one pass at a time
+across the cluster), which re-dispatches work whose process died or whose message was lost.
 
 Failures:
 
@@ -45,14 +45,14 @@ from indexer.celery_app import (
 from indexer.db.asset_repo import mark_failed
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.session import session_scope
-from indexer.dispatch import request_index_sync
+from indexer.ingest.dispatch import request_index_sync
+from indexer.ingest.process import AssetProcessor, forget_processors, shared_processor
+from indexer.ingest.reconcile import Reconciler
+from indexer.ingest.transient import is_transient
 from indexer.jobs import settle
 from indexer.models import ModelNotAvailableError
-from indexer.processor import AssetProcessor, forget_processors, shared_processor
-from indexer.reconcile import Reconciler
 from indexer.settings import Settings, get_settings
 from indexer.stores import sync_vector_index
-from indexer.transient import is_transient
 from ram_pp.convert import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def register_sources(
     Returns the ingest summary as a dict (``queued`` assets go on in the model workers). A job
     that is no longer pending (registered already by a copy of this message) is left alone.
     """
-    from indexer.ingest import ingest
+    from indexer.ingest.pipeline import ingest
 
     try:
         summary = ingest(

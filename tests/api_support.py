@@ -197,8 +197,8 @@ def concept_probabilities(
     over the token store (not the fast path the service uses)."""
     import torch
 
-    from indexer.ingest import token_store_path
     from indexer.models import configured_model_id, load_configured_model
+    from indexer.stores import token_store_path
     from indexer.token_store import TokenStore
     from ram_pp.concepts import encode_concepts, make_concept
     from ram_pp.text_encoder import load_text_encoder

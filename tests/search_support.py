@@ -67,7 +67,7 @@ def _by_name(tag_file: Path) -> dict[str, set[str]]:
 def search_archive(folder: Path, backend: str, size: int = SIZE) -> Iterator[SearchArchive]:
     """Generate ``size`` images, ingest them into a fresh ``backend`` database, and yield the
     archive with its ground truth (the PostgreSQL database is dropped afterwards)."""
-    from indexer.ingest import ingest
+    from indexer.ingest.pipeline import ingest
 
     data = synth.write_dataset(
         folder / "samples", synth.SynthSpec(seed=SEED, n_train=0, n_val=0, n_test=size)

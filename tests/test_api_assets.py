@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from api.submit import upload_source
-from indexer.ingest import token_store_path
 from indexer.models import configured_model_id
+from indexer.stores import token_store_path
 from indexer.token_store import TokenStore
 from tests.ingest_fixtures import encode, photo_like, write_images
 

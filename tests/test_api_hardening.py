@@ -516,7 +516,7 @@ def test_server_paths_only_inside_allowed_roots(archive, tmp_path, monkeypatch) 
 
 
 def test_registration_refuses_paths_outside_allowed_roots_in_the_cli_too(tmp_path) -> None:
-    from indexer.registrar import Registrar
+    from indexer.ingest.register import Registrar
     from indexer.settings import Settings
 
     root = tmp_path / "allowed"

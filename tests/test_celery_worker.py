@@ -21,8 +21,9 @@ from indexer.db.concept_repo import create_concept, promote_concept
 from indexer.db.session import session_scope
 from indexer.db.tags import AssetTag, Tag
 from indexer.faiss_index import VectorIndex, index_path, read_meta
-from indexer.ingest import ensure_schema, ingest
+from indexer.ingest.pipeline import ingest
 from indexer.jobs import get_job_view, wait_for_job
+from indexer.stores import ensure_schema
 from ram_pp.factory import random_model
 from ram_pp.inference import TaggingEngine
 from ram_pp.labels import LabelBank

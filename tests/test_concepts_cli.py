@@ -165,7 +165,7 @@ def _scores(settings: Settings, tag_id: int) -> dict[int, float]:
 
 @pytest.mark.parametrize("cli_archive", ["sqlite"], indirect=True)
 def test_backfill_makes_imported_concepts_tags(cli_archive, tmp_path) -> None:
-    from indexer.ingest import ingest
+    from indexer.ingest.pipeline import ingest
     from ram_pp.synth import SynthSpec, write_dataset
 
     settings = cli_archive

@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from indexer.ingest import ingest
+from indexer.ingest.pipeline import ingest
 from indexer.models import configured_checkpoint
 from indexer.settings import Settings
 from ram_pp import synth

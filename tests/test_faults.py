@@ -29,17 +29,13 @@ from indexer.db.assets import Asset, AssetSource
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
 from indexer.db.tags import AssetTag
-from indexer.dispatch import dispatch
-from indexer.ingest import (
-    MAX_ATTEMPTS,
-    AssetProcessor,
-    Registrar,
-    ensure_schema,
-    ingest,
-    token_store_path,
-)
+from indexer.ingest.dispatch import dispatch
+from indexer.ingest.pipeline import ingest
+from indexer.ingest.process import MAX_ATTEMPTS, AssetProcessor
+from indexer.ingest.register import Registrar
 from indexer.jobs import end_registration, get_job_view, start_job, wait_for_job
 from indexer.settings import Settings
+from indexer.stores import ensure_schema, token_store_path
 from indexer.token_store import TokenStore, TokenStoreError
 from ram_pp.factory import random_model
 from tests.ingest_fixtures import (

@@ -24,11 +24,13 @@ from indexer.db.assets import Asset, AssetSource
 from indexer.db.jobs import Job
 from indexer.db.session import session_scope
 from indexer.db.tags import AssetTag, Tag
-from indexer.dispatch import Dispatcher
 from indexer.faiss_index import VectorIndex, index_path
-from indexer.ingest import AssetProcessor, ingest, token_store_path
+from indexer.ingest.dispatch import Dispatcher
+from indexer.ingest.pipeline import ingest
+from indexer.ingest.process import AssetProcessor
 from indexer.reindex import pending_counts, reindex
 from indexer.settings import Settings
+from indexer.stores import token_store_path
 from indexer.token_store import TokenStore
 from indexer.walk import walk_files
 from ram_pp.factory import random_model

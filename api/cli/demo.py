@@ -94,7 +94,7 @@ def demo_settings(home: Path) -> Any:
 
 def _run_demo(home: Path, n_images: int, top: int) -> None:
     from api.cli.model_notice import announce_configured
-    from indexer.ingest import ingest
+    from indexer.ingest.pipeline import ingest
     from ram_pp.synth import SynthSpec, heldout_concepts, write_dataset
 
     settings = demo_settings(home)

@@ -67,7 +67,7 @@ def ingest_command(
     with a reason), 2 when nothing could run (model, database or broker unavailable).
     """
     from indexer.celery_app import require_broker
-    from indexer.ingest import ingest
+    from indexer.ingest.pipeline import ingest
     from indexer.jobs import JobStalledError
     from indexer.settings import get_settings
 

@@ -5,7 +5,7 @@ process that will dispatch (or process) it, or carries ``dispatched_at``, the ti
 was sent. Sending happens only after the commit that made the asset visible, and the dispatch
 time is written only after the broker accepted the message, so a broker or database outage in
 between loses nothing: the lease runs out, or ``dispatched_at`` stays empty, and the reconciler
-(:mod:`indexer.reconcile`) sends it again. A message sent twice does no harm (processing is
+(:mod:`indexer.ingest.reconcile`) sends it again. A message sent twice does no harm (processing is
 idempotent and leased).
 
 Batching choice: **tasks take a list of asset ids, and producers group ids** (:class:`Dispatcher`:

@@ -46,8 +46,8 @@ from indexer.db.job_repo import (
 from indexer.db.jobs import Job, JobKind, JobStatus
 from indexer.db.leases import db_in, release_service_lease, take_service_lease
 from indexer.db.session import session_scope
-from indexer.dispatch import dispatch, model_queue_depth, request_index_sync
-from indexer.lease import is_dead_here, local_prefix, process_owner
+from indexer.ingest.dispatch import dispatch, model_queue_depth, request_index_sync
+from indexer.ingest.lease import is_dead_here, local_prefix, process_owner
 from indexer.settings import Settings
 from indexer.stores import index_is_behind
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from indexer.media import (
     StoredOriginal,
 )
 from indexer.settings import Settings
+from indexer.walk import WalkError, walk_files
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -62,6 +63,15 @@ class Registered:
     held: bool = False
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A source (path or URL) that did not become a done asset, and why."""
+
+    source: str
+    reason: str
+    asset_id: int | None = None
+
+
 def is_url(text: str) -> bool:
     """Whether a source looks like a URL (any scheme) rather than a path."""
     return bool(_URL.match(text))
@@ -74,7 +84,7 @@ class Registrar:
         settings: ramdex settings (media folder, limits, URL safety).
         retry_failed: put assets that failed before back to ``pending`` when seen again.
         job_id: the job whose ledger records every outcome (None: no job).
-        owner: lease new and resumed assets to this process (see :mod:`indexer.lease`); None:
+        owner: lease new and resumed assets to this process (see :mod:`indexer.ingest.lease`); None:
             they are left unleased, for the reconciler to dispatch.
         recovered: assets this run recovered before registering (left unfinished by an earlier
             run): met again, they count as resumed even if they are done by now.
@@ -212,3 +222,32 @@ class Registrar:
         if self.owner is None:
             return False
         return bool(lease_assets(session, [asset_id], self.owner, self.lease_s))
+
+
+def expand_sources(
+    sources: Sequence[str | Path],
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    follow_symlinks: bool = False,
+) -> tuple[list[str | Path], list[Failure]]:
+    """Files (walked from folders) and URLs to register, plus paths that could not be read."""
+    items: list[str | Path] = []
+    problems: list[Failure] = []
+    paths: list[Path] = []
+    for source in sources:
+        text = str(source)
+        if is_url(text):
+            if text.lower().startswith(("http://", "https://")):
+                items.append(text)
+            else:
+                problems.append(Failure(text, "only http and https URLs can be ingested"))
+        else:
+            paths.append(Path(source))
+
+    def on_error(error: WalkError) -> None:
+        problems.append(Failure(os.path.abspath(error.path), error.reason))
+
+    items.extend(
+        walk_files(paths, include, exclude, follow_symlinks=follow_symlinks, on_error=on_error)
+    )
+    return items, problems

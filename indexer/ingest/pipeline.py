@@ -1,30 +1,25 @@
-"""Ingest: from files and URLs to stored tags, embeddings, tokens and thumbnails.
+"""``ramdex ingest`` end to end: :func:`ingest` ties the steps of an asset's life together.
 
-Stages, so the expensive one can run anywhere, and every crash between them is harmless:
+1. **Recover** (:func:`indexer.ingest.reconcile.recover`): work earlier runs left unfinished and
+   nobody holds (an interrupted ingest, a dead worker) is taken over first.
+2. **Register** (:class:`indexer.ingest.register.Registrar`, in the caller: CLI, API or a
+   default-queue task), with the job's ledger; new and resumed assets are leased to this process.
+3. **Dispatch** (:mod:`indexer.ingest.dispatch`, broker mode): after the commit, groups of ids go
+   to the model queue; the dispatch time is recorded once the broker accepted them.
+4. **Process** (:class:`indexer.ingest.process.AssetProcessor`, here in the embedded mode, else
+   in Celery model workers): the batch's transaction also credits the jobs of its assets.
+5. **Index** (:func:`indexer.stores.sync_vector_index`): at the end of an embedded run; in broker
+   mode a default-queue task when a job completes, and whenever the reconciler finds it behind.
 
-1. **Recover** (:func:`indexer.reconcile.recover`): work earlier runs left unfinished and nobody
-   holds (an interrupted ingest, a dead worker) is taken over first.
-2. **Register** (:class:`indexer.registrar.Registrar`, in the caller: CLI, API or a
-   default-queue task): walk folders, download URLs, hash and copy each original into the
-   content-addressed media store, and get-or-create the asset by sha256, recording the source
-   and the job's ledger row. New and resumed assets are leased to this process.
-3. **Dispatch** (:mod:`indexer.dispatch`, broker mode): after the commit, groups of ids go to the
-   model queue; the dispatch time is recorded once the broker accepted them.
-4. **Process** (:class:`indexer.processor.AssetProcessor`, in-process or in a Celery model
-   worker): decode, thumbnail, run the model in batches, store E and every result of a batch in
-   one transaction that also credits the jobs waiting for those assets.
-5. **Index** (:func:`indexer.stores.sync_vector_index`): the FAISS index is derived from the
-   embeddings in the database (at the end of an embedded run, in a default-queue task when a job
-   completes, and whenever the reconciler finds it behind).
-
-This module ties them together (:func:`ingest`). It re-exports the stages' public names, so
-``from indexer.ingest import ...`` keeps working.
+In the embedded mode (no broker URL) registration runs in a background thread while the
+processor consumes the ids; with a broker the ids go to the model queue in groups and, with
+``wait``, the run follows the job (helping: it re-sends what the broker refused and reconciles
+now and then), giving up with a clear message after ``ingest.stall_timeout_s`` without progress.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sys
 import threading
@@ -41,7 +36,12 @@ import sqlalchemy as sa
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
-from indexer.dispatch import Dispatcher, SendBreaker, dispatch, request_index_sync
+from indexer.ingest.dispatch import Dispatcher, SendBreaker, dispatch, request_index_sync
+from indexer.ingest.lease import LeaseKeeper, keeper_for, process_owner
+from indexer.ingest.process import AssetProcessor, shared_processor
+from indexer.ingest.reconcile import reconcile_once, recover
+from indexer.ingest.register import Failure, Registered, Registrar, expand_sources
+from indexer.ingest.transient import TRANSIENT, retry_transient
 from indexer.jobs import (
     MAX_RECORDED_FAILURES,
     begin_registration,
@@ -51,28 +51,8 @@ from indexer.jobs import (
     start_job,
     wait_for_job,
 )
-from indexer.lease import LeaseKeeper, keeper_for, process_owner
-from indexer.processor import (  # noqa: F401 - the ingest package's public names
-    MAX_ATTEMPTS,
-    POISON_REASON,
-    AssetProcessor,
-    Failure,
-    ProcessOutcome,
-    forget_processors,
-    shared_processor,
-)
-from indexer.reconcile import reconcile_once, recover
-from indexer.registrar import Registered, Registrar, is_url  # noqa: F401
 from indexer.settings import Settings, get_settings
-from indexer.stores import (  # noqa: F401
-    ensure_schema,
-    model_dir_name,
-    open_token_store,
-    sync_vector_index,
-    token_store_path,
-)
-from indexer.transient import TRANSIENT, is_transient, retry_transient  # noqa: F401
-from indexer.walk import WalkError, walk_files
+from indexer.stores import ensure_schema, sync_vector_index
 
 log = logging.getLogger(__name__)
 
@@ -134,36 +114,7 @@ class IngestSummary:
         }
 
 
-def expand_sources(
-    sources: Sequence[str | Path],
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-    follow_symlinks: bool = False,
-) -> tuple[list[str | Path], list[Failure]]:
-    """Files (walked from folders) and URLs to register, plus paths that could not be read."""
-    items: list[str | Path] = []
-    problems: list[Failure] = []
-    paths: list[Path] = []
-    for source in sources:
-        text = str(source)
-        if is_url(text):
-            if text.lower().startswith(("http://", "https://")):
-                items.append(text)
-            else:
-                problems.append(Failure(text, "only http and https URLs can be ingested"))
-        else:
-            paths.append(Path(source))
-
-    def on_error(error: WalkError) -> None:
-        problems.append(Failure(os.path.abspath(error.path), error.reason))
-
-    items.extend(
-        walk_files(paths, include, exclude, follow_symlinks=follow_symlinks, on_error=on_error)
-    )
-    return items, problems
-
-
-def _bar(total: int, enabled: bool | None, desc: str):
+def progress_bar(total: int, enabled: bool | None, desc: str) -> Any:
     from tqdm import tqdm
 
     if enabled is None:
@@ -313,7 +264,7 @@ def ingest(
     summary = IngestSummary(job_id=job_id, submitted=len(items) + len(problems))
     tally = _Tally()
     tally.failures.extend(problems)
-    bar = _bar(summary.submitted, progress, "ingest")
+    bar = progress_bar(summary.submitted, progress, "ingest")
     bar.update(len(problems))
     run = _Run(settings, keeper, owner, job_id, tally, bar)
     try:

@@ -4,8 +4,8 @@ result of the batch in one transaction.
 
 Processing is idempotent (an asset already scored by this model is skipped, so a redelivered task
 does no harm) and guarded against poison files (see ``MAX_ATTEMPTS``). Work is claimed under a
-lease (:mod:`indexer.lease`): an asset another live process is working on is left to it, and the
-lease is renewed while the batch runs, so a process that dies gives its work back within
+lease (:mod:`indexer.ingest.lease`): an asset another live process is working on is left to it,
+and the lease is renewed while the batch runs, so a process that dies gives its work back within
 ``ingest.lease_s``. Jobs are credited through their ledger when the batch commits, whoever ran
 it. One processor per process and configuration owns the model (:func:`shared_processor`).
 """
@@ -40,8 +40,9 @@ from indexer.db.asset_repo import (
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
+from indexer.ingest.lease import LeaseKeeper, is_dead_here, keeper_for, process_owner
+from indexer.ingest.register import Failure
 from indexer.jobs import settle
-from indexer.lease import LeaseKeeper, is_dead_here, keeper_for, process_owner
 from indexer.media import MediaStore, decode_image, make_thumbnail
 from indexer.settings import Settings
 from indexer.stores import ensure_schema, open_token_store
@@ -51,15 +52,6 @@ from ram_pp.inference import TaggingEngine
 from ram_pp.preprocess import ImageDecodeError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A source (path or URL) that did not become a done asset, and why."""
-
-    source: str
-    reason: str
-    asset_id: int | None = None
 
 
 @dataclass
