@@ -8,6 +8,11 @@ from typing import Annotated, Any
 import typer
 
 from api.auth import Scope
+from indexer.settings import ApiSettings
+
+# Shown in --help; the running values come from the settings (nothing is read at import).
+_DEFAULT_HOST = ApiSettings.model_fields["host"].default
+_DEFAULT_PORT = ApiSettings.model_fields["port"].default
 
 app = typer.Typer()
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -16,9 +21,13 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 @app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="bind address (default: settings api.host)")
+        str | None,
+        typer.Option(help=f"bind address (default: RAMDEX_API__HOST, else {_DEFAULT_HOST})"),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="port (default: settings api.port)")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help=f"port (default: RAMDEX_API__PORT, else {_DEFAULT_PORT})"),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="server processes")] = 1,
     migrate: Annotated[
         bool, typer.Option(help="upgrade the database schema before serving")
