@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp
 
+from api.docs_ui import install_docs
 from api.hardening import KeepConnectionAfterErrors, SecurityHeaders
 from api.metrics import LatencyMiddleware, Metrics, start_metrics_listener
 from api.problems import (
@@ -70,7 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Default cap for JSON and form bodies; upload routes set their own larger cap.
         max_body_size=settings.api.max_json_bytes,
+        docs_url=None,  # FastAPI's pages load Swagger UI from a CDN: install_docs serves it here
+        redoc_url=None,
     )
+    install_docs(app)
     install_problem_handlers(app)
     install_indexer_error_handlers(app)
     api = settings.api
