@@ -154,3 +154,17 @@ def test_models_list_shows_configs_and_cache_state(tmp_path):
     result = runner.invoke(app, ["models", "list", "--cache-dir", str(tmp_path)])
     line = next(x for x in result.stdout.splitlines() if x.startswith("ram_plus_swin_large_14m"))
     assert " cached" in line and "not cached" not in line
+
+
+def test_lang_zh_without_chinese_names_says_so_and_prints_english_once(golden_dir):
+    # The bundled demo model's vocabulary has no Chinese names (its "Chinese" repeats English).
+    image = str(golden_dir / GOLDEN_IMAGES[0])
+    result = runner.invoke(app, ["tag", image, "--model", "demo", "--lang", "both"])
+    assert result.exit_code == 0, result.output
+    assert "--lang both: model ramdex-demo has no Chinese tag names" in result.stderr
+    assert " | " not in result.stdout  # not "circle | circle"
+    json_out = runner.invoke(
+        app, ["tag", image, "--model", "demo", "--lang", "zh", "--format", "json"]
+    )
+    tags = json.loads(json_out.stdout)[0]["tags"]
+    assert tags and all("en" in t and "zh" not in t for t in tags)
