@@ -27,7 +27,7 @@ from api.schemas import (
 from api.search import asset_summaries
 from api.submit import check_sources, submit_sources, submit_upload
 from indexer.allowed_roots import PathNotAllowedError, check_server_paths
-from indexer.db.asset_repo import delete_asset, get_asset, list_sources
+from indexer.db.asset_repo import get_asset, list_sources
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.job_repo import get_job
 from indexer.db.tag_repo import get_asset_tags
@@ -268,14 +268,9 @@ def build_router(settings: Settings) -> APIRouter:
         response_class=Response,
         summary="Delete an asset from the database, the indexes and the media store",
     )
-    def delete(
-        asset_id: AssetId, _: WriteKey, services: ServicesDep, session: SessionDep
-    ) -> Response:
-        deleted = delete_asset(session, asset_id)
-        if deleted is None:
+    def delete(asset_id: AssetId, _: WriteKey, services: ServicesDep) -> Response:
+        if not services.delete_asset(asset_id):  # the row, then the stores and caches
             raise not_found("asset", asset_id)
-        session.commit()
-        services.forget_asset(deleted)
         return Response(status_code=204)
 
     return router
