@@ -171,7 +171,7 @@ def reindex(
         indexer.jobs.JobStalledError: waiting, the job made no progress for
             ``ingest.stall_timeout_s``.
     """
-    from indexer.models import configured_model_id
+    from indexer.models import configured_model_id, model_name_for_id
 
     settings = settings or get_settings()
     url = settings.database_url
@@ -190,7 +190,12 @@ def reindex(
     job_id = start_job(
         url,
         JobKind.REINDEX,
-        params={"model": model_id, "limit": limit},
+        # The model's name for people (GET /jobs, `ramdex jobs`), its stored id beside it.
+        params={
+            "model": model_name_for_id(model_id, settings),
+            "model_id": model_id,
+            "limit": limit,
+        },
         owner=owner,
         lease_s=settings.ingest.lease_s,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 from fastapi.testclient import TestClient
@@ -172,3 +173,44 @@ def test_readiness_names_other_models_without_a_notice(api_env) -> None:
     model = client.get("/readyz").json()["model"]
     assert model["name"] == settings.model.name and model["is_demo"] is False
     assert model["notice"] is None and model["id"] == configured_model_id(settings)
+
+
+def test_ingest_and_reindex_name_the_model(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from api.cli import app, model_notice
+    from indexer.jobs import get_job_view
+    from indexer.settings import get_settings
+    from ram_pp.synth import SynthSpec, write_dataset
+
+    for name in [k for k in os.environ if k.startswith("RAMDEX_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RAMDEX_HOME", str(tmp_path / "home"))  # embedded database and tasks
+    monkeypatch.setenv("RAMDEX_MODEL__DEVICE", "cpu")
+    get_settings.cache_clear()
+    try:
+        write_dataset(tmp_path / "s", SynthSpec(seed=3, n_train=0, n_val=0, n_test=4))
+
+        def ramdex(*args: str):
+            model_notice._announced.clear()  # each invocation stands for one process
+            return CliRunner().invoke(app, list(args))
+
+        ingested = ramdex("ingest", str(tmp_path / "s" / "images" / "test"), "--json")
+        assert ingested.exit_code == 0, ingested.output
+        assert ingested.stderr.count("demo model: 40 synthetic tags") == 1
+        summary = json.loads(ingested.stdout)
+        assert summary["done"] == 4 and summary["model"] == "ramdex-demo"
+        assert summary["model_digest"] == _sha256(DEMO)[:12]
+
+        counted = ramdex("reindex", "--dry-run", "--json")
+        assert counted.exit_code == 0, counted.output
+        counts = json.loads(counted.stdout)
+        assert counts["model"] == "ramdex-demo" and counts["other_model"] == 0
+        assert counts["model_id"] == configured_model_id(get_settings())
+        redone = ramdex("reindex", "--json")
+        assert redone.exit_code == 0, redone.output
+        job = get_job_view(get_settings().database_url, json.loads(redone.stdout)["job_id"])
+        assert job.params["model"] == "ramdex-demo"  # what GET /jobs and `ramdex jobs` show
+        assert job.params["model_id"] == configured_model_id(get_settings())
+    finally:
+        get_settings.cache_clear()

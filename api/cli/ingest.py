@@ -28,6 +28,11 @@ def _die(message: str, code: int = EXIT_UNUSABLE) -> None:
     raise typer.Exit(code)
 
 
+def _named(data: dict[str, Any], model: Any) -> dict[str, Any]:
+    """``data`` with ``model`` the model's human name and ``model_id`` its stored id."""
+    return {**data, "model": model.name, "model_id": data.get("model")}
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=1, default=str) + "\n")
 
@@ -66,6 +71,7 @@ def ingest_command(
     Exit code 0 when every source was ingested or was a duplicate, 1 when some failed (each
     with a reason), 2 when nothing could run (model, database or broker unavailable).
     """
+    from api.cli.model_notice import announce_configured
     from indexer.celery_app import require_broker
     from indexer.ingest.pipeline import ingest
     from indexer.jobs import JobStalledError
@@ -73,6 +79,7 @@ def ingest_command(
 
     try:
         require_broker(get_settings())  # at once, not after a minute of publish retries
+        model = announce_configured(get_settings())  # the demo model says what it is, once
         summary = ingest(
             sources,
             include=include or None,
@@ -99,11 +106,12 @@ def ingest_command(
             EXIT_FAILED_ITEMS,
         )
     if as_json:
-        _print_json(summary.to_dict())
+        _print_json({**summary.to_dict(), "model": model.name, "model_digest": model.short_digest})
     else:
         resumed = f" ({summary.resumed} resumed)" if summary.resumed else ""
         typer.echo(
-            f"job {summary.job_id}: {summary.submitted} sources in {summary.elapsed_s:.1f} s "
+            f"job {summary.job_id} (model {model.label}): {summary.submitted} sources in "
+            f"{summary.elapsed_s:.1f} s "
             f"({summary.rate:.1f}/s): {summary.done} done{resumed}, {summary.duplicate} "
             f"duplicate, {summary.failed} failed"
             + (f", {summary.queued} queued" if summary.queued else "")
@@ -239,6 +247,7 @@ def reindex_command(
     Resumable: run it again after an interruption and it continues. Unfinished work earlier
     runs left (interrupted ingests, dead workers) is taken over first.
     """
+    from api.cli.model_notice import announce_configured
     from indexer.celery_app import require_broker
     from indexer.jobs import JobStalledError
     from indexer.reindex import pending_counts, reindex
@@ -247,13 +256,14 @@ def reindex_command(
 
     settings = get_settings()
     ensure_schema(settings.database_url)
+    model = announce_configured(settings)  # the demo model says what it is, once
     if dry_run:
         counts = pending_counts(settings)
         if as_json:
-            _print_json(counts.to_dict())
+            _print_json(_named(counts.to_dict(), model))
         else:
             typer.echo(
-                f"model {counts.model_id}: {counts.other_model} assets scored by another "
+                f"model {model.label}: {counts.other_model} assets scored by another "
                 f"model, {counts.pending} pending or in progress"
             )
         return
@@ -263,10 +273,10 @@ def reindex_command(
     except JobStalledError as exc:
         _die(str(exc))
     if as_json:
-        _print_json(summary.to_dict())
+        _print_json(_named(summary.to_dict(), model))
     else:
         typer.echo(
-            f"job {summary.job_id}: model {summary.model_id}: {summary.queued} queued, "
+            f"job {summary.job_id}: model {model.label}: {summary.queued} queued, "
             f"{summary.done} done, {summary.failed} failed in {summary.elapsed_s:.1f} s"
         )
         if summary.recovered:
