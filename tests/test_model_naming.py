@@ -214,3 +214,43 @@ def test_ingest_and_reindex_name_the_model(tmp_path, monkeypatch) -> None:
         assert job.params["model_id"] == configured_model_id(get_settings())
     finally:
         get_settings.cache_clear()
+
+
+def test_ramdex_serve_announces_the_demo_model(tmp_path) -> None:
+    """`ramdex serve` as a real process: the notice is on stderr once, before requests."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAMDEX_")}
+    env.update(RAMDEX_HOME=str(tmp_path / "home"), PYTHONPATH=str(root))
+    command = "from api.cli import main; main()"
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", command, *args], env=env, cwd=root, stderr=stderr
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as reply:
+                        model = json.loads(reply.read())["model"]
+                    break
+                except OSError:
+                    assert proc.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert model["name"] == "ramdex-demo"
+    assert log.read_text().count("demo model: 40 synthetic tags") == 1

@@ -158,8 +158,10 @@ def worker_command(
             "no broker configured: set RAMDEX_BROKER__URL (redis://... or amqp://...); "
             "without one, `ramdex ingest` runs the tasks in-process and needs no worker"
         )
+    from api.cli.model_notice import announce_configured
     from indexer.celery_app import app as celery_app
 
+    announce_configured(settings)  # model workers tag with it: the demo model says so
     wanted = queues or f"{settings.broker.model_queue},{settings.broker.default_queue}"
     argv = [
         "worker",

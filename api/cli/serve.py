@@ -59,6 +59,9 @@ def serve(
         from indexer.migrate import upgrade_database
 
         upgrade_database(settings.database_url)
+    from api.cli.model_notice import announce_configured
+
+    announce_configured(settings)  # the demo model says what it is (the web UI shows a banner)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
