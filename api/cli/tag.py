@@ -68,11 +68,6 @@ def _as_url(path: Path) -> str | None:
     return f"{match.group(1)}://{match.group(2)}" if match else None
 
 
-def _has_chinese(vocab: Any) -> bool:
-    """Whether any tag has a Chinese name (a vocabulary without them repeats the English)."""
-    return any(zh and zh != en for en, zh in zip(vocab.english, vocab.chinese, strict=True))
-
-
 def _tag_label(tag: Any, lang: Lang) -> str:
     if lang is Lang.en:
         return tag.english
@@ -198,8 +193,9 @@ def tag(
     except LookupError as exc:  # an unknown or not downloaded model (the message says which)
         raise RamdexError(str(exc)) from None
     # The demo model says what it is (stderr, once); JSON records name the model.
-    model_name = announce(describe_model(loaded, name=model, hash_file=False)).name
-    if lang is not Lang.en and not _has_chinese(loaded.vocabulary):
+    described = announce(describe_model(loaded, name=model, hash_file=False))
+    model_name = described.name
+    if lang is not Lang.en and not described.has_chinese:
         typer.echo(
             f"--lang {lang.value}: model {model_name} has no Chinese tag names; printing English",
             err=True,
