@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -343,16 +341,3 @@ def test_lower_layers_never_import_higher_ones() -> None:
         if target.split(".")[0] in below.get(name.split(".")[0], ())
     ]
     assert not wrong, wrong
-
-
-def test_the_search_modules_import_first_in_a_fresh_interpreter() -> None:
-    """Imported before anything else (where a circle would break), without pulling in api."""
-    code = (
-        "import sys\n"
-        "import indexer.search.service, indexer.archive, indexer.search\n"
-        "leaked = sorted(m for m in sys.modules if m == 'api' or m.startswith('api.'))\n"
-        "assert not leaked, leaked\n"
-        "import api.search, api.services, api.cli.search, api.cli.assets\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
