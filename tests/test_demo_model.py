@@ -76,7 +76,8 @@ def demo_archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoArchi
                 params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
                 page = client.get("/assets", params=params, headers=keys.read).json()
                 for item in page["items"]:
-                    detail = client.get(f"/assets/{item['id']}", headers=keys.read).json()
+                    # Read keys see only file names of server paths; a write key sees the path.
+                    detail = client.get(f"/assets/{item['id']}", headers=keys.write).json()
                     names[item["id"]] = Path(detail["sources"][0]["uri"]).name
                 cursor = page.get("next_cursor")
                 if not cursor:
