@@ -80,6 +80,12 @@ FAST_RECOVERY_ENV = {
 }
 
 
+# Worker test hook: each model batch sleeps this long after writing its token records and before
+# its database commit, the most awkward moment to die, and a window wide enough to aim at.
+PAUSE = {"RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S": "0.2"}
+BATCH = 4  # RAMDEX_BROKER__BATCH_SIZE and RAMDEX_MODEL__BATCH_SIZE of the stacks (stack_env)
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now (on 127.0.0.1)."""
     with socket.socket() as sock:
@@ -322,6 +328,7 @@ class Worker:
     name: str
     process: subprocess.Popen
     log_path: Path
+    host: str | None = None  # its own host name (``other_host``), else this machine's
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -510,6 +517,23 @@ class Probe:
     def ids_with_status(self, status: str) -> list[int]:
         return [r[0] for r in self._query("SELECT id FROM assets WHERE status = %s", (status,))]
 
+    def held_by(self, host: str | None) -> list[int]:
+        """Unfinished assets whose processing lease a process of ``host`` holds (lease owners
+        are ``host|...``); without lease columns, every asset being processed."""
+        if host is None:
+            return self.ids_with_status("processing")
+        try:
+            rows = self._query(
+                "SELECT id, lease_owner FROM assets WHERE status = 'processing' "
+                "OR (status = 'pending' AND lease_owner LIKE %s)",
+                (host + "|%",),
+            )
+        except psycopg.errors.UndefinedColumn:
+            return self.ids_with_status("processing")
+        if any(owner is None for _, owner in rows):  # a version that records no leases
+            return [i for i, _ in rows]
+        return [i for i, owner in rows if owner.startswith(host + "|")]
+
     def jobs(self) -> list[dict[str, Any]]:
         try:
             rows = self._query(
@@ -570,13 +594,13 @@ class FaultStack:
                 lease running out says so.
         """
         name = unique_name(name)
+        host = f"faulthost-{name[-8:]}"
         log_path = self.root / f"{name}.log"
         command = [*ramdex_command(), "worker", "--queues", self.queues, "--concurrency", "1"]
         command += ["--loglevel", "info", "--hostname", f"{name}@%h"]
         if other_host:
             if os.geteuid() != 0 or not shutil.which("unshare"):
                 pytest.skip("a worker 'on another host' needs root and unshare")
-            host = f"faulthost-{name[-8:]}"
             command = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh"]
             command += [*ramdex_command(), "worker", "--queues", self.queues]
             command += ["--concurrency", "1", "--loglevel", "info", "--hostname", f"{name}@%h"]
@@ -590,7 +614,7 @@ class FaultStack:
             cwd=str(self.root),
         )
         log.close()
-        worker = Worker(name, process, log_path)
+        worker = Worker(name, process, log_path, host if other_host else None)
         self.workers.append(worker)
         if ready:
             worker.wait_ready()

@@ -20,6 +20,7 @@ import pytest
 pytest.register_assert_rewrite("tests.fault_support")
 
 from tests.fault_support import (  # noqa: E402 - after the assert-rewrite hook
+    PAUSE,
     FaultStack,
     check_invariants,
     image_set,
@@ -30,15 +31,13 @@ from tests.fault_support import (  # noqa: E402 - after the assert-rewrite hook
 pytest_plugins = ["tests.fault_support"]
 pytestmark = [pytest.mark.slow]
 
-PAUSE = {"RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S": "0.3"}
-
 
 def _asset_states(stack: FaultStack) -> dict[str, str]:
     rows = stack.probe._query("SELECT sha256, status FROM assets")
     return dict(rows)
 
 
-def embedded_kill_round(make_stack, seed: int, kills: int, count: int = 150) -> None:
+def embedded_kill_round(make_stack, seed: int, kills: int, count: int = 100) -> None:
     """SIGKILL an embedded ``ramdex ingest`` ``kills`` times at seeded points, then re-run it."""
     rng = np.random.default_rng(seed)
     stack: FaultStack = make_stack(broker=False)
@@ -90,13 +89,14 @@ def embedded_kill_round(make_stack, seed: int, kills: int, count: int = 150) -> 
     )
 
 
-def sigint_round(make_stack, seed: int, count: int = 40) -> None:
+def sigint_round(make_stack, seed: int, count: int = 32) -> None:
     """Ctrl-C on ``ramdex ingest`` while it waits for the workers; the workers finish the job."""
     rng = np.random.default_rng(seed)
     stack: FaultStack = make_stack()
     images = image_set(stack.root / "in", count, seed)
-    stack.start_worker("w", **PAUSE)
+    worker = stack.start_worker("w", ready=False, **PAUSE)
     run = stack.ingest([images.folder])
+    worker.wait_ready()
 
     def waiting() -> bool:
         jobs = stack.probe.jobs()

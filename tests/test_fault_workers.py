@@ -19,6 +19,8 @@ import pytest
 pytest.register_assert_rewrite("tests.fault_support")
 
 from tests.fault_support import (  # noqa: E402 - after the assert-rewrite hook
+    BATCH,
+    PAUSE,
     FaultStack,
     check_invariants,
     image_set,
@@ -28,11 +30,6 @@ from tests.fault_support import (  # noqa: E402 - after the assert-rewrite hook
 
 pytest_plugins = ["tests.fault_support"]
 pytestmark = [pytest.mark.slow]
-
-# Each model batch pauses this long after writing its token records and before committing (a
-# test hook of the worker): the moment where dying is most awkward, and wide enough to aim at.
-PAUSE = {"RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S": "0.3"}
-BATCH = 4  # RAMDEX_BROKER__BATCH_SIZE of the stacks
 
 
 def _assert_summary(summary: dict, images) -> None:
@@ -44,13 +41,14 @@ def _assert_summary(summary: dict, images) -> None:
     assert summary["queued"] == 0, summary
 
 
-def child_kill_round(make_stack, seed: int, kills: int, count: int = 40) -> None:
+def child_kill_round(make_stack, seed: int, kills: int, count: int = 32) -> None:
     """SIGKILL the pool child ``kills`` times at seeded points while it holds a batch."""
     rng = np.random.default_rng(seed)
     stack: FaultStack = make_stack()
     images = image_set(stack.root / "in", count, seed)
-    worker = stack.start_worker("child", **PAUSE)
-    run = stack.ingest([images.folder])
+    worker = stack.start_worker("child", ready=False, **PAUSE)
+    run = stack.ingest([images.folder])  # both start up at once
+    worker.wait_ready()
     floor = 0
     held_at_kill = []
     for k in range(kills):
@@ -59,10 +57,10 @@ def child_kill_round(make_stack, seed: int, kills: int, count: int = 40) -> None
         span = max(1, (images.distinct - BATCH - floor) // (kills - k + 1))
         target = floor + int(rng.integers(0, span))
         wait_until(
-            lambda t=target: stack.probe.done() >= t and worker.tasks_in_hand(),
+            lambda t=target: stack.probe.done() >= t and stack.probe.statuses()["processing"],
             120,
             0.02,
-            f"worker busy past {target} finished assets",
+            f"worker processing past {target} finished assets",
         )
         held_at_kill.append(len(stack.probe.ids_with_status("processing")))
         old = worker.kill_child()
@@ -76,7 +74,7 @@ def child_kill_round(make_stack, seed: int, kills: int, count: int = 40) -> None
 
 
 def main_kill_round(
-    make_stack, seed: int, kills: int, count: int = 48, come_back_limit_s: float = 30.0, **env
+    make_stack, seed: int, kills: int, count: int = 40, come_back_limit_s: float = 30.0, **env
 ) -> list[float]:
     """SIGKILL the main process of a busy worker ``kills`` times (a survivor keeps working);
     returns how long each dead worker's assets took to be finished by someone else."""
@@ -85,19 +83,24 @@ def main_kill_round(
     images = image_set(stack.root / "in", count, seed)
     # The doomed workers run "on another host" (own host name): nobody can tell from a pid that
     # they died, only their lease running out says so, as in a real cluster.
-    doomed = [stack.start_worker(f"doomed{k}", other_host=True, **PAUSE) for k in range(kills)]
-    survivor = stack.start_worker("survivor", **PAUSE)
+    doomed = [
+        stack.start_worker(f"doomed{k}", ready=False, other_host=True, **PAUSE)
+        for k in range(kills)
+    ]
+    survivor = stack.start_worker("survivor", ready=False, **PAUSE)
     run = stack.ingest([images.folder])
+    for worker in [*doomed, survivor]:
+        worker.wait_ready()
     came_back: list[float] = []
     for k, worker in enumerate(doomed):
         target = int(rng.integers(0, max(1, images.distinct // (2 * kills))))
         wait_until(
-            lambda w=worker, t=target: stack.probe.done() >= t and w.tasks_in_hand(),
+            lambda w=worker, t=target: stack.probe.done() >= t and stack.probe.held_by(w.host),
             120,
             0.02,
-            f"doomed worker {k} busy",
+            f"doomed worker {k} processing",
         )
-        held = set(stack.probe.ids_with_status("processing"))
+        held = set(stack.probe.held_by(worker.host))
         killed = time.monotonic()
         # Seeded: the main process alone (its pool child is orphaned) or the whole worker.
         worker.kill_main(whole_group=bool(rng.integers(0, 2)))
