@@ -254,3 +254,13 @@ def test_ramdex_serve_announces_the_demo_model(tmp_path) -> None:
             proc.wait(timeout=30)
     assert model["name"] == "ramdex-demo"
     assert log.read_text().count("demo model: 40 synthetic tags") == 1
+
+
+def test_models_list_explains_the_demo_model() -> None:
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    result = CliRunner().invoke(app, ["models", "list"])
+    line = next(x for x in result.stdout.splitlines() if x.startswith("demo "))
+    assert "ramdex-demo" in line and "40 synthetic tags" in line and "not for photographs" in line

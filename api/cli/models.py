@@ -17,11 +17,15 @@ def list_command(
     """Show configured models and whether their weights are available here."""
     from ram_pp import pretrained
     from ram_pp.config import get_config
-    from ram_pp.factory import demo_checkpoint, list_models
+    from ram_pp.factory import demo_checkpoint, describe, list_models
 
     demo = demo_checkpoint()
     typer.echo(f"{'name':32} {'weights':12} description")
-    typer.echo(f"{'demo':32} {'bundled' if demo else 'missing':12} bundled demo model")
+    tags = f"{describe().num_tags} synthetic tags" if demo else "synthetic tags"
+    typer.echo(
+        f"{'demo':32} {'bundled' if demo else 'missing':12} ramdex-demo: the bundled demo model, "
+        f"{tags} (shapes, colours, counts), not for photographs"
+    )
     for name in list_models():
         cfg = get_config(name)
         if name in pretrained.PRETRAINED:
