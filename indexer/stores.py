@@ -119,7 +119,9 @@ def index_is_behind(settings: Settings, model_id: str, *, full: bool = False) ->
     with session_scope(settings.database_url) as session:
         newest = session.execute(
             sa.select(sa.func.max(Asset.updated_at)).where(
-                Asset.model_name == model_id, Asset.status == AssetStatus.DONE.value
+                Asset.model_name == model_id,
+                Asset.status == AssetStatus.DONE.value,
+                Asset.embedding.is_not(None),
             )
         ).scalar_one_or_none()
         if mark is None:

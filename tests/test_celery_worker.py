@@ -22,7 +22,7 @@ from indexer.db.session import session_scope
 from indexer.db.tags import AssetTag, Tag
 from indexer.faiss_index import VectorIndex, index_path, read_meta
 from indexer.ingest.pipeline import ingest
-from indexer.jobs import get_job_view, wait_for_job
+from indexer.jobs import get_job_view, recent_jobs, wait_for_job
 from indexer.stores import ensure_schema
 from ram_pp.factory import random_model
 from ram_pp.inference import TaggingEngine
@@ -270,3 +270,202 @@ def test_register_sources_task_for_server_paths(stack):
     )
     final = wait_for_job(settings.database_url, job_id, poll_s=0.2, timeout_s=60)
     assert (final.status, final.total, final.done) == ("done", 3, 3), worker.log()[-3000:]
+
+
+# --------------------------------------------------------------------------------------------
+# Recovery with real workers: leases, the reconciler, dispatch after commit, truthful jobs.
+# A stack of its own with short leases (3 s, reconciler every 1 s) and a visibility timeout of an
+# hour, so whatever comes back in seconds came back through the lease, not through Redis.
+
+LEASE_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recovery")
+    with postgres_database() as db_url:
+        ensure_schema(db_url)
+        env = worker_env(
+            stack_env(root / "home", db_url, redis_url_for_tests(), unique_name("rdxr")),
+            RAMDEX_INGEST__LEASE_S=str(LEASE_S),
+            RAMDEX_INGEST__RECONCILE_INTERVAL_S="1",
+            RAMDEX_INGEST__STALL_TIMEOUT_S="120",
+            RAMDEX_BROKER__VISIBILITY_TIMEOUT_S="3600",
+        )
+        settings = settings_from_env(env)
+        try:
+            yield settings, env, root
+        finally:
+            cleanup_redis(settings)
+
+
+def _worker(fast, name: str, **extra: str):
+    settings, env, root = fast
+    queues = f"{settings.broker.model_queue},{settings.broker.default_queue}"
+    worker = start_worker(worker_env(env, **extra), queues, root / f"{name}.log", unique_name(name))
+    worker.wait_ready()
+    return worker
+
+
+def _statuses(url: str, ids: list[int]) -> dict[str, int]:
+    with session_scope(url) as s:
+        rows = s.execute(
+            sa.select(Asset.status, sa.func.count()).where(Asset.id.in_(ids)).group_by(Asset.status)
+        ).all()
+    return {status: int(n) for status, n in rows}
+
+
+def _until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.1)
+
+
+def test_dead_worker_assets_come_back_through_their_lease(fast):
+    """The whole worker (main process and pool child) is SIGKILLed mid-batch: its unacknowledged
+    message stays with Redis for the visibility timeout (an hour here), but the batch's lease runs
+    out within LEASE_S and the reconciler of another worker re-dispatches it."""
+    settings, env, root = fast
+    url = settings.database_url
+    paths = write_images(root / "dead-worker", 8, start=1000)
+    doomed = _worker(fast, "doomed", RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S="600")
+    rescuer = None
+    try:
+        summary = ingest(paths, settings=settings, progress=False, wait=False)
+        ids = summary.asset_ids
+        _until(lambda: _statuses(url, ids).get("processing", 0) > 0, 60, doomed.log()[-3000:])
+        rescuer = _worker(fast, "rescuer")
+        killed = time.monotonic()
+        doomed.kill()
+        job = wait_for_job(url, summary.job_id, poll_s=0.1, timeout_s=120)
+        back_s = time.monotonic() - killed
+    finally:
+        doomed.kill()
+        if rescuer is not None:
+            rescuer.stop()
+    assert (job.status, job.total, job.done, job.failed) == ("done", 8, 8, 0), rescuer.log()[-4000:]
+    assert re.search(r"recovered \d+ unfinished assets", rescuer.log())
+    # Back in about a lease plus a reconciler interval (and the batch's own processing time),
+    # nowhere near the visibility timeout.
+    print(f"\ndead worker's assets back and done {back_s:.1f} s after the kill (lease {LEASE_S} s)")
+    assert back_s < 60
+    with session_scope(url) as s:
+        attempts = dict(
+            s.execute(sa.select(Asset.id, Asset.attempts).where(Asset.id.in_(ids))).all()
+        )
+    assert max(attempts.values()) <= 2  # the killed run counted once, the rescue once
+
+
+def test_messages_lost_with_the_broker_are_dispatched_again(fast):
+    """Redis restarted without persistence: the queued messages are gone, the pending rows are
+    not. With an empty queue, pending assets dispatched longer than a lease ago are sent again."""
+    settings, env, root = fast
+    url = settings.database_url
+    paths = write_images(root / "lost", 6, start=1100)
+    summary = ingest(paths, settings=settings, progress=False, wait=False)
+    assert summary.queued == 6
+    with session_scope(url) as s:
+        sent = s.scalars(sa.select(Asset.dispatched_at).where(Asset.id.in_(summary.asset_ids)))
+        assert all(t is not None for t in sent)  # dispatched after the commit, and recorded
+    cleanup_redis(settings)  # the broker forgets every message
+    worker = _worker(fast, "after-restart")
+    try:
+        job = wait_for_job(url, summary.job_id, poll_s=0.2, timeout_s=120)
+    finally:
+        worker.stop()
+    assert (job.status, job.done, job.failed) == ("done", 6, 0), worker.log()[-4000:]
+    assert re.search(r"recovered \d+ unfinished assets", worker.log())
+
+
+def test_broker_outage_during_registration_loses_nothing(fast):
+    """The broker is down while sources are registered: the assets are committed, their sends
+    fail, and nothing is lost: once the registering process is gone its leases run out and the
+    reconciler sends them."""
+    settings, env, root = fast
+    url = settings.database_url
+    down = settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"url": "redis://127.0.0.1:1/0"})}
+    )
+    paths = write_images(root / "outage", 5, start=1200)
+    summary = ingest(paths, settings=down, progress=False, wait=False)
+    assert summary.queued == 5 and summary.failed == 0
+    ids = summary.asset_ids
+    assert _statuses(url, ids) == {"pending": 5}
+    with session_scope(url) as s:
+        assert set(s.scalars(sa.select(Asset.dispatched_at).where(Asset.id.in_(ids)))) == {None}
+    assert get_job_view(url, summary.job_id).status == "running"  # registration completed
+    worker = _worker(fast, "after-outage")
+    try:
+        job = wait_for_job(url, summary.job_id, poll_s=0.2, timeout_s=120)
+    finally:
+        worker.stop()
+    assert (job.status, job.done, job.failed) == ("done", 5, 0), worker.log()[-4000:]
+
+
+def test_waiting_client_gives_up_on_a_stalled_job_and_leaves_it_alone(fast):
+    """No worker consumes the queue: `ingest` waits, sees no progress for the stall timeout,
+    and stops with a message; the job is not marked failed and finishes once a worker runs."""
+    from indexer.jobs import JobStalledError
+
+    settings, env, root = fast
+    url = settings.database_url
+    impatient = settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"stall_timeout_s": 2.0})}
+    )
+    paths = write_images(root / "stalled", 3, start=1300)
+    with pytest.raises(JobStalledError, match="made no progress for .* is a worker running"):
+        ingest(paths, settings=impatient, progress=False, wait=True)
+    job_id = max(j.id for j in recent_jobs(url, 5))
+    assert get_job_view(url, job_id).status == "running"
+    worker = _worker(fast, "late")
+    try:
+        job = wait_for_job(url, job_id, poll_s=0.2, timeout_s=120)
+    finally:
+        worker.stop()
+    assert (job.status, job.done) == ("done", 3), worker.log()[-3000:]
+
+
+def test_ctrl_c_on_a_waiting_ingest_leaves_the_job_to_the_workers(fast):
+    """`ramdex ingest` interrupted (SIGINT) while it waits: it says so and exits 130; the job is
+    not marked failed, the workers finish it and it ends `done`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    settings, env, root = fast
+    url = settings.database_url
+    folder = root / "interrupted"
+    write_images(folder, 8, start=1400)
+    worker = _worker(fast, "slow", RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S="3.0")
+    try:
+        cli = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ramdex"), "ingest", str(folder)],
+            env=worker_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+
+        def running_job():
+            jobs = [j for j in recent_jobs(url, 5) if j.params.get("sources") == [str(folder)]]
+            return jobs[0] if jobs and jobs[0].status == "running" else None
+
+        _until(lambda: running_job() is not None, 90, "the CLI never finished registering")
+        before = running_job()
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=60)
+        assert cli.returncode == 130, (out, err)
+        assert "interrupted" in err and "Traceback" not in err
+        assert before.processed < before.total  # it was interrupted with work left
+        after = get_job_view(url, before.id)
+        assert after.status in ("running", "done") and after.error is None
+        job = wait_for_job(url, before.id, poll_s=0.2, timeout_s=120)
+    finally:
+        if "cli" in locals() and cli.poll() is None:
+            os.kill(cli.pid, signal.SIGKILL)
+        worker.stop()
+    assert (job.status, job.total, job.done, job.failed) == ("done", 8, 8, 0), worker.log()[-3000:]

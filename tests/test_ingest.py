@@ -30,7 +30,7 @@ from indexer.ingest.pipeline import ingest
 from indexer.ingest.process import AssetProcessor
 from indexer.reindex import pending_counts, reindex
 from indexer.settings import Settings
-from indexer.stores import token_store_path
+from indexer.stores import ensure_schema, token_store_path
 from indexer.token_store import TokenStore
 from indexer.walk import walk_files
 from ram_pp.factory import random_model
@@ -417,3 +417,277 @@ def test_broker_visibility_timeout_is_a_validated_setting(monkeypatch):
     assert Settings().broker.visibility_timeout_s == 300
     with pytest.raises(pydantic.ValidationError, match="visibility_timeout_s"):
         Settings(broker={"visibility_timeout_s": 0})
+
+
+# --------------------------------------------------------------------------------------------
+# Recovery: leases, resumed runs, truthful jobs, the reconciler's cost
+
+
+def _cli_env(tmp_path: Path, url: str, **extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAMDEX_")}
+    env.update(
+        RAMDEX_HOME=str(tmp_path / "home"),
+        RAMDEX_DATABASE__URL=url,
+        RAMDEX_BROKER__URL="",
+        RAMDEX_MODEL__NAME="test_micro",
+        RAMDEX_MODEL__DEVICE="cpu",
+        RAMDEX_MODEL__BATCH_SIZE="4",
+        RAMDEX_INGEST__DECODE_WORKERS="1",
+        OMP_NUM_THREADS="1",
+        **extra,
+    )
+    return env
+
+
+def test_killed_ingest_is_finished_by_the_next_run_and_counted_as_resumed(tmp_path, micro):
+    """A real `ramdex ingest` (embedded) SIGKILLed after its first batch: running it again
+    finishes what was left at once (no waiting for leases: the dead process is on this machine),
+    calls those sources resumed, never duplicates, and the killed run's job ends done."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = f"sqlite:///{tmp_path / 'killed.sqlite3'}"
+    folder = tmp_path / "photos"
+    write_images(folder, 12)
+    env = _cli_env(tmp_path, url, RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S="1.0")
+    ramdex = str(Path(sys.executable).parent / "ramdex")
+    cli = subprocess.Popen(
+        [ramdex, "ingest", str(folder)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        done = 0
+        while done == 0:  # wait for the first committed batch
+            assert cli.poll() is None, cli.stderr.read().decode() if cli.stderr else ""
+            assert time.monotonic() < deadline, "the first batch never committed"
+            time.sleep(0.1)
+            try:
+                with session_scope(url) as s:
+                    done = s.scalar(sa.select(sa.func.count()).where(Asset.status == "done"))
+            except sa.exc.OperationalError:
+                continue  # the schema is still being created
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    with session_scope(url) as s:
+        states = dict(
+            s.execute(sa.select(Asset.status, sa.func.count()).group_by(Asset.status)).all()
+        )
+        (killed_job,) = s.execute(sa.select(Job.id, Job.status, Job.total)).all()
+    done_before = states.get("done", 0)
+    unfinished = states.get("pending", 0) + states.get("processing", 0)
+    assert done_before > 0 and unfinished > 0, states
+
+    settings = Settings(
+        home=tmp_path / "home",
+        database={"url": url},
+        broker={"url": ""},
+        model={"name": "test_micro", "device": "cpu", "batch_size": 4},
+    )
+    processor = AssetProcessor(settings, loaded=micro, model_id=MODEL_ID)
+    again = ingest([folder], settings=settings, processor=processor, progress=False)
+    assert (again.duplicate, again.resumed, again.failed) == (done_before, unfinished, 0)
+    assert again.done == 12 - done_before
+    with session_scope(url) as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Asset)) == 12
+        assert set(s.scalars(sa.select(Asset.status))) == {"done"}
+        assert max(s.scalars(sa.select(Asset.attempts))) <= 2  # killed once, finished once
+        old = s.get(Job, killed_job.id)
+        if killed_job.status == "running":  # registration had ended: the job completes
+            assert (old.status, old.done, old.failed) == ("done", old.total, 0)
+        else:  # killed while registering: failed, with the reason
+            assert old.status == "failed" and "registration stopped" in old.error
+    assert len(TokenStore(token_store_path(settings, MODEL_ID), read_only=True)) == 12
+
+
+def test_empty_folder_says_no_images_were_found(tmp_path, monkeypatch):
+    from api.cli import app
+    from indexer.settings import get_settings
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no pictures here")
+    for key, value in _cli_env(tmp_path, f"sqlite:///{tmp_path / 'e.sqlite3'}").items():
+        if key.startswith("RAMDEX_"):
+            monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["ingest", str(tmp_path / "empty")])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert "no images found" in result.output and "--include" in result.output
+
+
+def test_jobs_count_sources_that_failed_before_becoming_assets(env):
+    """A refused URL has no asset, yet the job counts it: not "done, 0 failed"."""
+    settings, processor, folder = env
+    whole = (folder / "img_0000.jpg").read_bytes()
+    (folder / "broken.jpg").write_bytes(whole[:300])  # an asset that fails in processing
+    refused = "http://127.0.0.1:9/private.jpg"  # a private address: refused, no bytes
+    summary = ingest([folder, refused], settings=settings, processor=processor, progress=False)
+    assert (summary.done, summary.failed) == (N_IMAGES, 2)
+    with session_scope(settings.database_url) as s:
+        job = s.get(Job, summary.job_id)
+        assert (job.status, job.total, job.done, job.failed) == (
+            "done",
+            N_IMAGES + 2,
+            N_IMAGES,
+            2,
+        )
+        assert job.params["register_failed"] == 1
+        assert "not a public address" in job.params["failures"][0]["reason"]
+
+
+def test_orphaned_work_is_recovered_by_the_next_run(env):
+    """Work nobody holds any more is finished by whichever run starts next, and credited to the
+    jobs that wait for it: a registration whose process died (here: a pid of this machine that
+    does not run), a lease that ran out on another machine, a message lost with its broker."""
+    from indexer.db.leases import db_in
+    from indexer.ingest.lease import local_prefix
+    from indexer.ingest.register import Registrar
+    from indexer.jobs import start_job
+
+    settings, processor, folder = env
+    url = settings.database_url
+    ensure_schema(url)
+    dead = f"{local_prefix()}999999999|1"  # no such process here
+    job_id = start_job(url, "ingest", owner=dead, lease_s=3600)  # a live-looking lease
+    registrar = Registrar(settings, job_id=job_id, owner=dead)
+    ids = [registrar.register(p).asset_id for p in sorted(folder.glob("*.jpg"))[:3]]
+    with session_scope(url) as s:
+        s.execute(  # another machine's lease, run out
+            sa.update(Asset)
+            .where(Asset.id == ids[1])
+            .values(status="processing", lease_owner="elsewhere|-|7|7", lease_until=db_in(-5))
+        )
+        s.execute(  # dispatched an hour ago, no message left (no queue in the embedded mode)
+            sa.update(Asset)
+            .where(Asset.id == ids[2])
+            .values(lease_owner=None, lease_until=None, dispatched_at=db_in(-3600))
+        )
+    others = write_images(folder.parent / "others", 2, start=500)
+    summary = ingest(others, settings=settings, processor=processor, progress=False)
+    assert (summary.done, summary.recovered) == (2, 3)
+    with session_scope(url) as s:
+        assert set(s.scalars(sa.select(Asset.status).where(Asset.id.in_(ids)))) == {"done"}
+        job = s.get(Job, job_id)
+        assert job.status == "failed" and "registration stopped" in job.error
+        assert (job.total, job.done) == (3, 3)  # its assets were finished and counted anyway
+
+
+def test_a_job_is_done_when_another_run_finishes_its_assets(env):
+    """Job A registered assets and stopped waiting; run B meets the same files and finishes
+    them: A is done (its ledger was credited by B's commits), B reports them as resumed."""
+    from indexer.ingest.register import Registrar
+    from indexer.jobs import end_registration, get_job_view, start_job
+
+    settings, processor, folder = env
+    url = settings.database_url
+    ensure_schema(url)
+    job_a = start_job(url, "ingest")
+    registrar = Registrar(settings, job_id=job_a)
+    for path in sorted(folder.glob("*.jpg")):
+        assert registrar.register(path).state == "queued"
+    assert end_registration(url, job_a) == "running"
+    summary = ingest([folder], settings=settings, processor=processor, progress=False)
+    assert (summary.done, summary.resumed, summary.duplicate) == (N_IMAGES, N_IMAGES, 0)
+    a = get_job_view(url, job_a)
+    assert (a.status, a.total, a.done, a.failed) == ("done", N_IMAGES, N_IMAGES, 0)
+
+
+def test_one_reconciler_at_a_time(env):
+    """Every worker runs a reconciler; the service lease lets one pass run at a time and hands
+    the duty over when its holder stops."""
+    from indexer.ingest.reconcile import Reconciler
+
+    settings, _, _ = env
+    ensure_schema(settings.database_url)
+    first, second = Reconciler(settings), Reconciler(settings)
+    first.owner, second.owner = "worker-a", "worker-b"
+    assert first.tick() is not None and second.tick() is None
+    assert first.tick() is not None  # the holder keeps it
+    first.stop()
+    assert second.tick() is not None
+
+
+@pytest.mark.postgres
+def test_an_idle_reconciler_pass_reads_only_index_ends(tmp_path):
+    """100,000 done assets in PostgreSQL and nothing to do: one reconciler pass (service lease,
+    queue depth, orphan queries, quiet jobs, index staleness) costs a few milliseconds, and its
+    queries are index scans."""
+    import statistics
+    import time
+
+    from indexer.db.session import get_engine
+    from indexer.ingest.reconcile import Reconciler
+    from indexer.stores import sync_vector_index
+    from tests.ingest_fixtures import redis_url_for_tests, unique_name
+
+    with postgres_database() as url:
+        ensure_schema(url)
+        vector = np.ones(8, dtype="<f4").tobytes().hex()
+        with get_engine(url).begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO assets (sha256, status, model_name, embedding, embedding_dim) "
+                    "SELECT lpad(to_hex(g), 64, '0'), 'done', :model, decode(:vec, 'hex'), 8 "
+                    "FROM generate_series(1, 100000) g"
+                ),
+                {"model": MODEL_ID, "vec": vector},
+            )
+            conn.execute(sa.text("ANALYZE assets"))
+        queue = unique_name("idle")
+        settings = Settings(
+            home=tmp_path / "home",
+            database={"url": url},
+            broker={"url": redis_url_for_tests(), "model_queue": queue},
+        )
+        sync_vector_index(settings, MODEL_ID, 8)  # the index is up to date
+        reconciler = Reconciler(settings)
+        reconciler._model_id = MODEL_ID
+        reports = [reconciler.tick() for _ in range(25)]
+        passes = [r.elapsed_ms for r in reports[5:]]  # warm: connections open
+        ticks = []
+        for _ in range(20):
+            started = time.perf_counter()
+            reconciler.tick()
+            ticks.append((time.perf_counter() - started) * 1000)
+        reconciler.stop()
+        assert all(r.recovered == 0 and not r.index_synced for r in reports)
+        median_pass, median_tick = statistics.median(passes), statistics.median(ticks)
+        print(
+            f"\nidle reconciler pass over 100k assets: {median_pass:.1f} ms "
+            f"(with the service lease: {median_tick:.1f} ms)"
+        )
+        assert median_pass < 100
+        from indexer.db.asset_repo import orphaned_assets
+
+        with session_scope(url) as s:
+            compiled = []
+            for query in _orphan_queries(s):
+                plan = s.execute(sa.text("EXPLAIN " + query)).scalars().all()
+                compiled.append("\n".join(plan))
+            assert orphaned_assets(s, lease_s=60, lost_after_s=60) == []
+        for plan in compiled:
+            assert "Seq Scan on assets" not in plan, plan
+            assert "Index" in plan, plan
+
+
+def _orphan_queries(session) -> list[str]:
+    """The reconciler's asset queries as SQL text with literals, for EXPLAIN."""
+    return [
+        "SELECT id FROM assets WHERE status IN ('pending', 'processing') AND lease_until < now() "
+        "LIMIT 1000",
+        "SELECT id FROM assets WHERE status = 'pending' AND lease_owner IS NULL "
+        "AND dispatched_at IS NULL AND updated_at < now() - interval '60 seconds' LIMIT 1000",
+        "SELECT id FROM assets WHERE status = 'pending' AND lease_owner IS NULL "
+        "AND dispatched_at < now() - interval '60 seconds' LIMIT 1000",
+        f"SELECT max(updated_at) FROM assets WHERE model_name = '{MODEL_ID}' AND status = 'done' "
+        "AND embedding IS NOT NULL",
+    ]

@@ -47,13 +47,18 @@ def send_assets(settings: Settings, asset_ids: Sequence[int], *, force: bool = F
     ids = [int(i) for i in asset_ids]
     sender = producer_app(settings)
     size = settings.broker.batch_size
-    for start in range(0, len(ids), size):
-        sender.send_task(
-            PROCESS_TASK,
-            args=[ids[start : start + size], None, force],
-            queue=settings.broker.model_queue,
-            retry=False,
-        )
+    with sender.connection_or_acquire() as conn:
+        # One quick attempt: a broker that is down must not hold registration up (kombu
+        # would otherwise retry the connection for seconds on every send).
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+        for start in range(0, len(ids), size):
+            sender.send_task(
+                PROCESS_TASK,
+                args=[ids[start : start + size], None, force],
+                queue=settings.broker.model_queue,
+                connection=conn,
+                retry=False,
+            )
 
 
 def dispatch(
@@ -86,8 +91,8 @@ def model_queue_depth(settings: Settings) -> int | None:
     from kombu.exceptions import ChannelError
 
     try:
-        with producer_app(settings).connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1)
+        with producer_app(settings).connection_or_acquire() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
             channel = conn.default_channel
             try:
                 ok = channel.queue_declare(queue=settings.broker.model_queue, passive=True)

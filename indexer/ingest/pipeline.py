@@ -39,7 +39,7 @@ from indexer.db.session import session_scope
 from indexer.ingest.dispatch import Dispatcher, SendBreaker, dispatch, request_index_sync
 from indexer.ingest.lease import LeaseKeeper, keeper_for, process_owner
 from indexer.ingest.process import AssetProcessor, shared_processor
-from indexer.ingest.reconcile import reconcile_once, recover
+from indexer.ingest.reconcile import Reconciler, recover
 from indexer.ingest.register import Failure, Registered, Registrar, expand_sources
 from indexer.ingest.transient import TRANSIENT, retry_transient
 from indexer.jobs import (
@@ -521,21 +521,26 @@ def _run_with_broker(
         run.bar.n = registered_only + view.processed
         run.bar.refresh()
 
+    reconciler = Reconciler(settings)
     last_pass = [time.monotonic()]
 
     def on_poll() -> None:
-        # While waiting: send what the broker refused before, and reconcile now and then (a
-        # dead worker's assets come back even when no worker runs a reconciler).
+        # While waiting: send what the broker refused before, and take a reconciler turn now
+        # and then (a dead worker's assets come back even when no worker runs a reconciler;
+        # when one does, it holds the service lease and this is one statement).
         if run.held:
             send_held()
         if time.monotonic() - last_pass[0] >= settings.ingest.reconcile_interval_s:
             last_pass[0] = time.monotonic()
-            reconcile_once(settings)
+            reconciler.tick()
 
-    wait_for_job(
-        url,
-        run.job_id,
-        on_update=on_update,
-        on_poll=on_poll,
-        stall_timeout_s=settings.ingest.stall_timeout_s or None,
-    )
+    try:
+        wait_for_job(
+            url,
+            run.job_id,
+            on_update=on_update,
+            on_poll=on_poll,
+            stall_timeout_s=settings.ingest.stall_timeout_s or None,
+        )
+    finally:
+        reconciler.stop()  # hand the service lease back at once if this run held it
