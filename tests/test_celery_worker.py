@@ -341,6 +341,7 @@ def test_dead_worker_assets_come_back_through_their_lease(fast):
         doomed.kill()
         job = wait_for_job(url, summary.job_id, poll_s=0.1, timeout_s=120)
         back_s = time.monotonic() - killed
+        _index_covers_every_done_asset(settings)
     finally:
         doomed.kill()
         if rescuer is not None:
@@ -358,6 +359,23 @@ def test_dead_worker_assets_come_back_through_their_lease(fast):
     assert max(attempts.values()) <= 2  # the killed run counted once, the rescue once
 
 
+def _index_covers_every_done_asset(settings, timeout_s: float = 60.0) -> None:
+    """The FAISS index reaches every done asset after a recovery, with no manual sync (the
+    worker that completes a job asks for one; the reconciler re-syncs an index left behind)."""
+    path = index_path(settings.index_dir, "test_micro@random")
+    url = settings.database_url
+
+    def covered() -> bool:
+        with session_scope(url) as s:
+            done = s.scalar(sa.select(sa.func.count()).where(Asset.status == "done"))
+        try:
+            return read_meta(path).count == done
+        except (FileNotFoundError, ValueError):
+            return False
+
+    _until(covered, timeout_s, "the FAISS index did not catch up with the done assets")
+
+
 def test_messages_lost_with_the_broker_are_dispatched_again(fast):
     """Redis restarted without persistence: the queued messages are gone, the pending rows are
     not. With an empty queue, pending assets dispatched longer than a lease ago are sent again."""
@@ -373,6 +391,7 @@ def test_messages_lost_with_the_broker_are_dispatched_again(fast):
     worker = _worker(fast, "after-restart")
     try:
         job = wait_for_job(url, summary.job_id, poll_s=0.2, timeout_s=120)
+        _index_covers_every_done_asset(settings)
     finally:
         worker.stop()
     assert (job.status, job.done, job.failed) == ("done", 6, 0), worker.log()[-4000:]
@@ -469,3 +488,29 @@ def test_ctrl_c_on_a_waiting_ingest_leaves_the_job_to_the_workers(fast):
             os.kill(cli.pid, signal.SIGKILL)
         worker.stop()
     assert (job.status, job.total, job.done, job.failed) == ("done", 8, 8, 0), worker.log()[-3000:]
+
+
+def test_reconciler_brings_a_stale_index_up_to_date(fast):
+    """A worker committed a batch and died before asking for an index sync (here: done rows
+    written straight to the database): the reconciler notices the index is behind and has it
+    synced, with no `ramdex index sync`."""
+    settings, env, root = fast
+    dim = random_model("test_micro", seed=0).config.head.embed_dim
+    rng = np.random.default_rng(11)
+    worker = _worker(fast, "index-watch")
+    try:
+        with session_scope(settings.database_url) as s:
+            for i in range(3):
+                vector = rng.normal(size=dim).astype("<f4")
+                s.add(
+                    Asset(
+                        sha256=hashlib.sha256(f"stale-{i}".encode()).hexdigest(),
+                        status="done",
+                        model_name="test_micro@random",
+                        embedding=(vector / np.linalg.norm(vector)).astype("<f4").tobytes(),
+                        embedding_dim=dim,
+                    )
+                )
+        _index_covers_every_done_asset(settings, timeout_s=60)
+    finally:
+        worker.stop()
