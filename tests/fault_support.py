@@ -116,6 +116,15 @@ def wait_until(
 # PostgreSQL and Redis servers owned by the test
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child is SIGKILLed when the test process dies, however it dies, so
+    an interrupted test run leaves no worker, command or server behind (Linux ``prctl``)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _postgres_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
     path = found[0] if found else shutil.which(name)
@@ -149,6 +158,24 @@ class PgCluster:
             ),
             check=True,
             capture_output=True,
+        )
+        self._watchdog()
+
+    def _watchdog(self) -> None:
+        """A detached shell that stops the cluster and deletes its folder once the test process
+        is gone (the server is a daemon: nothing else would stop it after a killed test run)."""
+        pg_ctl = " ".join(_as_postgres([_postgres_bin("pg_ctl")]))
+        script = (
+            f"while kill -0 {os.getpid()} 2>/dev/null && [ -d {self.root} ]; do sleep 1; done; "
+            f"[ -d {self.root} ] && {pg_ctl} -D {self.data} -m immediate stop >/dev/null 2>&1; "
+            f"rm -rf {self.root}"
+        )
+        subprocess.Popen(
+            ["sh", "-c", script],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     @property
@@ -247,7 +274,9 @@ class RedisServer:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.root)]
         log = open(self.root / "redis.log", "ab")  # noqa: SIM115 - the server keeps writing
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
         log.close()
         wait_until(self.ping, 20, 0.05, "Redis answering PING")
 
@@ -611,6 +640,7 @@ class FaultStack:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
             cwd=str(self.root),
         )
         log.close()
@@ -632,6 +662,7 @@ class FaultStack:
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,  # its own group: a kill reaches its helpers
+                preexec_fn=die_with_parent,
                 cwd=str(self.root),
             )
         run = IngestRun(process, out, err)

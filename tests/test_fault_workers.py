@@ -149,17 +149,20 @@ def test_campaign_main_worker_sigkilled_three_times(make_stack, seed):
 @pytest.mark.campaign
 @pytest.mark.timeout(900)
 def test_campaign_dead_worker_comes_back_in_about_a_minute_with_shipped_settings(make_stack):
-    """The shipped lease and reconcile interval (not the tests' short ones): "about a minute,
-    not an hour"."""
-    from indexer.settings import IngestSettings
+    """The shipped lease, reconcile interval and visibility timeout (not the tests' short ones):
+    "about a minute, not an hour"."""
+    from indexer.settings import BrokerSettings, IngestSettings
 
-    shipped = IngestSettings()
+    shipped, broker = IngestSettings(), BrokerSettings()
     times = main_kill_round(
         make_stack,
         seed=31,
         kills=1,
-        come_back_limit_s=shipped.lease_s + 2 * shipped.reconcile_interval_s + 30,
+        come_back_limit_s=shipped.lease_s + 3 * shipped.reconcile_interval_s + 30,
         RAMDEX_INGEST__LEASE_S=str(shipped.lease_s),
         RAMDEX_INGEST__RECONCILE_INTERVAL_S=str(shipped.reconcile_interval_s),
+        RAMDEX_BROKER__VISIBILITY_TIMEOUT_S=str(broker.visibility_timeout_s),
+        # The command waits through the minute without progress instead of giving up.
+        RAMDEX_INGEST__STALL_TIMEOUT_S="600",
     )
     assert times[0] < 90.0, times
