@@ -332,8 +332,8 @@ def wait_for_job(
         if on_poll is not None:
             try:
                 on_poll()
-            except Exception:
-                log.warning("while waiting for job %s", job_id, exc_info=True)
+            except Exception as exc:
+                log.warning("while waiting for job %s: %s: %s", job_id, type(exc).__name__, exc)
         try:
             current = get_job_view(url, job_id)
         except sa.exc.OperationalError:

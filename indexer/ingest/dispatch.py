@@ -34,6 +34,13 @@ from indexer.stores import sync_vector_index
 
 log = logging.getLogger(__name__)
 
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line for logs a person reads (the CLI shows warnings, never tracebacks)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
 SYNC_DELAY_S = 2.0  # let the other batches of a burst commit before an index sync
 
 
@@ -81,8 +88,8 @@ def dispatch(
     try:
         with session_scope(settings.database_url) as session:
             mark_dispatched(session, ids, owner)
-    except Exception:  # sent: at worst the reconciler sends them once more
-        log.warning("dispatched %d assets but could not record it", len(ids), exc_info=True)
+    except Exception as exc:  # sent: at worst the reconciler sends them once more
+        log.warning("dispatched %d assets but could not record it (%s)", len(ids), one_line(exc))
 
 
 def model_queue_depth(settings: Settings) -> int | None:

@@ -36,7 +36,13 @@ import sqlalchemy as sa
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.jobs import JobKind
 from indexer.db.session import session_scope
-from indexer.ingest.dispatch import Dispatcher, SendBreaker, dispatch, request_index_sync
+from indexer.ingest.dispatch import (
+    Dispatcher,
+    SendBreaker,
+    dispatch,
+    one_line,
+    request_index_sync,
+)
 from indexer.ingest.lease import LeaseKeeper, keeper_for, process_owner
 from indexer.ingest.process import AssetProcessor, shared_processor
 from indexer.ingest.reconcile import Reconciler, recover
@@ -285,8 +291,8 @@ def ingest(
         reason = f"registration interrupted ({type(exc).__name__}: {exc})"
         try:
             fail_registration(url, job_id, reason)
-        except Exception:  # the database may be the problem; its lease runs out instead
-            log.warning("could not mark job %s failed", job_id, exc_info=True)
+        except Exception as error:  # the database may be the problem; its lease runs out instead
+            log.warning("could not mark job %s failed (%s)", job_id, one_line(error))
         raise
     finally:
         run.close()

@@ -418,8 +418,10 @@ class AssetProcessor:
         if self.on_committed is not None and (written.written or completed):
             try:
                 self.on_committed(list(written.written), bool(completed))
-            except Exception:  # the index is derived data; it is resynced from the database
-                log.exception("after-commit hook failed for %d assets", len(written.written))
+            except Exception as exc:  # the index is derived data; it is resynced from the database
+                log.warning(
+                    "after-commit hook failed for %d assets (%s)", len(written.written), _why(exc)
+                )
 
     def process(
         self,
@@ -515,8 +517,8 @@ class AssetProcessor:
         if self.on_committed is not None:
             try:
                 self.on_committed([], True)
-            except Exception:  # derived data only (the index sync)
-                log.exception("after-commit hook failed")
+            except Exception as exc:  # derived data only (the index sync)
+                log.warning("after-commit hook failed (%s)", _why(exc))
 
 
 class _Run:
@@ -551,8 +553,8 @@ class _Run:
                 release_assets(
                     session, sorted(self.held), owner, dispatched=True, uncount=self.counted
                 )
-        except Exception:
-            log.warning("could not release %d claimed assets", len(self.held), exc_info=True)
+        except Exception as exc:
+            log.warning("could not release %d claimed assets (%s)", len(self.held), _why(exc))
 
     def close(self) -> None:
         self.drop(list(self.held))
@@ -561,6 +563,12 @@ class _Run:
 def _is_first_run(row: _Row) -> bool:
     """New work no run has started on yet (re-scores of done assets are not counted)."""
     return row.status != AssetStatus.DONE.value and row.attempts == 0
+
+
+def _why(exc: BaseException) -> str:
+    """An error in one line: these warnings reach people (``ramdex ingest``), not tracebacks."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _unfinished(row: _Row) -> bool:
