@@ -514,3 +514,57 @@ def test_reconciler_brings_a_stale_index_up_to_date(fast):
         _index_covers_every_done_asset(settings, timeout_s=60)
     finally:
         worker.stop()
+
+
+def test_a_lost_registration_of_the_api_is_sent_again(fast):
+    """POST /ingest with server paths creates the job, then a default-queue task registers the
+    sources. That message lost (a broker restart), the job's lease runs out and the reconciler
+    sends the registration again: the job ends done instead of pending forever."""
+    from indexer.jobs import start_job
+
+    settings, env, root = fast
+    url = settings.database_url
+    folder = root / "server-paths"
+    write_images(folder, 3, start=1500)
+    params = {"sources": [str(folder)], "redrive": {"sources": [str(folder)]}}
+    # What api.submit.submit_sources records before sending the task; the task is never sent.
+    job_id = start_job(url, "ingest", params=params, owner="api", lease_s=LEASE_S)
+    worker = _worker(fast, "redrive")
+    try:
+        job = wait_for_job(url, job_id, poll_s=0.2, timeout_s=120)
+    finally:
+        worker.stop()
+    assert (job.status, job.total, job.done) == ("done", 3, 3), worker.log()[-4000:]
+    assert job.params["redrive"]["count"] == 1
+    assert "registration was lost" in worker.log()
+
+
+def test_a_reindex_whose_messages_were_lost_is_driven_again(fast):
+    """A reindex re-scores done assets, so no lease shows that its messages were lost; the
+    reconciler sees the quiet job and the empty queue, and sends its open assets again."""
+    from indexer.ingest.register import Registrar
+    from indexer.reindex import reindex
+
+    settings, env, root = fast
+    url = settings.database_url
+    registrar = Registrar(settings)
+    ids = [registrar.register(p).asset_id for p in write_images(root / "old", 4, start=1600)]
+    with session_scope(url) as s:  # scored by a model that is no longer configured
+        s.execute(
+            sa.update(Asset)
+            .where(Asset.id.in_(ids))
+            .values(status="done", model_name="old@1", dispatched_at=None)
+        )
+    summary = reindex(settings, wait=False, progress=False)
+    assert summary.queued == 4
+    cleanup_redis(settings)  # its messages are gone
+    worker = _worker(fast, "reindexer")
+    try:
+        job = wait_for_job(url, summary.job_id, poll_s=0.2, timeout_s=120)
+    finally:
+        worker.stop()
+    assert (job.status, job.total, job.done, job.failed) == ("done", 4, 4, 0), worker.log()[-4000:]
+    with session_scope(url) as s:
+        assert set(s.scalars(sa.select(Asset.model_name).where(Asset.id.in_(ids)))) == {
+            "test_micro@random"
+        }

@@ -691,3 +691,18 @@ def _orphan_queries(session) -> list[str]:
         f"SELECT max(updated_at) FROM assets WHERE model_name = '{MODEL_ID}' AND status = 'done' "
         "AND embedding IS NOT NULL",
     ]
+
+
+def test_recovery_settings_are_validated(monkeypatch):
+    import pydantic
+
+    monkeypatch.setenv("RAMDEX_INGEST__LEASE_S", "30")
+    monkeypatch.setenv("RAMDEX_INGEST__STALL_TIMEOUT_S", "0")
+    settings = Settings()
+    assert (settings.ingest.lease_s, settings.ingest.stall_timeout_s) == (30.0, 0.0)
+    assert Settings(ingest={"reconcile_interval_s": 2}).ingest.reconcile_interval_s == 2.0
+    for bad in ({"lease_s": 0.5}, {"lease_s": "soon"}, {"reconcile_interval_s": 0}):
+        with pytest.raises(pydantic.ValidationError, match=next(iter(bad))):
+            Settings(ingest=bad)
+    with pytest.raises(pydantic.ValidationError, match="stall_timeout_s"):
+        Settings(ingest={"stall_timeout_s": -1})
