@@ -32,7 +32,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from indexer.celery_app import (
     BACKFILL_TASK,
@@ -86,7 +91,9 @@ def _ready(sender: object = None, **_: object) -> None:
 
 
 @worker_shutdown.connect
+@worker_process_shutdown.connect
 def _shutdown(**_: object) -> None:
+    """A stopping worker (or pool process) hands the reconciler's service lease over at once."""
     if _reconciler is not None and _reconciler[0] == os.getpid():
         _reconciler[1].stop()
 

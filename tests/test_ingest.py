@@ -666,7 +666,7 @@ def test_an_idle_reconciler_pass_reads_only_index_ends(tmp_path):
             f"(with the service lease: {median_tick:.1f} ms)"
         )
         assert median_pass < 100
-        from indexer.db.asset_repo import orphaned_assets
+        from indexer.db.asset_leases import orphaned_assets
 
         with session_scope(url) as s:
             compiled = []

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from indexer.celery_app import PROCESS_TASK, SYNC_TASK, producer_app
-from indexer.db.asset_repo import mark_dispatched
+from indexer.db.asset_leases import mark_dispatched
 from indexer.db.session import session_scope
 from indexer.settings import Settings
 from indexer.stores import sync_vector_index

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from indexer.db.asset_repo import renew_asset_leases
+from indexer.db.asset_leases import renew_asset_leases
 from indexer.db.job_repo import renew_job_lease
 from indexer.db.session import session_scope
 from indexer.settings import Settings

@@ -29,14 +29,8 @@ import torch
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from indexer.db.asset_repo import (
-    AssetResult,
-    claim_assets,
-    expire_leases_of,
-    mark_failed,
-    release_assets,
-    write_asset_results,
-)
+from indexer.db.asset_leases import claim_assets, expire_leases_of, release_assets
+from indexer.db.asset_repo import AssetResult, mark_failed, write_asset_results
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary

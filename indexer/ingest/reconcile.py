@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from indexer.celery_app import REGISTER_TASK, producer_app
-from indexer.db.asset_repo import (
+from indexer.db.asset_leases import (
     expire_leases_of,
     lease_assets,
     live_lease_owners,

@@ -23,13 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.allowed_roots import PathNotAllowedError, check_server_path
-from indexer.db.asset_repo import (
-    add_source,
-    get_or_create_asset_by_sha,
-    lease_assets,
-    mark_failed,
-    set_status,
-)
+from indexer.db.asset_leases import lease_assets
+from indexer.db.asset_repo import add_source, get_or_create_asset_by_sha, mark_failed, set_status
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.job_repo import add_job_assets
 from indexer.db.jobs import JobOutcome
