@@ -684,6 +684,7 @@ def _orphan_queries(session) -> list[str]:
     return [
         "SELECT id FROM assets WHERE status IN ('pending', 'processing') AND lease_until < now() "
         "LIMIT 1000",
+        "SELECT id FROM assets WHERE status = 'processing' AND lease_until IS NULL LIMIT 1000",
         "SELECT id FROM assets WHERE status = 'pending' AND lease_owner IS NULL "
         "AND dispatched_at IS NULL AND updated_at < now() - interval '60 seconds' LIMIT 1000",
         "SELECT id FROM assets WHERE status = 'pending' AND lease_owner IS NULL "

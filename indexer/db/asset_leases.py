@@ -197,7 +197,8 @@ def orphaned_assets(
 ) -> list[int]:
     """Unfinished assets nobody holds, oldest first: runnable again.
 
-    - ``pending`` or ``processing`` with a lease that ran out (its process died);
+    - ``pending`` or ``processing`` with a lease that ran out (its process died), and
+      ``processing`` with no lease at all (left by a version of ramdex that did not lease);
     - ``pending`` with no lease, never dispatched and not changed for ``lease_s``;
     - with ``lost_after_s``: ``pending`` with no lease, dispatched longer ago than that (the
       caller knows the queue holds no message for them, for example because it is empty).
@@ -211,6 +212,10 @@ def orphaned_assets(
     expired = sa.select(_assets.c.id).where(
         _assets.c.status.in_(_UNFINISHED), _assets.c.lease_until < now
     )
+    # Processing without any lease: left by a version that did not lease (claims always do).
+    leaseless = sa.select(_assets.c.id).where(
+        _assets.c.status == AssetStatus.PROCESSING.value, _assets.c.lease_until.is_(None)
+    )
     pending = _assets.c.status == AssetStatus.PENDING.value
     unleased = _assets.c.lease_owner.is_(None)
     # Unleased and never dispatched: created by a caller that dispatches them itself; give it
@@ -219,7 +224,7 @@ def orphaned_assets(
     never = sa.select(_assets.c.id).where(
         pending, unleased, _assets.c.dispatched_at.is_(None), _assets.c.updated_at < grace
     )
-    queries = [expired.limit(limit), never.limit(limit)]
+    queries = [expired.limit(limit), leaseless.limit(limit), never.limit(limit)]
     if lost_after_s is not None:
         lost = sa.select(_assets.c.id).where(
             pending, unleased, _assets.c.dispatched_at < db_in(-float(lost_after_s))
