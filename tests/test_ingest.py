@@ -707,3 +707,20 @@ def test_recovery_settings_are_validated(monkeypatch):
             Settings(ingest=bad)
     with pytest.raises(pydantic.ValidationError, match="stall_timeout_s"):
         Settings(ingest={"stall_timeout_s": -1})
+
+
+def test_deleting_an_asset_a_job_waits_for_ends_the_job(env):
+    from indexer.db.asset_repo import delete_asset
+    from indexer.ingest.register import Registrar
+    from indexer.jobs import end_registration, get_job_view, start_job
+
+    settings, _, folder = env
+    url = settings.database_url
+    ensure_schema(url)
+    job_id = start_job(url, "ingest")
+    registered = Registrar(settings, job_id=job_id).register(folder / "img_0000.jpg")
+    assert end_registration(url, job_id) == "running"
+    with session_scope(url) as s:
+        assert delete_asset(s, registered.asset_id) is not None
+    job = get_job_view(url, job_id)
+    assert (job.status, job.total, job.done, job.failed) == ("done", 1, 0, 1)

@@ -391,6 +391,9 @@ def delete_asset(session: Session, asset_id: int) -> DeletedAsset | None:
     record says what to clean up there. Jobs still waiting for the asset count it as failed.
     Returns None if the asset did not exist.
     """
+    # The asset row first, then the jobs: the order every writer takes them in (no deadlock
+    # with a worker committing the asset at the same time).
+    session.execute(sa.select(_assets.c.id).where(_assets.c.id == asset_id).with_for_update())
     complete_jobs(session, credit_assets(session, [asset_id], JobOutcome.FAILED))
     stmt = (
         sa.delete(_assets)
