@@ -306,6 +306,7 @@ def abandoned_registrations(session: Session, *, limit: int = 100) -> list[Job]:
         )
         .order_by(Job.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)  # two recoverers never settle the same job twice
     )
     return list(session.scalars(stmt))
 
@@ -321,5 +322,6 @@ def quiet_running_jobs(session: Session, idle_s: float, *, limit: int = 100) -> 
         )
         .order_by(Job.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list(session.scalars(stmt))

@@ -147,7 +147,10 @@ def _abandoned_registrations(settings: Settings) -> tuple[list[int], list[int]]:
             )
             failed.append(int(job.id))
     for job_id in redriven:  # after the commit that recorded it
-        _send_registration(settings, job_id)
+        try:
+            _send_registration(settings, job_id)
+        except Exception as exc:  # the broker is away: the lease runs out again, and we retry
+            log.warning("job %s: could not send its registration again (%s)", job_id, exc)
     return failed, redriven
 
 
