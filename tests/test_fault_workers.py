@@ -74,26 +74,33 @@ def child_kill_round(make_stack, seed: int, kills: int, count: int = 32) -> None
 
 
 def main_kill_round(
-    make_stack, seed: int, kills: int, count: int = 40, come_back_limit_s: float = 30.0, **env
+    make_stack,
+    seed: int,
+    kills: int,
+    count: int = 40,
+    come_back_limit_s: float = 30.0,
+    pause_s: str = PAUSE["RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S"],
+    **env,
 ) -> list[float]:
-    """SIGKILL the main process of a busy worker ``kills`` times (a survivor keeps working);
-    returns how long each dead worker's assets took to be finished by someone else."""
+    """SIGKILL the main process of ``kills`` busy workers, one after the other at seeded points
+    (a survivor keeps working); returns how long each dead worker's assets took to be finished
+    by someone else."""
     rng = np.random.default_rng(seed)
     stack: FaultStack = make_stack(**env)
     images = image_set(stack.root / "in", count, seed)
+    slow = {"RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S": pause_s}
     # The doomed workers run "on another host" (own host name): nobody can tell from a pid that
     # they died, only their lease running out says so, as in a real cluster.
     doomed = [
-        stack.start_worker(f"doomed{k}", ready=False, other_host=True, **PAUSE)
-        for k in range(kills)
+        stack.start_worker(f"doomed{k}", ready=False, other_host=True, **slow) for k in range(kills)
     ]
-    survivor = stack.start_worker("survivor", ready=False, **PAUSE)
+    survivor = stack.start_worker("survivor", ready=False, **slow)
     run = stack.ingest([images.folder])
     for worker in [*doomed, survivor]:
         worker.wait_ready()
-    came_back: list[float] = []
-    for k, worker in enumerate(doomed):
-        target = int(rng.integers(0, max(1, images.distinct // (2 * kills))))
+    targets = sorted(int(t) for t in rng.integers(0, max(1, images.distinct // 3), kills))
+    killed: list[tuple[set[int], float]] = []
+    for k, (worker, target) in enumerate(zip(doomed, targets, strict=True)):
         wait_until(
             lambda w=worker, t=target: stack.probe.done() >= t and stack.probe.held_by(w.host),
             120,
@@ -101,24 +108,31 @@ def main_kill_round(
             f"doomed worker {k} processing",
         )
         held = set(stack.probe.held_by(worker.host))
-        killed = time.monotonic()
         # Seeded: the main process alone (its pool child is orphaned) or the whole worker.
         worker.kill_main(whole_group=bool(rng.integers(0, 2)))
+        killed.append((held, time.monotonic()))
 
-        def finished(ids=held) -> bool:
-            return not ids & set(
-                stack.probe.ids_with_status("processing") + stack.probe.ids_with_status("pending")
-            )
+    came_back: list[float | None] = [None] * len(killed)
 
-        wait_until(finished, come_back_limit_s, 0.1, f"dead worker {k}'s assets finished")
-        came_back.append(round(time.monotonic() - killed, 2))
+    def all_back() -> bool:
+        unfinished = set(stack.probe.ids_with_status("processing"))
+        unfinished |= set(stack.probe.ids_with_status("pending"))
+        for i, (held, at) in enumerate(killed):
+            if came_back[i] is None and not held & unfinished:
+                came_back[i] = round(time.monotonic() - at, 2)
+        return all(t is not None for t in came_back)
+
+    try:
+        wait_until(all_back, come_back_limit_s, 0.1, "every dead worker's assets finished")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: came back {came_back}\n{stack.logs()}") from None
     assert run.wait(180) == 1, stack.logs()
     _assert_summary(run.summary(), images)
     end = check_invariants(stack, images)
     assert all(j["status"] == "done" for j in end.jobs), end.jobs
     assert survivor.process.poll() is None
     report("main worker SIGKILL", seed=seed, kills=kills, came_back_s=came_back, **env)
-    return came_back
+    return [t for t in came_back if t is not None]
 
 
 def test_worker_child_sigkilled_mid_batch(make_stack):
@@ -143,7 +157,8 @@ def test_campaign_worker_child_sigkilled_three_times(make_stack, seed):
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("seed", [21, 22, 23])
 def test_campaign_main_worker_sigkilled_three_times(make_stack, seed):
-    main_kill_round(make_stack, seed=seed, kills=3, count=96)
+    # Slower batches: three workers die one after the other before the work runs out.
+    main_kill_round(make_stack, seed=seed, kills=3, count=96, pause_s="0.6")
 
 
 @pytest.mark.campaign
