@@ -509,7 +509,8 @@ def _run_with_broker(
             d.add(asset_id)
         for reg in _register_all(registrar, items, register_workers):
             run.tally.add(reg)
-            if reg.held:
+            # A recovered asset the registration meets again before its group left goes once.
+            if reg.held and reg.asset_id not in run.held:
                 run.hold([reg.asset_id])  # type: ignore[list-item]
                 d.add(reg.asset_id)  # type: ignore[arg-type]
             if reg.state not in ("queued", "resumed"):
