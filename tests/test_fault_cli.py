@@ -107,9 +107,9 @@ def sigint_round(make_stack, seed: int, count: int = 32) -> None:
         )
 
     wait_until(waiting, 120, 0.02, "registration over: the command waits")
-    target = int(rng.integers(0, images.distinct // 2))
+    target = int(rng.integers(0, images.distinct // 3))
     wait_until(lambda: stack.probe.done() >= target, 120, 0.02, f"{target} finished")
-    time.sleep(0.5)  # the last group of ids is on its way to the queue
+    time.sleep(0.3)  # the last group of ids is on its way to the queue
     left = stack.probe.statuses()
     assert left["pending"] + left["processing"] > 0, "nothing left to finish: seed?"
     run.interrupt()

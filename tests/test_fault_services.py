@@ -179,3 +179,62 @@ def test_campaign_postgres_stopped_20_s_during_processing(make_stack, seed):
 @pytest.mark.parametrize("seed", [31, 32, 33])
 def test_campaign_redis_restarted(make_stack, seed):
     redis_restart_round(make_stack, seed=seed, count=120)
+
+
+@pytest.mark.campaign
+@pytest.mark.timeout(900)
+def test_campaign_lost_messages_are_not_starved_by_a_busy_queue(make_stack):
+    """Redis restarts (job A's queued messages are lost) while other jobs keep arriving faster
+    than the worker drains them, so the model queue is never empty. A's assets must still be
+    sent again and finished within the window, not only once the queue happens to empty (under
+    a steady stream of uploads that moment may never come)."""
+    import threading
+
+    from indexer.ingest.pipeline import ingest
+
+    window_s = 45.0
+    stack: FaultStack = make_stack(RAMDEX_INGEST__STALL_TIMEOUT_S="600")
+    images = image_set(stack.root / "a", 24, seed=41)
+    worker = stack.start_worker("w", ready=False, RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S="0.5")
+    run = stack.ingest([images.folder])
+    worker.wait_ready()
+    wait_until(lambda: stack.probe.registered() == images.distinct, 120, 0.02, "A registered")
+    wait_until(lambda: stack.probe.done() >= 2, 120, 0.02, "A under way")
+    a_shas = set(images.digests())
+    stop = threading.Event()
+    loads = []
+
+    def load() -> None:  # about 9 new assets a second; the worker finishes about 7
+        n = 0
+        while not stop.is_set():
+            folder = image_set(stack.root / f"load{n}", 6, seed=100 + n)
+            loads.append(folder)
+            ingest([folder.folder], settings=stack.settings, wait=False, progress=False)
+            n += 1
+            if n > 5:  # a first burst, then a steady stream
+                stop.wait(0.8)
+
+    stack.redis.restart()
+    restarted = time.monotonic()
+    producer = threading.Thread(target=load, daemon=True)
+    producer.start()
+
+    def a_finished() -> bool:
+        rows = stack.probe._query("SELECT sha256, status FROM assets")
+        return all(status in ("done", "failed") for sha, status in rows if sha in a_shas)
+
+    try:
+        wait_until(a_finished, window_s, 0.5, "job A finished while the queue is busy")
+        a_s = time.monotonic() - restarted
+    except TimeoutError:
+        a_s = None
+    finally:
+        stop.set()
+        producer.join(60)
+    report("lost messages under a busy queue", a_finished_s=a_s, load_jobs=len(loads))
+    assert run.wait(300) == 1, stack.logs()
+    check_invariants(stack, [images, *loads], settle_timeout=300)
+    assert a_s is not None, (
+        f"job A's lost messages were not sent again within {window_s} s while other jobs kept "
+        "the model queue busy (lost-message recovery waits for an empty queue)"
+    )
