@@ -129,6 +129,25 @@ def sigint_round(make_stack, seed: int, count: int = 32) -> None:
     report("Ctrl-C on a waiting ramdex ingest", seed=seed, exit_code=code, stopped_s=stopped_s)
 
 
+def test_a_waiting_ingest_without_workers_gives_up_and_the_job_goes_on(make_stack):
+    """No worker at all: the waiting command stops with a message after the stall timeout
+    instead of waiting for ever (issue 11: "ingest hangs"); a worker started afterwards
+    finishes the job, with nothing run again."""
+    stack: FaultStack = make_stack(RAMDEX_INGEST__STALL_TIMEOUT_S="4")
+    images = image_set(stack.root / "in", 12, seed=5)
+    run = stack.ingest([images.folder])
+    code = run.wait(120)
+    assert code == 2, run.output()
+    message = run.stderr()
+    assert "no progress" in message and "ramdex worker" in message, run.output()
+    assert "Traceback" not in message, run.output()
+    assert [j["status"] for j in stack.probe.jobs()] == ["running"]  # not failed: it goes on
+    stack.start_worker("late")
+    end = check_invariants(stack, images)
+    [job] = end.jobs
+    assert (job["status"], job["done"], job["failed"]) == ("done", images.distinct - 1, 1), job
+
+
 def test_embedded_ingest_sigkilled_then_run_again(make_stack):
     embedded_kill_round(make_stack, seed=1, kills=2)
 
