@@ -34,6 +34,31 @@ def _free_or(owner: str) -> sa.ColumnElement[bool]:
     )
 
 
+def _lease_where(
+    session: Session,
+    asset_ids: Sequence[int],
+    condition: sa.ColumnElement[bool],
+    owner: str,
+    lease_s: float,
+    **values: object,
+) -> set[int]:
+    """Lease to ``owner`` those of ``asset_ids`` that meet ``condition``, setting ``values`` too.
+
+    Returns:
+        The ids now leased to ``owner``.
+    """
+    leased: set[int] = set()
+    for part in chunks(list(asset_ids)):
+        stmt = (
+            sa.update(_assets)
+            .where(_assets.c.id.in_(part), condition)
+            .values(lease_owner=owner, lease_until=db_in(lease_s), updated_at=db_now(), **values)
+            .returning(_assets.c.id)
+        )
+        leased.update(int(i) for i in session.execute(stmt).scalars())
+    return leased
+
+
 def claim_assets(
     session: Session, asset_ids: Sequence[int], owner: str, lease_s: float
 ) -> set[int]:
@@ -51,21 +76,9 @@ def claim_assets(
         _assets.c.status == AssetStatus.PENDING.value,
         sa.and_(_assets.c.status == AssetStatus.PROCESSING.value, _free_or(owner)),
     )
-    claimed: set[int] = set()
-    for part in chunks(list(asset_ids)):
-        stmt = (
-            sa.update(_assets)
-            .where(_assets.c.id.in_(part), claimable)
-            .values(
-                status=AssetStatus.PROCESSING.value,
-                lease_owner=owner,
-                lease_until=db_in(lease_s),
-                updated_at=db_now(),
-            )
-            .returning(_assets.c.id)
-        )
-        claimed.update(int(i) for i in session.execute(stmt).scalars())
-    return claimed
+    return _lease_where(
+        session, asset_ids, claimable, owner, lease_s, status=AssetStatus.PROCESSING.value
+    )
 
 
 def lease_assets(
@@ -80,22 +93,15 @@ def lease_assets(
     Returns:
         The ids now leased to ``owner``.
     """
-    taken: set[int] = set()
-    for part in chunks(list(asset_ids)):
-        stmt = (
-            sa.update(_assets)
-            .where(_assets.c.id.in_(part), _assets.c.status.in_(_UNFINISHED), _free_or(owner))
-            .values(
-                status=AssetStatus.PENDING.value,
-                lease_owner=owner,
-                lease_until=db_in(lease_s),
-                dispatched_at=None,
-                updated_at=db_now(),
-            )
-            .returning(_assets.c.id)
-        )
-        taken.update(int(i) for i in session.execute(stmt).scalars())
-    return taken
+    return _lease_where(
+        session,
+        asset_ids,
+        sa.and_(_assets.c.status.in_(_UNFINISHED), _free_or(owner)),
+        owner,
+        lease_s,
+        status=AssetStatus.PENDING.value,
+        dispatched_at=None,
+    )
 
 
 def renew_asset_leases(
