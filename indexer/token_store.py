@@ -6,6 +6,7 @@ Layout of a store folder::
     shard-000000.bin                   fixed-size records, appended
     shard-000000.g000004.ids.npy       int64 asset id per record slot, -1 = deleted (tombstone)
     LOCK                               fcntl lock file: one writer at a time
+    READERS                            fcntl lock file: shared while a reader loads a manifest
 
 Formats (fixed per store):
 
@@ -28,6 +29,13 @@ one commit point: files it names never change after it is published (record byte
 shard's committed count, id files of a generation), so a writer process appending, tombstoning
 and compacting while readers read never shows them a torn state (tested with a racing writer
 process; compaction removes files that readers keep reading through their open maps).
+
+Removing files a manifest no longer names is the one step that could pull files from under a
+reader that has read the old manifest but not yet opened its files. Readers therefore hold a
+shared ``flock`` on ``READERS`` while they load (manifest, id files, maps: milliseconds), and a
+writer removes unreferenced files only when it can take that lock exclusively without waiting;
+otherwise they stay until a later commit. Readers never wait for writers, writers never wait for
+readers, and no reader, however slow or however fast the writer commits, loses its files.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import numpy as np
 TokenFormat = Literal["float16", "int8"]
 FORMATS: tuple[str, ...] = ("float16", "int8")
 MANIFEST = "manifest.json"
+READERS = "READERS"
 STORE_VERSION = 1
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
@@ -423,17 +432,38 @@ class TokenStore:
     def _load(self) -> _Snapshot:
         for attempt in range(8):
             try:
-                return self._load_once()
+                with self._reading():
+                    return self._load_once()
             except FileNotFoundError:
-                # A writer committed and removed the files of the manifest just read: re-read,
-                # after a pause that lets a writer committing again right away finish.
+                # Only without a READERS lock (a store no writer has opened since it gained one,
+                # on a folder this process cannot write): a writer committed and removed the files
+                # of the manifest just read. Re-read after a pause.
                 if attempt == 7:
                     raise
                 time.sleep(0.001 * 2**attempt)
         raise AssertionError("unreachable")
 
+    @contextmanager
+    def _reading(self):
+        """Hold the shared readers' lock (when the lock file can be opened) while loading."""
+        lock = self.path / READERS
+        try:
+            fd = os.open(lock, os.O_RDONLY if self.read_only else os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            fd = -1
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)  # closing releases the lock
+
     def _load_once(self) -> _Snapshot:
-        manifest = json.loads((self.path / MANIFEST).read_text())
+        return self._open(json.loads((self.path / MANIFEST).read_text()))
+
+    def _open(self, manifest: dict[str, Any]) -> _Snapshot:
+        """The snapshot of a manifest just read: its id files loaded, its shards mapped."""
         if manifest.get("version") != STORE_VERSION:
             raise TokenStoreError(
                 f"{self.path}: unsupported store version {manifest.get('version')}"
@@ -532,13 +562,25 @@ class TokenStore:
         self._clean_orphans({s.ids_file for s in shards} | {f"{s.name}.bin" for s in shards})
 
     def _clean_orphans(self, live: set[str]) -> None:
-        """Remove files of unfinished writes (only called under the writer lock)."""
-        for p in self.path.iterdir():
-            name = p.name
-            is_store_file = name.startswith("shard-") or name.startswith(f".{MANIFEST}")
-            is_temp = name.startswith(".shard-") and name.endswith(".tmp")
-            if (is_store_file and name not in live) or is_temp:
-                p.unlink(missing_ok=True)
+        """Remove files no manifest names any more (only called under the writer lock).
+
+        Skipped when a reader is loading (it may have read the previous manifest and be about to
+        open those files); the next commit that finds no reader loading removes them.
+        """
+        fd = os.open(self.path / READERS, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            for p in self.path.iterdir():
+                name = p.name
+                is_store_file = name.startswith("shard-") or name.startswith(f".{MANIFEST}")
+                is_temp = name.startswith(".shard-") and name.endswith(".tmp")
+                if (is_store_file and name not in live) or is_temp:
+                    p.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=1).encode()

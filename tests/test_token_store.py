@@ -3,6 +3,7 @@ writer process committing while reader threads read."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -267,3 +268,44 @@ def test_writer_process_commits_while_reader_threads_read(tmp_path):
     final = TokenStore(path, read_only=True)
     check(final)
     assert final.stats()["shards"] >= 1
+
+
+def test_a_slow_reader_keeps_its_files_while_a_writer_commits_again_and_again(tmp_path):
+    """A reader that has read a manifest and is slow to open its files (a loaded machine, 100 id
+    files to read) while the writer commits between every attempt: without the readers' lock the
+    writer removes the old generation's files each time and the reader fails after its retries
+    (seen in CI as FileNotFoundError on an ids.npy). The reader must get its snapshot, and the
+    writer's next quiet commit must still remove the files nothing names."""
+    path = tmp_path / "s"
+    writer = TokenStore(path, tokens=T, dim=C)
+    writer.add(np.arange(10), _embeds(10))
+    paused, resume = threading.Semaphore(0), threading.Semaphore(0)
+
+    class SlowReader(TokenStore):
+        def _open(self, manifest):
+            paused.release()  # the manifest is read; its files are not opened yet
+            assert resume.acquire(timeout=10)
+            return super()._open(manifest)
+
+    result: dict[str, object] = {}
+
+    def read() -> None:
+        try:
+            result["ids"] = SlowReader(path, read_only=True).ids()
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = f"{type(exc).__name__}: {exc}"
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    commits = 0
+    while reader.is_alive():
+        if paused.acquire(timeout=0.2):
+            writer.add(np.arange(3), _embeds(3))  # replaces ids 0-2: a new id file generation
+            commits += 1
+            resume.release()
+    reader.join()
+    assert "error" not in result, (commits, result)
+    np.testing.assert_array_equal(result["ids"], np.arange(10))
+    writer.add(np.arange(3), _embeds(3))  # no reader loading: the orphans go now
+    named = {s["ids"] for s in json.loads((path / "manifest.json").read_text())["shards"]}
+    assert {p.name for p in path.glob("*.ids.npy")} == named
