@@ -2,8 +2,8 @@
 
 Two stages:
 
-1. **Shortlist.** The concept's text-side vector (mean of its unit-norm description embeddings,
-   :func:`ram_pp.openset.concept_vectors`) is searched against the stored unit-norm image embeddings
+1. **Shortlist** (:mod:`indexer.stage1`). The concept's text-side query (today the mean of its
+   unit-norm description embeddings) is searched against the stored unit-norm image embeddings
    c (the same 512-d space as the label bank) through any candidate source with
    ``search(query (1, d) float32, k) -> (scores, ids)`` (the FAISS index). ``shortlist`` assets
    (settings ``index.shortlist``, 2000 by default) come back.
@@ -28,24 +28,18 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
 
+from indexer.stage1 import CandidateSource
+from indexer.stage1 import shortlist as stage1_shortlist
 from indexer.token_store import TokenStore
 from ram_pp.labels import LabelBank
-from ram_pp.openset import OpenSetScorer, concept_vectors
+from ram_pp.openset import OpenSetScorer
 
 Mode = Literal["two_stage", "exhaustive"]
-
-
-class CandidateSource(Protocol):
-    """Anything that finds the assets whose stored image embedding c is nearest to a query."""
-
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inner-product search: (scores, ids) for a (1, d) float32 query; ids < 0 = no hit."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -257,16 +251,10 @@ class RetroactiveSearcher:
             out[start : start + len(part)] = self.scorer.logits(embeds, bank).numpy()
         return out
 
-    def _stage1(self, vector: np.ndarray, k: int) -> np.ndarray:
+    def _stage1(self, concept: LabelBank, k: int) -> np.ndarray:
         if self.candidates is None:
             raise ValueError("two-stage search needs a candidate source (the FAISS index)")
-        _, ids = self.candidates.search(vector.reshape(1, -1).astype(np.float32), k)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        ids = ids[ids >= 0]
-        # Drop duplicates (keep first) and assets whose E is not (or no longer) stored.
-        _, first = np.unique(ids, return_index=True)
-        ids = ids[np.sort(first)]
-        return ids[self.store.has(ids)]
+        return stage1_shortlist(concept, self.candidates, self.store, k)
 
     def _exhaustive(
         self, bank: LabelBank, top_k: int | None
@@ -351,12 +339,11 @@ class RetroactiveSearcher:
                 )
             return results
 
-        vectors = concept_vectors(bank).numpy()
         for k in range(bank.num_tags):
             t1 = time.perf_counter()
-            cand = self._stage1(vectors[k], shortlist)
-            t2 = time.perf_counter()
             sub = bank.select(slice(k, k + 1))
+            cand = self._stage1(sub, shortlist)
+            t2 = time.perf_counter()
             logits = self._score_ids(cand, sub)[:, 0] if len(cand) else np.zeros(0, np.float32)
             ids, logits = _rank(cand, logits, top_k)
             t3 = time.perf_counter()
