@@ -7,44 +7,16 @@ Screenshots go to ``test-output/`` for review.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import uvicorn
 
-from api.app import create_app
 from tests.ingest_fixtures import encode, photo_like
+from tests.webui_support import requires_chromium, serve_app
 
-pytest_plugins = ["tests.api_support"]
+pytest_plugins = ["tests.api_support", "tests.webui_support"]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="/usr/bin/chromium is missing (apt-get install chromium; scripts/test.sh does it)",
-    ),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = requires_chromium
 
 
 @pytest.fixture(scope="module")
@@ -56,32 +28,8 @@ def server(
 
     settings = settings_for(tmp_path_factory.mktemp("ui-home"), sqlite_url, text_encoder_dir)
     keys = make_keys(sqlite_url)
-    port = _free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", keys.write["Authorization"].removeprefix("Bearer ")
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with serve_app(settings) as base:
+        yield base, keys.write["Authorization"].removeprefix("Bearer ")
 
 
 def test_upload_search_open_and_create_a_concept(

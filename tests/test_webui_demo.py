@@ -3,7 +3,7 @@ is entered (the command it shows really makes one), and, with the bundled demo m
 saying that its tags are synthetic shapes, not photographs. A published or custom model gets no
 banner, only its name.
 
-Servers and browser as in ``tests/test_webui.py`` (real uvicorn on loopback, Debian's chromium).
+Servers and browser from ``tests/webui_support.py`` (real uvicorn on loopback, Debian's chromium).
 """
 
 from __future__ import annotations
@@ -12,48 +12,16 @@ import hashlib
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-import uvicorn
-
-from api.app import create_app
 from ram_pp.factory import demo_checkpoint
-from tests.test_webui import CHROMIUM, _free_port, browser  # noqa: F401 - the browser fixture
+from tests.webui_support import requires_chromium, serve_app
 
-pytest_plugins = ["tests.api_support"]
+pytest_plugins = ["tests.api_support", "tests.webui_support"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="/usr/bin/chromium is missing (apt-get install chromium; scripts/test.sh does it)",
-    ),
-]
-
-
-@contextmanager
-def _serve(settings) -> Iterator[str]:  # noqa: ANN001 - Settings
-    port = _free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
+pytestmark = requires_chromium
 
 
 def _ramdex(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
@@ -74,11 +42,11 @@ def _text(page, selector: str) -> str:  # noqa: ANN001 - a Playwright page
     return " ".join((page.text_content(selector) or "").split())
 
 
-def test_demo_banner_and_key_hint(browser, sqlite_url, settings_for, tmp_path) -> None:  # noqa: F811
+def test_demo_banner_and_key_hint(browser, sqlite_url, settings_for, tmp_path) -> None:
     settings = settings_for(tmp_path / "home", sqlite_url)
     settings.model.name = ""  # nothing configured: the bundled demo model
     digest = hashlib.sha256(demo_checkpoint().read_bytes()).hexdigest()[:12]
-    with _serve(settings) as base:
+    with serve_app(settings) as base:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -111,9 +79,9 @@ def test_demo_banner_and_key_hint(browser, sqlite_url, settings_for, tmp_path) -
         assert not errors, errors
 
 
-def test_other_models_get_their_name_and_no_banner(browser, sqlite_url, settings_for, tmp_path):  # noqa: F811
+def test_other_models_get_their_name_and_no_banner(browser, sqlite_url, settings_for, tmp_path):
     settings = settings_for(tmp_path / "home", sqlite_url)  # the tests' random test_micro model
-    with _serve(settings) as base:
+    with serve_app(settings) as base:
         page = browser.new_page()
         page.set_default_timeout(30_000)
         page.goto(base + "/")
