@@ -6,7 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Fixture modules that test modules also import from: rewrite their asserts before that import.
+pytest.register_assert_rewrite("tests.db_fixtures", "tests.webui_support")
+
+import torch  # noqa: E402 - after the rewrite registration, as pytest requires
 
 # Two cores are shared by the test processes, servers and workers: keep torch from oversubscribing.
 torch.set_num_threads(int(os.environ.get("RAMDEX_TEST_THREADS", "2")))
