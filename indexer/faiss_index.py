@@ -518,7 +518,12 @@ class VectorIndex:
         with self._gpu_lock:  # readers share the read lock; build the copy once
             if self._gpu_dirty or self._gpu_index is None:
                 try:
-                    self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+                    options = faiss.GpuMultipleClonerOptions()
+                    # IVF-PQ at m=64: float32 lookup tables (64 x 256 x 4 B) exceed the 48 KB of
+                    # shared memory per block, so the GPU copy would fail; float16 tables fit.
+                    # Flat copies keep float32 vectors (exact search).
+                    options.useFloat16 = self.kind == IVFPQ
+                    self._gpu_index = faiss.index_cpu_to_all_gpus(self._index, co=options)
                     self._gpu_dirty = False
                 except RuntimeError as exc:  # an index type the GPU cloner does not support
                     log.warning("FAISS GPU copy failed (%s); searching on CPU", exc)

@@ -84,3 +84,30 @@ def test_cuda_same_answer_as_faiss(data):  # pragma: no cover - GPU machines
     np.testing.assert_array_equal(
         index.search(queries, 20)[1], _faiss(ids, vectors).search(queries, 20)[1]
     )
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_vector_index_gpu_copy_options(monkeypatch, kind):
+    """VectorIndex's GPU copy (faiss-gpu builds): float16 lookup tables for IVF-PQ only."""
+    from indexer import faiss_index
+    from indexer.faiss_index import VectorIndex
+
+    class Options:
+        useFloat16 = None
+
+    calls = []
+
+    def to_gpus(index, co=None):
+        calls.append(co.useFloat16)
+        return index  # the CPU index stands in for its GPU copy
+
+    monkeypatch.setattr(faiss_index.faiss, "GpuMultipleClonerOptions", Options, raising=False)
+    monkeypatch.setattr(faiss_index.faiss, "index_cpu_to_all_gpus", to_gpus, raising=False)
+    monkeypatch.setattr(faiss_index.faiss, "get_num_gpus", lambda: 1)
+    vectors = _unit(2000, 3)
+    index = VectorIndex(D, exact_max_size=1000 if kind == "ivfpq" else 10_000, nlist=8, pq_m=8)
+    index.add(np.arange(2000), vectors)
+    assert index.kind == kind
+    scores, ids = index.search(vectors[:2], 5)
+    assert calls == [kind == "ivfpq"]
+    assert ids[0][0] == 0 or kind == "ivfpq"
