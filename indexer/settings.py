@@ -138,6 +138,15 @@ class IngestSettings(BaseModel):
         description="a client waiting on a job (ramdex ingest, reindex) gives up with a message "
         "after this long without progress; 0 = wait for ever",
     )
+    redispatch_after_s: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=86400.0,
+        description="broker mode: a queued asset whose message was lost (a broker restarted "
+        "without persistence) is sent again once the model queue delivered a message sent this "
+        "long after its own, busy queue or not, or once the queue is empty and it was sent this "
+        "long ago; unset = ingest.lease_s",
+    )
 
 
 class ApiSettings(BaseModel):

@@ -931,6 +931,30 @@ def _assert_end_state(stack: FaultStack, sets: list[ImageSet], model_id: str) ->
     )
 
 
+_TASK_RESULT = re.compile(
+    r"process_assets\[[0-9a-f-]+\] succeeded in [0-9.]+s: "
+    r"\{'done': (\d+), 'failed': (\d+), 'skipped': (\d+)\}"
+)
+
+
+def assert_each_asset_processed_once(stack: FaultStack) -> tuple[int, int]:
+    """No asset was processed twice, however many messages named it (for scenarios without a
+    crash): every finished asset started exactly one processing run (``attempts``), and the
+    workers' task results add up to one outcome per asset; the rest of the messages' ids were
+    skipped (already done, or in another worker's hands).
+
+    Returns:
+        ``(model tasks that succeeded, ids they skipped)``.
+    """
+    rows = stack.probe._query("SELECT id, status, attempts FROM assets")
+    again = [(i, status, n) for i, status, n in rows if n != 1]
+    assert not again, f"assets whose processing started more than once (or never): {again}"
+    results = [tuple(map(int, m)) for w in stack.workers for m in _TASK_RESULT.findall(w.log())]
+    ended = sum(done + failed for done, failed, _ in results)
+    assert ended == len(rows), f"task results count {ended} outcomes for {len(rows)} assets"
+    return len(results), sum(skipped for *_, skipped in results)
+
+
 def report(name: str, **numbers: Any) -> None:
     """Print a scenario's measurements and append them to test-output/faults.jsonl."""
     line = json.dumps({"scenario": name, **numbers}, default=str)

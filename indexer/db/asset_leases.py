@@ -10,13 +10,14 @@ function runs in the caller's transaction; none commits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db._sql import chunks, rowcount, table_of
 from indexer.db.assets import Asset, AssetStatus
-from indexer.db.base import db_now
+from indexer.db.base import UtcDateTime, db_now
 from indexer.db.leases import db_in
 
 _assets = table_of(Asset)
@@ -199,7 +200,12 @@ def mark_dispatched(session: Session, asset_ids: Sequence[int], owner: str | Non
 
 
 def orphaned_assets(
-    session: Session, *, lease_s: float, lost_after_s: float | None, limit: int = 1000
+    session: Session,
+    *,
+    lease_s: float,
+    lost_after_s: float | None,
+    sent_before: datetime | None = None,
+    limit: int = 1000,
 ) -> list[int]:
     """Unfinished assets nobody holds, oldest first: runnable again.
 
@@ -207,7 +213,9 @@ def orphaned_assets(
       ``processing`` with no lease at all (left by a version of ramdex that did not lease);
     - ``pending`` with no lease, never dispatched and not changed for ``lease_s``;
     - with ``lost_after_s``: ``pending`` with no lease, dispatched longer ago than that (the
-      caller knows the queue holds no message for them, for example because it is empty).
+      caller knows the queue holds no message for them, for example because it is empty);
+    - with ``sent_before``: ``pending`` with no lease, dispatched before that time (the caller
+      knows the queue delivered everything sent then: :mod:`indexer.ingest.queue_mark`).
 
     Each is a range of ``ix_assets_status_lease_until`` or ``ix_assets_status_dispatched_at``,
     so a pass over an idle archive reads no rows.
@@ -236,6 +244,11 @@ def orphaned_assets(
             pending, unleased, _assets.c.dispatched_at < db_in(-float(lost_after_s))
         )
         queries.append(lost.limit(limit))
+    if sent_before is not None:
+        passed = sa.select(_assets.c.id).where(
+            pending, unleased, _assets.c.dispatched_at < sa.literal(sent_before, UtcDateTime())
+        )
+        queries.append(passed.limit(limit))
     found: set[int] = set()
     for query in queries:
         found.update(int(i) for i in session.execute(query).scalars())

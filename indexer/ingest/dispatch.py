@@ -29,6 +29,7 @@ from types import TracebackType
 from indexer.celery_app import PROCESS_TASK, SYNC_TASK, producer_app
 from indexer.db.asset_leases import mark_dispatched
 from indexer.db.session import session_scope
+from indexer.ingest.queue_mark import send_headers
 from indexer.settings import Settings
 from indexer.stores import sync_vector_index
 
@@ -65,6 +66,9 @@ def send_assets(settings: Settings, asset_ids: Sequence[int], *, force: bool = F
                 queue=settings.broker.model_queue,
                 connection=conn,
                 retry=False,
+                # Its send time: workers record how far the queue has delivered, which tells
+                # the reconciler that older queued assets lost their message (queue_mark).
+                headers=send_headers(),
             )
 
 

@@ -4,9 +4,10 @@ The asset rows say what must happen; the queue only wakes workers up. This modul
 rows say is unfinished and nobody holds, and makes it runnable again:
 
 - **orphaned assets**: a lease that ran out (the process that held them died), pending assets
-  never dispatched (the registering process died before sending them), and pending assets
-  dispatched long ago while the model queue is empty (the message was lost: a broker restarted
-  without persistence);
+  never dispatched (the registering process died before sending them), and pending assets whose
+  message was lost (a broker restarted without persistence): dispatched long ago while the model
+  queue is empty, or well before a message the queue has since delivered, however busy it is
+  (:mod:`indexer.ingest.queue_mark`);
 - **abandoned registrations**: pending jobs whose registering process's lease ran out; the API's
   server-path jobs are registered again (registration is idempotent), others are marked failed
   with a reason (their remaining sources are on a machine we cannot see);
@@ -48,6 +49,7 @@ from indexer.db.leases import db_in, release_service_lease, take_service_lease
 from indexer.db.session import session_scope
 from indexer.ingest.dispatch import dispatch, model_queue_depth, request_index_sync
 from indexer.ingest.lease import is_dead_here, local_prefix, process_owner
+from indexer.ingest.queue_mark import lost_before, redispatch_after_s
 from indexer.settings import Settings
 from indexer.stores import index_is_behind
 
@@ -184,8 +186,10 @@ def recover(
     Args:
         owner: default this process.
         queue_empty: whether the model queue is known to hold no message (then pending assets
-            dispatched longer than ``ingest.lease_s`` ago are orphans too). None: the embedded
-            mode (no queue) counts as empty; with a broker, its queue is asked.
+            dispatched longer than ``ingest.redispatch_after_s`` ago are orphans too). None: the
+            embedded mode (no queue) counts as empty; with a broker, its queue is asked. Busy
+            or not, pending assets dispatched that long before a message the queue has since
+            delivered are orphans (their message was lost: :mod:`indexer.ingest.queue_mark`).
         local_check: end at once the leases of processes of this machine that no longer run
             (a re-run right after a crash need not wait for their leases). The periodic
             reconciler does not: a worker's own redelivery (``task_reject_on_worker_lost``)
@@ -193,14 +197,21 @@ def recover(
     """
     owner = owner or process_owner()
     lease_s = settings.ingest.lease_s
+    margin_s = redispatch_after_s(settings)
     if local_check:
         _expire_dead_local_owners(settings)
     failed, redriven = _abandoned_registrations(settings)
     if queue_empty is None:
         queue_empty = not settings.broker.url or model_queue_depth(settings) == 0
     with session_scope(settings.database_url) as session:
+        # A busy queue is never empty: it proves a loss by having delivered newer messages.
+        passed = lost_before(settings, session) if settings.broker.url else None
         found = orphaned_assets(
-            session, lease_s=lease_s, lost_after_s=lease_s if queue_empty else None, limit=limit
+            session,
+            lease_s=lease_s,
+            lost_after_s=margin_s if queue_empty else None,
+            sent_before=passed,
+            limit=limit,
         )
         taken = sorted(lease_assets(session, found, owner, lease_s)) if found else []
     if taken:
