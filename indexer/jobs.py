@@ -41,13 +41,68 @@ from indexer.db.job_repo import (
     settle_job,
     update_job,
 )
-from indexer.db.jobs import Job, JobKind, JobOutcome, JobStatus
+from indexer.db.jobs import Job, JobAsset, JobKind, JobOutcome, JobStatus
 from indexer.db.leases import db_in
 from indexer.db.session import session_scope
 
 log = logging.getLogger(__name__)
 _jobs = Job.__table__
 MAX_RECORDED_FAILURES = 100  # per job, in params["failures"]: enough to act on, bounded in size
+
+
+LEGACY_JOB = (
+    "started by a version of ramdex from before per-asset job tracking (migration k003), so "
+    "its progress can no longer be followed; its unfinished assets are recovered and processed "
+    "anyway ({done} done and {failed} failed of {total} when it was last counted)"
+)
+
+
+def settle_legacy_jobs(session: Session, idle_s: float, *, limit: int = 100) -> list[int]:
+    """In the caller's transaction: settle ingest and reindex jobs that a version of ramdex
+    without the job ledger left ``pending`` or ``running``.
+
+    Such a job has no ledger rows and no lease, so nothing would ever credit or fail it. (Every
+    job this version starts has one or the other while it is unfinished: a registration lease
+    while pending, ledger rows once running; a running job whose sources all failed before
+    becoming assets completes when its registration ends.) A quiet one (unchanged for
+    ``idle_s``) ends ``done`` when its own counters say every item was processed, else
+    ``failed`` with :data:`LEGACY_JOB` as the reason. Its assets need nothing from it: the
+    reconciler finds them as orphans (processing without a lease, pending never dispatched).
+
+    Returns:
+        The ids of the jobs settled.
+    """
+    ledger = JobAsset.__table__
+    unfinished = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
+    stmt = (
+        sa.select(_jobs.c.id, _jobs.c.status, _jobs.c.total, _jobs.c.done, _jobs.c.failed)
+        .where(
+            _jobs.c.status.in_(unfinished),
+            _jobs.c.kind.in_([JobKind.INGEST.value, JobKind.REINDEX.value]),
+            _jobs.c.lease_owner.is_(None),
+            _jobs.c.lease_until.is_(None),
+            _jobs.c.updated_at < db_in(-float(idle_s)),
+            ~sa.exists().where(ledger.c.job_id == _jobs.c.id),
+        )
+        .order_by(_jobs.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # two recoverers never settle one job twice
+    )
+    settled: list[int] = []
+    for job in session.execute(stmt).all():
+        finished = job.status == JobStatus.RUNNING.value and job.done + job.failed >= job.total
+        values: dict[str, Any] = {"status": JobStatus.DONE.value, "updated_at": sa.func.now()}
+        if not finished:
+            reason = LEGACY_JOB.format(done=job.done, failed=job.failed, total=job.total)
+            values.update(status=JobStatus.FAILED.value, error=reason)
+        changed = session.execute(
+            sa.update(_jobs)
+            .where(_jobs.c.id == job.id, _jobs.c.status.in_(unfinished))
+            .values(**values)
+        )
+        if changed.rowcount:
+            settled.append(int(job.id))
+    return settled
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from indexer.db.asset_leases import orphaned_assets
 from indexer.db.assets import Asset
+from indexer.db.jobs import Job
 from indexer.db.leases import db_in
 from indexer.db.session import session_scope
 from indexer.ingest import queue_mark
@@ -126,3 +127,92 @@ def test_workers_write_the_mark_at_most_once_a_second(settings, monkeypatch):
     assert abs(mark.timestamp() - (now - 28)) < 0.01  # type: ignore[union-attr]
     headers = queue_mark.send_headers()
     assert abs(headers[queue_mark.SENT_AT_HEADER] - datetime.now(UTC).timestamp()) < 5
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def old_archive(request, tmp_path) -> Settings:
+    """An archive whose schema is at k002, the revision before the job ledger (k003)."""
+    from indexer.migrate import upgrade_database
+
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        _reset_postgres(url)
+    else:
+        url = f"sqlite:///{tmp_path / 'ramdex.sqlite3'}"
+    upgrade_database(url, "k002")
+    return Settings(
+        home=tmp_path / "home",
+        database={"url": url},
+        broker={"url": ""},
+        model={"name": "test_micro", "device": "cpu"},
+        ingest={"lease_s": 2.0},
+    )
+
+
+def test_jobs_from_before_the_job_ledger_are_settled(old_archive, tmp_path):
+    """What an older version left (written with SQL into the k002 schema): a pending job
+    (registration cut short), a running one half counted, a running one fully counted, and
+    their unfinished assets. After ``alembic upgrade`` (k003: no leases, no ledger rows for
+    them) one recovery pass ends every job truthfully and takes the assets over; jobs of this
+    version (a live registration, a running job with a ledger) are left alone."""
+    from indexer.db.jobs import Job
+    from indexer.ingest.reconcile import recover
+    from indexer.jobs import start_job
+    from indexer.migrate import upgrade_database
+
+    settings = old_archive
+    url = settings.database_url
+    engine = sa.create_engine(url)
+    old = "now() - interval '1 hour'" if url.startswith("postgresql") else "'2026-01-01 00:00:00'"
+    with engine.begin() as conn:
+        for kind, status, total, done, failed in [
+            ("ingest", "pending", 3, 0, 0),
+            ("ingest", "running", 10, 4, 1),
+            ("reindex", "running", 5, 4, 1),
+        ]:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO jobs (kind, status, total, done, failed, params, created_at, "
+                    f"updated_at) VALUES (:k, :s, :t, :d, :f, '{{}}', {old}, {old})"
+                ),
+                {"k": kind, "s": status, "t": total, "d": done, "f": failed},
+            )
+        for i, status in enumerate(["pending", "processing", "done"]):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO assets (sha256, status, created_at, updated_at) "
+                    f"VALUES (:sha, :status, {old}, {old})"
+                ),
+                {"sha": f"{i:064x}", "status": status},
+            )
+    engine.dispose()
+    upgrade_database(url)
+    live = start_job(url, "ingest", owner="elsewhere|-|1|1", lease_s=3600)  # registering now
+    running = _job_with_a_ledger(settings, tmp_path)
+
+    found = recover(settings, "recoverer")
+    assert sorted(found.jobs_settled) == [1, 2, 3]
+    assert found.assets == [1, 2]  # the pending and the processing asset, now leased to us
+    with session_scope(url) as s:
+        jobs = {j.id: j for j in s.scalars(sa.select(Job))}
+        assert (jobs[1].status, jobs[2].status, jobs[3].status) == ("failed", "failed", "done")
+        assert "before per-asset job tracking" in jobs[1].error
+        assert "4 done and 1 failed of 10" in jobs[2].error
+        assert jobs[3].error is None
+        assert jobs[live].status == "pending" and jobs[running].status == "running"
+    assert recover(settings, "recoverer").jobs_settled == []  # settled once
+
+
+def _job_with_a_ledger(settings: Settings, tmp_path) -> int:
+    """A running job of this version waiting for one asset."""
+    from indexer.jobs import end_registration, start_job
+
+    url = settings.database_url
+    job = start_job(url, "ingest")
+    registrar = Registrar(settings, job_id=job, owner="elsewhere|-|1|1")
+    asset = registrar.register(write_images(tmp_path / "ledger", 1, start=77)[0]).asset_id
+    assert end_registration(url, job) == "running"
+    with session_scope(url) as s:  # quiet for a while, like the legacy ones; its asset held
+        s.execute(sa.update(Job).where(Job.id == job).values(updated_at=db_in(-3600)))
+        s.execute(sa.update(Asset).where(Asset.id == asset).values(lease_until=db_in(3600)))
+    return job

@@ -11,6 +11,9 @@ rows say is unfinished and nobody holds, and makes it runnable again:
 - **abandoned registrations**: pending jobs whose registering process's lease ran out; the API's
   server-path jobs are registered again (registration is idempotent), others are marked failed
   with a reason (their remaining sources are on a machine we cannot see);
+- **jobs from before the job ledger** (migration k003): unfinished, no lease, no ledger rows,
+  so nothing would ever end them: done when their own counters say so, else failed with a
+  reason (:func:`indexer.jobs.settle_legacy_jobs`);
 - **quiet jobs**: running jobs without progress are settled from their assets' states (and a
   reindex job whose messages were lost is re-driven);
 - **the FAISS index**: re-synced when the database has done assets it lacks.
@@ -50,6 +53,7 @@ from indexer.db.session import session_scope
 from indexer.ingest.dispatch import dispatch, model_queue_depth, request_index_sync
 from indexer.ingest.lease import is_dead_here, local_prefix, process_owner
 from indexer.ingest.queue_mark import lost_before, redispatch_after_s
+from indexer.jobs import settle_legacy_jobs
 from indexer.settings import Settings
 from indexer.stores import index_is_behind
 
@@ -74,6 +78,7 @@ class Recovery:
     assets: list[int] = field(default_factory=list)  # now leased to the caller
     jobs_failed: list[int] = field(default_factory=list)
     jobs_redriven: list[int] = field(default_factory=list)
+    jobs_settled: list[int] = field(default_factory=list)  # left by a version without a ledger
 
 
 @dataclass
@@ -201,6 +206,12 @@ def recover(
     if local_check:
         _expire_dead_local_owners(settings)
     failed, redriven = _abandoned_registrations(settings)
+    with session_scope(settings.database_url) as session:
+        legacy = settle_legacy_jobs(session, lease_s)
+    if legacy:
+        log.warning(
+            "settled %d jobs left unfinished by a version without the job ledger", len(legacy)
+        )
     if queue_empty is None:
         queue_empty = not settings.broker.url or model_queue_depth(settings) == 0
     with session_scope(settings.database_url) as session:
@@ -216,7 +227,7 @@ def recover(
         taken = sorted(lease_assets(session, found, owner, lease_s)) if found else []
     if taken:
         log.info("recovered %d unfinished assets nobody was working on", len(taken))
-    return Recovery(taken, failed, redriven)
+    return Recovery(taken, failed, redriven, legacy)
 
 
 def _settle_quiet_jobs(settings: Settings, queue_empty: bool, report: ReconcileReport) -> None:
@@ -258,6 +269,7 @@ def reconcile_once(
     found = recover(settings, owner, queue_empty=depth == 0, local_check=False)
     report.recovered = len(found.assets)
     report.jobs_failed, report.jobs_redriven = len(found.jobs_failed), len(found.jobs_redriven)
+    report.jobs_settled += len(found.jobs_settled)
     if found.assets:
         try:
             dispatch(settings, found.assets, owner)
