@@ -199,7 +199,7 @@ class Archive:
             from indexer.retroactive import RetroactiveSearcher
             from ram_pp.openset import OpenSetScorer
 
-            scorer = OpenSetScorer(self.loaded_model().model)
+            scorer = OpenSetScorer(self.loaded_model().model, dtype=self.settings.index.score_dtype)
             return RetroactiveSearcher.from_settings(
                 scorer, store, candidates=_IndexCandidates(self), settings=self.settings
             )

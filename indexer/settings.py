@@ -106,6 +106,11 @@ class IndexSettings(BaseModel):
     shortlist: int = Field(default=2000, ge=1, description="stage-1 candidates for concepts")
     token_format: Literal["float16", "int8"] = "float16"
     score_floor: float = Field(default=0.2, ge=0.0, le=1.0, description="store scores >= floor")
+    score_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="concept search scoring: auto = bfloat16 on CUDA and on CPUs with native "
+        "bf16 (AVX512-BF16/AMX), float32 elsewhere; stored tag scores are always float32",
+    )
 
 
 class IngestSettings(BaseModel):

@@ -281,12 +281,28 @@ class TokenStore:
                 f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
             )
         out = np.empty((len(ids), self.tokens, self.dim), dtype=dtype)
+        direct = self.format == "float16" and np.dtype(dtype) == np.float16
         for s in np.unique(shard_idx):
             rows = np.flatnonzero(shard_idx == s)
             order = np.argsort(slots[rows])  # ascending slots: sequential reads from the file
             rows = rows[order]
-            out[rows] = self._decode(self._read(snap.shards[s], slots[rows]), dtype)
+            if direct and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+                # ids given in storage order (see storage_order): records land in place, one
+                # copy from the page cache, no gather
+                self._read(snap.shards[s], slots[rows], out=out[rows[0] : rows[-1] + 1])
+            else:
+                out[rows] = self._decode(self._read(snap.shards[s], slots[rows]), dtype)
         return out
+
+    def storage_order(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """The permutation that sorts ids by where they are stored (shard, then slot).
+
+        ``get(ids[storage_order(ids)])`` then reads each shard front to back, coalescing runs of
+        neighbouring records, straight into its result. Ids that are not stored sort last.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        found, shard_idx, slots = self._snap.locate(ids)
+        return np.lexsort((slots, shard_idx, ~found))
 
     def iter_chunks(
         self, chunk_size: int = 1024, dtype: np.dtype = np.float32
@@ -304,8 +320,9 @@ class TokenStore:
                 slots = alive[start : start + chunk_size]
                 yield shard.ids[slots].copy(), self._decode(self._read(shard, slots), dtype)
 
-    def _read(self, shard: _Shard, slots: np.ndarray) -> np.ndarray:
-        """Records at ascending slots of one shard.
+    def _read(self, shard: _Shard, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Records at ascending slots of one shard (into ``out`` when given: a C-contiguous
+        array of ``len(slots)`` records, e.g. float16 (n, T, dim) for a float16 store).
 
         Runs of consecutive slots are read with one ``preadv`` each, straight into the result:
         on cold data that is several times faster than faulting the pages of the memory map in
@@ -313,7 +330,10 @@ class TokenStore:
         keeps a snapshot readable after a compaction removed its file.
         """
         dtype = record_dtype(self.format, self.tokens, self.dim)
-        out = np.empty(len(slots), dtype=dtype)  # (n,) records, or (n, T, dim) for float16
+        if out is None:
+            out = np.empty(len(slots), dtype=dtype)  # (n,) records, or (n, T, dim) for float16
+        elif out.nbytes != len(slots) * dtype.itemsize or not out.flags.c_contiguous:
+            raise ValueError("out must be a C-contiguous buffer of exactly the records read")
         if not len(slots):
             return out
         rec = dtype.itemsize
@@ -324,15 +344,22 @@ class TokenStore:
         try:
             fd = os.open(self.path / f"{shard.name}.bin", os.O_RDONLY)
         except OSError:
-            return np.asarray(shard.data[slots])
+            return self._from_map(shard, slots, out)
         try:
             for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
                 want = (b - a) * rec
                 got = os.preadv(fd, [view[a * rec : b * rec]], int(slots[a]) * rec)
                 if got != want:  # file shorter than the snapshot: use the map
-                    return np.asarray(shard.data[slots])
+                    return self._from_map(shard, slots, out)
         finally:
             os.close(fd)
+        return out
+
+    @staticmethod
+    def _from_map(shard: _Shard, slots: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Records through the memory map (the snapshot's file is gone or short)."""
+        records = np.asarray(shard.data[slots])
+        out.reshape(-1).view(np.uint8)[:] = records.reshape(-1).view(np.uint8)
         return out
 
     def sample_ids(self, n: int, seed: int = 0) -> np.ndarray:
