@@ -18,6 +18,8 @@ services (embedded mode), a Celery model worker from its processor (``ramdex.bac
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ from indexer.db.job_repo import add_job_progress, update_job
 from indexer.db.jobs import JobStatus
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import write_tag_scores
+from indexer.ingest.lease import is_dead_here, keeper_for, process_owner
+from indexer.jobs import claim_job_run, finish_job_run, job_lease_owner
 from indexer.settings import Settings
 from indexer.token_store import TokenStore
 from ram_pp.concepts import LlmDescriber, encode_concepts, make_concept
@@ -90,13 +94,30 @@ def backfill_concept(
     """
     settings = ctx.settings
     url = settings.database_url
+    owner = process_owner()
+    # The run is leased (renewed while it runs): if this process dies, the lease runs out and
+    # the reconciler resumes the job (with these arguments) or fails it with a reason.
+    resume = {"generate": generate, "fixed_threshold": fixed_threshold}
+    lease_s = settings.ingest.lease_s
+    if not claim_job_run(url, job_id, owner, lease_s, {"backfill": resume}):
+        # A pool process killed mid-run puts its message back at once: its lease still looks
+        # live, but this machine can tell that it is dead.
+        holder = job_lease_owner(url, job_id)
+        dead = [holder] if holder and is_dead_here(holder) else []
+        if not dead or not claim_job_run(
+            url, job_id, owner, lease_s, {"backfill": resume}, dead=dead
+        ):
+            log.info("backfill job %s: finished, or running in another process: skipped", job_id)
+            return
+    keeper = keeper_for(settings)
+    keeper.hold_run(job_id)
     try:
         with session_scope(url) as session:
             concept = get_concept(session, concept_id)
             if concept is None:
                 raise LookupError(f"concept {concept_id} was deleted before its backfill ran")
             name, descriptions = concept.name, list(concept.descriptions)
-            update_job(session, job_id, status=JobStatus.RUNNING)
+        _debug_pause()
         llm = None
         if generate:
             llm = LlmDescriber(
@@ -134,16 +155,28 @@ def backfill_concept(
             update_job(session, job_id, total=total, reset_progress=True)
         if store is not None and total:
             _score_archive(ctx, store, bank, tag_id, job_id)
-        with session_scope(url) as session:
-            update_job(session, job_id, status=JobStatus.DONE)
+        finish_job_run(url, job_id, owner, JobStatus.DONE)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("backfill of concept %s failed: %s", concept_id, reason)
+        finish_job_run(url, job_id, owner, JobStatus.FAILED, reason)
         with session_scope(url) as session:
-            update_job(session, job_id, status=JobStatus.FAILED, error=reason)
             if get_concept(session, concept_id) is not None:
                 update_concept(session, concept_id, status=ConceptStatus.FAILED, error=reason)
         raise
+    finally:
+        keeper.drop_run(job_id)
+
+
+DEBUG_PAUSE_ENV = "RAMDEX_DEBUG_BACKFILL_PAUSE_S"  # tests only: sleep once the run is leased
+
+
+def _debug_pause() -> None:
+    """Fault injection for tests of a backfill whose process dies mid-run (never set in
+    production)."""
+    pause = os.environ.get(DEBUG_PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
 
 
 def _score_archive(

@@ -31,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from indexer.db.base import UtcDateTime
 from indexer.db.job_repo import (
     add_job_assets,
     complete_jobs,
@@ -103,6 +104,123 @@ def settle_legacy_jobs(session: Session, idle_s: float, *, limit: int = 100) -> 
         if changed.rowcount:
             settled.append(int(job.id))
     return settled
+
+
+def claim_job_run(
+    url: str | None,
+    job_id: int,
+    owner: str,
+    lease_s: float,
+    params: dict[str, Any] | None = None,
+    *,
+    dead: Sequence[str] = (),
+) -> bool:
+    """This process runs a job's work itself (a concept backfill): the job becomes ``running``
+    under ``owner``'s lease, renewed by its heartbeat (:func:`renew_job_run`), so a process that
+    dies leaves a lease that runs out and the reconciler resumes or fails the job.
+
+    Args:
+        params: merged into the job's params (what a resumed run needs to start again).
+        dead: lease owners known to be dead (a killed process of this machine): their live-
+            looking lease is taken over.
+
+    Returns:
+        False when the job is finished, gone, or another live process runs it (a duplicate
+        message): the caller does nothing.
+    """
+    unfinished = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
+    with session_scope(url) as session:
+        taken = session.execute(
+            sa.update(_jobs)
+            .where(
+                _jobs.c.id == job_id,
+                _jobs.c.status.in_(unfinished),
+                sa.or_(
+                    _jobs.c.lease_owner.is_(None),
+                    _jobs.c.lease_owner == owner,
+                    _jobs.c.lease_until.is_(None),
+                    _jobs.c.lease_until < sa.func.now(),
+                    _jobs.c.lease_owner.in_(list(dead)),
+                ),
+            )
+            .values(
+                status=JobStatus.RUNNING.value,
+                lease_owner=owner,
+                lease_until=db_in(lease_s),
+                updated_at=sa.func.now(),
+            )
+        )
+        if not taken.rowcount:
+            return False
+        if params:
+            job = get_job(session, job_id)
+            if job is not None:
+                job.params = {**(job.params or {}), **params}
+        return True
+
+
+def renew_job_run(session: Session, job_id: int, owner: str, lease_s: float) -> bool:
+    """Extend ``owner``'s lease on a running job (the heartbeat of :func:`claim_job_run`);
+    False when it is no longer running under that owner."""
+    result = session.execute(
+        sa.update(_jobs)
+        .where(
+            _jobs.c.id == job_id,
+            _jobs.c.status == JobStatus.RUNNING.value,
+            _jobs.c.lease_owner == owner,
+        )
+        .values(lease_until=db_in(lease_s))
+    )
+    return bool(result.rowcount)
+
+
+def job_lease_owner(url: str | None, job_id: int) -> str | None:
+    """Who holds the job's lease now (None: nobody)."""
+    with session_scope(url) as session:
+        owner = session.execute(sa.select(_jobs.c.lease_owner).where(_jobs.c.id == job_id))
+        return owner.scalar_one_or_none()
+
+
+def finish_job_run(
+    url: str | None, job_id: int, owner: str, status: JobStatus, error: str | None = None
+) -> None:
+    """The run ended: the job is ``status`` (done or failed, with ``error``), its lease gone."""
+    with session_scope(url) as session:
+        update_job(session, job_id, status=status, error=error)
+        session.execute(
+            sa.update(_jobs)
+            .where(_jobs.c.id == job_id, _jobs.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
+
+
+def stopped_runs(
+    session: Session,
+    kind: JobKind,
+    *,
+    queued_before: datetime | None = None,
+    limit: int = 100,
+) -> list[Job]:
+    """In the caller's transaction: jobs of ``kind`` whose run stopped: ``running`` with a lease
+    that ran out (the process running them died), and, with ``queued_before``, ``pending`` ones
+    not started that were queued (created, or queued again) before that time (their message
+    was lost). Locked with SKIP LOCKED: two recoverers never resume one job twice."""
+    stopped = sa.and_(_jobs.c.status == JobStatus.RUNNING.value, _jobs.c.lease_until < db_in(0.0))
+    if queued_before is not None:
+        never = sa.and_(
+            _jobs.c.status == JobStatus.PENDING.value,
+            _jobs.c.lease_until.is_(None),
+            _jobs.c.updated_at < sa.literal(queued_before, UtcDateTime()),
+        )
+        stopped = sa.or_(stopped, never)
+    stmt = (
+        sa.select(Job)
+        .where(_jobs.c.kind == JobKind(kind).value, stopped)
+        .order_by(_jobs.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(stmt))
 
 
 @dataclass(frozen=True)

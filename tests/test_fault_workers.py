@@ -181,3 +181,63 @@ def test_campaign_dead_worker_comes_back_in_about_a_minute_with_shipped_settings
         RAMDEX_INGEST__STALL_TIMEOUT_S="600",
     )
     assert times[0] < 90.0, times
+
+
+def test_concept_backfill_of_a_sigkilled_worker_is_resumed_by_another(make_stack, tmp_path):
+    """A model worker is SIGKILLed (the whole worker, "on another host") in the middle of a
+    concept backfill: its job's lease, renewed while it ran, runs out and the reconciler sends
+    the backfill again; the surviving worker finishes it (job done, every asset scored), never
+    ``running`` for ever."""
+    from indexer.db.concept_repo import create_concept
+    from indexer.db.job_repo import create_job
+    from indexer.db.session import session_scope
+    from indexer.tasks import start_backfill
+    from ram_pp.text_encoder import build_random_clip_text_encoder
+
+    clip = build_random_clip_text_encoder(tmp_path / "clip")
+    stack: FaultStack = make_stack(RAMDEX_MODEL__TEXT_ENCODER=str(clip))
+    images = image_set(stack.root / "in", 8, seed=5)
+    doomed = stack.start_worker("doomed", other_host=True, RAMDEX_DEBUG_BACKFILL_PAUSE_S="300")
+    assert stack.ingest([images.folder]).wait(180) == 1, stack.logs()
+    with session_scope(stack.settings.database_url) as s:
+        concept = create_concept(
+            s, model_name=_model_id(stack), name="harbour crane", descriptions=["a crane"]
+        )
+        job = create_job(s, kind="backfill", params={"concept_id": concept.id})
+        s.flush()
+        concept_id, job_id = int(concept.id), int(job.id)
+    start_backfill(concept_id, job_id, settings=stack.settings)
+
+    def lease() -> tuple[str, str]:
+        [(status, owner)] = stack.probe._query(
+            "SELECT status, coalesce(lease_owner, '') FROM jobs WHERE id = %s", (job_id,)
+        )
+        return status, owner
+
+    wait_until(lambda: lease()[1].startswith(f"{doomed.host}|"), 60, 0.1, "backfill running")
+    time.sleep(2 * stack.settings.ingest.lease_s)  # longer than a lease: the heartbeat holds it
+    assert lease()[0] == "running" and lease()[1].startswith(f"{doomed.host}|"), lease()
+    survivor = stack.start_worker("survivor")
+    doomed.kill_main(whole_group=True)
+    killed = time.monotonic()
+    wait_until(lambda: lease()[0] == "done", 90, 0.2, "the backfill finished by the survivor")
+    resumed_s = round(time.monotonic() - killed, 1)
+    [(done, total, params)] = stack.probe._query(
+        "SELECT done, total, params FROM jobs WHERE id = %s", (job_id,)
+    )
+    [(status,)] = stack.probe._query("SELECT status FROM concepts WHERE id = %s", (concept_id,))
+    [(scored,)] = stack.probe._query(
+        "SELECT count(*) FROM asset_tags t JOIN tags g ON g.id = t.tag_id WHERE g.english = %s",
+        ("harbour crane",),
+    )
+    assets_done = stack.probe.statuses()["done"]
+    assert status == "promoted" and done == total == assets_done == scored, (done, total, scored)
+    assert params.get("resumed") == 1, params
+    assert survivor.process.poll() is None
+    report("backfill worker SIGKILL", resumed_s=resumed_s, assets=assets_done)
+
+
+def _model_id(stack: FaultStack) -> str:
+    from indexer.models import configured_model_id
+
+    return configured_model_id(stack.settings)

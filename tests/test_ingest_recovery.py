@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -216,3 +217,81 @@ def _job_with_a_ledger(settings: Settings, tmp_path) -> int:
         s.execute(sa.update(Job).where(Job.id == job).values(updated_at=db_in(-3600)))
         s.execute(sa.update(Asset).where(Asset.id == asset).values(lease_until=db_in(3600)))
     return job
+
+
+def _backfill_job(
+    settings: Settings, owner: str, lease_s: float, name: str = "harbour crane"
+) -> tuple[int, int]:
+    """A concept and its backfill job, running under ``owner``'s lease (as a run leaves it)."""
+    from indexer.db.concept_repo import create_concept
+    from indexer.db.job_repo import create_job
+    from indexer.jobs import claim_job_run
+
+    with session_scope(settings.database_url) as s:
+        concept = create_concept(
+            s, model_name="test_micro@random", name=name, descriptions=["a crane"]
+        )
+        job = create_job(s, kind="backfill", params={"concept_id": concept.id})
+        s.flush()
+        concept_id, job_id = int(concept.id), int(job.id)
+    resume = {"backfill": {"generate": True, "fixed_threshold": True}}
+    assert claim_job_run(settings.database_url, job_id, owner, lease_s, resume)
+    return concept_id, job_id
+
+
+def test_a_backfill_run_is_leased_and_a_duplicate_run_refused(settings):
+    """Two deliveries of one backfill message never run at once: the second finds the first's
+    live lease and does nothing; once that lease ran out (its process died) it takes over."""
+    from indexer.jobs import claim_job_run
+
+    url = settings.database_url
+    _, job_id = _backfill_job(settings, "first|-|1|1", 3600)
+    assert not claim_job_run(url, job_id, "second|-|2|2", 60)
+    with session_scope(url) as s:
+        s.execute(sa.update(Job).where(Job.id == job_id).values(lease_until=db_in(-1)))
+    assert claim_job_run(url, job_id, "second|-|2|2", 60)
+    with session_scope(url) as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.lease_owner) == ("running", "second|-|2|2")
+        assert job.params["backfill"] == {"generate": True, "fixed_threshold": True}
+
+
+def test_a_backfill_whose_process_died_is_resumed_then_failed_with_a_reason(settings):
+    """A backfill run whose lease ran out is resumed with its own arguments (here by the
+    embedded server's hook; with a broker the task is sent again) at most three times, then
+    failed with a reason, its concept too; with nothing to resume it (an embedded ``ramdex
+    ingest``), it is failed at once. Never ``running`` for ever."""
+    from indexer.db.concepts import Concept
+    from indexer.ingest.backfills import MAX_RESUMES, Backfill
+    from indexer.ingest.reconcile import recover
+    from indexer.jobs import claim_job_run
+
+    url = settings.database_url
+    embedded = settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"url": ""})}
+    )
+    concept_id, job_id = _backfill_job(embedded, "gone|-|1|1", 0.01)
+    time.sleep(0.05)  # its lease runs out
+    resumed: list[Backfill] = []
+    for run in range(1, MAX_RESUMES + 1):
+        found = recover(embedded, "recoverer", resume_backfill=resumed.append)
+        assert found.backfills_resumed == [job_id] and found.backfills_failed == []
+        assert resumed[-1] == Backfill(job_id, concept_id, generate=True, fixed_threshold=True)
+        with session_scope(url) as s:
+            job = s.get(Job, job_id)
+            assert (job.status, job.params["resumed"]) == ("pending", run)
+        # The resumed run starts, and dies as well.
+        assert claim_job_run(url, job_id, f"again{run}|-|1|1", 0.01)
+        time.sleep(0.05)
+    found = recover(embedded, "recoverer", resume_backfill=resumed.append)
+    assert found.backfills_failed == [job_id] and len(resumed) == MAX_RESUMES
+    with session_scope(url) as s:
+        job, concept = s.get(Job, job_id), s.get(Concept, concept_id)
+        assert job.status == "failed" and "stopped before it finished" in job.error
+        assert "3 resumed runs stopped too" in job.error
+        assert concept.status == "failed" and concept.error == job.error
+        assert job.lease_owner is None
+
+    _, other = _backfill_job(embedded, "gone|-|1|1", 0.01, name="dry dock")
+    time.sleep(0.05)
+    assert recover(embedded, "recoverer").backfills_failed == [other]  # nothing could resume it

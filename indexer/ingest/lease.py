@@ -18,6 +18,7 @@ from pathlib import Path
 from indexer.db.asset_leases import renew_asset_leases
 from indexer.db.job_repo import renew_job_lease
 from indexer.db.session import session_scope
+from indexer.jobs import renew_job_run
 from indexer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,11 @@ def is_dead_here(owner: str) -> bool:
 class LeaseKeeper:
     """Renews the leases this process holds, every third of ``ingest.lease_s``, in one thread.
 
-    Holders tell it what they hold (:meth:`hold_assets`, :meth:`hold_job`) and drop it when they
-    commit or give up; what is dropped without being finished simply runs out, and the
-    reconciler finds it. Renewal failures (database down) are logged, not raised: if the
-    database stays away long enough, the leases run out and the work is redone, which is safe.
+    Holders tell it what they hold (:meth:`hold_assets`, :meth:`hold_job`, :meth:`hold_run`) and
+    drop it when they commit or give up; what is dropped without being finished simply runs
+    out, and the reconciler finds it. Renewal failures (database down) are logged, not raised:
+    if the database stays away long enough, the leases run out and the work is redone, which is
+    safe.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -94,6 +96,7 @@ class LeaseKeeper:
         self.owner = process_owner()
         self._assets: set[int] = set()
         self._jobs: set[int] = set()
+        self._runs: set[int] = set()  # running jobs whose work this process does (backfills)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,6 +124,17 @@ class LeaseKeeper:
         with self._lock:
             self._jobs.discard(int(job_id))
 
+    def hold_run(self, job_id: int) -> None:
+        """Renew the lease of a running job this process works on until :meth:`drop_run`."""
+        with self._lock:
+            self._runs.add(int(job_id))
+            self._start()
+
+    def drop_run(self, job_id: int) -> None:
+        """Stop renewing the running job's lease."""
+        with self._lock:
+            self._runs.discard(int(job_id))
+
     def held_assets(self) -> list[int]:
         """The assets whose leases this keeper renews."""
         with self._lock:
@@ -131,7 +145,8 @@ class LeaseKeeper:
         with self._lock:
             assets = list(self._assets)
             jobs = list(self._jobs)
-        if not assets and not jobs:
+            runs = list(self._runs)
+        if not assets and not jobs and not runs:
             return
         try:
             with session_scope(self.url) as session:
@@ -139,6 +154,8 @@ class LeaseKeeper:
                     renew_asset_leases(session, assets, self.owner, self.lease_s)
                 for job_id in jobs:
                     renew_job_lease(session, job_id, self.owner, self.lease_s)
+                for job_id in runs:
+                    renew_job_run(session, job_id, self.owner, self.lease_s)
         except Exception as exc:  # the database may be away; leases run out if it stays away
             log.warning("lease renewal failed (%s: %s)", type(exc).__name__, exc)
 

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
+
 from indexer.celery_app import REGISTER_TASK, producer_app
 from indexer.db.asset_leases import (
     expire_leases_of,
@@ -50,6 +52,7 @@ from indexer.db.job_repo import (
 from indexer.db.jobs import Job, JobKind, JobStatus
 from indexer.db.leases import db_in, release_service_lease, take_service_lease
 from indexer.db.session import session_scope
+from indexer.ingest.backfills import Resume, watch_backfills
 from indexer.ingest.dispatch import dispatch, model_queue_depth, request_index_sync
 from indexer.ingest.lease import is_dead_here, local_prefix, process_owner
 from indexer.ingest.queue_mark import lost_before, redispatch_after_s
@@ -79,6 +82,8 @@ class Recovery:
     jobs_failed: list[int] = field(default_factory=list)
     jobs_redriven: list[int] = field(default_factory=list)
     jobs_settled: list[int] = field(default_factory=list)  # left by a version without a ledger
+    backfills_resumed: list[int] = field(default_factory=list)
+    backfills_failed: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +96,8 @@ class ReconcileReport:
     jobs_redriven: int = 0
     jobs_settled: int = 0
     jobs_completed: int = 0
+    backfills_resumed: int = 0
+    backfills_failed: int = 0
     index_synced: bool = False
     queue_depth: int | None = None
     elapsed_ms: float = 0.0
@@ -108,7 +115,13 @@ def _expire_dead_local_owners(settings: Settings) -> int:
             Job.__table__.select()
             .with_only_columns(Job.id, Job.lease_owner)
             .where(
-                Job.status == JobStatus.PENDING.value,
+                # Registrations, and backfills (the one kind of job whose run holds a lease).
+                sa.or_(
+                    Job.status == JobStatus.PENDING.value,
+                    sa.and_(
+                        Job.status == JobStatus.RUNNING.value, Job.kind == JobKind.BACKFILL.value
+                    ),
+                ),
                 Job.lease_until >= db_in(0.0),
                 Job.lease_owner.startswith(prefix, autoescape=True),
             )
@@ -119,7 +132,7 @@ def _expire_dead_local_owners(settings: Settings) -> int:
             if job.lease_owner and is_dead_here(job.lease_owner):
                 session.execute(
                     Job.__table__.update()
-                    .where(Job.id == job.id, Job.status == JobStatus.PENDING.value)
+                    .where(Job.id == job.id, Job.lease_owner == job.lease_owner)
                     .values(lease_until=db_in(-1.0))
                 )
         return expired
@@ -183,6 +196,8 @@ def recover(
     queue_empty: bool | None = None,
     limit: int = RECOVER_LIMIT,
     local_check: bool = True,
+    resume_backfill: Resume | None = None,
+    pending_backfills: bool | None = None,
 ) -> Recovery:
     """Take over orphaned work: abandoned registrations are settled, orphaned assets are leased
     to ``owner`` (pending, for ``ingest.lease_s``: the caller holds them with its lease keeper
@@ -199,6 +214,8 @@ def recover(
             (a re-run right after a crash need not wait for their leases). The periodic
             reconciler does not: a worker's own redelivery (``task_reject_on_worker_lost``)
             and its poison-file count handle a dead pool process, the lease everything else.
+        resume_backfill, pending_backfills: how backfill jobs whose run stopped are resumed
+            (see :func:`indexer.ingest.backfills.watch_backfills`).
     """
     owner = owner or process_owner()
     lease_s = settings.ingest.lease_s
@@ -227,7 +244,10 @@ def recover(
         taken = sorted(lease_assets(session, found, owner, lease_s)) if found else []
     if taken:
         log.info("recovered %d unfinished assets nobody was working on", len(taken))
-    return Recovery(taken, failed, redriven, legacy)
+    resumed, stopped = watch_backfills(
+        settings, queue_empty=queue_empty, resume=resume_backfill, pending=pending_backfills
+    )
+    return Recovery(taken, failed, redriven, legacy, resumed, stopped)
 
 
 def _settle_quiet_jobs(settings: Settings, queue_empty: bool, report: ReconcileReport) -> None:
@@ -270,6 +290,8 @@ def reconcile_once(
     report.recovered = len(found.assets)
     report.jobs_failed, report.jobs_redriven = len(found.jobs_failed), len(found.jobs_redriven)
     report.jobs_settled += len(found.jobs_settled)
+    report.backfills_resumed = len(found.backfills_resumed)
+    report.backfills_failed = len(found.backfills_failed)
     if found.assets:
         try:
             dispatch(settings, found.assets, owner)
@@ -281,7 +303,14 @@ def reconcile_once(
         request_index_sync(settings, final=True, model_id=model_id)
         report.index_synced = True
     report.elapsed_ms = (time.perf_counter() - started) * 1000.0
-    if report.recovered or report.jobs_failed or report.jobs_redriven or report.dispatched:
+    if (
+        report.recovered
+        or report.jobs_failed
+        or report.jobs_redriven
+        or report.dispatched
+        or report.backfills_resumed
+        or report.backfills_failed
+    ):
         log.warning("reconciler: %s", report.to_dict())
     return report
 
