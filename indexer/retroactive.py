@@ -18,6 +18,11 @@ Reading overlaps scoring: E comes from the token store in chunks sorted by stora
 previous chunk is scored, and the background sample that calibration scores is kept in memory
 in the scorer's compute dtype (so a new concept's calibration costs compute only).
 
+Exact results in the fast dtype: when the scorer computes in bfloat16 (``index.score_dtype``),
+the ``exact_top`` best assets per concept plus a margin (``exact_margin``) are scored again in
+float32 and re-ranked, so the first ``exact_top`` results carry exact logits and the exact order
+(bf16 errors, ~0.03 logit on average, only decide which assets make the margin).
+
 Calibration (per concept; see :class:`CalibrationRule`): open-set logits run lower than the
 built-in tags', so one fixed cut-off does not fit every concept. The concept is scored exactly on
 a uniform random background sample of the archive; with median m and robust spread
@@ -193,6 +198,9 @@ class RetroactiveSearcher:
         chunk: assets read from the token store per batch (192 float16 records are 28.5 MB:
             under glibc's 32 MB mmap threshold, so read buffers are reused, not page-faulted).
         calibration: the threshold rule.
+        exact_top: results per concept re-scored in float32 when the scorer computes in a
+            reduced dtype (0: never).
+        exact_margin: extra candidates re-scored beyond ``exact_top``.
     """
 
     def __init__(
@@ -203,8 +211,10 @@ class RetroactiveSearcher:
         shortlist: int = 2000,
         chunk: int = 192,
         calibration: CalibrationRule | None = None,
+        exact_top: int = 100,
+        exact_margin: int = 100,
     ) -> None:
-        if shortlist < 1 or chunk < 1:
+        if shortlist < 1 or chunk < 1 or exact_top < 0 or exact_margin < 0:
             raise ValueError("shortlist and chunk must be >= 1")
         if store.dim != scorer.embed_dim:
             raise ValueError(
@@ -216,6 +226,9 @@ class RetroactiveSearcher:
         self.shortlist = shortlist
         self.chunk = chunk
         self.rule = calibration or CalibrationRule()
+        self.exact_top = exact_top
+        self.exact_margin = exact_margin
+        self._exact: OpenSetScorer | None = None
         self._calibrations: dict[str, tuple[int, Calibration]] = {}
         # (archive size, sample ids, their E in the scorer's compute dtype): 512 assets are
         # 76 MB in bf16, scored for every new concept
@@ -301,6 +314,33 @@ class RetroactiveSearcher:
             out[rows] = self.scorer.logits(embeds, bank).numpy()
         return out
 
+    def _exact_scorer(self) -> OpenSetScorer | None:
+        """The float32 scorer for the re-scored head of each ranking (None when exact already)."""
+        if self.scorer.dtype == torch.float32 or not self.exact_top:
+            return None
+        if self._exact is None:  # shares the model's float32 modules: no copy of the head
+            self._exact = OpenSetScorer(
+                self.scorer.model, device=self.scorer.device, asset_chunk=self.scorer.asset_chunk
+            )
+        return self._exact
+
+    def _refine(
+        self, ids: np.ndarray, logits: np.ndarray, bank: LabelBank, top_k: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rank; with a reduced-precision scorer, re-score the head of the ranking in float32."""
+        exact = self._exact_scorer()
+        if exact is None:
+            return _rank(ids, logits, top_k)
+        ids, logits = _rank(ids, logits, None)
+        head = min(len(ids), self.exact_top + self.exact_margin)
+        if top_k is not None:
+            head = min(head, top_k + self.exact_margin)
+        logits = logits.copy()
+        order = self.store.storage_order(ids[:head])
+        embeds = self.store.get(ids[:head][order], dtype=self._read_dtype)
+        logits[:head][order] = exact.logits(embeds, bank).numpy()[:, 0]
+        return _rank(ids, logits, top_k)
+
     def _stage1(self, concept: LabelBank, k: int) -> np.ndarray:
         if self.candidates is None:
             raise ValueError("two-stage search needs a candidate source (the FAISS index)")
@@ -314,6 +354,9 @@ class RetroactiveSearcher:
         best_ids = [np.zeros(0, np.int64) for _ in range(k_count)]
         best_logits = [np.zeros(0, np.float32) for _ in range(k_count)]
         scored = 0
+        keep_n = top_k
+        if top_k is not None and self._exact_scorer() is not None:
+            keep_n = top_k + self.exact_margin  # the margin that _refine re-scores
         chunks = prefetch(self.store.iter_chunks(self.chunk, dtype=self._read_dtype))
         for ids, logits in self.scorer.stream(chunks, bank):
             scored += len(ids)
@@ -321,11 +364,15 @@ class RetroactiveSearcher:
             for k in range(k_count):
                 cand_ids = np.concatenate([best_ids[k], ids])
                 cand_logits = np.concatenate([best_logits[k], logits[:, k]])
-                if top_k is not None and len(cand_ids) > top_k:
-                    keep = np.argpartition(-cand_logits, top_k - 1)[:top_k]
+                if keep_n is not None and len(cand_ids) > keep_n:
+                    keep = np.argpartition(-cand_logits, keep_n - 1)[:keep_n]
                     cand_ids, cand_logits = cand_ids[keep], cand_logits[keep]
                 best_ids[k], best_logits[k] = cand_ids, cand_logits
-        return [_rank(best_ids[k], best_logits[k], top_k) for k in range(k_count)], scored
+        ranked = [
+            self._refine(best_ids[k], best_logits[k], bank.select(slice(k, k + 1)), top_k)
+            for k in range(k_count)
+        ]
+        return ranked, scored
 
     # -- public -------------------------------------------------------------------------------
 
@@ -395,7 +442,7 @@ class RetroactiveSearcher:
             cand = self._stage1(sub, shortlist)
             t2 = time.perf_counter()
             logits = self._score_ids(cand, sub)[:, 0] if len(cand) else np.zeros(0, np.float32)
-            ids, logits = _rank(cand, logits, top_k)
+            ids, logits = self._refine(cand, logits, sub, top_k)
             t3 = time.perf_counter()
             results.append(
                 self._result(

@@ -115,18 +115,22 @@ def concept_vectors(bank: LabelBank) -> torch.Tensor:
 
 
 class _Head(nn.Module):
-    """The parts of RAM++ that scoring uses (steps 5-8), in one dtype on one device."""
+    """The parts of RAM++ that scoring uses (steps 5-8): float32 modules on the scoring device
+    (the reference, and the residual stream / LayerNorms of the fast path) plus the matrices of
+    the fast path in the compute dtype."""
 
     def __init__(self, model: RamPlus, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
-        same = all(p.device == device and p.dtype == dtype for p in self._parts(model))
+        ref = torch.float32
+        same = all(p.device == device and p.dtype == ref for p in self._parts(model))
         # The caller's model is shared (tagging, other searchers): copy the head rather than
-        # moving the model; no copy when it already has the wanted device and dtype.
-        take = (lambda m: m) if same else (lambda m: copy.deepcopy(m).to(device, dtype))
+        # moving the model; no copy when it already is float32 on this device.
+        take = (lambda m: m) if same else (lambda m: copy.deepcopy(m).to(device, ref))
         self.wordvec_proj = take(model.wordvec_proj)
         self.tagging_head = take(model.tagging_head)
         self.fc = take(model.fc)
-        self.log_scale = model.reweight_scale.detach().to(device, torch.float32)
+        self.dtype = dtype
+        self.log_scale = model.reweight_scale.detach().to(device, ref)
         self.layers: list[TaggingLayer] = list(self.tagging_head.encoder.layer)
         sa = self.layers[0].crossattention.self
         self.num_heads = int(sa.num_heads)
@@ -136,26 +140,49 @@ class _Head(nn.Module):
         shape = (self.num_heads, head_dim, self.embed_dim)
         # Per layer: W_k per head with the 1/sqrt(d) softmax scale folded in, W_v per head.
         self.w_k = [
-            (layer.crossattention.self.key.weight.view(shape) * head_dim**-0.5).detach()
+            (layer.crossattention.self.key.weight.view(shape) * head_dim**-0.5).detach().to(dtype)
             for layer in self.layers
         ]
-        self.w_v = [layer.crossattention.self.value.weight.view(shape) for layer in self.layers]
+        self.w_v = [
+            layer.crossattention.self.value.weight.view(shape).detach().to(dtype)
+            for layer in self.layers
+        ]
+        # Weight matrices of every Linear in the compute dtype (the same tensors in float32).
+        self._weights = {
+            id(m): m.weight.detach().to(dtype) for m in self.modules() if isinstance(m, nn.Linear)
+        }
 
     @staticmethod
     def _parts(model: RamPlus) -> Iterator[torch.Tensor]:
         for module in (model.wordvec_proj, model.tagging_head, model.fc):
             yield from module.parameters()
 
+    def linear(self, x: torch.Tensor, module: nn.Linear, out: torch.dtype) -> torch.Tensor:
+        """``module(x)`` as a GEMM in the compute dtype; the bias is added in ``out``."""
+        if self.dtype == torch.float32:
+            return module(x)
+        y = F.linear(x.to(self.dtype), self._weights[id(module)]).to(out)
+        return y + module.bias.to(out)
+
+    def add_norm(self, block: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """An output block (dense, residual add, LayerNorm) with the residual in float32."""
+        if self.dtype == torch.float32:
+            return block(x, residual)
+        return block.LayerNorm(self.linear(x, block.dense, torch.float32) + residual)
+
     def queries(self, embeds: torch.Tensor, bank: LabelBank) -> torch.Tensor:
-        """Steps 5-6: re-weighting in float32 (cheap, and a softmax), then ReLU(wordvec_proj)."""
-        cls = embeds[:, 0].float()
-        reweighted = reweight_descriptions(cls, bank, self.log_scale)
-        proj = self.wordvec_proj
-        return F.relu(proj(reweighted.to(proj.weight.dtype)))
+        """Steps 5-6 (float32 (n, k, H)): re-weighting in float32 (a softmax, and cheap), then
+        ReLU(wordvec_proj)."""
+        reweighted = reweight_descriptions(embeds[:, 0].float(), bank, self.log_scale)
+        return F.relu(self.linear(reweighted, self.wordvec_proj, torch.float32))
 
     def plain(self, embeds: torch.Tensor, bank: LabelBank) -> torch.Tensor:
-        """The model's own head (key/value projections of every token): the reference."""
-        return self.fc(self.tagging_head(self.queries(embeds, bank), embeds)).squeeze(-1)
+        """The model's own head in float32 (key/value projections of every token): the
+        reference, whatever the compute dtype."""
+        embeds = embeds.float()
+        reweighted = reweight_descriptions(embeds[:, 0], bank, self.log_scale)
+        queries = F.relu(self.wordvec_proj(reweighted))
+        return self.fc(self.tagging_head(queries, embeds)).squeeze(-1)
 
 
 class OpenSetScorer:
@@ -274,7 +301,7 @@ class OpenSetScorer:
         sa = layer.crossattention.self
         n, k, hidden = x.shape
         heads, channels = head.num_heads, embeds.shape[-1]
-        q = sa.query(x).view(n, k, heads, hidden // heads)
+        q = head.linear(x, sa.query, self.dtype).view(n, k, heads, hidden // heads)
         # W_k^T q per head (scale folded into w_k); q . b_k is dropped because it is constant
         # over tokens and cancels in the softmax.
         q_img = torch.einsum("nkhd,hdc->nhkc", q, head.w_k[i])
@@ -282,17 +309,19 @@ class OpenSetScorer:
         weights = scores.softmax(dim=-1)
         pooled = torch.bmm(weights, embeds)  # (n, heads*k, C): sum_j a_j e_j
         values = torch.einsum("nhkc,hdc->nkhd", pooled.view(n, heads, k, channels), head.w_v[i])
-        values = values + sa.value.bias.view(heads, hidden // heads)
-        return layer.crossattention.output(values.reshape(n, k, hidden), x)
+        values = values.to(x.dtype) + sa.value.bias.view(heads, hidden // heads)
+        return head.add_norm(layer.crossattention.output, values.reshape(n, k, hidden), x)
 
     def _fast_block(self, embeds: torch.Tensor, bank: LabelBank) -> torch.Tensor:
+        head = self.head
         with self._phase("queries"):
-            x = self.head.queries(embeds, bank)  # steps 5-6: (n, k, H)
-        for i, layer in enumerate(self.head.layers):
+            x = head.queries(embeds, bank)  # steps 5-6: (n, k, H), float32 residual stream
+        for i, layer in enumerate(head.layers):
             with self._phase("attention"):
                 x = self._attention(i, x, embeds)
             with self._phase("ffn"):
-                x = layer.output(layer.intermediate(x), x)
+                inner = F.gelu(head.linear(x, layer.intermediate.dense, self.dtype))
+                x = head.add_norm(layer.output, inner, x)
         with self._phase("fc"):
             return self.head.fc(x).squeeze(-1)
 
@@ -329,7 +358,10 @@ class OpenSetScorer:
         bank = bank.to(self.device, torch.float32)  # re-weighting runs in float32
         out = torch.empty(embeds.shape[0], bank.num_tags, dtype=torch.float32)
         for start in range(0, embeds.shape[0], self.asset_chunk):
-            chunk = self._chunk(embeds, start)
+            if method == "fast":
+                chunk = self._chunk(embeds, start)
+            else:  # the reference reads E as given (float32 compute)
+                chunk = embeds[start : start + self.asset_chunk].to(self.device, torch.float32)
             step = self._concept_chunk(chunk.shape[0], bank.num_tags)
             for k0 in range(0, bank.num_tags, step):
                 sub = bank.select(slice(k0, k0 + step))

@@ -110,3 +110,52 @@ def test_bad_inputs_are_rejected(golden):
         scorer.logits(embeds, bank, method="slow")
     with pytest.raises(TypeError):
         scorer.logits(embeds.to(torch.int32), bank)
+
+
+def test_bfloat16_mode_agrees_with_float32_and_leaves_the_model_alone(golden):
+    """bf16 scoring: close to float32, same ranking, plain path still the float32 reference."""
+    model, _, embeds = golden
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bank = _ragged_bank([1, 4, 51, 9, 2, 17], seed=1)
+    ref = OpenSetScorer(model).logits(embeds, bank)
+    fast = OpenSetScorer(model, dtype="bfloat16")
+    assert fast.dtype == torch.bfloat16
+    got = fast.logits(embeds.half().numpy(), bank)  # the stored format, converted once
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=0.1, rtol=0.02)
+    torch.testing.assert_close(fast.logits(embeds, bank, "plain"), ref, atol=1e-5, rtol=0)
+    for k, v in model.state_dict().items():  # never converted or moved in place
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+    hot = fast.to_compute(embeds)
+    assert hot.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.logits(hot, bank), fast.logits(embeds, bank))
+
+
+def test_bfloat16_ranking_overlap_on_many_assets():
+    """Top-20 of 400 random assets: bf16 keeps >= 90% of float32's (the benchmark reports it
+    for the published head size)."""
+    model = random_model("test_micro", seed=3).model
+    gen = torch.Generator().manual_seed(9)
+    embeds = torch.randn(400, 17, 512, generator=gen)
+    bank = _ragged_bank([3, 7], seed=2)
+    ref = OpenSetScorer(model).logits(embeds, bank)
+    got = OpenSetScorer(model, dtype=torch.bfloat16, asset_chunk=64).logits(embeds, bank)
+    for k in range(bank.num_tags):
+        top_ref = set(torch.topk(ref[:, k], 20).indices.tolist())
+        top_got = set(torch.topk(got[:, k], 20).indices.tolist())
+        assert len(top_ref & top_got) >= 18
+    assert (got - ref).abs().max() < 0.1 * ref.std()
+
+
+def test_score_dtype_setting_resolution(monkeypatch):
+    import ram_pp.openset as openset
+
+    assert openset.resolve_score_dtype("float32") == torch.float32
+    assert openset.resolve_score_dtype("bfloat16") == torch.bfloat16
+    assert openset.resolve_score_dtype("auto", "cuda") == torch.bfloat16
+    monkeypatch.setattr(openset, "cpu_has_native_bf16", lambda: True)
+    assert openset.resolve_score_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(openset, "cpu_has_native_bf16", lambda: False)
+    assert openset.resolve_score_dtype("auto") == torch.float32
+    with pytest.raises(ValueError, match="score dtype"):
+        openset.resolve_score_dtype("int4")

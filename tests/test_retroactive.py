@@ -159,3 +159,29 @@ def test_bad_calls_and_settings(world, tmp_path):
     empty = RetroactiveSearcher(scorer, TokenStore(tmp_path / "e", tokens=T, dim=C))
     res = empty.search(bank, mode="exhaustive")
     assert [len(r.ids) for r in res] == [0, 0, 0] and res[0].threshold == 0.5
+
+
+def test_bfloat16_searcher_returns_exact_head_and_reads_background_once(world, monkeypatch):
+    """bf16 scoring: the first exact_top results carry float32 logits in float32's order; the
+    calibration sample is read from the store once and kept in the compute dtype."""
+    model, store, ids, stored, c, bank = world
+    ref = RetroactiveSearcher(OpenSetScorer(model), store, FlatIP(c, ids), chunk=64)
+    fast = RetroactiveSearcher(
+        OpenSetScorer(model, dtype="bfloat16"), store, FlatIP(c, ids), chunk=64, exact_top=10
+    )
+    for mode in ("two_stage", "exhaustive"):
+        a = ref.search(bank, top_k=10, mode=mode, shortlist=120, calibrate=False)
+        b = fast.search(bank, top_k=10, mode=mode, shortlist=120, calibrate=False)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x.ids, y.ids)
+            np.testing.assert_allclose(x.logits, y.logits, atol=1e-5)
+    reads = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda i, **kw: reads.append(len(i)) or real_get(i, **kw))
+    first = fast.calibrate(bank.select(slice(0, 1)))
+    second = fast.calibrate(bank.select(slice(1, 3)))
+    assert reads == [min(512, N)]  # the background, once
+    assert fast.background()[1].dtype == torch.bfloat16
+    exact = ref.calibrate(bank)
+    for got, want in zip(first + second, exact, strict=True):
+        assert got.threshold_logit == pytest.approx(want.threshold_logit, abs=0.1)

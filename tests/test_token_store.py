@@ -309,3 +309,24 @@ def test_a_slow_reader_keeps_its_files_while_a_writer_commits_again_and_again(tm
     writer.add(np.arange(3), _embeds(3))  # no reader loading: the orphans go now
     named = {s["ids"] for s in json.loads((path / "manifest.json").read_text())["shards"]}
     assert {p.name for p in path.glob("*.ids.npy")} == named
+
+
+def test_storage_order_reads_land_in_place(tmp_path):
+    """get() of ids in storage order (several shards, gaps) equals get() in any order; the
+    map fallback fills a caller's buffer too."""
+    rng = np.random.default_rng(3)
+    store = TokenStore(tmp_path / "s", tokens=3, dim=8, shard_bytes=10 * 3 * 8 * 2)
+    ids = rng.permutation(40).astype(np.int64) + 100
+    embeds = rng.normal(size=(40, 3, 8)).astype(np.float32)
+    store.add(ids, embeds)
+    want = rng.choice(ids, size=25, replace=False)
+    order = store.storage_order(want)
+    assert sorted(order.tolist()) == list(range(25))
+    in_order = store.get(want[order], dtype=np.float16)
+    np.testing.assert_array_equal(in_order, store.get(want, dtype=np.float16)[order])
+    np.testing.assert_array_equal(in_order.astype(np.float32), store.get(want[order]))
+    shard = store._snap.shards[0]
+    out = np.empty((3, 3, 8), np.float16)
+    got = store._from_map(shard, np.array([0, 2, 5]), out)
+    assert got is out
+    np.testing.assert_array_equal(out, np.asarray(shard.data[[0, 2, 5]]))
