@@ -6,7 +6,13 @@ Measures, for N synthetic assets stored on disk in the token store:
 - fast (query-side attention) vs plain (model head) path speed ratio, on a subset,
 - two-stage latency p50/p95 for one concept (FAISS flat inner product + exact scores),
 - bytes per asset for float16 and int8 token formats, and int8's logit error vs float16,
-- stage-1 recall@100 against exhaustive exact scoring.
+- stage-1 recall@100 against exhaustive exact scoring,
+- the compute dtype (``--dtype``, default ``auto`` as the service: bf16 on CPUs with native bf16)
+  and its agreement with the float32 reference (top-100 overlap, logit errors),
+- time per phase (reading E, conversion, queries, attention, feed-forward, calibration) and the
+  peak bound (measured GEMM rate / multiply-adds per pair).
+
+Every figure is printed with the load average at the time (the machine is shared).
 
 Synthetic archive (so that stage-1 recall means something): 1,000 "topics" are random unit
 vectors in a 128-d subspace of the 512-d embedding space. Each asset shows 3 topics drawn with
@@ -48,7 +54,7 @@ from indexer.token_store import TokenStore, bytes_per_asset
 from ram_pp.config import HeadConfig, LabelConfig, RamPlusConfig, get_config
 from ram_pp.labels import LabelBank
 from ram_pp.model import RamPlus
-from ram_pp.openset import OpenSetScorer, concept_vectors
+from ram_pp.openset import OpenSetScorer, concept_vectors, resolve_score_dtype
 
 T, C, SUB = 145, 512, 128  # tokens, embedding width, topic subspace dims
 N_TOPICS, TOPICS_PER_ASSET = 1000, 3
@@ -187,6 +193,20 @@ def macs_per_asset_concept(cfg: HeadConfig, tokens: int) -> dict[str, int]:
     return {"fast": fast, "plain": plain}
 
 
+def load() -> float:
+    """1-minute load average (printed beside every figure)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def gemm_rate(dtype: torch.dtype) -> float:
+    """Measured FLOP/s of a feed-forward-shaped GEMM (4096x768 @ 768x3072) at these threads."""
+    a = torch.randn(4096, 768).to(dtype)
+    b = torch.randn(768, 3072).to(dtype)
+    a @ b
+    best = min(timed(torch.mm, a, b)[1] for _ in range(5))
+    return 2 * 4096 * 768 * 3072 / best
+
+
 def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -202,9 +222,15 @@ def main() -> None:
     ap.add_argument("--single-n", type=int, default=4096, help="assets for the 1-concept rate")
     ap.add_argument("--int8-n", type=int, default=2048, help="assets for the int8 error")
     ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: the machine is shared)"
+        "--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)"
     )
-    ap.add_argument("--chunk", type=int, default=1024, help="assets per scoring batch")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="scoring dtype of the searcher (index.score_dtype); float32 is always the reference",
+    )
+    ap.add_argument("--chunk", type=int, default=256, help="assets per scoring batch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the token store")
@@ -213,8 +239,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_retro_", dir=args.workdir))
-    fig: dict[str, object] = {"n": args.n, "threads": args.threads, "load": os.getloadavg()}
-    print(f"N={args.n} threads={args.threads} store={work} loadavg={os.getloadavg()}")
+    dtype = resolve_score_dtype(args.dtype)
+    fig: dict[str, object] = {
+        "n": args.n,
+        "threads": args.threads,
+        "score_dtype": str(dtype).removeprefix("torch."),
+        "load": os.getloadavg(),
+    }
+    print(
+        f"N={args.n} threads={args.threads} score dtype {fig['score_dtype']} store={work} "
+        f"loadavg={os.getloadavg()}"
+    )
     try:
         run(args, work, fig)
     finally:
@@ -226,7 +261,8 @@ def main() -> None:
 
 def run(args, work: Path, fig: dict) -> None:
     model = planted_head(args.seed)
-    scorer = OpenSetScorer(model, asset_chunk=args.chunk)
+    ref = OpenSetScorer(model, asset_chunk=args.chunk)  # float32: the exact reference
+    scorer = OpenSetScorer(model, dtype=resolve_score_dtype(args.dtype), asset_chunk=args.chunk)
     archive = Archive(args.seed)
     qtopics = [int(np.argsort(-archive.popularity)[r]) for r in QUERY_RANKS]
     bank = archive.concept_bank(qtopics, seed=args.seed + 1)
@@ -256,8 +292,8 @@ def run(args, work: Path, fig: dict) -> None:
     e16 = store.get(sub_ids)
     q8 = TokenStore(work / "i8", tokens=T, dim=C, fmt="int8")
     q8.add(sub_ids, e16)
-    l16 = scorer.logits(e16, bank).numpy()
-    l8 = scorer.logits(q8.get(sub_ids), bank).numpy()
+    l16 = ref.logits(e16, bank).numpy()
+    l8 = ref.logits(q8.get(sub_ids), bank).numpy()
     err = np.abs(l8 - l16)
     fig["bytes_per_asset"] = {
         "float16": bytes_per_asset("float16"),
@@ -276,19 +312,45 @@ def run(args, work: Path, fig: dict) -> None:
         f"bytes/asset: float16 {bytes_per_asset('float16')}, int8 {bytes_per_asset('int8')}; "
         f"int8 logit error vs float16 over {len(sub_ids)} assets x {bank.num_tags} concepts: "
         f"max {err.max():.4f}, mean {err.mean():.5f}; logit std {l16.std():.3f}; "
-        f"top-100 overlap {fig['int8_top100_overlap']:.3f}"
+        f"top-100 overlap {fig['int8_top100_overlap']:.3f} (float32 compute) [load {load()}]"
+    )
+
+    # 2b. Compute dtype vs the float32 reference on the same float16 E.
+    lfast = scorer.logits(e16, bank).numpy()
+    ferr = np.abs(lfast - l16)
+    overlap = float(
+        np.mean(
+            [
+                recall_at_k(np.argsort(-lfast[:, k]), np.argsort(-l16[:, k]), 100)
+                for k in range(bank.num_tags)
+            ]
+        )
+    )
+    fig["dtype_agreement"] = {
+        "dtype": fig["score_dtype"],
+        "assets": len(sub_ids),
+        "top100_overlap": overlap,
+        "max_logit_err": float(ferr.max()),
+        "mean_logit_err": float(ferr.mean()),
+        "logit_std": float(l16.std()),
+        "load": load(),
+    }
+    print(
+        f"{fig['score_dtype']} vs float32 over {len(sub_ids)} assets x {bank.num_tags} concepts: "
+        f"top-100 overlap {overlap:.3f}, max logit error {ferr.max():.4f}, mean "
+        f"{ferr.mean():.5f} (logit std {l16.std():.3f}) [load {load()}]"
     )
     del e16
 
     # 3. Fast vs plain on the same subset (one concept).
     one = bank.select(slice(0, 1))
     e_plain = store.get(np.arange(min(args.plain_n, args.n)))
-    scorer.logits(e_plain[:8], one)  # warm-up
+    ref.logits(e_plain[:8], one)  # warm-up
     t_fast = t_plain = float("inf")
     for _ in range(3):  # interleaved, best of 3: the machine is shared
-        fast_l, dt = timed(scorer.logits, e_plain, one)
+        fast_l, dt = timed(ref.logits, e_plain, one)
         t_fast = min(t_fast, dt)
-        plain_l, dt = timed(scorer.logits, e_plain, one, "plain")
+        plain_l, dt = timed(ref.logits, e_plain, one, "plain")
         t_plain = min(t_plain, dt)
     diff = float((fast_l - plain_l).abs().max())
     macs = macs_per_asset_concept(model.config.head, T)
@@ -300,19 +362,51 @@ def run(args, work: Path, fig: dict) -> None:
         "max_abs_diff": diff,
         "macs": macs,
         "macs_ratio": macs["plain"] / macs["fast"],
+        "load": load(),
     }
     print(
-        f"fast vs plain ({len(e_plain)} assets, 1 concept): fast {len(e_plain) / t_fast:.0f}/s, "
-        f"plain {len(e_plain) / t_plain:.0f}/s, ratio {t_plain / t_fast:.1f}x "
-        f"(multiply-adds {macs['fast'] / 1e6:.1f}M vs {macs['plain'] / 1e6:.1f}M per asset, "
-        f"{macs['plain'] / macs['fast']:.1f}x); max |diff| {diff:.2e}"
+        f"fast vs plain, float32 ({len(e_plain)} assets, 1 concept): fast "
+        f"{len(e_plain) / t_fast:.0f}/s, plain {len(e_plain) / t_plain:.0f}/s, ratio "
+        f"{t_plain / t_fast:.1f}x (multiply-adds {macs['fast'] / 1e6:.1f}M vs "
+        f"{macs['plain'] / 1e6:.1f}M per asset, {macs['plain'] / macs['fast']:.1f}x); "
+        f"max |diff| {diff:.2e} [load {load()}]"
     )
     del e_plain
 
+    # 3b. In memory, compute dtype: one concept, all query concepts, and the peak bound.
+    n_mem = min(args.single_n, args.n)
+    e_mem = scorer.to_compute(store.get(np.arange(n_mem), dtype=np.float16))
+    scorer.logits(e_mem[: args.chunk], bank)  # warm-up
+    t_one = min(timed(scorer.logits, e_mem, one)[1] for _ in range(2))
+    t_all = min(timed(scorer.logits, e_mem, bank)[1] for _ in range(2))
+    rate = gemm_rate(scorer.dtype)
+    bound = rate / (2 * macs["fast"])
+    fig["in_memory"] = {
+        "assets": n_mem,
+        "single_concept_assets_s": n_mem / t_one,
+        "asset_concepts_s": n_mem * bank.num_tags / t_all,
+        "concepts": bank.num_tags,
+        "gemm_flop_s": rate,
+        "peak_bound_asset_concepts_s": bound,
+        "load": load(),
+    }
+    print(
+        f"in memory ({fig['score_dtype']}, E already converted, {n_mem} assets): 1 concept "
+        f"{n_mem / t_one:.0f} assets/s, {bank.num_tags} concepts "
+        f"{n_mem * bank.num_tags / t_all:.0f} asset-concepts/s; peak bound: GEMM "
+        f"{rate / 1e9:.0f} GFLOP/s / {2 * macs['fast'] / 1e6:.1f} MFLOP per pair = "
+        f"{bound:.0f} asset-concepts/s [load {load()}]"
+    )
+    del e_mem
+
     # 4. Exhaustive exact scan over the whole store (all query concepts in one pass).
-    searcher = RetroactiveSearcher(scorer, store, cands, shortlist=args.shortlist, chunk=1024)
+    searcher = RetroactiveSearcher(scorer, store, cands, shortlist=args.shortlist)
     n1 = min(args.single_n, args.n)
-    single_chunks = itertools.islice(store.iter_chunks(1024), math.ceil(n1 / 1024))
+    for _, e in itertools.islice(store.iter_chunks(searcher.chunk, dtype=np.float16), 2):
+        scorer.logits(e, bank)  # warm-up: the GEMM primitives for these shapes
+    single_chunks = itertools.islice(
+        store.iter_chunks(searcher.chunk, dtype=np.float16), math.ceil(n1 / searcher.chunk)
+    )
     single, t_single = timed(lambda: [s for _, s in scorer.stream(single_chunks, one)])
     n1c = sum(len(s) for s in single)
     exh, t_exh = timed(searcher.search, bank, names, top_k=100, mode="exhaustive", calibrate=False)
@@ -322,16 +416,20 @@ def run(args, work: Path, fig: dict) -> None:
         "concepts": bank.num_tags,
         "asset_concepts_s": rate,
         "single_concept_assets_s": n1c / t_single,
+        "load": load(),
     }
     print(
         f"exhaustive scan: {args.n} assets x {bank.num_tags} concepts in {t_exh:.1f}s = "
         f"{rate:.0f} asset-concepts/s; one concept alone: {n1c / t_single:.0f} assets/s "
-        f"(over {n1c} assets, read from the memory-mapped store)"
+        f"(over {n1c} assets, read from the store) [load {load()}]"
     )
 
     # 5. Calibration (cost, then cached) and two-stage latency.
     cal, t_cal = timed(searcher.calibrate, bank)
-    fig["calibration_s"] = t_cal
+    fig["calibration_s"] = t_cal  # first call: reads the background sample, then scores it
+    searcher._calibrations.clear()
+    _, t_cal_hot = timed(searcher.calibrate, bank)
+    fig["calibration_hot_s"] = t_cal_hot  # background already in memory (later new concepts)
     fig["thresholds"] = {n: c.threshold for n, c in zip(names, cal, strict=True)}
     lat, s1, s2, recalls = [], [], [], {}
     for q in range(max(args.queries, bank.num_tags)):
@@ -342,6 +440,12 @@ def run(args, work: Path, fig: dict) -> None:
         s2.append(res[0].timings["stage2"])
         recalls[names[k]] = recall_at_k(res[0].ids, exh[k].ids, 100)
     p50, p95 = np.percentile(lat, [50, 95])
+    fresh = []  # a new concept each time: pays its calibration (hot background) too
+    for q in range(max(args.queries, bank.num_tags)):
+        k = q % bank.num_tags
+        searcher._calibrations.clear()
+        fresh.append(timed(searcher.search, bank.select(slice(k, k + 1)), [names[k]])[1])
+    f50, f95 = np.percentile(fresh, [50, 95])
     fig["two_stage"] = {
         "shortlist": args.shortlist,
         "p50_s": p50,
@@ -349,15 +453,33 @@ def run(args, work: Path, fig: dict) -> None:
         "stage1_median_s": float(np.median(s1)),
         "stage2_median_s": float(np.median(s2)),
         "recall_at_100": recalls,
+        "new_concept_p50_s": f50,
+        "new_concept_p95_s": f95,
+        "load": load(),
     }
+    fig["two_stage"]["final_top100_vs_float32"] = final_agreement(searcher, ref, bank, names)
+    fig["phases"] = stage2_phases(searcher, bank.select(slice(0, 1)), cands, vectors_of(bank))
     print(
-        f"calibration: {t_cal:.2f}s for {bank.num_tags} concepts (cached afterwards); thresholds "
+        f"calibration: {t_cal:.2f}s for {bank.num_tags} concepts (first, reads the background), "
+        f"{t_cal_hot:.3f}s with the background in memory; thresholds "
         + ", ".join(f"{n} p>{c.threshold:.3f} ({c.rule})" for n, c in zip(names, cal, strict=True))
     )
     print(
         f"two-stage (shortlist {args.shortlist}, top 100), {len(lat)} queries: p50 {p50:.3f}s, "
         f"p95 {p95:.3f}s (stage 1 median {np.median(s1) * 1e3:.1f} ms, "
-        f"stage 2 median {np.median(s2):.3f}s)"
+        f"stage 2 median {np.median(s2):.3f}s); a new concept each time (its calibration "
+        f"included): p50 {f50:.3f}s, p95 {f95:.3f}s [load {load()}]"
+    )
+    fa = fig["two_stage"]["final_top100_vs_float32"]
+    print(
+        f"two-stage results vs a float32 searcher (same shortlist, top 100): overlap "
+        f"{fa['overlap']:.3f}, max logit difference {fa['max_logit_err']:.2e} [load {fa['load']}]"
+    )
+    ph = fig["phases"]
+    print(
+        "stage 2 phases for one concept over the shortlist (ms): "
+        + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in ph.items() if k != "load")
+        + f" [load {ph['load']}]"
     )
     for name, k in zip(names, range(bank.num_tags), strict=True):
         positives = int(
@@ -385,6 +507,50 @@ def run(args, work: Path, fig: dict) -> None:
     mean_recall = float(np.mean(list(recalls.values())))
     fig["recall_at_100_mean"] = mean_recall
     print(f"mean stage-1 recall@100: {mean_recall:.3f}")
+
+
+def vectors_of(bank: LabelBank) -> np.ndarray:
+    """Stage-1 query vectors (K, 512) float32."""
+    return concept_vectors(bank).numpy()
+
+
+def final_agreement(
+    searcher: RetroactiveSearcher, ref: OpenSetScorer, bank: LabelBank, names: list[str]
+) -> dict[str, float]:
+    """Top-100 of the searcher (its dtype, head re-scored) vs a float32 searcher, per concept."""
+    exact = RetroactiveSearcher(ref, searcher.store, searcher.candidates, searcher.shortlist)
+    overlaps, errs = [], []
+    for k in range(bank.num_tags):
+        one = bank.select(slice(k, k + 1))
+        a = searcher.search(one, [names[k]], top_k=100, calibrate=False)[0]
+        b = exact.search(one, [names[k]], top_k=100, calibrate=False)[0]
+        overlaps.append(recall_at_k(a.ids, b.ids, 100))
+        common, ia, ib = np.intersect1d(a.ids, b.ids, return_indices=True)
+        errs.append(float(np.abs(a.logits[ia] - b.logits[ib]).max()) if len(common) else 0.0)
+    return {"overlap": float(np.mean(overlaps)), "max_logit_err": max(errs), "load": load()}
+
+
+def stage2_phases(
+    searcher: RetroactiveSearcher, concept: LabelBank, cands: FlatIP, vectors: np.ndarray
+) -> dict[str, float]:
+    """Seconds per phase of one two-stage query, each phase run on its own (no overlap)."""
+    _, cand = cands.search(vectors[:1], searcher.shortlist)
+    cand = cand[0][cand[0] >= 0]
+    store, scorer = searcher.store, searcher.scorer
+    t0 = time.perf_counter()
+    ordered = cand[store.storage_order(cand)]
+    embeds = store.get(ordered, dtype=np.float16)
+    t_read = time.perf_counter() - t0
+    scorer.profile = {}
+    scorer.logits(embeds, concept)
+    prof, scorer.profile = scorer.profile, None
+    searcher._calibrations.clear()
+    _, t_cal = timed(searcher.calibrate, concept)
+    out = {"read_E": t_read}
+    out.update(prof)
+    out["calibration"] = t_cal
+    out["load"] = load()
+    return out
 
 
 def archive_has_topic(archive: Archive, start: int, n: int, topic: int) -> int:
