@@ -54,11 +54,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await run_in_threadpool(Services, settings, metrics)
         app.state.services = services
         listener = None
+        recovery = None
+        if not settings.broker.url:
+            # Embedded: no worker runs a reconciler, so the server recovers what killed runs
+            # left, at start and periodically, in its background thread.
+            from indexer.ingest.embedded_recovery import EmbeddedRecovery
+
+            recovery = EmbeddedRecovery(services).start()
         try:
             if settings.api.metrics_access == "bind":
                 listener = start_metrics_listener(metrics, settings.api.metrics_bind)
             yield
         finally:
+            if recovery is not None:
+                recovery.stop()
             if listener is not None:
                 listener.shutdown()
                 listener.server_close()

@@ -107,7 +107,7 @@ def backfill_concept(
         if not dead or not claim_job_run(
             url, job_id, owner, lease_s, {"backfill": resume}, dead=dead
         ):
-            log.info("backfill job %s: finished, or running in another process: skipped", job_id)
+            log.info("backfill job %s: cancelled, or running in another process: skipped", job_id)
             return
     keeper = keeper_for(settings)
     keeper.hold_run(job_id)

@@ -124,17 +124,19 @@ def claim_job_run(
         dead: lease owners known to be dead (a killed process of this machine): their live-
             looking lease is taken over.
 
+    A finished job may run again (a message redelivered after its run ended: the run is
+    idempotent and counts afresh), a cancelled one never.
+
     Returns:
-        False when the job is finished, gone, or another live process runs it (a duplicate
+        False when the job is cancelled, gone, or another live process runs it (a duplicate
         message): the caller does nothing.
     """
-    unfinished = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
     with session_scope(url) as session:
         taken = session.execute(
             sa.update(_jobs)
             .where(
                 _jobs.c.id == job_id,
-                _jobs.c.status.in_(unfinished),
+                _jobs.c.status != JobStatus.CANCELLED.value,
                 sa.or_(
                     _jobs.c.lease_owner.is_(None),
                     _jobs.c.lease_owner == owner,

@@ -606,6 +606,7 @@ class FaultStack:
         self.settings = settings_from_env(self.env)
         self.workers: list[Worker] = []
         self.runs: list[IngestRun] = []
+        self.servers: list[tuple[subprocess.Popen, Path]] = []
         self.probe = Probe(self.db_url)
 
     @property
@@ -669,9 +670,30 @@ class FaultStack:
         self.runs.append(run)
         return run
 
+    def serve(self, **extra_env: str) -> tuple[subprocess.Popen, int]:
+        """Start ``ramdex serve`` on a free port (returns at once) and return it and its port;
+        it stops with the test."""
+        port = free_port()
+        log_path = self.root / f"serve-{port}.log"
+        command = [*ramdex_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        log = open(log_path, "ab")  # noqa: SIM115 - the server keeps writing to it
+        process = subprocess.Popen(
+            command,
+            env={**self.env, **extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            cwd=str(self.root),
+        )
+        log.close()
+        self.servers.append((process, log_path))
+        return process, port
+
     def logs(self) -> str:
         """Tails of every worker log and ingest output (for assertion messages)."""
         parts = [f"=== worker {w.name}\n{w.log()[-2500:]}" for w in self.workers]
+        parts += [f"=== server\n{p.read_text(errors='replace')[-2500:]}" for _, p in self.servers]
         parts += [f"=== ingest {i}\n{r.output()}" for i, r in enumerate(self.runs)]
         return "\n".join(parts)
 
@@ -681,6 +703,11 @@ class FaultStack:
                 run.kill()
         for worker in self.workers:
             worker.stop()
+        for server, _ in self.servers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(10)
         self.probe.close()
         from indexer.db.session import dispose_engines
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -168,3 +169,75 @@ def test_campaign_embedded_ingest_sigkilled_three_times(make_stack, seed):
 @pytest.mark.parametrize("seed", [21, 22, 23])
 def test_campaign_ctrl_c_on_a_waiting_ingest(make_stack, seed):
     sigint_round(make_stack, seed=seed, count=60)
+
+
+def _strand(stack: FaultStack, images) -> dict[str, int]:
+    """Run an embedded ``ramdex ingest`` and SIGKILL it mid-processing, once registration is
+    over (so every file is an asset): its assets are left processing or pending under a dead
+    process's lease, its job running."""
+    shas = set(images.digests())
+    # Slow batches: a window wide enough to kill it in, once registration is over.
+    run = stack.ingest([images.folder], RAMDEX_DEBUG_PAUSE_BEFORE_COMMIT_S="0.6")
+
+    def states() -> Counter[str]:
+        rows = stack.probe._query("SELECT sha256, status FROM assets")
+        return Counter(status for sha, status in rows if sha in shas)
+
+    def midway() -> bool:
+        counts, jobs = states(), stack.probe.jobs()
+        return (
+            sum(counts.values()) == len(shas)  # every file registered (some may exist already)
+            and bool(jobs)
+            and jobs[-1]["status"] == "running"
+            and counts["done"] >= 2
+        )
+
+    wait_until(midway, 120, 0.01, "registration over, processing under way")
+    run.kill()
+    left = states()
+    assert left["pending"] + left["processing"] > 0, "nothing left stranded: seed?"
+    return dict(left)
+
+
+def test_embedded_server_recovers_stranded_work_at_start_and_while_it_serves(make_stack):
+    """An embedded ``ramdex serve`` (no broker, no worker) finishes what a killed ``ramdex
+    ingest`` left (its assets, its job) and settles a job from before the job ledger, when it
+    starts, with no request and no other command; work stranded while it serves is finished by
+    its periodic pass."""
+    import urllib.request
+
+    stack: FaultStack = make_stack(broker=False)
+    first = image_set(stack.root / "first", 24, seed=7)
+    stranded = _strand(stack, first)
+    stack.probe._query(  # a job an older version left running (no lease, no ledger rows)
+        "INSERT INTO jobs (kind, status, total, done, failed, params, created_at, updated_at) "
+        "VALUES ('ingest', 'running', 9, 3, 0, '{}', now() - interval '1 hour', "
+        "now() - interval '1 hour') RETURNING id"
+    )
+    server, port = stack.serve()
+    started = time.monotonic()
+    wait_until(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200,
+        60,
+        0.2,
+        "ramdex serve answering",
+    )
+    end = check_invariants(stack, first, settle_timeout=90)
+    at_start_s = round(time.monotonic() - started, 1)
+    jobs = {j["id"]: j for j in end.jobs}
+    assert jobs[1]["status"] == "done", jobs  # the killed run's job, finished by the server
+    assert jobs[2]["status"] == "failed" and "per-asset job tracking" in jobs[2]["error"], jobs
+
+    second = image_set(stack.root / "second", 20, seed=8)
+    again = _strand(stack, second)
+    stranded_at = time.monotonic()
+    check_invariants(stack, [first, second], settle_timeout=90)
+    serving_s = round(time.monotonic() - stranded_at, 1)
+    assert server.poll() is None, stack.logs()
+    report(
+        "embedded ramdex serve recovers",
+        stranded_at_start=stranded,
+        finished_after_start_s=at_start_s,
+        stranded_while_serving=again,
+        finished_while_serving_s=serving_s,
+    )

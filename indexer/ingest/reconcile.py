@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,8 +251,18 @@ def recover(
     return Recovery(taken, failed, redriven, legacy, resumed, stopped)
 
 
-def _settle_quiet_jobs(settings: Settings, queue_empty: bool, report: ReconcileReport) -> None:
-    """Running jobs without progress: credit what already ended; re-drive lost re-scores."""
+def settle_quiet_jobs(
+    settings: Settings,
+    queue_empty: bool,
+    report: ReconcileReport,
+    send: Callable[[list[int]], None] | None = None,
+) -> None:
+    """Running jobs without progress: credit what already ended; re-drive lost re-scores.
+
+    Args:
+        send: how re-driven re-scores run (default: sent to the model queue; the embedded
+            server processes them in its background thread).
+    """
     lease_s = settings.ingest.lease_s
     redrive: list[int] = []
     with session_scope(settings.database_url) as session:
@@ -267,7 +278,7 @@ def _settle_quiet_jobs(settings: Settings, queue_empty: bool, report: ReconcileR
             redrive.extend(open_job_assets(session, int(job.id), limit=RECOVER_LIMIT))
             update_job(session, int(job.id))  # touch: quiet again only after another lease_s
     if redrive:
-        dispatch(settings, redrive, None)
+        (send or (lambda ids: dispatch(settings, ids, None)))(redrive)
         report.dispatched += len(redrive)
 
 
@@ -298,7 +309,7 @@ def reconcile_once(
             report.dispatched += len(found.assets)
         except Exception as exc:  # the broker is down: the leases run out, a later pass retries
             log.warning("reconciler could not dispatch: %s: %s", type(exc).__name__, exc)
-    _settle_quiet_jobs(settings, depth == 0, report)
+    settle_quiet_jobs(settings, depth == 0, report)
     if model_id is not None and index_is_behind(settings, model_id, full=full):
         request_index_sync(settings, final=True, model_id=model_id)
         report.index_synced = True
