@@ -11,7 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer import SwinTransformer, window_partition, window_reverse
 from torch import nn
 
 from ram_pp.config import HeadConfig, RamPlusConfig, VisionConfig
@@ -23,6 +23,14 @@ class SwinEncoder(SwinTransformer):
 
     A subclass rather than a wrapper, so parameter names stay ``visual_encoder.layers...`` as in
     the published checkpoint (after the downsample remap).
+
+    In eval mode the window attention runs fused (:func:`F.scaled_dot_product_attention`) with
+    the relative-position bias and the shifted-window mask added once into one cached
+    (windows, heads, N, N) tensor in the compute dtype. timm's own (upstream's) arithmetic adds
+    a float32 bias and mask to every window of every image, which under bfloat16 autocast
+    promotes the whole attention matrix to float32: that alone was 60-70% of a bf16 Swin-L
+    forward on this CPU. :meth:`forward_reference` keeps the stock path (training always uses
+    it; the benchmark's upstream-style baseline and the equivalence tests call it).
     """
 
     def __init__(self, cfg: VisionConfig) -> None:
@@ -38,11 +46,120 @@ class SwinEncoder(SwinTransformer):
             num_classes=0,
             global_pool="",
         )
+        self.fast_attention = True  # eval-mode fused window attention (see the class doc)
+        # (block index, dtype, device) -> (table version, bias + mask); not a buffer, so the
+        # state dict (and the published checkpoint's key list) is unchanged.
+        self._attn_bias: dict[tuple[int, torch.dtype, torch.device], tuple[int, torch.Tensor]] = {}
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        grid = self.forward_features(pixels)  # (B, H, W, C), final LayerNorm applied
+        if self.training or not self.fast_attention:
+            return self.forward_reference(pixels)
+        x = self.patch_embed(pixels)  # (B, H, W, C)
+        index = 0
+        for stage in self.layers:
+            x = stage.downsample(x)
+            for block in stage.blocks:
+                x = self._block(index, block, x)
+                index += 1
+        return self._tokens(self.norm(x))
+
+    def forward_reference(self, pixels: torch.Tensor) -> torch.Tensor:
+        """timm's stock forward (upstream's window attention arithmetic)."""
+        return self._tokens(self.forward_features(pixels))  # final LayerNorm applied
+
+    @staticmethod
+    def _tokens(grid: torch.Tensor) -> torch.Tensor:
         tokens = grid.flatten(1, 2)
         return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+    def _block(self, index: int, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if getattr(block, "dynamic_mask", False):  # masks computed per input: timm's path
+            return block(x)
+        b, h, w, c = x.shape
+        x = x + self._window_attention(index, block, block.norm1(x))
+        x = x.reshape(b, -1, c)
+        x = x + block.mlp(block.norm2(x))
+        return x.reshape(b, h, w, c)
+
+    def _window_attention(self, index: int, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Shifted-window attention of one block, as timm's ``_attn`` computes it."""
+        b, h, w, c = x.shape
+        wh, ww = block.window_size
+        sh, sw = block.shift_size
+        shifted = bool(sh or sw)
+        if shifted:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        pad_h, pad_w = (wh - h % wh) % wh, (ww - w % ww) % ww
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        hp, wp = h + pad_h, w + pad_w
+        windows = window_partition(x, (wh, ww)).view(-1, wh * ww, c)
+        attn = block.attn
+        n = wh * ww
+        qkv = attn.qkv(windows).reshape(-1, n, 3, attn.num_heads, c // attn.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B * nW, heads, N, d)
+        bias = self._bias(index, block, q.dtype, q.device)  # (nW or 1, heads, N, N)
+        out = _biased_attention(q, k, v, bias, b)
+        out = attn.proj(out.transpose(1, 2).reshape(-1, n, c))
+        x = window_reverse(out.view(-1, wh, ww, c), (wh, ww), hp, wp)[:, :h, :w, :]
+        if shifted:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+        return x.contiguous()
+
+    def _bias(
+        self, index: int, block: nn.Module, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """Relative-position bias plus shifted-window mask, (nW or 1, heads, N, N), cached.
+
+        Recomputed when the bias table changes in place (a state dict loaded later); never
+        cached while autograd records (the table would need its gradient).
+        """
+        table = block.attn.relative_position_bias_table
+        key = (index, dtype, device)
+        recording = torch.is_grad_enabled() and table.requires_grad
+        cached = None if recording else self._attn_bias.get(key)
+        if cached is not None and cached[0] == table._version:
+            return cached[1]
+        bias = block.attn._get_rel_pos_bias()  # (1, heads, N, N), float32 like the table
+        if block.attn_mask is not None:
+            bias = bias + block.attn_mask.to(bias).unsqueeze(1)  # (nW, heads, N, N)
+        bias = bias.to(dtype)
+        if not recording:
+            self._attn_bias[key] = (table._version, bias)
+        return bias
+
+
+def _biased_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, images: int
+) -> torch.Tensor:
+    """Fused attention of (images * nW, heads, N, d) windows with a per-window bias.
+
+    On CPU one call per image, so the (nW, heads, N, N) bias is read as is (expanding it to
+    every image of the batch cost more than the attention, and SDPA broadcasts only size-1
+    dimensions). Elsewhere one call, with windows folded into the head dimension so the bias
+    broadcasts over the batch (a copy of q, k, v, cheap on a GPU).
+    """
+    windows = bias.shape[0]
+    if windows == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    if q.device.type == "cpu":
+        parts = [
+            F.scaled_dot_product_attention(
+                q[i * windows : (i + 1) * windows],
+                k[i * windows : (i + 1) * windows],
+                v[i * windows : (i + 1) * windows],
+                attn_mask=bias,
+            )
+            for i in range(images)
+        ]
+        return torch.cat(parts)
+    heads, n, d = q.shape[1:]
+
+    def fold(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(images, windows * heads, n, d)
+
+    mask = bias.reshape(1, windows * heads, n, n)
+    out = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=mask)
+    return out.view(images * windows, heads, n, d)
 
 
 class CrossAttentionSelf(nn.Module):
