@@ -34,9 +34,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-# As in the workers and the CLI (indexer/celery_app.py): idle OpenMP threads sleep instead of
-# spinning, so decoding threads get the cores. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The thread policy of `ramdex ingest` (indexer/threads.py), set before torch loads.
+from indexer.threads import apply_policy  # noqa: E402
+
+apply_policy("ingest")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

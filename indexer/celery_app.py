@@ -24,11 +24,12 @@ from __future__ import annotations
 import os
 import threading
 
-# Worker processes decode images in threads while torch runs the model: with OpenMP's default
-# spin-waiting, the model's threads burn the cores the decoders need (measured: the tiny model
-# ran 3-6x slower). Idle OpenMP threads must sleep instead. Effective only before torch loads,
-# which is why it is set here, in the module Celery imports first.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from indexer.threads import apply_policy
+
+# Worker processes decode images in threads while torch runs the model (indexer/threads.py,
+# "worker"). Set here, in the module Celery imports first (``celery -A indexer.celery_app``),
+# because it only takes effect before torch loads.
+apply_policy("worker")
 
 from celery import Celery  # noqa: E402
 

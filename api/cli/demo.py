@@ -9,7 +9,6 @@ tiny model (random weights: the tags mean nothing; it shows the tagging path onl
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,7 +68,9 @@ def demo(
     top: Annotated[int, typer.Option(min=1, help="Results to print per search.")] = 8,
 ) -> None:
     """Index generated sample images with the demo model and search them (offline)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from indexer.threads import apply_policy
+
+    apply_policy("ingest")  # before torch loads: the demo ingests (decoding beside the model)
     from ram_pp.factory import demo_checkpoint
 
     if demo_checkpoint() is None:

@@ -6,16 +6,12 @@ Register with ``("api.cli.ingest", "app", None)`` in ``api/cli/__init__.py`` (to
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Annotated, Any
 
 import typer
 
-# Decoding threads run beside the model's OpenMP threads; spin-waiting OpenMP threads would take
-# the cores from them (see indexer/celery_app.py). Only effective before torch is imported,
-# which the ``ramdex`` command does lazily, after this module is loaded.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from indexer.threads import apply_policy
 
 app = typer.Typer()
 
@@ -71,6 +67,7 @@ def ingest_command(
     Exit code 0 when every source was ingested or was a duplicate, 1 when some failed (each
     with a reason), 2 when nothing could run (model, database or broker unavailable).
     """
+    apply_policy("ingest")  # before torch loads: decoding threads beside the model
     from api.cli.model_notice import announce_configured
     from indexer.celery_app import require_broker
     from indexer.ingest.pipeline import ingest
@@ -150,6 +147,7 @@ def worker_command(
     ] = None,
 ) -> None:
     """Run a Celery worker for ramdex tasks (needs RAMDEX_BROKER__URL)."""
+    apply_policy("worker")  # before torch loads (indexer.celery_app sets the same)
     from indexer.settings import get_settings
 
     settings = get_settings()
@@ -249,6 +247,7 @@ def reindex_command(
     Resumable: run it again after an interruption and it continues. Unfinished work earlier
     runs left (interrupted ingests, dead workers) is taken over first.
     """
+    apply_policy("ingest")  # an embedded reindex is ingest's model processing
     from api.cli.model_notice import announce_configured
     from indexer.celery_app import require_broker
     from indexer.jobs import JobStalledError

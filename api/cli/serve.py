@@ -41,6 +41,9 @@ def serve(
     api.body_timeout_s get 408, idle keep-alive connections close after api.keep_alive_s, and
     more than api.max_concurrency connections or requests get 503.
     """
+    from indexer.threads import apply_policy
+
+    apply_policy("serve")  # before torch loads, inherited by uvicorn's worker processes
     import uvicorn
 
     from api.http_guard import GuardedH11Protocol

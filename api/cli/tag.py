@@ -159,6 +159,9 @@ def tag(
     The model, device and precision default to the RAMDEX_MODEL__* settings. Exit code 0 when
     every file was tagged, 1 when any failed, 2 when nothing could run.
     """
+    from indexer.threads import apply_policy
+
+    apply_policy("tag")  # before torch loads: the model is the only heavy work here
     from tqdm import tqdm
 
     from api.cli.model_notice import announce
