@@ -7,6 +7,8 @@ image embedding ``c`` and the token embeddings ``E`` (float16) that open-set sea
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,6 +101,24 @@ def cast_matmul_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
         label_embed.data = label_embed.data.to(dtype)
 
 
+def compile_forward(fn: Callable, device: torch.device) -> Callable:
+    """``fn`` compiled by inductor for ``device``.
+
+    Raises:
+        DeviceUnavailableError: CPU compilation without a C++ compiler (inductor builds its
+            kernels with one; the message says so instead of a compiler traceback mid-run).
+    """
+    if device.type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c
+    ):
+        raise DeviceUnavailableError(
+            "compiling the model for the CPU needs a C++ compiler (g++ or clang++): install "
+            "one or run without compile"
+        )
+    # A GPU worker sees one shape per batch size: no dynamic shapes, the fastest kernels.
+    return torch.compile(fn, dynamic=False)
+
+
 @dataclass(frozen=True)
 class TagSelection:
     """How tags are chosen from probabilities.
@@ -168,6 +188,11 @@ class TaggingEngine:
         batch_size: images per forward pass.
         decode: decoding options (EXIF orientation, pixel limit, JPEG draft mode).
         decode_workers: threads decoding the next batch while the model runs (0 = none).
+        compile: run the forward through :func:`torch.compile` (inductor). The first batch of
+            each shape pays the compilation (minutes for Swin-L on a small CPU); meant for long
+            runs and GPU workers. On CPU it needs a C++ compiler.
+        channels_last: channels-last pixels and patch-embedding weights (the only convolution
+            of the Swin trunk; a GPU's convolution kernels prefer it).
     """
 
     def __init__(
@@ -178,6 +203,8 @@ class TaggingEngine:
         batch_size: int = 8,
         decode: DecodeOptions = DecodeOptions(),
         decode_workers: int = 2,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         self.loaded = loaded
         self.device = resolve_device(device)
@@ -188,6 +215,18 @@ class TaggingEngine:
         self.model = loaded.model.to(self.device).eval()
         if self.dtype != torch.float32:
             cast_matmul_weights(self.model, self.dtype)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # Pinned host memory lets the copy to a GPU run asynchronously (non_blocking); only
+        # where CUDA is the device, so a machine without one never touches the CUDA runtime.
+        self.pin_memory = self.device.type == "cuda"
+        self._forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self._plain
+        if compile:
+            prepare = getattr(self.model.visual_encoder, "prepare_attention", None)
+            if prepare is not None:  # a cache filled mid-graph would make it recompile
+                prepare(self.dtype, self.device)
+            self._forward = compile_forward(self._plain, self.device)
         cfg = loaded.config
         self.preprocess = Preprocessor(cfg.vision.image_size, cfg.mean, cfg.std)
         self.thresholds = torch.from_numpy(loaded.vocabulary.thresholds.astype(np.float32))
@@ -201,14 +240,22 @@ class TaggingEngine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    @torch.inference_mode()
-    def run(self, pixels: torch.Tensor) -> BatchOutput:
-        """Forward a pre-processed batch (B, 3, S, S): logits and token embeddings E."""
-        pixels = pixels.to(self.device, non_blocking=True)
+    def _plain(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
             tokens = self.model.encode_image(pixels)
             logits = self.model.logits_from_embeddings(tokens)
-        return BatchOutput(logits.float(), tokens.float())
+        return logits.float(), tokens.float()
+
+    @torch.inference_mode()
+    def run(self, pixels: torch.Tensor) -> BatchOutput:
+        """Forward a pre-processed batch (B, 3, S, S): logits and token embeddings E."""
+        if self.pin_memory and pixels.device.type == "cpu":
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        logits, tokens = self._forward(pixels)
+        return BatchOutput(logits, tokens)
 
     def select(self, probabilities: np.ndarray, selection: TagSelection) -> list[SelectedTag]:
         """Selected tags for one image, most probable first."""

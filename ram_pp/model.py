@@ -105,6 +105,16 @@ class SwinEncoder(SwinTransformer):
             x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
         return x.contiguous()
 
+    def prepare_attention(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Fill the bias cache for ``dtype`` on ``device`` (before :func:`torch.compile`, so
+        the compiled graph finds it instead of recompiling once it is filled)."""
+        with torch.no_grad():
+            index = 0
+            for stage in self.layers:
+                for block in stage.blocks:
+                    self._bias(index, block, dtype, device)
+                    index += 1
+
     def _bias(
         self, index: int, block: nn.Module, dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:

@@ -69,3 +69,31 @@ def test_bf16_engine_keeps_fp32_decisions(tiny):
     cut = exact.median(dim=0).values
     agree = ((exact > cut) == (logits > cut)).float().mean().item()
     assert agree >= 0.95
+
+
+def test_compiled_forward_matches_plain_and_compiles_once():
+    """``compile=True`` (the GPU workers' path) on the smallest config: same logits, and the
+    second batch reuses the graph (the attention-bias cache is filled before compiling)."""
+    import torch._dynamo
+
+    loaded = random_model("test_micro")
+    pixels = _pixels(loaded)
+    plain = TaggingEngine(random_model("test_micro"), device="cpu").run(pixels)
+    torch._dynamo.reset()
+    engine = TaggingEngine(loaded, device="cpu", compile=True)
+    assert not engine.pin_memory  # no CUDA here: host memory is never pinned
+    first = engine.run(pixels)
+    frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    engine.run(pixels)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames_before
+    torch.testing.assert_close(first.logits, plain.logits, atol=ATOL, rtol=0)
+
+
+def test_channels_last_gives_the_same_logits(tiny):
+    pixels = _pixels(tiny)
+    plain = TaggingEngine(tiny, device="cpu").run(pixels)
+    engine = TaggingEngine(random_model("test_tiny_golden"), device="cpu", channels_last=True)
+    assert engine.model.visual_encoder.patch_embed.proj.weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    torch.testing.assert_close(engine.run(pixels).logits, plain.logits, atol=ATOL, rtol=0)
