@@ -1,13 +1,16 @@
 """Tagging throughput and peak memory: ramdex's RAM++ vs an upstream-style baseline.
 
 Random weights (speed does not depend on them). For each config, batch size and precision it
-prints images/s, ms per image and the peak resident memory added by the run. The baseline,
-run in the same process, computes the same logits the way the upstream implementation does:
-description re-weighting with a per-image Python loop over a (tags x descriptions x 512)
-temporary, and attention as explicit matmul + softmax.
+prints images/s, ms per image, the peak resident memory added by the run and the load average
+at the time. The baseline, run in the same process, computes the same logits the way the
+upstream implementation does: timm's stock Swin (upstream's window attention: float32 bias and
+mask added per window, separate softmax), description re-weighting with a per-image Python loop
+over a (tags x descriptions x 512) temporary, and the head's attention as matmul + softmax.
+The process takes `ramdex tag`'s thread policy (indexer/threads.py) before torch loads.
 
     python benchmarks/bench_tagging.py                      # tiny + Swin-L, CPU
     python benchmarks/bench_tagging.py --configs ram_plus_swin_large_14m --batches 4 --repeats 2
+    python benchmarks/bench_tagging.py --compile --channels-last  # the GPU workers' options
 """
 
 from __future__ import annotations
@@ -15,17 +18,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from indexer.threads import apply_policy
 
-from ram_pp.factory import random_model
-from ram_pp.inference import TaggingEngine
-from ram_pp.model import RamPlus, TaggingLayer
+apply_policy("tag")  # as `ramdex tag` runs: before torch loads
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ram_pp.factory import random_model  # noqa: E402
+from ram_pp.inference import TaggingEngine  # noqa: E402
+from ram_pp.model import RamPlus, TaggingLayer  # noqa: E402
+
+GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden_tiny"
 
 
 def _read_status(field: str) -> int:
@@ -65,7 +75,7 @@ def _baseline_layer(layer: TaggingLayer, x: torch.Tensor, e: torch.Tensor) -> to
 
 def baseline_logits(model: RamPlus, pixels: torch.Tensor) -> torch.Tensor:
     """Upstream-style forward (same maths, upstream's loop and temporaries)."""
-    e = model.image_proj(model.visual_encoder(pixels))
+    e = model.image_proj(model.visual_encoder.forward_reference(pixels))  # timm's stock Swin
     bs = e.shape[0]
     cls = e[:, 0] / e[:, 0].norm(dim=-1, keepdim=True)
     d = model.config.labels.descriptions_per_tag
@@ -115,7 +125,18 @@ def run_case(
     return batch / statistics.median(times), (peak_rss() - base_rss) / 2**20
 
 
-def bf16_agreement(name: str, images: int = 8) -> tuple[float, float]:
+def agreement_pixels(size: int, images: int) -> torch.Tensor:
+    """Real-ish inputs: the golden test photos and procedural scenes (ram_pp.synth), not noise."""
+    from ram_pp.preprocess import DecodeOptions, Preprocessor, open_image
+    from ram_pp.synth import render, sample_scene
+
+    pre = Preprocessor(size)
+    pictures = [open_image(p, DecodeOptions()) for p in sorted(GOLDEN.glob("*.[jp][pn]g"))]
+    pictures += [render(sample_scene(7, "train", i), 256) for i in range(images)]
+    return torch.stack([pre(p) for p in pictures[:images]])
+
+
+def bf16_agreement(name: str, images: int = 8, **options: bool) -> tuple[float, float]:
     """Share of (image, tag) decisions where bf16 agrees with fp32, in the worst case.
 
     Random weights put every probability near 0.5, far from the thresholds, which would make
@@ -124,8 +145,7 @@ def bf16_agreement(name: str, images: int = 8) -> tuple[float, float]:
     """
     exact = random_model(name)
     size = exact.config.vision.image_size
-    torch.manual_seed(1)
-    pixels = torch.randn(images, 3, size, size)
+    pixels = agreement_pixels(size, images)
     fp32 = TaggingEngine(exact, device="cpu", dtype="float32")
     logits = fp32.run(pixels).logits
     thresholds = torch.from_numpy(exact.vocabulary.thresholds).clamp(max=0.99)
@@ -133,7 +153,7 @@ def bf16_agreement(name: str, images: int = 8) -> tuple[float, float]:
     # logits = fc(h) = w.h + b for every tag at once; emulate a per-tag bias by shifting after
     shift = target - logits.quantile(0.5, dim=0)  # midway between the two middle images
     base = logits + shift
-    fast = TaggingEngine(random_model(name), device="cpu", dtype="bfloat16")
+    fast = TaggingEngine(random_model(name), device="cpu", dtype="bfloat16", **options)
     low = fast.run(pixels).logits + shift
     agree = ((base > target) == (low > target)).float().mean().item()
     return agree, (torch.sigmoid(base) - torch.sigmoid(low)).abs().max().item()
@@ -149,21 +169,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-agreement", action="store_true")
-    parser.add_argument("--cuda-batches", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--cuda-batches", nargs="+", type=int, default=[64, 128, 256])
+    parser.add_argument(
+        "--modes", nargs="+", default=["float32", "bfloat16"], help="CPU precisions to time"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the engines (compile time excluded)"
+    )
+    parser.add_argument("--channels-last", action="store_true", help="channels-last pixels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads")
-    header = ("config", "device", "mode", "batch", "img/s", "ms/img", "peak MB")
-    print("{:26} {:6} {:10} {:>5} {:>9} {:>9} {:>8}".format(*header))
+    options = {"compile": args.compile, "channels_last": args.channels_last}
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+        f"compile={args.compile}, channels_last={args.channels_last}"
+    )
+    header = ("config", "device", "mode", "batch", "img/s", "ms/img", "peak MB", "load 1m")
+    print("{:26} {:6} {:10} {:>5} {:>9} {:>9} {:>8} {:>7}".format(*header))
 
     def row(name: str, device: str, mode: str, batch: int, ips: float, mb: float) -> None:
-        print(f"{name:26} {device:6} {mode:10} {batch:5d} {ips:9.3f} {1000 / ips:9.1f} {mb:8.0f}")
+        load = os.getloadavg()[0]
+        print(
+            f"{name:26} {device:6} {mode:10} {batch:5d} {ips:9.3f} {1000 / ips:9.1f} {mb:8.0f}"
+            f" {load:7.2f}",
+            flush=True,
+        )
 
     for name in args.configs:
         results: dict[tuple[str, int], float] = {}
-        for mode in ("float32", "bfloat16"):
+        for mode in args.modes:
             # a reduced-precision engine converts its model: each engine gets its own copy
-            engine = TaggingEngine(random_model(name), device="cpu", dtype=mode)
+            engine = TaggingEngine(random_model(name), device="cpu", dtype=mode, **options)
             for batch in args.batches:
                 ips, mb = run_case(engine, batch, args.repeats)
                 results[(mode, batch)] = ips
@@ -173,22 +210,27 @@ def main() -> None:
             batch = 4 if 4 in args.batches else args.batches[0]
             ips, mb = run_case(engine, batch, args.repeats, baseline=True)
             row(name, "cpu", "baseline", batch, ips, mb)
+            ratios = ", ".join(
+                f"{mode} {results[(mode, batch)] / ips:.2f}x"
+                for mode in args.modes
+                if (mode, batch) in results
+            )
             print(
-                f"  ratio vs upstream-style baseline at batch {batch}: "
-                f"fp32 {results[('float32', batch)] / ips:.2f}x, "
-                f"bf16 {results[('bfloat16', batch)] / ips:.2f}x"
+                f"  ratio vs upstream-style baseline at batch {batch} (same process): {ratios}"
+                f"  [load {os.getloadavg()[0]:.2f}]"
             )
         if not args.no_agreement:
-            agree, worst = bf16_agreement(name)
+            agree, worst = bf16_agreement(name, **options)
             print(
-                f"  bf16 vs fp32 decisions at the boundary: {agree:.2%} agree, max |dp| {worst:.4f}"
+                f"  bf16 vs fp32 decisions, real-ish images, every tag at its boundary: "
+                f"{agree:.2%} agree, max |dp| {worst:.4f}"
             )
         if torch.cuda.is_available():
             for mode in ("float16", "bfloat16"):
-                engine = TaggingEngine(random_model(name), device="cuda", dtype=mode)
+                engine = TaggingEngine(random_model(name), device="cuda", dtype=mode, **options)
                 for batch in args.cuda_batches:
                     size = engine.loaded.config.vision.image_size
-                    pixels = torch.randn(batch, 3, size, size, device="cuda")
+                    pixels = torch.randn(batch, 3, size, size)  # host: the pinned copy counts
 
                     def step(engine: TaggingEngine = engine, pixels: torch.Tensor = pixels) -> None:
                         engine.run(pixels)
