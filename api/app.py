@@ -26,6 +26,7 @@ from api.problems import (
 )
 from api.ratelimit import AuthThrottle, CostlySlots
 from api.routers import assets, concepts, health, jobs, search, tags
+from api.server_timing import ServerTiming
 from api.services import Services, install_indexer_error_handlers
 from indexer.settings import Settings, get_settings
 
@@ -106,10 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.api.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-            expose_headers=["Retry-After", "Location"],
+            expose_headers=["Retry-After", "Location", "Server-Timing"],
         )
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(ServerTiming)  # outermost of these: its total covers the others
     app.openapi = lambda: _openapi_with_problems(app)  # type: ignore[method-assign]
     return app
 

@@ -18,6 +18,9 @@ from api.services import Services
 from indexer.db.assets import Asset
 from indexer.search import QueryImage, SearchHit, SearchService
 from indexer.search import SearchRequest as Query
+from indexer.search.timing import Phases
+
+PAGE = "page"  # Server-Timing phase: the service's page turned into the API's
 
 
 def thumbnail_url(asset_id: int) -> str:
@@ -99,6 +102,7 @@ def run_search(
     req: SearchRequest,
     *,
     image: QueryImage | None = None,
+    phases: Phases | None = None,
 ) -> SearchPageOut:
     """One page of results for a search request (blocking: call it from a worker thread).
 
@@ -107,16 +111,19 @@ def run_search(
         session: the request's database session.
         req: the search.
         image: an uploaded query image, encoded (similar search by upload).
+        phases: where each phase's time is recorded (the ``Server-Timing`` header's).
 
     Raises:
         indexer.search errors (bad combinations, unknown tags, bad cursors, missing assets),
         answered as problem documents by the app's handlers.
     """
-    page = SearchService(services).search(to_query(req, image), session=session)
-    return SearchPageOut(
-        hits=[hit_out(h) for h in page.hits],
-        next_cursor=page.next_cursor,
-        model=model_name(services),
-        pending_reindex=page.pending_reindex,
-        concept_threshold=page.concept_threshold,
-    )
+    phases = phases if phases is not None else Phases()
+    page = SearchService(services).search(to_query(req, image), session=session, phases=phases)
+    with phases.phase(PAGE):
+        return SearchPageOut(
+            hits=[hit_out(h) for h in page.hits],
+            next_cursor=page.next_cursor,
+            model=model_name(services),
+            pending_reindex=page.pending_reindex,
+            concept_threshold=page.concept_threshold,
+        )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from api.deps import ReadKey, ServicesDep, SessionDep
 from api.problems import ProblemError
@@ -14,6 +14,7 @@ from api.query_image import query_decode_options, release_memory
 from api.ratelimit import CostlyGateDep
 from api.schemas import Cursor, SearchPageOut, SearchRequest
 from api.search import run_search
+from api.server_timing import request_phases
 from api.services import Services
 from indexer.search import QueryImage, SearchService
 from indexer.settings import Settings
@@ -36,6 +37,7 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("", response_model=SearchPageOut, summary="Search (query parameters)")
     def search_get(
+        request: Request,
         params: Annotated[SearchRequest, Query()],
         _: ReadKey,
         services: ServicesDep,
@@ -43,10 +45,11 @@ def build_router(settings: Settings) -> APIRouter:
         costly: CostlyGateDep,
     ) -> SearchPageOut:
         with costly.slot() if params.text else nullcontext():  # concepts: 429 past the limit
-            return run_search(services, session, params)
+            return run_search(services, session, params, phases=request_phases(request))
 
     @router.post("", response_model=SearchPageOut, summary="Search (JSON body)")
     def search_post(
+        request: Request,
         body: SearchRequest,
         _: ReadKey,
         services: ServicesDep,
@@ -54,7 +57,7 @@ def build_router(settings: Settings) -> APIRouter:
         costly: CostlyGateDep,
     ) -> SearchPageOut:
         with costly.slot() if body.text else nullcontext():  # concepts: 429 past the limit
-            return run_search(services, session, body)
+            return run_search(services, session, body, phases=request_phases(request))
 
     @router.post(
         "/image",
@@ -63,6 +66,7 @@ def build_router(settings: Settings) -> APIRouter:
         max_body_size=settings.api.max_upload_bytes,
     )
     def search_image(
+        request: Request,
         file: Annotated[UploadFile, File(description="the query image")],
         _: ReadKey,
         services: ServicesDep,
@@ -71,11 +75,13 @@ def build_router(settings: Settings) -> APIRouter:
         limit: Annotated[int, Form(ge=1, le=200)] = 40,
         cursor: Annotated[Cursor | None, Form()] = None,
     ) -> SearchPageOut:
+        phases = request_phases(request)
         data = file.file.read()
         if not data:
             raise ProblemError(422, "the query image is empty", kind="bad-image")
-        with costly.slot():  # the image model runs: 429 past the key's limit
+        with costly.slot(), phases.phase("encode_image"):  # the image model: 429 past the limit
             image = _query_image(services, data)
-        return run_search(services, session, SearchRequest(limit=limit, cursor=cursor), image=image)
+        page = SearchRequest(limit=limit, cursor=cursor)
+        return run_search(services, session, page, image=image, phases=phases)
 
     return router

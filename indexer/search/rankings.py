@@ -26,6 +26,7 @@ from indexer.search.errors import (
     NotIndexedError,
 )
 from indexer.search.request import QueryImage
+from indexer.search.timing import CALIBRATE, ENCODE, SIMILAR, STAGE1, STAGE2, Phases
 
 if TYPE_CHECKING:
     from indexer.archive import Archive
@@ -58,11 +59,17 @@ class Ranked:
         return Ranked(self.ids[mask], self.scores[mask], self.kind, self.name, self.threshold)
 
 
-def concept_ranking(archive: Archive, text: str, descriptions: Sequence[str] = ()) -> Ranked:
+def concept_ranking(
+    archive: Archive,
+    text: str,
+    descriptions: Sequence[str] = (),
+    phases: Phases | None = None,
+) -> Ranked:
     """Assets ranked by the free-text concept's RAM++ probability (two-stage search).
 
     The concept is ``text`` described by ``descriptions``, or by the prompt templates when
-    there are none (as a concept's backfill builds it).
+    there are none (as a concept's backfill builds it). ``phases`` gets the time of the text
+    encoding, the calibration and both stages.
 
     Raises:
         InvalidQueryError: the text makes no concept (blank once cleaned).
@@ -78,7 +85,8 @@ def concept_ranking(archive: Archive, text: str, descriptions: Sequence[str] = (
         concept = make_concept(text, descriptions, use_templates=not descriptions)
     except ValueError as exc:
         raise InvalidQueryError(str(exc)) from exc
-    with archive.timer("encode_text"):
+    phases = phases if phases is not None else Phases()
+    with archive.timer("encode_text"), phases.phase(ENCODE):
         bank = archive.cache("banks").get_or_build(
             "|".join((concept.name, *concept.descriptions)),
             lambda: encode_concepts([concept], archive.text_encoder()),
@@ -87,16 +95,25 @@ def concept_ranking(archive: Archive, text: str, descriptions: Sequence[str] = (
     mode: Mode = "exhaustive" if len(store) <= searcher.shortlist else "two_stage"
     with archive.timer(f"concept_{mode}"):
         result = searcher.search(bank, names=[concept.name], top_k=RECALL, mode=mode)[0]
+    timings = result.timings  # the searcher's own split of its work
+    for name, key in ((CALIBRATE, "calibration"), (STAGE1, "stage1"), (STAGE2, "stage2")):
+        if key in timings:
+            phases.add(name, timings[key])
     return Ranked(result.ids, result.scores, "concept", concept.name, result.threshold)
 
 
 def similar_ranking(
-    archive: Archive, vector: np.ndarray, name: str, exclude: int | None = None
+    archive: Archive,
+    vector: np.ndarray,
+    name: str,
+    exclude: int | None = None,
+    phases: Phases | None = None,
 ) -> Ranked:
     """Assets ranked by cosine similarity of their image embedding to ``vector`` (``exclude``,
-    the query asset itself, left out)."""
+    the query asset itself, left out); ``phases`` gets the FAISS time."""
     index = archive.vector_index()
-    with archive.timer("similar_search"):
+    phases = phases if phases is not None else Phases()
+    with archive.timer("similar_search"), phases.phase(SIMILAR):
         all_scores, all_ids = index.search(
             np.asarray(vector, np.float32).reshape(1, -1), RECALL + 1
         )

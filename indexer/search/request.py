@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from indexer.search.errors import InvalidQueryError
+from indexer.search.timing import Phases
 
 Sort = Literal["relevance", "date"]
 ReasonKind = Literal["tag", "concept", "similar"]
@@ -174,6 +175,8 @@ class SearchPage:
         model_id: the model whose scores and embeddings answered.
         pending_reindex: assets scored by another model, not searchable until re-indexed.
         concept_threshold: the free-text concept's calibrated threshold (concept searches).
+        timings: where the time went (:class:`~indexer.search.timing.Phases`: seconds per
+            phase, and whether the ranking was built or cached).
     """
 
     hits: list[SearchHit]
@@ -181,3 +184,4 @@ class SearchPage:
     model_id: str
     pending_reindex: int = 0
     concept_threshold: float | None = None
+    timings: Phases = field(default_factory=Phases, compare=False, repr=False)

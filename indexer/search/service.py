@@ -15,7 +15,7 @@ ranked list is cached for a minute so that paging does not score again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from indexer.search.rankings import (
     similar_ranking,
 )
 from indexer.search.request import QueryImage, Reason, SearchHit, SearchPage, SearchRequest
+from indexer.search.timing import DB, FILTER, ROWS, Phases
 
 if TYPE_CHECKING:
     from indexer.archive import Archive
@@ -72,12 +73,16 @@ class SearchService:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
 
-    def search(self, req: SearchRequest, session: Session | None = None) -> SearchPage:
+    def search(
+        self, req: SearchRequest, session: Session | None = None, phases: Phases | None = None
+    ) -> SearchPage:
         """One page of results (blocking: the model may run).
 
         Args:
             req: the search.
             session: a database session to use (default: one of the archive's, for this call).
+            phases: where to record the time of each phase (the page's ``timings`` come from
+                it; default: a new one).
 
         Raises:
             UnknownTagError: a tag name matches no tag of the model (``names`` lists them).
@@ -87,8 +92,9 @@ class SearchService:
             AssetNotFoundError, NotIndexedError: ``similar_to`` names no usable asset.
             ModelNotAvailableError, TextEncoderNotAvailableError: the model cannot run here.
         """
+        phases = phases if phases is not None else Phases()
         with self._session(session) as db:
-            return self._search(db, req)
+            return self._search(db, req, phases)
 
     def query_image(self, data: bytes, options: DecodeOptions | None = None) -> QueryImage:
         """Encode a query image for ``SearchRequest(image=...)`` (see
@@ -103,48 +109,72 @@ class SearchService:
         with self.archive.sessions() as own:
             yield own
 
-    def _search(self, session: Session, req: SearchRequest) -> SearchPage:
+    def _search(self, session: Session, req: SearchRequest, phases: Phases) -> SearchPage:
         archive = self.archive
-        model_id = archive.model_id()
-        pending = archive.pending_reindex(session, model_id)
+        with phases.phase(DB):
+            model_id = archive.model_id()
+            pending = archive.pending_reindex(session, model_id)
 
         if not req.text and not req.similar:  # the storage layer resolves the tag names itself
-            hits, next_cursor = self._tag_page(session, model_id, req)
-            return SearchPage(hits, next_cursor, model_id, pending)
+            with phases.phase(ROWS):
+                hits, next_cursor = self._tag_page(session, model_id, req)
+            return SearchPage(hits, next_cursor, model_id, pending, timings=phases)
 
-        terms = _resolve(session, model_id, req)
-        ranked = self._ranking(session, model_id, req)
-        ranked = _filter(session, ranked, terms, req)
+        with phases.phase(DB):
+            terms = _resolve(session, model_id, req)
+        ranked = self._ranking(session, model_id, req, phases)
+        if req.tags or req.mime or req.created_after or req.created_before:
+            with phases.phase(FILTER):
+                ranked = _filter(session, ranked, terms, req)
         image_digest = req.image.digest if req.image is not None else ""
         digest = query_digest(req, f"{model_id}|{image_digest}")
-        hits, next_cursor = _ranked_page(session, ranked, terms, req, digest)
+        with phases.phase(ROWS):
+            hits, next_cursor = _ranked_page(session, ranked, terms, req, digest)
         threshold = ranked.threshold if ranked.kind == "concept" else None
-        return SearchPage(hits, next_cursor, model_id, pending, threshold)
+        return SearchPage(hits, next_cursor, model_id, pending, threshold, timings=phases)
 
-    def _ranking(self, session: Session, model_id: str, req: SearchRequest) -> Ranked:
-        """The request's relevance ranking, from the cache when it was built a moment ago."""
+    def _ranking(
+        self, session: Session, model_id: str, req: SearchRequest, phases: Phases
+    ) -> Ranked:
+        """The request's relevance ranking, from the cache when it was built a moment ago
+        (``phases.notes["ranking"]`` says which: ``built`` or ``cached``)."""
         archive = self.archive
         cache = archive.cache("rankings")
+        phases.notes["ranking"] = "cached"
+
+        def built(build: Callable[[], Ranked]) -> Callable[[], Ranked]:
+            def run() -> Ranked:
+                phases.notes["ranking"] = "built"
+                return build()
+
+            return run
+
         if req.text:
             text, described = req.text, tuple(req.descriptions)
             if not described:  # a stored concept (imported, or made by the API) has its own
-                stored = find_concept(session, model_id, text)
+                with phases.phase(DB):
+                    stored = find_concept(session, model_id, text)
                 described = tuple(stored.descriptions or ()) if stored is not None else ()
             return cache.get_or_build(
                 "|".join(("concept", model_id, text, *described)),
-                lambda: concept_ranking(archive, text, described),
+                built(lambda: concept_ranking(archive, text, described, phases)),
             )
         if req.image is not None:
             image = req.image
             return cache.get_or_build(
                 f"image|{model_id}|{image.digest}",
-                lambda: similar_ranking(archive, image.vector, "query image"),
+                built(lambda: similar_ranking(archive, image.vector, "query image", phases=phases)),
             )
         target = int(req.similar_to)  # type: ignore[arg-type]
-        vector = asset_vector(session, target)
+        with phases.phase(DB):
+            vector = asset_vector(session, target)
         return cache.get_or_build(
             f"asset|{model_id}|{target}",
-            lambda: similar_ranking(archive, vector, f"asset {target}", exclude=target),
+            built(
+                lambda: similar_ranking(
+                    archive, vector, f"asset {target}", exclude=target, phases=phases
+                )
+            ),
         )
 
     def _tag_page(
