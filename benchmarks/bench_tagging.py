@@ -22,6 +22,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from indexer.threads import apply_policy
@@ -103,28 +104,6 @@ def measure(fn: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
-def run_case(
-    engine: TaggingEngine, batch: int, repeats: int, baseline: bool = False
-) -> tuple[float, float]:
-    """(images/s, peak MB added) for one batch size."""
-    size = engine.loaded.config.vision.image_size
-    pixels = torch.randn(batch, 3, size, size)
-    base_rss = reset_peak_rss()
-    if baseline:
-
-        def step() -> object:
-            with torch.inference_mode():
-                return baseline_logits(engine.model, pixels)
-
-    else:
-
-        def step() -> object:
-            return engine.run(pixels)
-
-    times = measure(step, repeats)
-    return batch / statistics.median(times), (peak_rss() - base_rss) / 2**20
-
-
 def agreement_pixels(size: int, images: int) -> torch.Tensor:
     """Real-ish inputs: the golden test photos and procedural scenes (ram_pp.synth), not noise."""
     from ram_pp.preprocess import DecodeOptions, Preprocessor, open_image
@@ -134,6 +113,30 @@ def agreement_pixels(size: int, images: int) -> torch.Tensor:
     pictures = [open_image(p, DecodeOptions()) for p in sorted(GOLDEN.glob("*.[jp][pn]g"))]
     pictures += [render(sample_scene(7, "train", i), 256) for i in range(images)]
     return torch.stack([pre(p) for p in pictures[:images]])
+
+
+def _baseline_step(model: RamPlus, pixels: torch.Tensor) -> object:
+    with torch.inference_mode():
+        return baseline_logits(model, pixels)
+
+
+def interleaved(
+    steps: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per case and peak MB added by its first (warm-up) call, the cases run
+    in rounds (A B C, A B C, ...) so that other processes' load weighs on each alike."""
+    peaks: dict[str, float] = {}
+    for label, fn in steps.items():
+        base = reset_peak_rss()
+        fn()  # warm-up (allocator, oneDNN kernels, compilation)
+        peaks[label] = (peak_rss() - base) / 2**20
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(repeats):
+        for label, fn in steps.items():
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}, peaks
 
 
 def bf16_agreement(name: str, images: int = 8, **options: bool) -> tuple[float, float]:
@@ -197,28 +200,32 @@ def main() -> None:
         )
 
     for name in args.configs:
-        results: dict[tuple[str, int], float] = {}
-        for mode in args.modes:
+        engines = {
             # a reduced-precision engine converts its model: each engine gets its own copy
-            engine = TaggingEngine(random_model(name), device="cpu", dtype=mode, **options)
-            for batch in args.batches:
-                ips, mb = run_case(engine, batch, args.repeats)
-                results[(mode, batch)] = ips
-                row(name, "cpu", mode, batch, ips, mb)
-        if not args.no_baseline:
-            engine = TaggingEngine(random_model(name), device="cpu", dtype="float32")
-            batch = 4 if 4 in args.batches else args.batches[0]
-            ips, mb = run_case(engine, batch, args.repeats, baseline=True)
-            row(name, "cpu", "baseline", batch, ips, mb)
-            ratios = ", ".join(
-                f"{mode} {results[(mode, batch)] / ips:.2f}x"
-                for mode in args.modes
-                if (mode, batch) in results
-            )
-            print(
-                f"  ratio vs upstream-style baseline at batch {batch} (same process): {ratios}"
-                f"  [load {os.getloadavg()[0]:.2f}]"
-            )
+            mode: TaggingEngine(random_model(name), device="cpu", dtype=mode, **options)
+            for mode in args.modes
+        }
+        size = next(iter(engines.values())).loaded.config.vision.image_size
+        baseline_model = (engines.get("float32") or TaggingEngine(random_model(name))).model
+        for batch in args.batches:
+            pixels = torch.randn(batch, 3, size, size)
+            steps: dict[str, Callable[[], object]] = {
+                mode: partial(engine.run, pixels) for mode, engine in engines.items()
+            }
+            if not args.no_baseline and batch == (4 if 4 in args.batches else args.batches[0]):
+                steps["baseline"] = partial(_baseline_step, baseline_model, pixels)
+            # one round of every case after the other, so a load change hits them all alike
+            times, peaks = interleaved(steps, args.repeats)
+            for label in steps:
+                row(name, "cpu", label, batch, batch / times[label], peaks[label])
+            if "baseline" in steps:
+                ratios = ", ".join(
+                    f"{mode} {times['baseline'] / times[mode]:.2f}x" for mode in engines
+                )
+                print(
+                    f"  ratio vs upstream-style baseline at batch {batch} (same process, "
+                    f"interleaved): {ratios}  [load {os.getloadavg()[0]:.2f}]"
+                )
         if not args.no_agreement:
             agree, worst = bf16_agreement(name, **options)
             print(
