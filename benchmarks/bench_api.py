@@ -272,6 +272,11 @@ def main() -> None:
         default="tag,similar,concept_cached,concept_new",
         help="searches to measure (comma-separated; default all)",
     )
+    parser.add_argument(
+        "--text-encoder",
+        default="",
+        help="text encoder folder (a real CLIP text tower); default: a tiny random CLIP tower",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the database and files")
@@ -295,7 +300,7 @@ def main() -> None:
     try:
         checkpoint = work / "bench_api.pth"
         make_checkpoint(checkpoint)
-        encoder = build_random_clip_text_encoder(work / "text-encoder")
+        encoder = args.text_encoder or build_random_clip_text_encoder(work / "text-encoder")
         env = {
             "RAMDEX_HOME": str(work / "home"),
             "RAMDEX_DATABASE__URL": url,
