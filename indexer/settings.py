@@ -88,6 +88,10 @@ class ModelSettings(BaseModel):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(default=8, ge=1)
+    compile: bool = Field(
+        default=False, description="torch.compile the model (GPU workers; minutes on a CPU)"
+    )
+    channels_last: bool = Field(default=False, description="channels-last pixels (GPUs)")
     apply_exif_orientation: bool = True
     fast_decode: bool = Field(default=False, description="JPEG draft (reduced DCT) decoding")
     trust_checkpoint: bool = Field(

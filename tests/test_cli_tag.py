@@ -168,3 +168,33 @@ def test_lang_zh_without_chinese_names_says_so_and_prints_english_once(golden_di
     )
     tags = json.loads(json_out.stdout)[0]["tags"]
     assert tags and all("en" in t and "zh" not in t for t in tags)
+
+
+def test_compile_option_and_settings_reach_the_engine(tmp_path, golden_dir, monkeypatch):
+    """``--compile`` (or RAMDEX_MODEL__COMPILE) and RAMDEX_MODEL__CHANNELS_LAST build the engine
+    with them (the compiled path itself is tested in tests/test_inference.py)."""
+    import ram_pp.inference as inference
+    from indexer.settings import get_settings
+
+    seen: list[dict] = []
+    real = inference.TaggingEngine
+
+    class Recording(real):
+        def __init__(self, *args, **kwargs):
+            seen.append({k: kwargs.get(k) for k in ("compile", "channels_last")})
+            kwargs["compile"] = False  # compiling takes minutes; the option is what is tested
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "TaggingEngine", Recording)
+    image = str(golden_dir / GOLDEN_IMAGES[0])
+    checkpoint = ["--checkpoint", str(golden_dir / "checkpoint.pth")]
+    assert runner.invoke(app, ["tag", image, *checkpoint, "--compile"]).exit_code == 0
+    monkeypatch.setenv("RAMDEX_MODEL__CHANNELS_LAST", "1")
+    get_settings.cache_clear()  # settings are read once per process
+    assert runner.invoke(app, ["tag", image, *checkpoint]).exit_code == 0
+    assert seen == [
+        {"compile": True, "channels_last": False},
+        {"compile": False, "channels_last": True},
+    ]
+    monkeypatch.delenv("RAMDEX_MODEL__CHANNELS_LAST")
+    get_settings.cache_clear()

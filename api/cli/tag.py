@@ -145,6 +145,14 @@ def tag(
     no_exif: Annotated[
         bool, typer.Option("--no-exif", help="Do not apply EXIF orientation (upstream behaviour).")
     ] = False,
+    compile_model: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the model: long runs and GPUs; the first batch compiles for "
+            "minutes on a CPU (default: RAMDEX_MODEL__COMPILE).",
+        ),
+    ] = False,
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -210,6 +218,8 @@ def tag(
         dtype=(dtype.value if dtype else None) or configured.dtype,
         batch_size=batch_size or configured.batch_size,
         decode=DecodeOptions(apply_exif_orientation=not no_exif),
+        compile=compile_model or configured.compile,
+        channels_last=configured.channels_last,
     )
     selection = TagSelection(threshold=threshold, top_k=top_k)
     records: list[dict[str, Any]] = []
