@@ -512,6 +512,9 @@ def stage_tagging(st: Stage) -> None:
         seconds = timed(run(forward, pixels), st.device, repeats)
         st.figure(f"tagging.eager_bf16.b{batch}", batch / seconds, "img/s", limit, basis)
     # Smoke runs (CPU) trace with dynamo but skip inductor's code generation (minutes on 2 cores).
+    # The fused window attention caches its bias per dtype: fill it first, so the compiled graph
+    # finds it instead of recompiling on the second call.
+    model.visual_encoder.prepare_attention(dtype, st.device)
     compiled = torch.compile(forward, backend="eager" if st.smoke else "inductor")
     first_compile = None
     for batch in batches:

@@ -151,6 +151,8 @@ class AssetProcessor:
             dtype=settings.model.dtype,
             batch_size=settings.model.batch_size,
             decode_workers=0,  # decoding is done here, with thumbnails, in our own pool
+            compile=settings.model.compile,  # GPU workers: torch.compile, channels-last
+            channels_last=settings.model.channels_last,
         )
         self.batch_size = settings.model.batch_size
         self.embed_dim = loaded.config.head.embed_dim
