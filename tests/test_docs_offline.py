@@ -50,7 +50,7 @@ def test_docs_pages_reference_only_local_urls_that_answer(client, page) -> None:
 def test_docs_render_in_a_browser_with_no_other_host(client) -> None:
     """Swagger UI in headless Chromium against a real server, every request to another host
     refused: the ramdex API's title and its search operation appear."""
-    from tests.test_webui import CHROMIUM, CHROMIUM_ARGS, _free_port
+    from tests.webui_support import CHROMIUM, CHROMIUM_ARGS, free_port
 
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
@@ -60,7 +60,7 @@ def test_docs_render_in_a_browser_with_no_other_host(client) -> None:
     import uvicorn
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning")
     )
