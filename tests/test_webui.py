@@ -20,16 +20,33 @@ pytestmark = requires_chromium
 
 
 @pytest.fixture(scope="module")
-def server(
-    sqlite_url, settings_for, text_encoder_dir, tmp_path_factory
-) -> Iterator[tuple[str, str]]:
-    """A uvicorn server on loopback in a thread; yields (base URL, write key)."""
-    from tests.api_support import make_keys
+def server(settings_for, text_encoder_dir, tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """A uvicorn server on loopback in a thread; yields (base URL, write key).
 
-    settings = settings_for(tmp_path_factory.mktemp("ui-home"), sqlite_url, text_encoder_dir)
-    keys = make_keys(sqlite_url)
-    with serve_app(settings) as base:
-        yield base, keys.write["Authorization"].removeprefix("Bearer ")
+    Its own database, not the session's shared one: the server's recovery pass at start would
+    otherwise finish assets other test modules left pending, and the grid would show them too.
+    """
+    from tests.api_support import fresh_database, make_keys
+
+    with fresh_database("sqlite", tmp_path_factory.mktemp("ui-db")) as url:
+        settings = settings_for(tmp_path_factory.mktemp("ui-home"), url, text_encoder_dir)
+        keys = make_keys(url)
+        with serve_app(settings) as base:
+            yield base, keys.write["Authorization"].removeprefix("Bearer ")
+
+
+def _wait_for_hits(page, count: int) -> None:  # noqa: ANN001 - a Playwright page
+    """Wait until the grid shows ``count`` hits; on timeout say what it showed instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#results .hit').length === {count}"
+        )
+    except PlaywrightTimeout:
+        shown = page.eval_on_selector_all("#results .hit", "els => els.length")
+        status = page.text_content("#search-status")
+        raise AssertionError(f"grid shows {shown} hits, not {count}; status: {status!r}") from None
 
 
 def test_upload_search_open_and_create_a_concept(
@@ -76,7 +93,7 @@ def test_upload_search_open_and_create_a_concept(
     assert page.eval_on_selector("#upload-progress", "el => el.value") == 100
 
     # The grid shows the new assets, thumbnails loaded through the key.
-    page.wait_for_function("() => document.querySelectorAll('#results .hit').length === 3")
+    _wait_for_hits(page, 3)
     page.wait_for_function(
         "() => [...document.querySelectorAll('#results .hit img')].every(i => i.naturalWidth > 0)"
     )
