@@ -19,12 +19,18 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from indexer.db.leases import release_service_lease, take_service_lease
+from indexer.db.leases import take_service_lease
 from indexer.db.session import session_scope
 from indexer.ingest.backfills import Backfill
 from indexer.ingest.lease import keeper_for, process_owner
 from indexer.ingest.process import AssetProcessor
-from indexer.ingest.reconcile import SERVICE, ReconcileReport, recover, settle_quiet_jobs
+from indexer.ingest.reconcile import (
+    SERVICE,
+    ReconcileReport,
+    recover,
+    release_reconcile_lease,
+    settle_quiet_jobs,
+)
 from indexer.settings import Settings
 from indexer.stores import index_is_behind
 
@@ -80,11 +86,7 @@ class EmbeddedRecovery:
     def stop(self) -> None:
         """Stop the timer and give the service lease up (another server takes it at once)."""
         self._stop.set()
-        try:
-            with session_scope(self.settings.database_url) as session:
-                release_service_lease(session, SERVICE, self.owner)
-        except Exception:
-            log.debug("could not release the reconcile lease", exc_info=True)
+        release_reconcile_lease(self.settings, self.owner)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -326,6 +326,16 @@ def reconcile_once(
     return report
 
 
+def release_reconcile_lease(settings: Settings, owner: str) -> None:
+    """Give the cluster-wide reconcile lease up, so another process takes it at once (best effort:
+    with the database away the lease simply runs out)."""
+    try:
+        with session_scope(settings.database_url) as session:
+            release_service_lease(session, SERVICE, owner)
+    except Exception:
+        log.debug("could not release the reconcile lease", exc_info=True)
+
+
 class Reconciler:
     """The periodic reconciler of a worker process: every ``ingest.reconcile_interval_s``, the
     process holding the ``reconcile`` service lease runs :func:`reconcile_once`; the others only
@@ -371,11 +381,7 @@ class Reconciler:
     def stop(self) -> None:
         """Stop the thread and give the service lease up (another worker takes it at once)."""
         self._stop.set()
-        try:
-            with session_scope(self.settings.database_url) as session:
-                release_service_lease(session, SERVICE, self.owner)
-        except Exception:
-            log.debug("could not release the reconcile lease", exc_info=True)
+        release_reconcile_lease(self.settings, self.owner)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
