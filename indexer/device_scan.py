@@ -41,7 +41,9 @@ from indexer.errors import RamdexError
 from indexer.retroactive import (
     CalibrationRule,
     ConceptResult,
+    RunningTopK,
     calibrate_logits,
+    rank_by_logit,
 )
 from indexer.token_store import TokenStore
 from ram_pp.labels import LabelBank
@@ -358,14 +360,6 @@ class ResidentTokens:
                 yield block.ids[a:b], alive, self._decode(block.codes[a:b], scales, dtype)
 
 
-def _rank(ids: np.ndarray, logits: np.ndarray, top_k: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Best first; ties by ascending id (as the CPU searcher ranks)."""
-    order = np.lexsort((ids, -logits))
-    if top_k is not None:
-        order = order[:top_k]
-    return ids[order], logits[order]
-
-
 class DeviceScanner:
     """Exhaustive exact concept search over :class:`ResidentTokens`.
 
@@ -423,22 +417,11 @@ class DeviceScanner:
         self, bank: LabelBank, top_k: int | None = 100
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
         """Score every live asset; per concept ``(ids, logits)`` best first, and the count."""
-        k_count = bank.num_tags
-        best_ids = [np.zeros(0, np.int64) for _ in range(k_count)]
-        best_logits = [np.zeros(0, np.float32) for _ in range(k_count)]
-        scored = 0
+        best = RunningTopK(bank.num_tags, top_k)
         for ids, alive, embeds in self.tokens.chunks(self.scorer.asset_chunk, self.scorer.dtype):
             logits = self.scorer.logits(embeds, bank).numpy()
-            ids, logits = ids[alive], logits[alive]
-            scored += len(ids)
-            for k in range(k_count):
-                cand_ids = np.concatenate([best_ids[k], ids])
-                cand = np.concatenate([best_logits[k], logits[:, k]])
-                if top_k is not None and len(cand_ids) > top_k:
-                    keep = np.argpartition(-cand, top_k - 1)[:top_k]
-                    cand_ids, cand = cand_ids[keep], cand[keep]
-                best_ids[k], best_logits[k] = cand_ids, cand
-        return [_rank(best_ids[k], best_logits[k], top_k) for k in range(k_count)], scored
+            best.add(ids[alive], logits[alive])
+        return [rank_by_logit(ids, logits, top_k) for ids, logits in best.kept()], best.scored
 
     def search(
         self,

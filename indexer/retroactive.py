@@ -152,8 +152,10 @@ def calibrate_logits(background: np.ndarray, rule: CalibrationRule) -> Calibrati
     return Calibration(chosen, float(_sigmoid(chosen)), name, len(background), median, spread)
 
 
-def _rank(ids: np.ndarray, logits: np.ndarray, top_k: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Sort by logit descending, ties by id ascending; keep top_k."""
+def rank_by_logit(
+    ids: np.ndarray, logits: np.ndarray, top_k: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by logit descending, ties by id ascending (every searcher ranks so); keep top_k."""
     order = np.lexsort((ids, -logits))
     if top_k is not None:
         order = order[:top_k]
@@ -184,6 +186,36 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 100) -> float:
     if not len(truth_k):
         return 1.0
     return float(np.isin(truth_k, np.asarray(found)[:k]).sum() / len(truth_k))
+
+
+class RunningTopK:
+    """The best ``keep`` (asset id, logit) pairs per concept over a stream of scored chunks.
+
+    Args:
+        concepts: number of concepts (columns of each chunk's logits).
+        keep: pairs kept per concept (None = all).
+    """
+
+    def __init__(self, concepts: int, keep: int | None) -> None:
+        self.keep = keep
+        self.scored = 0
+        self._ids = [np.zeros(0, np.int64) for _ in range(concepts)]
+        self._logits = [np.zeros(0, np.float32) for _ in range(concepts)]
+
+    def add(self, ids: np.ndarray, logits: np.ndarray) -> None:
+        """Merge one chunk: ``ids`` (n,), ``logits`` (n, concepts)."""
+        self.scored += len(ids)
+        for k in range(len(self._ids)):
+            cand_ids = np.concatenate([self._ids[k], ids])
+            cand_logits = np.concatenate([self._logits[k], logits[:, k]])
+            if self.keep is not None and len(cand_ids) > self.keep:
+                top = np.argpartition(-cand_logits, self.keep - 1)[: self.keep]
+                cand_ids, cand_logits = cand_ids[top], cand_logits[top]
+            self._ids[k], self._logits[k] = cand_ids, cand_logits
+
+    def kept(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per concept, the kept ``(ids, logits)``, unordered (:func:`rank_by_logit` ranks)."""
+        return list(zip(self._ids, self._logits, strict=True))
 
 
 class RetroactiveSearcher:
@@ -330,8 +362,8 @@ class RetroactiveSearcher:
         """Rank; with a reduced-precision scorer, re-score the head of the ranking in float32."""
         exact = self._exact_scorer()
         if exact is None:
-            return _rank(ids, logits, top_k)
-        ids, logits = _rank(ids, logits, None)
+            return rank_by_logit(ids, logits, top_k)
+        ids, logits = rank_by_logit(ids, logits, None)
         head = min(len(ids), self.exact_top + self.exact_margin)
         if top_k is not None:
             head = min(head, top_k + self.exact_margin)
@@ -339,7 +371,7 @@ class RetroactiveSearcher:
         order = self.store.storage_order(ids[:head])
         embeds = self.store.get(ids[:head][order], dtype=self._read_dtype)
         logits[:head][order] = exact.logits(embeds, bank).numpy()[:, 0]
-        return _rank(ids, logits, top_k)
+        return rank_by_logit(ids, logits, top_k)
 
     def _stage1(self, concept: LabelBank, k: int) -> np.ndarray:
         if self.candidates is None:
@@ -350,29 +382,18 @@ class RetroactiveSearcher:
         self, bank: LabelBank, top_k: int | None
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
         """Stream every stored asset; keep the best top_k per concept."""
-        k_count = bank.num_tags
-        best_ids = [np.zeros(0, np.int64) for _ in range(k_count)]
-        best_logits = [np.zeros(0, np.float32) for _ in range(k_count)]
-        scored = 0
         keep_n = top_k
         if top_k is not None and self._exact_scorer() is not None:
             keep_n = top_k + self.exact_margin  # the margin that _refine re-scores
+        best = RunningTopK(bank.num_tags, keep_n)
         chunks = prefetch(self.store.iter_chunks(self.chunk, dtype=self._read_dtype))
         for ids, logits in self.scorer.stream(chunks, bank):
-            scored += len(ids)
-            logits = logits.numpy()
-            for k in range(k_count):
-                cand_ids = np.concatenate([best_ids[k], ids])
-                cand_logits = np.concatenate([best_logits[k], logits[:, k]])
-                if keep_n is not None and len(cand_ids) > keep_n:
-                    keep = np.argpartition(-cand_logits, keep_n - 1)[:keep_n]
-                    cand_ids, cand_logits = cand_ids[keep], cand_logits[keep]
-                best_ids[k], best_logits[k] = cand_ids, cand_logits
+            best.add(ids, logits.numpy())
         ranked = [
-            self._refine(best_ids[k], best_logits[k], bank.select(slice(k, k + 1)), top_k)
-            for k in range(k_count)
+            self._refine(ids, logits, bank.select(slice(k, k + 1)), top_k)
+            for k, (ids, logits) in enumerate(best.kept())
         ]
-        return ranked, scored
+        return ranked, best.scored
 
     # -- public -------------------------------------------------------------------------------
 
