@@ -43,6 +43,20 @@ def fresh_postgres_database(prefix: str = "ramdex_db_test") -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def reset_postgres(url: str) -> None:
+    """Empty a PostgreSQL database completely (schema dropped) and forget its engines, so the
+    next use migrates it afresh."""
+    from indexer.db.session import dispose_engines
+    from indexer.stores import _schema_ready
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    dispose_engines()
+    _schema_ready.discard(url)
+
+
 def clear_tables(url: str) -> None:
     """Delete every row of the ramdex tables and reset id sequences."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)

@@ -35,6 +35,7 @@ from indexer.token_store import TokenStore
 from indexer.walk import walk_files
 from ram_pp.factory import random_model
 from ram_pp.inference import TaggingEngine
+from tests.db_fixtures import reset_postgres
 from tests.ingest_fixtures import encode, photo_like, postgres_database, write_images
 
 MODEL_ID = "test_micro@random"
@@ -58,7 +59,7 @@ def env(request, tmp_path, micro):
     if request.param == "postgresql":
         # A fresh database per test: the module database, emptied by a new schema each time.
         url = request.getfixturevalue("pg_url")
-        _reset_postgres(url)
+        reset_postgres(url)
     else:
         url = f"sqlite:///{tmp_path / 'ramdex.sqlite3'}"
     settings = Settings(
@@ -72,18 +73,6 @@ def env(request, tmp_path, micro):
     folder = tmp_path / "photos"
     write_images(folder, N_IMAGES)
     return settings, processor, folder
-
-
-def _reset_postgres(url: str) -> None:
-    from indexer.db.session import dispose_engines
-    from indexer.stores import _schema_ready
-
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
-    dispose_engines()
-    _schema_ready.discard(url)
 
 
 def test_ingest_folder_stores_everything(env, micro):

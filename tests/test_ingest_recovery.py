@@ -23,6 +23,7 @@ from indexer.ingest import queue_mark
 from indexer.ingest.register import Registrar
 from indexer.settings import Settings
 from indexer.stores import ensure_schema
+from tests.db_fixtures import reset_postgres
 from tests.ingest_fixtures import postgres_database, write_images
 
 
@@ -32,24 +33,12 @@ def pg_url():
         yield url
 
 
-def _reset_postgres(url: str) -> None:
-    from indexer.db.session import dispose_engines
-    from indexer.stores import _schema_ready
-
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
-    dispose_engines()
-    _schema_ready.discard(url)
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def settings(request, tmp_path) -> Settings:
     """Settings of an empty archive (schema migrated), broker mode on paper (nothing is sent)."""
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_url")
-        _reset_postgres(url)
+        reset_postgres(url)
     else:
         url = f"sqlite:///{tmp_path / 'ramdex.sqlite3'}"
     made = Settings(
@@ -137,7 +126,7 @@ def old_archive(request, tmp_path) -> Settings:
 
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_url")
-        _reset_postgres(url)
+        reset_postgres(url)
     else:
         url = f"sqlite:///{tmp_path / 'ramdex.sqlite3'}"
     upgrade_database(url, "k002")
