@@ -634,22 +634,26 @@ class FaultStack:
             command = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh"]
             command += [*ramdex_command(), "worker", "--queues", self.queues]
             command += ["--concurrency", "1", "--loglevel", "info", "--hostname", f"{name}@%h"]
-        log = open(log_path, "ab")  # noqa: SIM115 - the worker keeps writing to it
-        process = subprocess.Popen(
-            command,
-            env={**self.env, **extra_env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-            cwd=str(self.root),
-        )
-        log.close()
+        with open(log_path, "ab") as log:  # the worker keeps its own copy of the descriptor
+            process = self._spawn(command, log, subprocess.STDOUT, extra_env)
         worker = Worker(name, process, log_path, host if other_host else None)
         self.workers.append(worker)
         if ready:
             worker.wait_ready()
         return worker
+
+    def _spawn(self, command: list[str], stdout, stderr, extra_env: dict[str, str]):  # noqa: ANN001
+        """Start a ``ramdex`` process of this stack: its own process group (a kill reaches its
+        helpers), dying with the test process, in the stack's folder and environment."""
+        return subprocess.Popen(
+            command,
+            env={**self.env, **extra_env},
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            cwd=str(self.root),
+        )
 
     def ingest(self, sources: Sequence[Path | str], *args: str, **extra_env: str) -> IngestRun:
         """Start ``ramdex ingest SOURCES ARGS --json`` (returns at once)."""
@@ -657,15 +661,7 @@ class FaultStack:
         out, err = self.root / f"ingest-{n}.out", self.root / f"ingest-{n}.err"
         command = [*ramdex_command(), "ingest", *map(str, sources), *args, "--json"]
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            process = subprocess.Popen(
-                command,
-                env={**self.env, **extra_env},
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,  # its own group: a kill reaches its helpers
-                preexec_fn=die_with_parent,
-                cwd=str(self.root),
-            )
+            process = self._spawn(command, stdout, stderr, extra_env)
         run = IngestRun(process, out, err)
         self.runs.append(run)
         return run
@@ -676,17 +672,8 @@ class FaultStack:
         port = free_port()
         log_path = self.root / f"serve-{port}.log"
         command = [*ramdex_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-        log = open(log_path, "ab")  # noqa: SIM115 - the server keeps writing to it
-        process = subprocess.Popen(
-            command,
-            env={**self.env, **extra_env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-            cwd=str(self.root),
-        )
-        log.close()
+        with open(log_path, "ab") as log:  # the server keeps its own copy of the descriptor
+            process = self._spawn(command, log, subprocess.STDOUT, extra_env)
         self.servers.append((process, log_path))
         return process, port
 
