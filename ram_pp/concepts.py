@@ -64,6 +64,12 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
     "a detailed photo of a {} with its typical features.",
 )
 
+# What the descriptions of a templated concept start with (the text before the name): an encoder
+# with causal attention (CLIP) encodes each once and reuses it for every name.
+TEMPLATE_PREFIXES: tuple[str, ...] = tuple(
+    dict.fromkeys(t.split("{}")[0].strip() for t in ("a photo of a {}.", *PROMPT_TEMPLATES))
+)
+
 # Questions for the LLM describer: several angles on appearance, each answered several times.
 LLM_PROMPTS: tuple[str, ...] = (
     "In a short sentence, describe what a {} looks like in a photograph.",
@@ -209,6 +215,7 @@ def encode_concepts(
     """
     if not concepts:
         raise ValueError("no concepts to encode")
+    encoder.share_prefixes(TEMPLATE_PREFIXES)  # once per encoder: later calls find them kept
     texts = [d for c in concepts for d in c.descriptions]
     rows = encoder.encode(texts, batch_size=batch_size)
     counts = [len(c.descriptions) for c in concepts]

@@ -17,8 +17,9 @@ and the cache folder (``RAMDEX_MODEL__CACHE_DIR``).
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,6 +50,12 @@ class TextEncoder(ABC):
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         """Unnormalised (B, dim) features for one batch."""
 
+    def share_prefixes(self, prefixes: Iterable[str]) -> int:
+        """Texts that many inputs start with (prompt templates before the name): an encoder that
+        can reuse a prefix's work across texts keeps it; the output never changes. Returns how
+        many prefixes were added (0 for encoders that cannot share work)."""
+        return 0
+
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Encode texts.
@@ -74,9 +81,28 @@ class TextEncoder(ABC):
 
 
 class ClipTextEncoder(TextEncoder):
-    """CLIP text tower with its projection (the RAM++ label-bank encoder)."""
+    """CLIP text tower with its projection (the RAM++ label-bank encoder).
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str, device: str = "cpu") -> None:
+    Args:
+        model: a ``CLIPTextModelWithProjection``.
+        tokenizer: its ``CLIPTokenizer``.
+        name: what it was loaded from.
+        device: torch device.
+        fast: encode through :class:`~ram_pp.clip_prefix.PrefixClipRunner` (packed tokens,
+            shared prefixes' keys and values reused, last layer at the pooled token only; the
+            same features to float32 rounding). False: the model's own padded forward pass.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        name: str,
+        device: str = "cpu",
+        fast: bool = True,
+    ) -> None:
+        from ram_pp.clip_prefix import PrefixClipRunner
+
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -84,8 +110,34 @@ class ClipTextEncoder(TextEncoder):
         self.dim = int(model.config.projection_dim)
         # Some saved configs carry a longer position table; CLIP itself uses 77.
         self.context = min(CLIP_CONTEXT, int(model.config.max_position_embeddings))
+        self.runner = PrefixClipRunner(self.model) if fast else None
+        self._prefix_lock = threading.Lock()
+        self._shared: set[str] = set()
+
+    def share_prefixes(self, prefixes: Iterable[str]) -> int:
+        """Encode each prefix once and keep its keys and values (see ``fast``)."""
+        if self.runner is None:
+            return 0
+        added = 0
+        with self._prefix_lock:
+            for text in prefixes:
+                if text in self._shared:
+                    continue
+                self._shared.add(text)
+                ids = self.tokenizer([text], truncation=True, max_length=self.context)
+                ids = ids["input_ids"][0][:-1]  # without the end-of-text token
+                added += bool(len(ids) < self.context - 1 and self.runner.add_prefix(ids))
+        return added
 
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        if self.runner is not None:
+            ids = self.tokenizer(texts, truncation=True, max_length=self.context)["input_ids"]
+            return self.runner.text_embeds(ids)
+        return self._encode_plain(texts)
+
+    def _encode_plain(self, texts: list[str]) -> torch.Tensor:
+        """The model's own forward pass over the batch padded to its longest text (the
+        reference the fast path is tested against)."""
         # Padding to the longest text in the batch is exact: CLIP's causal mask keeps tokens after
         # the end-of-text token (where the pooled feature is read) from affecting it.
         enc = self.tokenizer(
@@ -227,16 +279,32 @@ def load_text_encoder(
     return load_clip(name, device=device, cache_dir=cache_dir, allow_download=allow_download)
 
 
-def _byte_level_clip_vocab() -> dict[str, int]:
-    """A merge-free CLIP BPE vocabulary: every byte symbol, alone and word-final, plus specials."""
+def _byte_level_clip_vocab(
+    words: Iterable[str] = (),
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP BPE vocabulary of every byte symbol (alone and word-final) plus specials, and
+    merges that make each of ``words`` (lower-case letters) one token, as common English words
+    are in CLIP's own vocabulary (a word whose merges another word's preempt may stay split)."""
     from tokenizers.pre_tokenizers import ByteLevel
 
     symbols = sorted(ByteLevel.alphabet())
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    # longer words first: their merges rank higher, so a short word never splits a long one
+    for word in sorted({w.lower() for w in words if w.isalpha() and w.isascii()}, key=len)[::-1]:
+        left = word[0]
+        for i, char in enumerate(word[1:], start=1):
+            right = char + ("</w>" if i == len(word) - 1 else "")
+            if (left, right) not in seen:
+                seen.add((left, right))
+                merges.append((left, right))
+            left += right
+            vocab.setdefault(left, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return vocab
+    return vocab, merges
 
 
 def build_random_clip_text_encoder(
@@ -245,11 +313,16 @@ def build_random_clip_text_encoder(
     hidden_size: int = 32,
     num_layers: int = 2,
     seed: int = 0,
+    num_heads: int = 2,
+    intermediate_size: int | None = None,
+    words: Iterable[str] = (),
 ) -> Path:
-    """Save a tiny random CLIP text model and tokenizer to ``directory`` (for tests and demos).
+    """Save a random CLIP text model and tokenizer to ``directory`` (for tests and benchmarks).
 
     The tokenizer is a genuine ``CLIPTokenizer`` whose vocabulary is the 256 byte symbols (alone
-    and word-final) with no merges, so every text tokenises into characters, offline.
+    and word-final), so every text tokenises offline: into characters, except ``words``, which
+    get merges that make each one token. :func:`build_clip_size_text_encoder` gives the size of
+    the published model's text tower.
 
     Args:
         directory: output folder (created).
@@ -257,6 +330,9 @@ def build_random_clip_text_encoder(
         hidden_size: transformer width.
         num_layers: transformer layers.
         seed: torch seed for the random weights.
+        num_heads: attention heads.
+        intermediate_size: feed-forward width (default: twice the width).
+        words: words that tokenise as one token each.
 
     Returns:
         The folder, loadable with :func:`load_text_encoder`.
@@ -265,13 +341,14 @@ def build_random_clip_text_encoder(
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = CLIPTokenizer(vocab=_byte_level_clip_vocab(), merges=[])
+    vocab, merges = _byte_level_clip_vocab(words)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
-        num_attention_heads=2,
+        num_attention_heads=num_heads,
         max_position_embeddings=CLIP_CONTEXT,
         projection_dim=projection_dim,
         bos_token_id=tokenizer.bos_token_id,
@@ -284,3 +361,25 @@ def build_random_clip_text_encoder(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_clip_size_text_encoder(
+    directory: str | Path, words: Iterable[str] = (), seed: int = 0
+) -> Path:
+    """A random CLIP text tower of the published model's size (``openai/clip-vit-base-patch16``:
+    width 512, 12 layers, 8 heads, feed-forward 2048, projection 512; ``CLIPTextConfig``'s
+    defaults), for timing without the weights. ``words``: as :func:`build_random_clip_text_encoder`
+    (give the prompt templates' words so texts have about as many tokens as with CLIP's BPE)."""
+    from transformers import CLIPTextConfig
+
+    ref = CLIPTextConfig()
+    return build_random_clip_text_encoder(
+        directory,
+        projection_dim=ref.projection_dim,
+        hidden_size=ref.hidden_size,
+        num_layers=ref.num_hidden_layers,
+        seed=seed,
+        num_heads=ref.num_attention_heads,
+        intermediate_size=ref.intermediate_size,
+        words=words,
+    )
