@@ -28,6 +28,7 @@ from api.ratelimit import AuthThrottle, CostlySlots
 from api.routers import assets, concepts, health, jobs, search, tags
 from api.server_timing import ServerTiming
 from api.services import Services, install_indexer_error_handlers
+from api.warmup import WarmUp
 from indexer.settings import Settings, get_settings
 
 STATIC_DIR = resources.files("api") / "static"
@@ -62,11 +63,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from indexer.ingest.embedded_recovery import EmbeddedRecovery
 
             recovery = EmbeddedRecovery(services).start()
+        if settings.api.warm_start:
+            services.warmup = WarmUp(services).start()  # /readyz: warming until it is done
         try:
             if settings.api.metrics_access == "bind":
                 listener = start_metrics_listener(metrics, settings.api.metrics_bind)
             yield
         finally:
+            if services.warmup is not None:
+                await run_in_threadpool(services.warmup.stop)
             if recovery is not None:
                 recovery.stop()
             if listener is not None:

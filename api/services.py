@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from api.metrics import ArchiveStats, Metrics
 from api.problems import ProblemError, problem_response
+from api.warmup import WarmUp
 from indexer.archive import Archive, NothingIngestedError, TextEncoderNotAvailableError
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.base import utcnow
@@ -62,6 +63,7 @@ class Services(Archive):
         self._stats_lock = threading.Lock()
         self._stats: tuple[float, ArchiveStats] | None = None
         self.metrics.watch_archive(self.archive_stats)
+        self.warmup: WarmUp | None = None  # the app's lifespan starts one (api.warm_start)
 
     # ---------- health ----------
     def check_database(self) -> Check:
@@ -134,12 +136,19 @@ class Services(Archive):
             )
         return Check(True, "empty: nothing indexed yet")
 
+    def check_warmup(self) -> Check:
+        """Whether the warm start has loaded what the first concept query needs."""
+        if self.warmup is None:
+            return Check(True, "off: parts load on first use (api.warm_start)")
+        return Check(*self.warmup.status())
+
     def readiness(self) -> dict[str, Check]:
         """Every readiness check by name."""
         return {
             "database": self.check_database(),
             "broker": self.check_broker(),
             "index": self.check_index(),
+            "warmup": self.check_warmup(),
         }
 
     # ---------- metrics ----------

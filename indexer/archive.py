@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -86,6 +87,7 @@ class Archive:
         self._lock = threading.Lock()
         self._lazy: dict[str, Any] = {}
         self._part_locks: dict[str, threading.Lock] = {}
+        self.loads: Counter[str] = Counter()  # builds per part (a part is built once)
         self._pending: tuple[float, int] | None = None
 
     def __enter__(self) -> Archive:
@@ -112,6 +114,7 @@ class Archive:
                 if value is None:
                     value = build()
                     self._lazy[name] = value
+                    self.loads[name] += 1
         return value
 
     def model_id(self) -> str:
@@ -138,8 +141,12 @@ class Archive:
 
         return self.lazy("model", build)
 
-    def text_encoder(self) -> TextEncoder:
+    def text_encoder(self, allow_download: bool = True) -> TextEncoder:
         """The text encoder for concept descriptions (settings, else the model config's).
+
+        Args:
+            allow_download: when it is not loaded yet, may it come from the hub (the serve
+                warm-up says no: a start never waits on the network; a query may).
 
         Raises:
             TextEncoderNotAvailableError: it cannot be loaded here.
@@ -150,7 +157,9 @@ class Archive:
 
             name = self.settings.model.text_encoder or self.loaded_model().config.text_encoder
             try:
-                return load_text_encoder(name, cache_dir=self.settings.model.cache_dir)
+                return load_text_encoder(
+                    name, cache_dir=self.settings.model.cache_dir, allow_download=allow_download
+                )
             except TextEncoderUnavailable as exc:
                 raise TextEncoderNotAvailableError(str(exc)) from exc
 

@@ -167,6 +167,11 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = 200 * 1024 * 1024
     max_json_bytes: int = 1024 * 1024
     require_auth: bool = True
+    warm_start: bool = Field(
+        default=True,
+        description="`ramdex serve` loads the model, text encoder and searcher in the background "
+        "at start (/readyz says warming until done), so the first concept query is not slow",
+    )
     metrics_cache_s: float = Field(
         default=15.0,
         ge=0.0,

@@ -84,7 +84,9 @@ def make_settings(
             "text_encoder": str(text_encoder) if text_encoder else "",
         },
         broker={"url": ""},
-        api={"require_auth": True, "max_upload_bytes": UPLOAD_CAP, **api},
+        # No warm start unless a test asks (tests/test_api_warm_start.py): in-process apps are
+        # asked for /readyz at once, and most tests never run a concept query.
+        api={"require_auth": True, "max_upload_bytes": UPLOAD_CAP, "warm_start": False, **api},
     )
 
 
