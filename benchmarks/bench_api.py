@@ -8,8 +8,8 @@ Builds, in a throw-away PostgreSQL database and a temporary data folder:
 * the FAISS index built from the database, as a worker's sync would;
 * a model checkpoint with the published head size (hidden 768, 4 heads, FFN 3072, 2 layers,
   145 tokens, random weights; the image encoder is tiny since no image is encoded here) and a
-  tiny random CLIP text tower (the published CLIP text tower adds about 10-30 ms per new concept
-  on CPU).
+  random CLIP text tower: tiny by default, the published size with ``--clip-size`` (width 512,
+  12 layers: what a new concept's text encoding costs with ``openai/clip-vit-base-patch16``).
 
 Then starts ``ramdex serve`` (one process) and measures from a client on the same machine, per
 kind of search: sequential latency p50 / p95 / p99 and throughput with concurrent clients, each
@@ -24,6 +24,10 @@ bounded by a request count and a time budget.
 
     python benchmarks/bench_api.py                 # N = 100,000: about 15 GB of token files
     python benchmarks/bench_api.py --n 10000 --token-format int8
+    python benchmarks/bench_api.py --clip-size --archive /var/tmp/bench-100k --kinds concept_new
+
+``--archive DIR`` builds the archive there once and keeps it (database and files; DIR/archive.json
+names them); later runs with the same DIR reuse it. Remove it with ``--drop-archive``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,24 @@ ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 TOKENS, DIM = 145, 512
 DISTINCT_E = 1024  # distinct token blocks written (tiled over the archive; reads are by id)
+WORDS = ["brutalist", "red", "foggy", "neon", "wooden", "glass", "crowded", "empty"]
+THINGS = ["stairwell", "harbour", "market", "kite", "bicycle", "library", "bridge", "cafe"]
+
+
+def clip_size_encoder(folder: Path) -> Path:
+    """A random text tower of the published size whose tokenizer makes the prompt templates'
+    and the benchmark's words one token each (as CLIP's BPE does for common English words), so
+    texts have about as many tokens as with CLIP; digits and other letters stay one token each,
+    as in CLIP. Built once per folder."""
+    import re
+
+    from ram_pp.concepts import PROMPT_TEMPLATES
+    from ram_pp.text_encoder import build_clip_size_text_encoder
+
+    if (folder / "config.json").exists():
+        return folder
+    words = set(re.findall(r"[a-z]+", " ".join(PROMPT_TEMPLATES).lower())) | {*WORDS, *THINGS}
+    return build_clip_size_text_encoder(folder, words=sorted(words))
 
 
 def _tag_bench():
@@ -137,7 +159,7 @@ def build_index(settings: Any, model_id: str) -> None:
 
 
 def start_server(env: dict[str, str], shortlist: int) -> tuple[subprocess.Popen, str]:
-    """``ramdex serve`` in its own process, ready; returns it and its base URL."""
+    """``ramdex serve`` in its own process, ready (warm start done); returns it and its URL."""
     port = free_port()
     server = subprocess.Popen(
         [
@@ -155,10 +177,14 @@ def start_server(env: dict[str, str], shortlist: int) -> tuple[subprocess.Popen,
         env={**os.environ, **env, "RAMDEX_INDEX__SHORTLIST": str(shortlist)},
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    started = time.monotonic()
+    deadline = started + 300
     while True:
         try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+            reply = httpx.get(base + "/readyz", timeout=5)
+            if reply.status_code == 200:
+                warm = reply.json()["checks"].get("warmup", {}).get("detail", "")
+                print(f"server ready after {time.monotonic() - started:.1f} s ({warm})")
                 return server, base
         except httpx.TransportError:
             pass
@@ -277,6 +303,17 @@ def main() -> None:
         default="",
         help="text encoder folder (a real CLIP text tower); default: a tiny random CLIP tower",
     )
+    parser.add_argument(
+        "--clip-size",
+        action="store_true",
+        help="a random CLIP text tower of the published size (width 512, 12 layers)",
+    )
+    parser.add_argument(
+        "--archive", type=Path, default=None, help="build the archive here once, reuse it after"
+    )
+    parser.add_argument(
+        "--drop-archive", action="store_true", help="drop the --archive database and folder"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the database and files")
@@ -290,17 +327,47 @@ def main() -> None:
     from indexer.settings import Settings
     from ram_pp.text_encoder import build_random_clip_text_encoder
 
-    work = Path(tempfile.mkdtemp(prefix="ramdex-bench-api-", dir=args.workdir))
-    name = f"ramdex_bench_api_{uuid.uuid4().hex[:8]}"
+    meta_file = args.archive / "archive.json" if args.archive else None
+    meta = json.loads(meta_file.read_text()) if meta_file and meta_file.exists() else None
+    if args.drop_archive:
+        if meta is not None:
+            with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{meta["database"]}" WITH (FORCE)')
+        if args.archive:
+            shutil.rmtree(args.archive, ignore_errors=True)
+        print(f"dropped {args.archive}")
+        return
+    if meta is not None and (meta["n"], meta["token_format"]) != (args.n, args.token_format):
+        raise SystemExit(
+            f"error: {args.archive} holds n={meta['n']} {meta['token_format']}: "
+            "pass the same --n/--token-format, or --drop-archive first"
+        )
+    keep = args.keep or args.archive is not None
+    if args.archive:
+        args.archive.mkdir(parents=True, exist_ok=True)
+        work = args.archive
+    else:
+        work = Path(tempfile.mkdtemp(prefix="ramdex-bench-api-", dir=args.workdir))
+    name = meta["database"] if meta else f"ramdex_bench_api_{uuid.uuid4().hex[:8]}"
     url = URL.format(name=name)
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    if meta is None:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
     server: subprocess.Popen | None = None
     results: dict[str, Any] = {"n": args.n, "token_format": args.token_format}
     try:
         checkpoint = work / "bench_api.pth"
-        make_checkpoint(checkpoint)
-        encoder = args.text_encoder or build_random_clip_text_encoder(work / "text-encoder")
+        if meta is None:
+            make_checkpoint(checkpoint)
+        if args.text_encoder:
+            encoder = Path(args.text_encoder)
+        elif args.clip_size:
+            encoder = clip_size_encoder(work / "text-encoder-clip-size")
+        else:
+            encoder = work / "text-encoder"
+            if not (encoder / "config.json").exists():
+                build_random_clip_text_encoder(encoder)
+        results["text_encoder"] = "clip-size" if args.clip_size else args.text_encoder or "tiny"
         env = {
             "RAMDEX_HOME": str(work / "home"),
             "RAMDEX_DATABASE__URL": url,
@@ -318,28 +385,40 @@ def main() -> None:
         settings = Settings()
         model_id = configured_model_id(settings)
 
-        t0 = time.perf_counter()
-        upgrade_database(url)
         tagbench = _tag_bench()
         tagbench.MODEL = model_id  # the loader names the model the service runs
-        tagbench.load(url, args.n, args.scores, seed=0.42)
-        t1 = time.perf_counter()
-        ids = load_embeddings(url, args.n, seed=1)
-        t2 = time.perf_counter()
-        gigabytes = load_tokens(settings, model_id, ids, args.token_format, seed=2)
-        t3 = time.perf_counter()
-        build_index(settings, model_id)
-        t4 = time.perf_counter()
+        if meta is None:
+            t0 = time.perf_counter()
+            upgrade_database(url)
+            tagbench.load(url, args.n, args.scores, seed=0.42)
+            t1 = time.perf_counter()
+            ids = load_embeddings(url, args.n, seed=1)
+            t2 = time.perf_counter()
+            gigabytes = load_tokens(settings, model_id, ids, args.token_format, seed=2)
+            t3 = time.perf_counter()
+            build_index(settings, model_id)
+            t4 = time.perf_counter()
+            results["load_s"] = {
+                "assets_and_scores": round(t1 - t0, 1),
+                "embeddings": round(t2 - t1, 1),
+                "token_store": round(t3 - t2, 1),
+                "faiss_index": round(t4 - t3, 1),
+            }
+            if meta_file is not None:
+                meta = {"database": name, "n": args.n, "token_format": args.token_format,
+                        "token_store_gb": gigabytes, "load_s": results["load_s"]}  # fmt: skip
+                meta_file.write_text(json.dumps(meta, indent=1))
+        else:
+            with psycopg.connect(url.replace("+psycopg", "")) as conn:
+                ids = np.asarray(
+                    [r[0] for r in conn.execute("SELECT id FROM assets ORDER BY id")], np.int64
+                )
+            gigabytes = meta["token_store_gb"]
+            results["load_s"] = {"reused": str(args.archive), **meta["load_s"]}
         tags = tagbench.pick_tags(url)
         with session_scope(url) as session:
             key = create_key(session, name="bench", scopes=["read"]).token
         dispose_engines()
-        results["load_s"] = {
-            "assets_and_scores": round(t1 - t0, 1),
-            "embeddings": round(t2 - t1, 1),
-            "token_store": round(t3 - t2, 1),
-            "faiss_index": round(t4 - t3, 1),
-        }
         results["token_store_gb"] = round(gigabytes, 2)
         print(f"archive: {args.n} assets, token store {gigabytes:.1f} GB; load {results['load_s']}")
 
@@ -362,8 +441,7 @@ def main() -> None:
             "sort by date (1,000 recalled)": {"all": [tags["second"]], "sort": "date"},
         }
         shapes = list(tag_queries)
-        words = ["brutalist", "red", "foggy", "neon", "wooden", "glass", "crowded", "empty"]
-        things = ["stairwell", "harbour", "market", "kite", "bicycle", "library", "bridge", "cafe"]
+        words, things = WORDS, THINGS
         run_id = uuid.uuid4().hex[:6]
 
         def client() -> httpx.Client:
@@ -461,7 +539,9 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-        if not args.keep:
+        if meta_file is not None and not meta_file.exists():
+            keep = False  # the build did not finish: nothing to reuse
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
             with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
