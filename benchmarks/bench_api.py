@@ -309,6 +309,12 @@ def main() -> None:
         help="a random CLIP text tower of the published size (width 512, 12 layers)",
     )
     parser.add_argument(
+        "--text-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the server's model.text_dtype (CLIP text tower's dense layers)",
+    )
+    parser.add_argument(
         "--archive", type=Path, default=None, help="build the archive here once, reuse it after"
     )
     parser.add_argument(
@@ -367,6 +373,7 @@ def main() -> None:
             encoder = work / "text-encoder"
             if not (encoder / "config.json").exists():
                 build_random_clip_text_encoder(encoder)
+        results["text_dtype"] = args.text_dtype
         results["text_encoder"] = "clip-size" if args.clip_size else args.text_encoder or "tiny"
         env = {
             "RAMDEX_HOME": str(work / "home"),
@@ -374,6 +381,7 @@ def main() -> None:
             "RAMDEX_MODEL__NAME": "bench_api",
             "RAMDEX_MODEL__CHECKPOINT": str(checkpoint),
             "RAMDEX_MODEL__TEXT_ENCODER": str(encoder),
+            "RAMDEX_MODEL__TEXT_DTYPE": args.text_dtype,
             "RAMDEX_MODEL__DEVICE": "cpu",
             "RAMDEX_INDEX__TOKEN_FORMAT": args.token_format,
             "RAMDEX_BROKER__URL": "",

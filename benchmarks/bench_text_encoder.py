@@ -3,7 +3,8 @@
 A free-text concept is encoded as 31 texts (the base description and the 30 prompt templates).
 The plain path is the model's own forward pass over the batch padded to its longest text; the
 fast path (``ram_pp/clip_prefix.py``) packs the tokens, reuses the templates' prefixes' keys and
-values and runs the last layer at the pooled token only. Both run a random text tower of the
+values and runs the last layer at the pooled token only; "fast bf16" is the fast path with its
+dense layers in bf16 (``RAMDEX_MODEL__TEXT_DTYPE=bfloat16``). All run a random text tower of the
 published size (``openai/clip-vit-base-patch16``: width 512, 12 layers, 8 heads) whose
 tokenizer makes the templates' words one token each, as CLIP's BPE does. Prints the median
 milliseconds per concept for each name, the ratio, the largest difference between the paths and
@@ -47,9 +48,11 @@ def main() -> None:
         fast = load_text_encoder(folder)
     assert isinstance(fast, ClipTextEncoder)
     plain = ClipTextEncoder(fast.model, fast.tokenizer, "plain", fast=False)
+    low = ClipTextEncoder(fast.model, fast.tokenizer, "bf16", dtype="bfloat16")
     started = time.perf_counter()
     fast.share_prefixes(TEMPLATE_PREFIXES)
     prefix_ms = (time.perf_counter() - started) * 1000
+    low.share_prefixes(TEMPLATE_PREFIXES)
     print(
         f"text tower: width {fast.model.config.hidden_size}, {fast.model.config.num_hidden_layers}"
         f" layers; {torch.get_num_threads()} threads; {len(TEMPLATE_PREFIXES)} template prefixes"
@@ -58,10 +61,12 @@ def main() -> None:
     for name in args.names.split(","):
         texts = list(make_concept(name.strip()).descriptions)
         tokens = [len(t) for t in fast.tokenizer(texts)["input_ids"]]
-        diff = float((fast.encode(texts) - plain.encode(texts)).abs().max())
+        reference = plain.encode(texts)
+        diff = float((fast.encode(texts) - reference).abs().max())
+        cosine = float((low.encode(texts) * reference).sum(-1).min())
         load = os.getloadavg()
         medians = {}
-        for label, encoder in (("plain", plain), ("fast", fast)):
+        for label, encoder in (("plain", plain), ("fast", fast), ("bf16", low)):
             times = []
             for _ in range(args.repeats):
                 started = time.perf_counter()
@@ -71,8 +76,9 @@ def main() -> None:
         print(
             f"{name!r:38} {len(texts)} texts, {statistics.mean(tokens):.1f} tokens/text "
             f"(max {max(tokens)}): plain {medians['plain']:6.1f} ms, fast {medians['fast']:6.1f}"
-            f" ms, {medians['plain'] / medians['fast']:.2f}x; max |fast - plain| {diff:.1e}"
-            f"  (load {load[0]:.2f} -> {os.getloadavg()[0]:.2f})"
+            f" ms, {medians['plain'] / medians['fast']:.2f}x; max |fast - plain| {diff:.1e}; "
+            f"fast bf16 {medians['bf16']:6.1f} ms, {medians['plain'] / medians['bf16']:.2f}x, "
+            f"min cosine to float32 {cosine:.5f}  (load {load[0]:.2f} -> {os.getloadavg()[0]:.2f})"
         )
 
 

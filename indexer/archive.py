@@ -157,8 +157,12 @@ class Archive:
 
             name = self.settings.model.text_encoder or self.loaded_model().config.text_encoder
             try:
+                model = self.settings.model
                 return load_text_encoder(
-                    name, cache_dir=self.settings.model.cache_dir, allow_download=allow_download
+                    name,
+                    cache_dir=model.cache_dir,
+                    allow_download=allow_download,
+                    dtype=model.text_dtype,
                 )
             except TextEncoderUnavailable as exc:
                 raise TextEncoderNotAvailableError(str(exc)) from exc

@@ -103,10 +103,19 @@ def test_label_banks_match(tiny) -> None:
     assert fast.runner.prefix_count >= len(TEMPLATE_PREFIXES)
 
 
-def test_clip_size_tower_fast_equals_plain(tmp_path) -> None:
-    """At the published text tower's size (width 512, 12 layers, 8 heads), random weights."""
+@pytest.fixture(scope="module")
+def clip_size(tmp_path_factory) -> tuple[ClipTextEncoder, ClipTextEncoder]:
+    """The published text tower's size (width 512, 12 layers, 8 heads), random weights."""
     words = "a close up photo of red kite picture with in it".split()
-    fast, plain = _pair(build_clip_size_text_encoder(tmp_path / "clip-b16", words=words))
+    return _pair(build_clip_size_text_encoder(tmp_path_factory.mktemp("clip-b16"), words=words))
+
+
+def _clip_size_texts() -> list[str]:
+    return [d for n in ("red kite", "foggy harbour 42") for d in make_concept(n).descriptions]
+
+
+def test_clip_size_tower_fast_equals_plain(clip_size) -> None:
+    fast, plain = clip_size
     config = fast.model.config
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (
         512,
@@ -115,9 +124,30 @@ def test_clip_size_tower_fast_equals_plain(tmp_path) -> None:
     )
     assert fast.tokenizer.tokenize("a close-up photo") == ["a</w>", "close</w>", "-</w>", "up</w>",
                                                            "photo</w>"]  # fmt: skip
-    texts = [d for n in ("red kite", "foggy harbour 42") for d in make_concept(n).descriptions]
+    texts = _clip_size_texts()
     reference = plain.encode(texts)
     fast.share_prefixes(TEMPLATE_PREFIXES)
     out = fast.encode(texts)
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)
     assert float((out * reference).sum(-1).min()) > 0.99999
+
+
+def test_bf16_agrees_with_float32_per_row(clip_size) -> None:
+    """bf16 dense layers (opt-in): every row within cosine 0.999 of the float32 features, and
+    not identical (the products really ran in bf16)."""
+    fast, plain = clip_size
+    low = ClipTextEncoder(fast.model, fast.tokenizer, "bf16", dtype="bfloat16")
+    assert low.runner is not None and low.runner.dtype == torch.bfloat16
+    low.share_prefixes(TEMPLATE_PREFIXES)
+    texts = _clip_size_texts() + OTHER_TEXTS
+    reference, out = plain.encode(texts), low.encode(texts)
+    cosine = (out * reference).sum(-1)
+    assert float(cosine.min()) >= 0.999, cosine
+    assert float((out - reference).abs().max()) > 1e-5
+    assert fast.model.text_projection.weight.dtype == torch.float32  # the model is untouched
+
+
+def test_bad_dtype_is_refused(tiny) -> None:
+    fast, _ = tiny
+    with pytest.raises(ValueError, match="dtype"):
+        ClipTextEncoder(fast.model, fast.tokenizer, "x", dtype="float16")
