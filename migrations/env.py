@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from indexer.db import Base
 from indexer.db.session import create_engine_for
+from indexer.db.tags import not_a_partition
 
 config = context.config
 target_metadata = Base.metadata
@@ -42,6 +43,8 @@ def _configure(**kwargs: object) -> None:
         compare_type=True,
         # SQLite cannot ALTER most things: later migrations use batch mode (copy and move).
         render_as_batch=True,
+        # asset_tags' hash partitions (PostgreSQL) are not models of their own
+        include_name=not_a_partition,
         **kwargs,
     )
 

@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from indexer.db import Base
+from indexer.db.tags import not_a_partition
 from indexer.migrate import (
     alembic_config,
     current_revision,
@@ -50,7 +51,8 @@ def schema_diff(url: str) -> list:
         with engine.connect() as conn, warnings.catch_warnings():
             # SQLite cannot reflect expression indexes; alembic says so and skips that one.
             warnings.filterwarnings("ignore", message=".*expression-based index.*")
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            opts = {"compare_type": True, "include_name": not_a_partition}
+            context = MigrationContext.configure(conn, opts=opts)
             return compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()
