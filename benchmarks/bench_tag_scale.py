@@ -37,12 +37,13 @@ import sqlalchemy as sa
 
 from indexer import db
 from indexer.db.session import dispose_engines, get_engine, session_scope
+from indexer.db.tags import ASSET_TAG_PARTITIONS
 from indexer.migrate import upgrade_database
 from ram_pp.vocab import builtin_vocabulary
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-FLAT = "?options=-csearch_path%3Dflat,public"
+SCHEMA_PATH = "?options=-csearch_path%3D{schema},public"
 MODEL = "scale-model@0"
 INDEX = "ix_asset_tags_tag_id_score_asset_id"
 COPY_DTYPE = np.dtype(
@@ -129,21 +130,54 @@ def build(name: str, assets: int, data: Path) -> None:
         for fk in ("fk_asset_tags_asset_id_assets", "fk_asset_tags_tag_id_tags", "pk_asset_tags"):
             run(f"ALTER TABLE asset_tags DROP CONSTRAINT {fk}")
         run(f"DROP INDEX {INDEX}")
-        run("CREATE SCHEMA flat")
-        run("CREATE TABLE flat.asset_tags (asset_id BIGINT NOT NULL, tag_id INTEGER NOT NULL, "
-            "score REAL NOT NULL)")  # fmt: skip
-        for table in ("asset_tags", "flat.asset_tags"):
-            step(f"COPY {table}", lambda t=table: run(
-                f"COPY {t} FROM '{data}' WITH (FORMAT binary, FREEZE false)"
-            ))  # fmt: skip
-            step(f"primary key {table}", lambda t=table: run(
-                f"ALTER TABLE {t} ADD CONSTRAINT pk_asset_tags PRIMARY KEY (asset_id, tag_id)"
-            ))  # fmt: skip
-            step(f"index {table}", lambda t=table: run(
-                f"CREATE INDEX {INDEX} ON {t} (tag_id, score, asset_id)"
-            ))  # fmt: skip
-            step(f"VACUUM ANALYZE {table}", lambda t=table: run(f"VACUUM ANALYZE {t}"))
+        load_table(conn, "asset_tags", data)
         run("VACUUM ANALYZE assets, tags")
+    add_layout(name, "plain", data)
+
+
+# Other layouts, each in a schema of its own (reached with search_path=<schema>,public).
+LAYOUTS = {"plain": ("flat", ""), "bytag": ("bytag", "PARTITION BY HASH (tag_id)")}
+
+
+def load_table(conn: psycopg.Connection[Any], table: str, data: Path) -> None:
+    """COPY the scores into an empty ``table``, then build its primary key and index once."""
+    run = conn.execute
+    run("SET maintenance_work_mem = '1GB'")
+    step(f"COPY {table}", lambda: run(f"COPY {table} FROM '{data}' WITH (FORMAT binary)"))
+    step(f"primary key {table}", lambda: run(
+        f"ALTER TABLE {table} ADD CONSTRAINT pk_asset_tags PRIMARY KEY (asset_id, tag_id)"
+    ))  # fmt: skip
+    step(
+        f"index {table}", lambda: run(f"CREATE INDEX {INDEX} ON {table} (tag_id, score, asset_id)")
+    )
+    step(f"VACUUM ANALYZE {table}", lambda: run(f"VACUUM ANALYZE {table}"))
+
+
+def add_layout(name: str, layout: str, data: Path) -> None:
+    """(Re)create one of LAYOUTS with the same scores: ``plain`` is one table, ``bytag`` 16 hash
+    partitions on tag_id (the alternative key)."""
+    schema, clause = LAYOUTS[layout]
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(
+            f"CREATE TABLE {schema}.asset_tags (asset_id BIGINT NOT NULL, "
+            f"tag_id INTEGER NOT NULL, score REAL NOT NULL) {clause}"
+        )
+        if clause:
+            for i in range(ASSET_TAG_PARTITIONS):
+                conn.execute(
+                    f"CREATE TABLE {schema}.asset_tags_p{i:02d} PARTITION OF {schema}.asset_tags "
+                    f"FOR VALUES WITH (MODULUS {ASSET_TAG_PARTITIONS}, REMAINDER {i})"
+                )
+        load_table(conn, f"{schema}.asset_tags", data)
+
+
+def drop_layout(name: str, layout: str) -> None:
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {LAYOUTS[layout][0]} CASCADE")
 
 
 def pick_tags(url: str) -> dict[str, str]:
@@ -277,34 +311,43 @@ def explain(url: str, query: dict[str, Any]) -> str:
         return "\n".join(r[0] for r in rows)
 
 
-def sizes(name: str) -> list[tuple[str, float]]:
+def sizes(name: str, tables: dict[str, str]) -> list[tuple[str, float]]:
+    """GiB of each layout's heap and heap + indexes (partitions summed), and the database."""
     dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    parts = (
-        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'asset_tags'::regclass"
-    )
-    queries = [
-        ("partitioned heap", f"SELECT sum(pg_relation_size(c.oid)) {parts}"),
-        ("partitioned total", f"SELECT sum(pg_total_relation_size(c.oid)) {parts}"),
-        ("plain heap", "SELECT pg_relation_size('flat.asset_tags')"),
-        ("plain total", "SELECT pg_total_relation_size('flat.asset_tags')"),
-        ("database", "SELECT pg_database_size(current_database())"),
-    ]
+    out = []
     with psycopg.connect(dsn) as conn:
-        return [(label, float(conn.execute(sql).fetchone()[0]) / 2**30) for label, sql in queries]  # type: ignore[index]
+        for layout, table in tables.items():
+            heap, total = conn.execute(
+                "SELECT coalesce(sum(pg_relation_size(relid)), pg_relation_size(%(t)s::regclass)), "
+                "coalesce(sum(pg_total_relation_size(relid)), "
+                "pg_total_relation_size(%(t)s::regclass)) FROM pg_partition_tree(%(t)s::regclass)",
+                {"t": table},
+            ).fetchone()  # type: ignore[misc]
+            out += [(f"{layout} heap", heap / 2**30), (f"{layout} heap+indexes", total / 2**30)]
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        out.append(("database", size[0] / 2**30))  # type: ignore[index]
+    return out
 
 
 def measure(name: str, runs: int, explain_to: Path | None) -> None:
     url = URL.format(name=name)
-    urls = {"partitioned": url, "plain": url + FLAT}
+    urls = {"partitioned": url}
+    with get_engine(url).connect() as conn:
+        schemas = {r[0] for r in conn.exec_driver_sql("SELECT nspname FROM pg_namespace")}
+    for layout, (schema, _) in LAYOUTS.items():
+        if schema in schemas:
+            urls[layout] = url + SCHEMA_PATH.format(schema=schema)
     with get_engine(url).connect() as conn:
         assets = conn.exec_driver_sql("SELECT count(*) FROM assets").scalar_one()
         rows = conn.exec_driver_sql(
             "SELECT sum(reltuples)::bigint FROM pg_class WHERE relname LIKE 'asset_tags_p%%' "
-            "AND relkind = 'r'"
+            "AND relkind = 'r' AND relnamespace = 'public'::regnamespace"
         ).scalar_one()
     print(f"database {name}: {assets} assets, ~{rows} score rows ({rows / assets:.1f}/asset)")
-    for label, gib in sizes(name):
+    tables = {"partitioned": "public.asset_tags"} | {
+        k: f"{LAYOUTS[k][0]}.asset_tags" for k in urls if k in LAYOUTS
+    }
+    for label, gib in sizes(name, tables):
         print(f"  {label:18} {gib:7.2f} GiB")
     tags = pick_tags(url)
     qs = shapes(tags)
@@ -316,13 +359,24 @@ def measure(name: str, runs: int, explain_to: Path | None) -> None:
             results[layout][label] = timed(fn, max(5, runs // 3))
     print(f"\nload average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
           f"{os.getloadavg()[2]:.2f} (2 cores); runs {runs} per shape")  # fmt: skip
-    print(f"{'shape':32} {'rows':>5} | {'partitioned p50':>15} {'p95':>8} | "
-          f"{'plain p50':>9} {'p95':>8} | part/plain p50 p95")  # fmt: skip
-    for label in results["plain"]:
-        p50, p95, hits = results["partitioned"][label]
-        f50, f95, _ = results["plain"][label]
-        print(f"{label:32} {hits:5d} | {p50:13.2f}ms {p95:6.2f}ms | {f50:7.2f}ms {f95:6.2f}ms | "
-              f"{p50 / f50:5.2f}x {p95 / f95:5.2f}x")  # fmt: skip
+    ref = "plain" if "plain" in urls else "partitioned"
+    others = [k for k in urls if k != ref]
+    head = f"{'shape':30} {'rows':>5}"
+    for layout in urls:
+        head += f" | {layout + ' p50':>16} {'p95':>8}"
+    for layout in others:
+        head += f" | {layout[:4]}/{ref[:4]} p50  p95"
+    print(head)
+    for label in results[ref]:
+        line = f"{label:30} {results[ref][label][2]:5d}"
+        for layout in urls:
+            p50, p95, _ = results[layout][label]
+            line += f" | {p50:14.2f}ms {p95:6.2f}ms"
+        for layout in others:
+            r50 = results[layout][label][0] / results[ref][label][0]
+            r95 = results[layout][label][1] / results[ref][label][1]
+            line += f" | {r50:9.2f}x {r95:5.2f}x"
+        print(line)
     if explain_to is not None:
         with explain_to.open("w") as f:
             for label, q in qs.items():
@@ -341,6 +395,8 @@ def main() -> None:
     parser.add_argument("--explain", type=Path, help="write both layouts' plans to this file")
     parser.add_argument("--no-measure", action="store_true")
     parser.add_argument("--drop", action="store_true", help="drop the database and data file")
+    parser.add_argument("--add-layout", choices=sorted(LAYOUTS), help="load another layout")
+    parser.add_argument("--drop-layout", choices=sorted(LAYOUTS), help="drop a layout's schema")
     args = parser.parse_args()
     try:
         if args.drop:
@@ -350,6 +406,12 @@ def main() -> None:
             return
         if args.build:
             step("build", lambda: build(args.db, args.assets, args.data))
+        if args.drop_layout:
+            drop_layout(args.db, args.drop_layout)
+        if args.add_layout:
+            step(
+                f"layout {args.add_layout}", lambda: add_layout(args.db, args.add_layout, args.data)
+            )
         if not args.no_measure:
             measure(args.db, args.runs, args.explain)
     finally:
