@@ -180,6 +180,51 @@ def drop_layout(name: str, layout: str) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {LAYOUTS[layout][0]} CASCADE")
 
 
+def time_migration(name: str, assets: int, data: Path) -> None:
+    """Time migration s001 (and its downgrade) on an archive of ``assets`` assets at the revision
+    before it, loaded from its own COPY file; the database is dropped afterwards."""
+    from indexer.migrate import downgrade_database
+
+    mig = f"{name}_migration"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{mig}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{mig}"')
+    url = URL.format(name=mig)
+    try:
+        upgrade_database(url, "k003")
+        with session_scope(url) as s:
+            tag_ids = db.ensure_vocabulary(s, MODEL, builtin_vocabulary())
+        if not data.exists():
+            step(f"score COPY file {data}", lambda: write_copy_file(data, assets, tag_ids))
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{mig}", autocommit=True) as c:
+            c.execute(
+                "INSERT INTO assets (sha256, status, model_name) SELECT "
+                f"encode(sha256(i::text::bytea), 'hex'), 'done', '{MODEL}' "
+                f"FROM generate_series(1, {assets}) AS i"
+            )
+            c.execute("SET maintenance_work_mem = '1GB'")
+            c.execute(f"COPY asset_tags FROM '{data}' WITH (FORMAT binary)")
+            c.execute("VACUUM ANALYZE asset_tags")
+            rows = c.execute("SELECT count(*) FROM asset_tags").fetchone()[0]  # type: ignore[index]
+        dispose_engines()
+        up = step(f"upgrade s001, {rows} rows", lambda: _seconds(lambda: upgrade_database(url)))
+        down = step("downgrade to k003", lambda: _seconds(lambda: downgrade_database(url, "k003")))
+        rates = (
+            f"upgrade {rows / up / 1e6:.2f} M rows/s, downgrade {rows / down / 1e6:.2f} M rows/s"
+        )
+        print(f"  {rates} (load average {os.getloadavg()[0]:.2f})")
+    finally:
+        dispose_engines()
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{mig}" WITH (FORCE)')
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def pick_tags(url: str) -> dict[str, str]:
     """Tags by frequency (from the statistics-free count of a 1% sample of assets)."""
     with get_engine(url).connect() as conn:
@@ -395,6 +440,12 @@ def main() -> None:
     parser.add_argument("--explain", type=Path, help="write both layouts' plans to this file")
     parser.add_argument("--no-measure", action="store_true")
     parser.add_argument("--drop", action="store_true", help="drop the database and data file")
+    parser.add_argument(
+        "--time-migration",
+        type=int,
+        metavar="ASSETS",
+        help="time migration s001 up and down on an archive of ASSETS assets",
+    )
     parser.add_argument("--add-layout", choices=sorted(LAYOUTS), help="load another layout")
     parser.add_argument("--drop-layout", choices=sorted(LAYOUTS), help="drop a layout's schema")
     args = parser.parse_args()
@@ -403,6 +454,11 @@ def main() -> None:
             with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
             args.data.unlink(missing_ok=True)
+            return
+        if args.time_migration:
+            data = args.data.with_suffix(f".{args.time_migration}.copy")
+            time_migration(args.db, args.time_migration, data)
+            data.unlink(missing_ok=True)
             return
         if args.build:
             step("build", lambda: build(args.db, args.assets, args.data))
