@@ -330,30 +330,32 @@ def timed(fn: Callable[[int], int], runs: int) -> tuple[float, float, int]:
 
 
 def explain(url: str, query: dict[str, Any]) -> str:
-    """EXPLAIN (ANALYZE, BUFFERS) of the ranked query search_by_tags sends (the last page's)."""
-    captured: list[tuple[str, Any]] = []
+    """EXPLAIN (ANALYZE, BUFFERS) of the statements search_by_tags sends for ``query`` that read
+    asset_tags: the ranked (or date-ordered) page and the hits' matched tags (last page's)."""
+    captured: dict[str, tuple[str, Any]] = {}
     engine = get_engine(url)
 
     def grab(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
-        if (
-            "FROM asset_tags AS d0" in statement
-            or "ORDER BY k DESC" in statement
-            or ("FROM assets" in statement and "EXISTS" in statement)
+        if "FROM unnest" in statement:
+            captured["matched tags"] = (statement, parameters)
+        elif "FROM asset_tags AS d0" in statement or (
+            "FROM assets" in statement and "EXISTS" in statement
         ):
-            captured.append((statement, parameters))
+            captured["page"] = (statement, parameters)
 
     sa.event.listen(engine, "before_cursor_execute", grab)
     try:
         run_query(url, query)
     finally:
         sa.event.remove(engine, "before_cursor_execute", grab)
-    statement, parameters = captured[-1]
+    out = []
     with engine.connect() as conn:
-        conn.exec_driver_sql("SET max_parallel_workers_per_gather = 0") if query.get(
-            "order"
-        ) == "date" else None
-        rows = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)
-        return "\n".join(r[0] for r in rows)
+        if query.get("order") == "date":  # as search_by_tags does for the page walk
+            conn.exec_driver_sql("SET max_parallel_workers_per_gather = 0")
+        for label, (statement, parameters) in captured.items():
+            rows = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)
+            out.append(f"[{label}]\n" + "\n".join(r[0] for r in rows))
+    return "\n".join(out)
 
 
 def sizes(name: str, tables: dict[str, str]) -> list[tuple[str, float]]:

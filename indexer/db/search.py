@@ -28,7 +28,7 @@ from indexer.db._sql import table_of
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.base import Real
 from indexer.db.errors import CursorOutOfRangeError, InvalidCursorError
-from indexer.db.tag_repo import resolve_tags
+from indexer.db.tag_repo import per_asset_rows, resolve_tags
 from indexer.db.tags import AssetTag, Tag
 
 MAX_LIMIT = 1000
@@ -453,12 +453,11 @@ def matched_tags(
     """For each asset, which of ``tags`` it matched and with what score (a hit's reasons)."""
     if not asset_ids or not tags:
         return {}
-    probe = _asset_tags.alias("m")
-    stmt = (
-        sa.select(probe.c.asset_id, probe.c.tag_id, probe.c.score)
-        .where(probe.c.asset_id.in_(asset_ids), _term(probe, tags, min_score))
-        .order_by(probe.c.asset_id, probe.c.score.desc(), probe.c.tag_id)
+    # one primary-key probe per asset (asset_tags is hash-partitioned on PostgreSQL)
+    stmt, probe = per_asset_rows(
+        session, asset_ids, ("asset_id", "tag_id", "score"), lambda t: _term(t, tags, min_score)
     )
+    stmt = stmt.order_by(probe.c.asset_id, probe.c.score.desc(), probe.c.tag_id)
     by_id = {t.id: t for t in tags}
     out: dict[int, list[MatchedTag]] = {}
     for asset_id, tag_id, score in session.execute(stmt):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from indexer.db._sql import bulk_insert, chunks, table_of, upsert_insert
@@ -35,6 +37,49 @@ class ScoredTag:
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def per_asset_rows(
+    session: Session,
+    asset_ids: Sequence[int],
+    columns: Sequence[str],
+    condition: Any,
+    *,
+    alias: str = "m",
+) -> tuple[sa.Select[Any], Any]:
+    """A SELECT of ``asset_tags`` rows of ``asset_ids`` (``columns`` of the alias returned, which
+    ``condition(alias)`` may also filter on), probing the primary key once per asset.
+
+    On PostgreSQL ``asset_tags`` is hash-partitioned on asset_id: an ``asset_id IN (...)`` list is
+    probed in full in every partition holding any of the ids (16 x the probes; 9 ms instead of
+    1 ms for a page of 50 hits at 2 M assets, docs/scale.md). Here each id is a LATERAL probe
+    (``OFFSET 0`` keeps it from being flattened into a hash join over the tag's rows), so run-time
+    pruning sends it to its one partition. SQLite keeps the plain IN list.
+
+    Returns:
+        (statement, the asset_tags alias) so the caller can order by the alias's columns.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        probe = _asset_tags.alias(alias)
+        stmt = sa.select(*(probe.c[c] for c in columns)).where(
+            probe.c.asset_id.in_(list(asset_ids)), condition(probe)
+        )
+        return stmt, probe
+    wanted = (
+        sa.func.unnest(sa.cast(list(asset_ids), postgresql.ARRAY(sa.BigInteger)))
+        .table_valued("id")
+        .render_derived(name="q")
+    )
+    inner = _asset_tags.alias(f"{alias}_probe")
+    lateral = (
+        sa.select(*(inner.c[c] for c in columns))
+        .where(inner.c.asset_id == wanted.c.id, condition(inner))
+        .offset(0)
+        .lateral(alias)
+    )
+    return sa.select(*(lateral.c[c] for c in columns)).select_from(wanted).join(
+        lateral, sa.true()
+    ), lateral
 
 
 def ensure_vocabulary(session: Session, model_name: str, vocab: TagVocabulary) -> np.ndarray:
@@ -247,12 +292,29 @@ def write_tag_scores(
         raise ValueError(f"{ids.shape} asset ids but {values.shape} scores")
     if not np.isfinite(values).all() or (values.size and (values.min() < 0 or values.max() > 1)):
         raise ValueError("scores must be probabilities in [0, 1]")
-    for part in chunks(ids.tolist()):
-        session.execute(
-            sa.delete(_asset_tags).where(
-                _asset_tags.c.tag_id == tag_id, _asset_tags.c.asset_id.in_(part)
+    if session.get_bind().dialect.name == "postgresql":
+        # asset_tags is hash-partitioned on asset_id: find this tag's existing rows with one
+        # pruned primary-key probe per asset, then delete those rows one by one (each delete is
+        # pruned to its partition); an IN-list delete probes every id in every partition.
+        existing: list[int] = []
+        for part in chunks(ids.tolist(), 10_000):
+            stmt, _ = per_asset_rows(session, part, ("asset_id",), lambda t: t.c.tag_id == tag_id)
+            existing += [int(a) for (a,) in session.execute(stmt)]
+        if existing:
+            session.execute(
+                sa.delete(_asset_tags).where(
+                    _asset_tags.c.asset_id == sa.bindparam("b_asset"),
+                    _asset_tags.c.tag_id == tag_id,
+                ),
+                [{"b_asset": a} for a in existing],
             )
-        )
+    else:
+        for part in chunks(ids.tolist()):
+            session.execute(
+                sa.delete(_asset_tags).where(
+                    _asset_tags.c.tag_id == tag_id, _asset_tags.c.asset_id.in_(part)
+                )
+            )
     keep = values >= score_floor
     rows = [(a, tag_id, s) for a, s in zip(ids[keep].tolist(), values[keep].tolist(), strict=True)]
     bulk_insert(session, _asset_tags, ("asset_id", "tag_id", "score"), rows)
