@@ -1,20 +1,22 @@
 """Tag search at archive scale on PostgreSQL: hash-partitioned ``asset_tags`` vs one plain table.
 
-``--build`` makes a database of its own (``--db``, default ``ramdex_scale``) migrated to head (so
-``public.asset_tags`` is the partitioned table of migration s001), N synthetic done assets and
-RAM++-like stored scores: per asset a uniform 20..60 tags at or above the 0.2 score floor, tags
-drawn by a Zipf law over the 4,585 built-in tags (a few tags on most assets, a long tail on
-few), scores ``0.2 + 0.8 * Beta(0.6, 2.4)`` (most stored scores just above the floor, a few
-percent above typical thresholds). The scores are written once as a PostgreSQL binary COPY file
-(``--data``, reused by later builds) and loaded with server-side ``COPY`` into the partitioned
-table and into ``flat.asset_tags``, a plain table with the same primary key and composite index
-(no foreign keys on either: a bulk load; the index builds run after the load).
+``--build`` makes a database of its own (``--db``, default ``ramdex_scale``) migrated to head
+(so ``public.asset_tags`` is the table of migration s001, hash-partitioned by tag_id), N
+synthetic done assets and RAM++-like stored scores: per asset a uniform 20..60 tags at or above
+the 0.2 score floor, tags drawn by a Zipf law over the 4,585 built-in tags (a few tags on most
+assets, a long tail on few), scores ``0.2 + 0.8 * Beta(0.6, 2.4)`` (most stored scores just
+above the floor, a few percent above typical thresholds). The scores are written once as a
+PostgreSQL binary COPY file (``--data``, reused by later builds) and loaded with server-side
+``COPY`` into the partitioned table and into ``flat.asset_tags``, a plain table with the same
+primary key and composite index (no foreign keys on either: a bulk load; the index builds run
+after the load). ``--add-layout byasset`` adds the alternative key, HASH (asset_id) partitions,
+in schema ``byasset``.
 
 The measuring run times :func:`indexer.db.search_by_tags` (what the API calls) for each query
-shape on both layouts (``flat`` is reached with ``search_path=flat,public``), plus the per-asset
+shape on each layout present (reached with ``search_path=<schema>,public``), plus the per-asset
 read, an asset delete and a concept backfill write (rolled back), and prints p50 / p95 per shape,
-the ratio partitioned / plain and the load average; ``--explain FILE`` writes the
-EXPLAIN (ANALYZE, BUFFERS) plans of both layouts.
+the ratio to the plain table and the load average; ``--explain FILE`` writes the
+EXPLAIN (ANALYZE, BUFFERS) plans of every layout. ``--time-migration N`` times s001 up and down.
 
     flock /tmp/ramdex-bench.lock python benchmarks/bench_tag_scale.py --build --assets 2000000
     flock /tmp/ramdex-bench.lock python benchmarks/bench_tag_scale.py --explain plans.txt
@@ -136,7 +138,7 @@ def build(name: str, assets: int, data: Path) -> None:
 
 
 # Other layouts, each in a schema of its own (reached with search_path=<schema>,public).
-LAYOUTS = {"plain": ("flat", ""), "bytag": ("bytag", "PARTITION BY HASH (tag_id)")}
+LAYOUTS = {"plain": ("flat", ""), "byasset": ("byasset", "PARTITION BY HASH (asset_id)")}
 
 
 def load_table(conn: psycopg.Connection[Any], table: str, data: Path) -> None:
@@ -154,8 +156,8 @@ def load_table(conn: psycopg.Connection[Any], table: str, data: Path) -> None:
 
 
 def add_layout(name: str, layout: str, data: Path) -> None:
-    """(Re)create one of LAYOUTS with the same scores: ``plain`` is one table, ``bytag`` 16 hash
-    partitions on tag_id (the alternative key)."""
+    """(Re)create one of LAYOUTS with the same scores: ``plain`` is one table, ``byasset`` 16 hash
+    partitions on asset_id (the alternative key to the migration's tag_id)."""
     schema, clause = LAYOUTS[layout]
     dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect(dsn, autocommit=True) as conn:

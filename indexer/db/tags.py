@@ -86,10 +86,11 @@ def not_a_partition(name: str | None, type_: str, parent_names: object = None) -
 class AssetTag(Base):
     """A tag score (sigmoid probability) of an asset, stored when >= the score floor.
 
-    On PostgreSQL the table is ``PARTITION BY HASH (asset_id)`` into ``ASSET_TAG_PARTITIONS``
-    partitions ``asset_tags_p00`` .. (created by migration s001, never by ``create_all``): an
-    asset's scores live in one partition, ingest writes spread over all of them, and a tag query
-    merges one index range per partition (docs/scale.md). SQLite keeps one plain table.
+    On PostgreSQL the table is ``PARTITION BY HASH (tag_id)`` into ``ASSET_TAG_PARTITIONS``
+    partitions ``asset_tags_p00`` .. (created by migration s001, never by ``create_all``): every
+    tag term of a search, and a concept backfill, touches one partition (pruned at plan time);
+    a per-asset read probes every partition's primary key (docs/scale.md). SQLite keeps one
+    plain table.
     """
 
     __tablename__ = "asset_tags"
@@ -108,5 +109,5 @@ class AssetTag(Base):
         # PostgreSQL it is an index-only scan. The PK (asset_id, tag_id) serves per-asset detail
         # and the EXISTS probes of multi-tag queries.
         sa.Index("ix_asset_tags_tag_id_score_asset_id", "tag_id", "score", "asset_id"),
-        {"postgresql_partition_by": "HASH (asset_id)"},
+        {"postgresql_partition_by": "HASH (tag_id)"},
     )
