@@ -13,6 +13,9 @@ Formats (fixed per store):
 - ``float16``: T x 512 float16 per asset (145 tokens: 148,480 bytes).
 - ``int8``: per token a float32 scale (max |value| / 127) then T x 512 int8 values rounded to
   the nearest step (145 tokens: 74,820 bytes). Decoded as ``q * scale``.
+- ``pq128`` / ``pq64``: product-quantised tokens, T x M one-byte codes (18,560 / 9,280 bytes)
+  with a codebook trained on the first batch added (:mod:`indexer.token_codecs`; the codebook
+  file is named in the manifest under ``codec``).
 
 Writes are crash-safe: record bytes are appended and fsynced first; the per-shard id files that
 change are written under a new generation name (temp file, fsync, rename); only then is the
@@ -54,8 +57,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-TokenFormat = Literal["float16", "int8"]
-FORMATS: tuple[str, ...] = ("float16", "int8")
+from indexer import token_codecs
+
+TokenFormat = Literal["float16", "int8", "pq128", "pq64"]
+FORMATS: tuple[str, ...] = ("float16", "int8", *token_codecs.CODEC_FORMATS)
 MANIFEST = "manifest.json"
 READERS = "READERS"
 STORE_VERSION = 1
@@ -72,6 +77,8 @@ def record_dtype(fmt: str, tokens: int, dim: int) -> np.dtype:
         return np.dtype((np.float16, (tokens, dim)))
     if fmt == "int8":
         return np.dtype([("scale", "<f4", (tokens,)), ("q", "i1", (tokens, dim))])
+    if token_codecs.is_codec_format(fmt):
+        return token_codecs.record_dtype(fmt, tokens, dim)
     raise ValueError(f"unknown token format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -262,6 +269,8 @@ class TokenStore:
         return True
 
     def _decode(self, records: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        if token_codecs.is_codec_format(self.format):
+            return self._codec_of(self._snap.manifest).decode(records, dtype)
         if self.format == "float16":
             return np.asarray(records, dtype=dtype)
         return dequantize_int8(np.asarray(records["q"]), np.asarray(records["scale"]), dtype)
@@ -394,6 +403,12 @@ class TokenStore:
             raise ValueError("E contains NaN or infinite values")
         if not len(ids):
             return
+        if token_codecs.is_codec_format(self.format):
+            with self._write() as (manifest, shards):
+                records = self._codec_encode(manifest, embeds)
+                self._tombstone(shards, ids)
+                self._append(manifest, shards, ids, records)
+            return
         records = self._encode(embeds)
         with self._write() as (manifest, shards):
             self._tombstone(shards, ids)
@@ -427,6 +442,38 @@ class TokenStore:
             }
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _codec_of(self, manifest: dict[str, Any]) -> token_codecs.PQCodec:
+        """The trained codec a manifest names (loaded once per codebook file)."""
+        entry = manifest.get("codec")
+        if not entry:
+            raise TokenStoreError(f"token store {self.path} has no trained codebook yet")
+        cached = getattr(self, "_codec_cache", None)
+        if cached is None or cached[0] != entry["file"]:
+            if entry.get("version") != token_codecs.CODEC_VERSION:
+                raise TokenStoreError(f"{self.path}: unsupported codec version {entry}")
+            codec = token_codecs.PQCodec.load(manifest["format"], self.path / entry["file"])
+            cached = (entry["file"], codec)
+            self._codec_cache = cached
+        return cached[1]
+
+    def _codec_encode(self, manifest: dict[str, Any], embeds: np.ndarray) -> np.ndarray:
+        """Codes for E (under the writer lock); the first batch of a new store trains the
+        codebook, which is saved under a fresh name and committed with that batch's manifest."""
+        if not manifest.get("codec"):
+            fmt = manifest["format"]
+            need = token_codecs.min_train_assets(int(manifest["tokens"]))
+            if len(embeds) < need:
+                raise TokenStoreError(
+                    f"the first add() to a {fmt} store trains its codebook: it needs at least "
+                    f"{need} assets, got {len(embeds)}"
+                )
+            codec = token_codecs.PQCodec.train(fmt, embeds)
+            name = f"codebook-{int(manifest['generation']) + 1:06d}.npy"
+            _atomic_bytes(self.path / name, lambda fh: np.save(fh, codec.centroids))
+            manifest["codec"] = codec.manifest_entry(name)
+            self._codec_cache = (name, codec)
+        return self._codec_of(manifest).encode(embeds)
 
     def _encode(self, embeds: np.ndarray) -> np.ndarray:
         if self.format == "float16":
