@@ -29,7 +29,8 @@ The candidate source may return (q, k) arrays (FAISS) or one 1-D array per query
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -189,3 +190,63 @@ def shortlist(
         raise ValueError(f"k must be >= 1, got {k}")
     ids = ranked_candidates(concept, candidates, k, method, max_probes=max_probes, scale=scale)
     return ids[store.has(ids)][:k]
+
+
+@dataclass(frozen=True)
+class AdaptiveRule:
+    """How :func:`adaptive_scores` grows a shortlist (opt-in; docs/stage1.md).
+
+    Attributes:
+        first: candidates scored before the rule looks at anything.
+        step: candidates scored per further round.
+        min_new: a round continues the search when at least this many of its assets enter the
+            running top ``top`` (scored so far); otherwise the search stops.
+        top: the ranking whose cut is watched (the results the caller keeps).
+        limit: never more candidates than this (bounds stage 2's worst case).
+    """
+
+    first: int = 1500
+    step: int = 250
+    min_new: int = 1
+    top: int = 100
+    limit: int = 3000
+
+    def __post_init__(self) -> None:
+        if min(self.first, self.step, self.min_new, self.top) < 1 or self.limit < self.first:
+            raise ValueError(f"invalid adaptive rule {self}")
+
+
+def adaptive_scores(
+    ranked: np.ndarray,
+    score: Callable[[np.ndarray], np.ndarray],
+    rule: AdaptiveRule | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of a ranked candidate list, scored in rank order until the tail stops paying.
+
+    ``ranked`` holds stage 1's candidates, best first (at least ``rule.limit`` of them when
+    available); ``score(ids)`` returns their exact logits (stage 2). The first ``rule.first``
+    are scored; then rounds of ``rule.step`` while a round puts at least ``rule.min_new`` assets
+    above the running ``rule.top``-th best logit, up to ``rule.limit``. Common concepts (many
+    occurrences ranked by stage 1 just past a fixed cut) get a longer shortlist, concepts whose
+    tail holds nothing a shorter one.
+
+    Returns:
+        (ids scored, their logits), in ``ranked`` order.
+    """
+    rule = rule or AdaptiveRule()
+    ranked = np.asarray(ranked, dtype=np.int64)[: rule.limit]
+    parts = [np.asarray(score(ranked[: rule.first]), dtype=np.float32).reshape(-1)]
+    n = len(parts[0])
+    while n < len(ranked):
+        seen = np.concatenate(parts)
+        cut = (
+            np.partition(seen, len(seen) - rule.top)[len(seen) - rule.top]
+            if len(seen) >= rule.top
+            else -np.inf
+        )
+        nxt = np.asarray(score(ranked[n : n + rule.step]), dtype=np.float32).reshape(-1)
+        parts.append(nxt)
+        n += len(nxt)
+        if int((nxt > cut).sum()) < rule.min_new:
+            break
+    return ranked[:n], np.concatenate(parts)

@@ -193,3 +193,37 @@ def test_bad_calls(world):
     )
     got = ranked_candidates(bank.select(slice(0, 1)), cands, 30, "probes")
     np.testing.assert_array_equal(got[:30], brute_max(c, ids, rows[:2], 30))
+
+
+def test_adaptive_scores_grow_while_the_tail_pays_and_stop_when_it_does_not():
+    from indexer.stage1 import AdaptiveRule, adaptive_scores
+
+    rule = AdaptiveRule(first=100, step=50, min_new=1, top=10, limit=400)
+    calls: list[int] = []
+
+    def scorer(logits: np.ndarray):
+        def score(ids: np.ndarray) -> np.ndarray:
+            calls.append(len(ids))
+            return logits[ids]
+
+        return score
+
+    ranked = np.arange(1000, dtype=np.int64)
+    # a tail that never beats the first round's top 10: one extra round, then stop
+    flat = np.linspace(10, 0, 1000).astype(np.float32)
+    ids, got = adaptive_scores(ranked, scorer(flat), rule)
+    assert calls == [100, 50] and len(ids) == 150
+    np.testing.assert_array_equal(got, flat[:150])
+    # a strong occurrence every 40 ranks: rounds keep paying until the limit
+    calls.clear()
+    spiky = flat.copy()
+    spiky[::40] = 100 + np.arange(25)
+    ids, got = adaptive_scores(ranked, scorer(spiky), rule)
+    assert len(ids) == 400 and sum(calls) == 400 and calls[0] == 100
+    np.testing.assert_array_equal(ids, ranked[:400])
+    # a short candidate list is scored whole, once
+    calls.clear()
+    ids, _ = adaptive_scores(ranked[:60], scorer(flat), rule)
+    assert calls == [60] and len(ids) == 60
+    with pytest.raises(ValueError):
+        AdaptiveRule(first=500, limit=100)
