@@ -31,7 +31,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -55,10 +55,46 @@ FORMAT_VERSION = 1
 INDEX_SUFFIX = ".faiss"
 FLAT = "flat"
 IVFPQ = "ivfpq"
+IVFFLAT = "ivfflat"  # IVF with full float32 vectors (benchmarks, or when memory allows)
+IVF_KINDS = (IVFPQ, IVFFLAT)
+# Drift (:meth:`VectorIndex.drift`): a rebuild is due when vectors added since training sit this
+# much farther from their coarse centroid than the training sample did, when the lists are this
+# much more imbalanced than at training, or when the index outgrew a clamped nlist this much.
+DRIFT_DISTANCE_RATIO = 1.2
+DRIFT_IMBALANCE_RATIO = 2.0
+DRIFT_GROWTH = 4.0
+DRIFT_MIN_ADDED = 256  # fewer added vectors say nothing yet
 # A transaction that committed late can carry an updated_at older than the watermark taken before
 # it committed; sync re-reads this much history to catch it.
 COMMIT_LAG = timedelta(minutes=10)
 _MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this
+
+
+@dataclass(frozen=True, slots=True)
+class IndexDrift:
+    """How far an IVF index has drifted from its training (:meth:`VectorIndex.drift`).
+
+    Attributes:
+        kind: the index kind (a flat index never drifts).
+        added: vectors added since training.
+        distance_ratio: their mean squared distance to the nearest coarse centroid over the
+            training sample's (1.0: like the training data).
+        imbalance_ratio: the lists' imbalance factor now over at training.
+        growth: vectors now over vectors at training.
+        reasons: why a rebuild is due (empty: it is not).
+    """
+
+    kind: str
+    added: int
+    distance_ratio: float
+    imbalance_ratio: float
+    growth: float
+    reasons: tuple[str, ...]
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """Whether retraining on a fresh sample is due."""
+        return bool(self.reasons)
 
 
 class IndexReadOnlyError(RuntimeError):
@@ -121,6 +157,7 @@ class IndexMeta:
     kind: str
     params: dict[str, int] = field(default_factory=dict)
     watermark: dict[str, Any] | None = None
+    training: dict[str, float] = field(default_factory=dict)
     saved_at: str = ""
     format: int = FORMAT_VERSION
     version: str = ""
@@ -295,6 +332,9 @@ class VectorIndex:
         self.use_gpu = use_gpu
         self.kind = FLAT
         self.params: dict[str, int] = {}
+        # IVF only: the coarse quantizer's fit at training time and of the vectors added since
+        # (see drift()): trained_count, train_distance, train_imbalance, added, added_distance.
+        self.training: dict[str, float] = {}
         self.watermark: Watermark | None = None
         self.read_only = False
         self.path: Path | None = None
@@ -336,7 +376,7 @@ class VectorIndex:
             return bool(self._present(np.array([asset_id], np.int64))[0])
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
-        if self.kind == IVFPQ:
+        if self.kind in IVF_KINDS:
             ivf = faiss.extract_index_ivf(self._index)
             if ivf.direct_map.type == faiss.DirectMap.NoMap:  # read-only IVF: scan the lists
                 return np.isin(ids, self._ids_unlocked())
@@ -386,6 +426,8 @@ class VectorIndex:
             if self.kind == FLAT and self.count + id_array.size > self.exact_max_size:
                 self._switch_to_ivfpq(id_array, array)
             elif id_array.size:
+                if self.kind in IVF_KINDS:
+                    self._note_added(array)
                 self._index.add_with_ids(array, id_array)
             self._gpu_dirty = True
 
@@ -406,7 +448,8 @@ class VectorIndex:
 
     def _remove_unlocked(self, ids: np.ndarray) -> int:
         # IVF's hash-table direct map only accepts IDSelectorArray; IDMap2 takes any selector.
-        selector = faiss.IDSelectorArray(ids) if self.kind == IVFPQ else faiss.IDSelectorBatch(ids)
+        ivf = self.kind in IVF_KINDS
+        selector = faiss.IDSelectorArray(ids) if ivf else faiss.IDSelectorBatch(ids)
         return int(self._index.remove_ids(selector))
 
     def _all_vectors_unlocked(self) -> tuple[np.ndarray, np.ndarray]:
@@ -416,16 +459,73 @@ class VectorIndex:
         vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self.dim).reshape(-1, self.dim)
         return ids, vectors.copy()
 
-    def _new_ivfpq(self, train: np.ndarray) -> Any:
+    def _new_ivfpq(self, train: np.ndarray, kind: str = IVFPQ) -> Any:
+        """A trained, empty IVF index (``kind`` IVF-PQ or IVF-Flat) for ``train``'s distribution;
+        records the quantizer's fit on the sample (``training``) for :meth:`drift`."""
         self.params = ivfpq_params(train.shape[0], self.dim, self.nlist, self.pq_m)
         p = self.params
+        codes = f"PQ{p['m']}x{p['nbits']}" if kind == IVFPQ else "Flat"
         index = faiss.index_factory(
-            self.dim, f"IVF{p['nlist']},PQ{p['m']}x{p['nbits']}", faiss.METRIC_INNER_PRODUCT
+            self.dim, f"IVF{p['nlist']},{codes}", faiss.METRIC_INNER_PRODUCT
         )
         index.train(train)
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
-        faiss.extract_index_ivf(index).nprobe = min(self.nprobe, p["nlist"])
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(self.nprobe, p["nlist"])
+        distance, assign = _coarse_fit(ivf.quantizer, train)
+        sizes = np.bincount(assign, minlength=p["nlist"])
+        self.training = {
+            "trained_count": float(train.shape[0]),
+            "train_distance": float(distance.mean()),
+            "train_imbalance": _imbalance(sizes),
+            "added": 0.0,
+            "added_distance": 0.0,
+        }
         return index
+
+    def _note_added(self, vectors: np.ndarray) -> None:
+        """Accumulate how far added vectors sit from their coarse centroid (drift)."""
+        if not self.training or not vectors.shape[0]:
+            return
+        distance, _ = _coarse_fit(faiss.extract_index_ivf(self._index).quantizer, vectors)
+        self.training["added"] += float(vectors.shape[0])
+        self.training["added_distance"] += float(distance.sum())
+
+    def list_sizes(self) -> np.ndarray:
+        """Vectors per inverted list (IVF; empty for a flat index)."""
+        if self.kind not in IVF_KINDS:
+            return np.zeros(0, np.int64)
+        lists = faiss.extract_index_ivf(self._index).invlists
+        return np.array([lists.list_size(i) for i in range(lists.nlist)], np.int64)
+
+    def drift(self) -> IndexDrift:
+        """How far the index has drifted from the distribution it was trained on.
+
+        Measured, not guessed: (1) the mean squared distance of the vectors added since
+        training to their nearest coarse centroid, over the same mean of the training sample
+        (``distance_ratio``; new content unlike the old lands far from every centroid); (2) the
+        lists' imbalance factor (``nlist * sum(n_i^2) / N^2``, 1 = even) now over at training
+        (``imbalance_ratio``; new content piling into a few lists makes their scans long);
+        (3) growth beyond a clamped nlist (trained small, now large enough for more lists).
+        A flat index never drifts.
+        """
+        t = self.training
+        if self.kind not in IVF_KINDS or not t:
+            return IndexDrift(self.kind, 0, 1.0, 1.0, 1.0, ())
+        added = int(t.get("added", 0))
+        train_distance = max(float(t.get("train_distance", 0.0)), 1e-12)
+        ratio = (t["added_distance"] / added) / train_distance if added else 1.0
+        imbalance = _imbalance(self.list_sizes()) / max(float(t.get("train_imbalance", 1.0)), 1e-12)
+        growth = self.count / max(float(t.get("trained_count", 1.0)), 1.0)
+        reasons = []
+        if added >= DRIFT_MIN_ADDED and ratio > DRIFT_DISTANCE_RATIO:
+            reasons.append(f"added vectors {ratio:.2f}x farther from their centroids")
+        if added >= DRIFT_MIN_ADDED and imbalance > DRIFT_IMBALANCE_RATIO:
+            reasons.append(f"lists {imbalance:.2f}x more imbalanced")
+        clamped = self.params.get("nlist", self.nlist) < self.nlist
+        if clamped and growth > DRIFT_GROWTH:
+            reasons.append(f"grew {growth:.1f}x past a clamped nlist {self.params.get('nlist')}")
+        return IndexDrift(self.kind, added, ratio, imbalance, growth, tuple(reasons))
 
     def _switch_to_ivfpq(self, new_ids: np.ndarray, new_vectors: np.ndarray) -> None:
         old_ids, old_vectors = self._all_vectors_unlocked()
@@ -436,6 +536,7 @@ class VectorIndex:
         index.add_with_ids(vectors, ids)
         self._index = index
         self.kind = IVFPQ
+        self.training["trained_count"] = float(index.ntotal)
         log.info("FAISS index of %s switched to IVF-PQ at %d vectors", self.model_name, len(ids))
 
     def _train_size(self, n: int) -> int:
@@ -449,13 +550,16 @@ class VectorIndex:
         k: int,
         *,
         allowed_ids: Sequence[int] | np.ndarray | None = None,
+        nprobe: int | None = None,
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The ``k`` most similar vectors for each query row.
 
         Args:
             queries: (n, dim) float32 (unit-norm for cosine similarity).
             k: results per query, >= 1.
-            allowed_ids: restrict results to these asset ids (tag filter + similarity).
+            allowed_ids: restrict results to these asset ids (tag filter + similarity): FAISS
+                skips the others while scanning (an id selector), it does not filter afterwards.
+            nprobe: IVF lists visited for this call (default: the index's; ignored when flat).
 
         Returns:
             ``(scores, ids)``: per query, 1-D arrays best first; FAISS's -1 padding removed, so
@@ -481,7 +585,10 @@ class VectorIndex:
                         [np.empty(0, np.int64)] * array.shape[0],
                     )
                 selector = faiss.IDSelectorBatch(allowed)  # must outlive the search call
-                params = self._search_params(selector)
+                params = self._search_params(selector, nprobe)
+                scores, ids = self._index.search(array, k_eff, params=params)
+            elif nprobe is not None and self.kind in IVF_KINDS:
+                params = self._search_params(None, nprobe)
                 scores, ids = self._index.search(array, k_eff, params=params)
             else:
                 scores, ids = self._search_index().search(array, k_eff)
@@ -504,11 +611,14 @@ class VectorIndex:
         )
         return scores[0], ids[0]
 
-    def _search_params(self, selector: Any) -> Any:
-        if self.kind == IVFPQ:
-            nprobe = faiss.extract_index_ivf(self._index).nprobe
-            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-        return faiss.SearchParameters(sel=selector)
+    def _search_params(self, selector: Any, nprobe: int | None = None) -> Any:
+        if self.kind in IVF_KINDS:
+            ivf = faiss.extract_index_ivf(self._index)
+            probes = ivf.nprobe if nprobe is None else max(1, min(int(nprobe), ivf.nlist))
+            if selector is None:
+                return faiss.SearchParametersIVF(nprobe=probes)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=probes)
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
 
     def _search_index(self) -> Any:
         """The CPU index, or a GPU copy when faiss-gpu sees a GPU (untested here)."""
@@ -540,6 +650,7 @@ class VectorIndex:
             count=self.count,
             kind=self.kind,
             params=dict(self.params),
+            training=dict(self.training),
             watermark=_watermark_dict(self.watermark) if self.watermark else None,
             saved_at=utcnow().isoformat(),
         )
@@ -563,13 +674,13 @@ class VectorIndex:
             self._token = files.token
 
     def _write_unlocked(self, target: Path) -> None:
-        if self.kind == IVFPQ:
+        if self.kind in IVF_KINDS:
             # Readers do not need the id hash table; keep it out of the file.
             self._index.set_direct_map_type(faiss.DirectMap.NoMap)
         try:
             faiss.write_index(self._index, str(target))
         finally:
-            if self.kind == IVFPQ:
+            if self.kind in IVF_KINDS:
                 self._index.set_direct_map_type(faiss.DirectMap.Hashtable)
 
     @classmethod
@@ -613,13 +724,14 @@ class VectorIndex:
                 f"{path}: index has {raw.ntotal} x {raw.d}, metadata says {meta.count} x {meta.dim}"
             )
         obj = cls(meta.dim, model_name=meta.model_name, use_gpu=use_gpu)
-        if meta.kind == IVFPQ:
+        if meta.kind in IVF_KINDS:
             if not mmap:
                 raw.set_direct_map_type(faiss.DirectMap.Hashtable)
             obj.nprobe = faiss.extract_index_ivf(raw).nprobe
         obj._index = raw
         obj.kind = meta.kind
         obj.params = dict(meta.params)
+        obj.training = {k: float(v) for k, v in meta.training.items()}
         obj.watermark = meta.watermark_obj()
         obj.read_only = mmap
         obj.path = path
@@ -648,6 +760,7 @@ class VectorIndex:
             self._index, self.kind, self.params = fresh._index, fresh.kind, fresh.params
             self.dim, self.model_name, self.watermark = fresh.dim, fresh.model_name, fresh.watermark
             self.nprobe, self._token = fresh.nprobe, fresh._token
+            self.training = fresh.training
             self._gpu_dirty = True
         return True
 
@@ -698,8 +811,24 @@ class VectorIndex:
             if vectors.shape[1] != index.dim:
                 raise ValueError(f"embeddings of {model_name!r} have different dimensions")
             index._index.add_with_ids(np.ascontiguousarray(vectors), batch_ids)
+        if index.training:
+            index.training["trained_count"] = float(index.count)
         index.watermark = mark
         return index
+
+    def replace_with(self, fresh: VectorIndex) -> None:
+        """Swap in ``fresh``'s contents (a rebuilt index) under the write lock: searches in
+        flight finish on the old contents, the next ones see the new.
+
+        Raises:
+            IndexReadOnlyError: this index is memory-mapped read-only.
+        """
+        with self._lock.write():
+            self._check_writable()
+            self._index, self.kind, self.params = fresh._index, fresh.kind, fresh.params
+            self.dim, self.model_name, self.watermark = fresh.dim, fresh.model_name, fresh.watermark
+            self.training, self.nprobe = fresh.training, fresh.nprobe
+            self._gpu_dirty = True
 
     def is_stale(self, session: Session) -> bool:
         """Whether the database's embedding set changed since the recorded watermark."""
@@ -769,6 +898,37 @@ class VectorIndex:
                 self.add(got_ids, vectors)
 
 
+def rebuild_and_swap(
+    index: VectorIndex,
+    session: Session,
+    path: Path | str,
+    *,
+    before_swap: Callable[[VectorIndex], None] | None = None,
+    **build: Any,
+) -> VectorIndex:
+    """Retrain ``index`` from the database on a fresh sample while it keeps serving.
+
+    The new index is built without holding ``index``'s lock, so searches on it (and on every
+    memory-mapped replica of the committed version) go on meanwhile; then its contents are
+    swapped into ``index`` and committed as a new version at ``path``; replicas pick that up on
+    their next :meth:`VectorIndex.reload_if_changed`. Vectors the database gained during the
+    build are newer than the rebuilt index's watermark: the next :meth:`VectorIndex.sync`
+    adds them. Hold :func:`writer_lock`.
+
+    Args:
+        before_swap: called with the built index just before the swap (progress, tests).
+        build: :meth:`VectorIndex.rebuild_from_database` options (``exact_max_size``, ...).
+    """
+    options = {"exact_max_size": index.exact_max_size, "nlist": index.nlist, "pq_m": index.pq_m}
+    options.update(build)
+    fresh = VectorIndex.rebuild_from_database(session, index.model_name, dim=index.dim, **options)
+    if before_swap is not None:
+        before_swap(fresh)
+    index.replace_with(fresh)
+    index.save(path)
+    return index
+
+
 def open_index(
     session: Session,
     model_name: str,
@@ -776,10 +936,16 @@ def open_index(
     index_dir: Path | None = None,
     dim: int = 512,
     rebuild_if_stale: bool = True,
+    exact_max_size: int | None = None,
 ) -> VectorIndex:
     """The writer's index for ``model_name``: loaded writable from ``index_dir`` (default
     ``settings.index_dir``), rebuilt from the database when missing, unreadable or for another
-    model, and synced when stale. Saves when it changed anything. Hold :func:`writer_lock`.
+    model, synced when stale (incremental adds, no retraining), and retrained by
+    :func:`rebuild_and_swap` once :meth:`VectorIndex.drift` says a rebuild is due. Saves when it
+    changed anything. Hold :func:`writer_lock`.
+
+    Args:
+        exact_max_size: flat up to this many vectors (default: the settings').
     """
     if index_dir is None:
         from indexer.settings import get_settings
@@ -794,12 +960,41 @@ def open_index(
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         log.info("FAISS index %s not usable (%s); rebuilding from the database", path, exc)
     if index is None:
-        index = VectorIndex.rebuild_from_database(session, model_name, dim=dim)
+        index = VectorIndex.rebuild_from_database(
+            session, model_name, dim=dim, exact_max_size=exact_max_size
+        )
         index.save(path)
-    elif rebuild_if_stale and index.is_stale(session):
+        return index
+    if exact_max_size is not None:
+        index.exact_max_size = exact_max_size
+    if rebuild_if_stale and index.is_stale(session):
         index.sync(session)
+        drift = index.drift()
+        if drift.needs_rebuild:
+            log.info("FAISS index %s drifted (%s): retraining", path, "; ".join(drift.reasons))
+            return rebuild_and_swap(index, session, path)
         index.save(path)
     return index
+
+
+def _coarse_fit(quantizer: Any, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 distance of each unit vector to its nearest coarse centroid (the quantizer
+    ranks by inner product), and that centroid's list number."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    scores, assign = quantizer.search(vectors, 1)
+    norms = np.einsum("ij,ij->i", vectors, vectors)
+    centroids = quantizer.reconstruct_n(0, quantizer.ntotal)
+    c_norms = np.einsum("ij,ij->i", centroids, centroids)
+    distance = norms + c_norms[assign[:, 0]] - 2.0 * scores[:, 0]
+    return np.maximum(distance, 0.0), assign[:, 0].astype(np.int64)
+
+
+def _imbalance(sizes: np.ndarray) -> float:
+    """FAISS's imbalance factor: ``nlist * sum(n_i^2) / N^2`` (1.0 when the lists are even)."""
+    total = float(sizes.sum())
+    if not total:
+        return 1.0
+    return float(sizes.size * np.square(sizes.astype(np.float64)).sum() / total**2)
 
 
 def _read_index(path: Path, flags: int) -> Any:

@@ -1,0 +1,252 @@
+"""Filtered vector search planned by selectivity: a concept's stage 1 or a similar-image search
+restricted to the assets that pass tag, type, date or collection filters.
+
+"Recall 1,000 by similarity, then filter" returns nothing for a rare filter (0.1 % of a large
+archive: about one of the 1,000 recalled passes). Instead the filter's selectivity is counted
+first (one ``COUNT`` in the database) and the plan follows it, as the NeurIPS'23 filtered-search
+track's winners do:
+
+* ``exact``: few assets pass (at most :data:`EXACT_MAX`): read their c and score them all
+  (exact inner products; the answer is the exact filtered top k);
+* ``selector``: up to :data:`SELECTOR_MAX_FRACTION` of the index passes: FAISS scans with an id
+  selector (skipping non-passing ids while it scans), with ``nprobe`` raised so that the lists
+  visited hold about :data:`PROBE_MARGIN` x k passing vectors; the best are re-scored exactly
+  when their c can be read;
+* ``widen``: most assets pass: an ordinary search for ``k / selectivity`` x 2 results, filtered,
+  widened (doubled) until k pass or the whole index was asked.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from indexer.faiss_index import VectorIndex
+    from indexer.retroactive import RetroactiveSearcher
+
+EXACT_MAX = 20_000  # passing assets scored directly (20k x 512 inner products: about 1 ms)
+SELECTOR_MAX_FRACTION = 0.2  # id selector up to this share of the index; widening beyond
+PROBE_MARGIN = 4  # passing vectors the visited lists should hold, per result wanted
+RERANK_MARGIN = 4  # selector and widen results re-scored exactly, per result wanted
+
+# Reads the image embeddings c of these ids: (ids found, (n, dim) float32).
+VectorReader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class FilterSet(Protocol):
+    """The assets a filter passes (backed by the database in the service, by arrays in tests)."""
+
+    def count(self) -> int:
+        """How many assets pass (the selectivity's numerator)."""
+        ...
+
+    def ids(self) -> np.ndarray:
+        """Every passing asset id (int64)."""
+        ...
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` pass (bool mask)."""
+        ...
+
+
+@dataclass
+class IdFilter:
+    """A filter given by its passing ids."""
+
+    allowed: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.allowed = np.unique(np.asarray(self.allowed, np.int64))
+
+    def count(self) -> int:
+        return int(self.allowed.size)
+
+    def ids(self) -> np.ndarray:
+        return self.allowed
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, self.allowed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one filtered search ran.
+
+    Attributes:
+        strategy: ``empty``, ``exact``, ``selector`` or ``widen``.
+        passing: assets passing the filter.
+        selectivity: passing over the vectors in the index.
+        nprobe: IVF lists visited (selector and widen on an IVF index).
+        asked: results asked of FAISS in the last round (widen), or candidates scored (exact).
+        rounds: FAISS searches made.
+    """
+
+    strategy: str
+    passing: int
+    selectivity: float
+    nprobe: int | None = None
+    asked: int = 0
+    rounds: int = 0
+
+
+def choose(passing: int, total: int) -> str:
+    """The strategy for a filter passing ``passing`` of ``total`` indexed vectors."""
+    if passing <= 0 or total <= 0:
+        return "empty"
+    if passing <= EXACT_MAX:
+        return "exact"
+    if passing <= SELECTOR_MAX_FRACTION * total:
+        return "selector"
+    return "widen"
+
+
+def _exact(
+    query: np.ndarray, ids: np.ndarray, read: VectorReader, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    found, vectors = read(ids)
+    if not found.size:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    scores = np.asarray(vectors, np.float32) @ query
+    top = np.argsort(-scores, kind="stable")[:k]
+    return scores[top].astype(np.float32), found[top].astype(np.int64)
+
+
+def _probes(index: VectorIndex, k: int, passing: int) -> int | None:
+    """nprobe so that the visited lists hold about PROBE_MARGIN x k passing vectors."""
+    nlist = index.params.get("nlist")
+    if not nlist:
+        return None
+    wanted = math.ceil(PROBE_MARGIN * k * nlist / max(passing, 1))
+    return int(min(nlist, max(index.nprobe, wanted)))
+
+
+def filtered_search(
+    index: VectorIndex,
+    query: np.ndarray,
+    k: int,
+    allowed: FilterSet,
+    *,
+    read_vectors: VectorReader | None = None,
+) -> tuple[np.ndarray, np.ndarray, Plan]:
+    """The ``k`` vectors most similar to ``query`` among those ``allowed`` passes.
+
+    Args:
+        index: the vector index.
+        query: (dim,) float32, unit-norm.
+        k: results wanted, >= 1.
+        allowed: the filter.
+        read_vectors: reads stored c by id (the database); enables the ``exact`` plan and the
+            exact re-scoring of selector results. Without it the exact plan searches the index
+            with a selector over every list.
+
+    Returns:
+        ``(scores, ids, plan)``, best first; fewer than ``k`` only when fewer pass.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    query = np.ascontiguousarray(np.asarray(query, np.float32).reshape(-1))
+    total = index.count
+    passing = allowed.count()
+    strategy = choose(passing, total)
+    selectivity = passing / total if total else 0.0
+    if strategy == "empty":
+        empty = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return *empty, Plan("empty", passing, selectivity)
+    if strategy == "exact":
+        ids = allowed.ids()
+        if read_vectors is not None:
+            scores, found = _exact(query, ids, read_vectors, k)
+            return scores, found, Plan("exact", passing, selectivity, asked=int(ids.size))
+        nlist = index.params.get("nlist")  # every list: exact for flat, all codes for IVF
+        scores, found = (
+            index.search_one(query, k, allowed_ids=ids)
+            if not nlist
+            else _one(index.search(query.reshape(1, -1), k, allowed_ids=ids, nprobe=nlist))
+        )
+        return scores, found, Plan("exact", passing, selectivity, nlist, int(ids.size), 1)
+    if strategy == "selector":
+        nprobe = _probes(index, k, passing)
+        ask = k * RERANK_MARGIN if read_vectors is not None else k
+        scores, found = _one(
+            index.search(query.reshape(1, -1), ask, allowed_ids=allowed.ids(), nprobe=nprobe)
+        )
+        if read_vectors is not None and found.size:
+            scores, found = _exact(query, found, read_vectors, k)
+        return scores[:k], found[:k], Plan("selector", passing, selectivity, nprobe, ask, 1)
+    # widen
+    ask = min(total, math.ceil(2 * k * RERANK_MARGIN / max(selectivity, 1e-9)))
+    nprobe = _probes(index, ask, total)
+    rounds = 0
+    while True:
+        rounds += 1
+        scores, found = _one(index.search(query.reshape(1, -1), ask, nprobe=nprobe))
+        keep = allowed.contains(found)
+        if int(keep.sum()) >= k * RERANK_MARGIN or ask >= total:
+            break
+        ask = min(total, ask * 2)
+        nprobe = _probes(index, ask, total)
+    want = k * RERANK_MARGIN if read_vectors is not None else k
+    scores, found = scores[keep][:want], found[keep][:want]
+    if read_vectors is not None and found.size:
+        scores, found = _exact(query, found, read_vectors, k)
+    return scores[:k], found[:k], Plan("widen", passing, selectivity, nprobe, ask, rounds)
+
+
+def _one(result: tuple[list[np.ndarray], list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    scores, ids = result
+    return np.asarray(scores[0], np.float32), np.asarray(ids[0], np.int64)
+
+
+class FilteredCandidates:
+    """A stage-1 candidate source for concept search restricted to a filter: what
+    :class:`~indexer.retroactive.RetroactiveSearcher` asks (``search(queries, k)``), answered by
+    :func:`filtered_search`. When the filter passes no more than the shortlist, stage 1 returns
+    every passing asset and stage 2 scores them all exactly."""
+
+    def __init__(
+        self, index: VectorIndex, allowed: FilterSet, read_vectors: VectorReader | None = None
+    ) -> None:
+        self.index = index
+        self.allowed = allowed
+        self.read_vectors = read_vectors
+        self.plans: list[Plan] = []
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per query row, the ``k`` best passing ids (see :func:`filtered_search`)."""
+        rows = np.atleast_2d(np.asarray(queries, np.float32))
+        if self.allowed.count() <= k:  # the whole filtered set is the shortlist
+            ids = self.allowed.ids()
+            self.plans.append(Plan("exact", ids.size, 0.0, asked=int(ids.size)))
+            ones = np.ones(ids.size, np.float32)
+            return [ones] * rows.shape[0], [ids] * rows.shape[0]
+        out_s, out_i = [], []
+        for row in rows:
+            scores, ids, plan = filtered_search(
+                self.index, row, k, self.allowed, read_vectors=self.read_vectors
+            )
+            self.plans.append(plan)
+            out_s.append(scores)
+            out_i.append(ids)
+        return out_s, out_i
+
+
+def filtered_searcher(
+    searcher: RetroactiveSearcher, candidates: FilteredCandidates
+) -> RetroactiveSearcher:
+    """The concept searcher with its stage 1 restricted to a filter (a shallow copy sharing the
+    store, the scorer and the calibration cache)."""
+    clone = copy.copy(searcher)
+    clone.candidates = candidates
+    return clone
+
+
+def chunks(ids: Sequence[int] | np.ndarray, size: int = 10_000) -> list[np.ndarray]:
+    """``ids`` in slices of ``size`` (reads by id stay within a statement's parameter limit)."""
+    array = np.asarray(ids, np.int64)
+    return [array[i : i + size] for i in range(0, array.size, size)]
