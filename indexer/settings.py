@@ -113,7 +113,7 @@ class IndexSettings(BaseModel):
     ivf_nlist: int = 4096
     pq_m: int = 64
     shortlist: int = Field(default=2000, ge=1, description="stage-1 candidates for concepts")
-    token_format: Literal["float16", "int8", "pq128", "pq64"] = "float16"
+    token_format: Literal["float16", "int8", "pca128i8", "pca64i8", "pq128", "pq64"] = "float16"
     score_floor: float = Field(default=0.2, ge=0.0, le=1.0, description="store scores >= floor")
     score_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",

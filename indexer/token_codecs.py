@@ -33,7 +33,10 @@ PQ_BITS = 8
 TRAIN_TOKENS = 16_384  # tokens sampled from the first batch to train a codebook
 MIN_TRAIN_TOKENS = 256 * 39  # FAISS k-means wants 39 points per centroid (69 assets of 145)
 _PQ = re.compile(r"^pq(\d+)$")
-CODEC_FORMATS: tuple[str, ...] = ("pq64", "pq128")
+_PCA = re.compile(r"^pca(\d+)i8$")
+PQ_FORMATS: tuple[str, ...] = ("pq64", "pq128")
+PCA_FORMATS: tuple[str, ...] = ("pca128i8", "pca64i8")
+CODEC_FORMATS: tuple[str, ...] = (*PCA_FORMATS, *PQ_FORMATS)
 
 
 class CodecError(ValueError):
@@ -48,13 +51,27 @@ def is_codec_format(fmt: str) -> bool:
 def subquantizers(fmt: str) -> int:
     """M, the one-byte codes per token, of a ``pqM`` format."""
     match = _PQ.match(fmt)
-    if not match or fmt not in CODEC_FORMATS:
+    if not match or fmt not in PQ_FORMATS:
+        raise CodecError(f"unknown codec format {fmt!r}; use one of {', '.join(CODEC_FORMATS)}")
+    return int(match.group(1))
+
+
+def components(fmt: str) -> int:
+    """k, the principal components kept per token, of a ``pcaKi8`` format."""
+    match = _PCA.match(fmt)
+    if not match or fmt not in PCA_FORMATS:
         raise CodecError(f"unknown codec format {fmt!r}; use one of {', '.join(CODEC_FORMATS)}")
     return int(match.group(1))
 
 
 def record_dtype(fmt: str, tokens: int, dim: int) -> np.dtype:
-    """numpy dtype of one asset's record: (T, M) uint8 codes."""
+    """numpy dtype of one asset's record: (T, M) uint8 codes for pq, per-token float32 scale
+    and (T, k) int8 for pca."""
+    if fmt in PCA_FORMATS:
+        k = components(fmt)
+        if k > dim:
+            raise CodecError(f"{fmt}: {k} components of a {dim}-d embedding")
+        return np.dtype([("scale", "<f4", (tokens,)), ("q", "i1", (tokens, k))])
     m = subquantizers(fmt)
     if dim % m:
         raise CodecError(f"{fmt}: embedding width {dim} is not a multiple of {m}")
@@ -143,10 +160,9 @@ class PQCodec:
 
     # -- persistence --------------------------------------------------------------------------
 
-    def save(self, path: Path) -> None:
-        """Write the centroids as one .npy (the caller makes it durable and names it)."""
-        with open(path, "wb") as fh:
-            np.save(fh, self.centroids)
+    def save(self, fh) -> None:
+        """Write the centroids as one .npy to an open file (the caller makes it durable)."""
+        np.save(fh, self.centroids)
 
     @classmethod
     def load(cls, fmt: str, path: Path) -> PQCodec:
@@ -159,3 +175,90 @@ class PQCodec:
     def manifest_entry(self, file: str) -> dict[str, object]:
         """What the store's manifest records about this codec."""
         return {"file": file, "format": self.fmt, "version": CODEC_VERSION, "m": self.m}
+
+
+class PCACodec:
+    """A learnt rotation: tokens are centred, projected on their k leading principal components
+    (the covariance of a token sample), and each token's k coordinates stored as int8 with one
+    float32 scale (max |z| / 127). Decoded as ``mean + (q * scale) @ basis``.
+
+    Args:
+        fmt: ``pca128i8`` or ``pca64i8``.
+        mean: (dim,) float32, basis: (k, dim) float32 with orthonormal rows.
+    """
+
+    def __init__(self, fmt: str, mean: np.ndarray, basis: np.ndarray) -> None:
+        k = components(fmt)
+        basis = np.ascontiguousarray(basis, dtype=np.float32)
+        mean = np.ascontiguousarray(mean, dtype=np.float32).reshape(-1)
+        if basis.shape != (k, len(mean)):
+            raise CodecError(f"{fmt}: basis must be ({k}, {len(mean)}), got {basis.shape}")
+        self.fmt, self.k, self.dim = fmt, k, len(mean)
+        self.mean, self.basis = mean, basis
+
+    @classmethod
+    def train(cls, fmt: str, embeds: np.ndarray, seed: int = 0) -> PCACodec:
+        """Principal components of a token sample: ``embeds`` (n, T, dim) or (n_tokens, dim)."""
+        k = components(fmt)
+        x = np.asarray(embeds, dtype=np.float32)
+        x = x.reshape(-1, x.shape[-1])
+        if len(x) < max(MIN_TRAIN_TOKENS, 4 * x.shape[1]):
+            raise CodecError(f"{fmt}: training needs at least {MIN_TRAIN_TOKENS} tokens")
+        if len(x) > TRAIN_TOKENS * 4:
+            rng = np.random.default_rng(seed)
+            x = x[np.sort(rng.choice(len(x), TRAIN_TOKENS * 4, replace=False))]
+        mean = x.mean(0)
+        xc = (x - mean).astype(np.float64)
+        _, vecs = np.linalg.eigh(xc.T @ xc)  # ascending eigenvalues
+        basis = vecs[:, ::-1][:, :k].T
+        return cls(fmt, mean, basis)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Coordinates of (..., dim) vectors in the kept components (no quantisation)."""
+        return (np.asarray(x, np.float32) - self.mean) @ self.basis.T
+
+    def encode(self, embeds: np.ndarray) -> np.ndarray:
+        """(n, T, dim) floats -> records (n,) of per-token scale and (T, k) int8."""
+        z = self.project(embeds)
+        scale = np.abs(z).max(axis=-1) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        out = np.empty(len(z), dtype=record_dtype(self.fmt, z.shape[1], self.dim))
+        out["scale"] = scale
+        out["q"] = np.clip(np.rint(z / scale[..., None]), -127, 127)
+        return out
+
+    def decode(self, records: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
+        """Records -> (n, T, dim) in ``dtype``."""
+        z = np.asarray(records["q"], np.float32) * np.asarray(records["scale"])[..., None]
+        out = z @ self.basis
+        out += self.mean
+        return out.astype(dtype, copy=False)
+
+    def save(self, fh) -> None:
+        """Mean (first row) and basis as one (k + 1, dim) .npy."""
+        np.save(fh, np.concatenate([self.mean[None], self.basis]))
+
+    @classmethod
+    def load(cls, fmt: str, path: Path) -> PCACodec:
+        try:
+            a = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise CodecError(f"cannot read codebook {path}: {exc}") from exc
+        return cls(fmt, a[0], a[1:])
+
+    def manifest_entry(self, file: str) -> dict[str, object]:
+        """What the store's manifest records about this codec."""
+        return {"file": file, "format": self.fmt, "version": CODEC_VERSION, "k": self.k}
+
+
+Codec = PQCodec | PCACodec
+
+
+def train_codec(fmt: str, embeds: np.ndarray, seed: int = 0) -> Codec:
+    """Train the codec of a format on a sample of E."""
+    return (PCACodec if fmt in PCA_FORMATS else PQCodec).train(fmt, embeds, seed)
+
+
+def load_codec(fmt: str, path: Path) -> Codec:
+    """A trained codec from its saved file."""
+    return (PCACodec if fmt in PCA_FORMATS else PQCodec).load(fmt, path)

@@ -13,9 +13,10 @@ Formats (fixed per store):
 - ``float16``: T x 512 float16 per asset (145 tokens: 148,480 bytes).
 - ``int8``: per token a float32 scale (max |value| / 127) then T x 512 int8 values rounded to
   the nearest step (145 tokens: 74,820 bytes). Decoded as ``q * scale``.
-- ``pq128`` / ``pq64``: product-quantised tokens, T x M one-byte codes (18,560 / 9,280 bytes)
-  with a codebook trained on the first batch added (:mod:`indexer.token_codecs`; the codebook
-  file is named in the manifest under ``codec``).
+- ``pca128i8`` / ``pca64i8``: tokens rotated onto their k leading principal components, int8
+  with a per-token scale (19,140 / 9,860 bytes); ``pq128`` / ``pq64``: product-quantised tokens,
+  T x M one-byte codes (18,560 / 9,280 bytes). Both learn their rotation / codebook from the
+  first batch added (:mod:`indexer.token_codecs`; the file is named in the manifest, ``codec``).
 
 Writes are crash-safe: record bytes are appended and fsynced first; the per-shard id files that
 change are written under a new generation name (temp file, fsync, rename); only then is the
@@ -59,7 +60,7 @@ import numpy as np
 
 from indexer import token_codecs
 
-TokenFormat = Literal["float16", "int8", "pq128", "pq64"]
+TokenFormat = Literal["float16", "int8", "pca128i8", "pca64i8", "pq128", "pq64"]
 FORMATS: tuple[str, ...] = ("float16", "int8", *token_codecs.CODEC_FORMATS)
 MANIFEST = "manifest.json"
 READERS = "READERS"
@@ -443,7 +444,7 @@ class TokenStore:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _codec_of(self, manifest: dict[str, Any]) -> token_codecs.PQCodec:
+    def _codec_of(self, manifest: dict[str, Any]) -> token_codecs.Codec:
         """The trained codec a manifest names (loaded once per codebook file)."""
         entry = manifest.get("codec")
         if not entry:
@@ -452,7 +453,7 @@ class TokenStore:
         if cached is None or cached[0] != entry["file"]:
             if entry.get("version") != token_codecs.CODEC_VERSION:
                 raise TokenStoreError(f"{self.path}: unsupported codec version {entry}")
-            codec = token_codecs.PQCodec.load(manifest["format"], self.path / entry["file"])
+            codec = token_codecs.load_codec(manifest["format"], self.path / entry["file"])
             cached = (entry["file"], codec)
             self._codec_cache = cached
         return cached[1]
@@ -468,9 +469,9 @@ class TokenStore:
                     f"the first add() to a {fmt} store trains its codebook: it needs at least "
                     f"{need} assets, got {len(embeds)}"
                 )
-            codec = token_codecs.PQCodec.train(fmt, embeds)
+            codec = token_codecs.train_codec(fmt, embeds)
             name = f"codebook-{int(manifest['generation']) + 1:06d}.npy"
-            _atomic_bytes(self.path / name, lambda fh: np.save(fh, codec.centroids))
+            _atomic_bytes(self.path / name, codec.save)
             manifest["codec"] = codec.manifest_entry(name)
             self._codec_cache = (name, codec)
         return self._codec_of(manifest).encode(embeds)
