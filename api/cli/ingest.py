@@ -36,8 +36,23 @@ def _print_json(data: Any) -> None:
 @app.command("ingest")
 def ingest_command(
     sources: Annotated[
-        list[str], typer.Argument(help="Files, folders (walked recursively) and http(s) URLs.")
-    ],
+        list[str] | None,
+        typer.Argument(help="Files, folders (walked recursively) and http(s) URLs."),
+    ] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest",
+            help="A CSV or Parquet file with a url/path column (optional id, other columns "
+            "kept as metadata): registered in batches, resumable.",
+        ),
+    ] = None,
+    register_only: Annotated[
+        bool,
+        typer.Option(
+            "--register-only", help="With --manifest: only register its rows (no processing)."
+        ),
+    ] = False,
     include: Annotated[
         list[str] | None,
         typer.Option(
@@ -74,6 +89,13 @@ def ingest_command(
     from indexer.jobs import JobStalledError
     from indexer.settings import get_settings
 
+    if manifest is not None:
+        if sources:
+            _die("give either --manifest FILE or sources, not both")
+        _ingest_manifest(manifest, wait, retry_failed, register_only, as_json, show_failures)
+        return
+    if not sources:
+        _die("nothing to ingest: give files, folders or URLs, or --manifest FILE")
     try:
         require_broker(get_settings())  # at once, not after a minute of publish retries
         model = announce_configured(get_settings())  # the demo model says what it is, once
@@ -122,6 +144,69 @@ def ingest_command(
         if summary.queued:
             typer.echo(f"follow it with: ramdex jobs {summary.job_id}")
     if summary.failed:
+        raise typer.Exit(EXIT_FAILED_ITEMS)
+
+
+def _ingest_manifest(
+    manifest: str,
+    wait: bool,
+    retry_failed: bool,
+    register_only: bool,
+    as_json: bool,
+    show_failures: int,
+) -> None:
+    """``ramdex ingest --manifest FILE``: stage the rows (resumable), then ingest them."""
+    from pathlib import Path
+
+    from api.cli.model_notice import announce_configured
+    from indexer.celery_app import require_broker
+    from indexer.ingest.manifest import ingest_manifest, manifest_format, manifest_stage_text
+    from indexer.jobs import JobStalledError
+    from indexer.settings import get_settings
+
+    settings = get_settings()
+    path = Path(manifest).expanduser()
+    manifest_format(path)  # a missing file or an unknown format: exit 2 before anything
+    if not register_only:
+        require_broker(settings)
+        announce_configured(settings)
+    try:
+        summary = ingest_manifest(
+            path,
+            settings=settings,
+            wait=wait,
+            retry_failed=retry_failed,
+            stage_only=register_only,
+        )
+    except JobStalledError as exc:
+        _die(str(exc))
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: the rows registered so far are kept; run the same command again to "
+            "continue where it stopped",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    stage = summary.stage
+    if stage.rows_total and stage.malformed >= stage.rows_total:
+        first = stage.malformed_examples[0] if stage.malformed_examples else ""
+        _die(f"--manifest {manifest}: no usable row ({stage.malformed} malformed; {first})")
+    if as_json:
+        _print_json(summary.to_dict())
+    else:
+        typer.echo(manifest_stage_text(summary.stage))
+        for example in summary.stage.malformed_examples[:show_failures]:
+            typer.echo(f"  skipped: {example}")
+        if not register_only:
+            typer.echo(
+                f"ingest: {summary.submitted} sources in {len(summary.job_ids)} jobs: "
+                f"{summary.done} done ({summary.resumed} resumed), {summary.duplicate} "
+                f"duplicate, {summary.failed} failed"
+                + (f", {summary.queued} queued" if summary.queued else "")
+            )
+            for failure in summary.failures[:show_failures]:
+                typer.echo(f"  failed: {failure.source}: {failure.reason}")
+    if summary.failed or summary.stage.malformed:
         raise typer.Exit(EXIT_FAILED_ITEMS)
 
 

@@ -57,6 +57,7 @@ from indexer.db.errors import DuplicateError, NotFoundError, UnknownTagError
 from indexer.db.job_repo import add_job_progress, create_job, get_job, list_jobs, update_job
 from indexer.db.jobs import Job, JobKind, JobStatus
 from indexer.db.leases import ServiceLease  # noqa: F401 - its table is part of the schema
+from indexer.db.manifests import Manifest, ManifestRow  # noqa: F401 - tables of the schema
 from indexer.db.search import MatchedTag, SearchHit, SearchPage, search_by_tags
 from indexer.db.session import (
     create_engine_for,
