@@ -191,8 +191,7 @@ def filtered_search(
             break
         ask = min(total, ask * 2)
         nprobe = _probes(index, ask, total)
-    want = k * RERANK_MARGIN if read_vectors is not None else k
-    scores, found = scores[keep][:want], found[keep][:want]
+    scores, found = scores[keep], found[keep]  # all passing ones asked are re-scored
     if read_vectors is not None and found.size:
         scores, found = _exact(query, found, read_vectors, k)
     return scores[:k], found[:k], Plan("widen", passing, selectivity, nprobe, ask, rounds)
