@@ -87,3 +87,50 @@ def test_choose_and_candidates_for_concept_stage1(archive) -> None:
     assert [sorted(i.tolist()) for i in ids] == [[3, 70, 900]] * 2
     with pytest.raises(ValueError, match="k must be"):
         filtered_search(index, xb[0], 0, IdFilter(allowed))
+
+
+# --- through the search service, on a real ingested archive (PostgreSQL) -------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - (archive, service)
+    from indexer.archive import Archive
+    from indexer.search import SearchService
+    from tests.search_support import search_archive
+
+    with search_archive(tmp_path_factory.mktemp("filtered"), "postgresql") as built:
+        with Archive(built.settings) as opened:
+            yield built, SearchService(opened)
+
+
+def test_service_similar_and_concept_search_with_a_rare_filter_fill_the_page(
+    served, monkeypatch
+) -> None:
+    from indexer.search import SearchRequest, rankings, service
+    from indexer.search.rankings import asset_vector
+
+    archive, svc = served
+    recall = 4  # the recall budget, shrunk so that a filter is "rare" in an 80-asset archive
+    monkeypatch.setattr(rankings, "RECALL", recall)
+    monkeypatch.setattr(service, "RECALL", recall)
+    with svc.archive.sessions() as s:
+        # the rarest stored tag on at least 6 assets
+        counts = {}
+        for tag in ("small", "large", "red", "blue", "green", "circle", "square", "triangle"):
+            page = svc.search(SearchRequest(all=[tag], limit=200), session=s)
+            counts[tag] = [h.asset_id for h in page.hits]
+        tag, passing = min(
+            ((t, p) for t, p in counts.items() if len(p) >= 6), key=lambda x: len(x[1])
+        )
+        query = next(i for i in sorted(archive.truth) if i not in passing)
+        q = asset_vector(s, query)
+        exact = sorted(passing, key=lambda i: -float(asset_vector(s, i) @ q))[:recall]
+        unfiltered = [
+            h.asset_id
+            for h in svc.search(SearchRequest(similar_to=query, limit=recall), session=s).hits
+        ]
+        assert len(set(unfiltered) & set(passing)) < recall  # recall-then-filter falls short
+        page = svc.search(SearchRequest(similar_to=query, all=[tag], limit=recall), session=s)
+        assert [h.asset_id for h in page.hits] == exact
+        concept = svc.search(SearchRequest(text="navy", all=[tag], limit=recall), session=s)
+        assert len(concept.hits) == recall and {h.asset_id for h in concept.hits} <= set(passing)

@@ -471,3 +471,20 @@ def matched_tags(
             MatchedTag(int(tag_id), tag.english, tag.chinese, float(score))
         )
     return {k: tuple(v) for k, v in out.items()}
+
+
+def count_matching_assets(session: Session, conditions: Sequence[Any]) -> int:
+    """How many done assets pass ``conditions`` (a filter's selectivity, for the filtered
+    vector search planner: one ``COUNT``, answered from the indexes the conditions use)."""
+    stmt = sa.select(sa.func.count()).where(_assets.c.status == AssetStatus.DONE.value, *conditions)
+    return int(session.execute(stmt).scalar_one())
+
+
+def matching_asset_ids(
+    session: Session, conditions: Sequence[Any], among: Sequence[int] | None = None
+) -> list[int]:
+    """Ids of the done assets passing ``conditions`` (optionally only ``among`` these)."""
+    stmt = sa.select(_assets.c.id).where(_assets.c.status == AssetStatus.DONE.value, *conditions)
+    if among is not None:
+        stmt = stmt.where(_assets.c.id.in_([int(i) for i in among]))
+    return [int(i) for i in session.execute(stmt.order_by(_assets.c.id)).scalars()]

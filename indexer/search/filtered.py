@@ -27,8 +27,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from indexer.archive import Archive
     from indexer.faiss_index import VectorIndex
     from indexer.retroactive import RetroactiveSearcher
+    from indexer.search.rankings import Ranked
+    from indexer.search.timing import Phases
 
 EXACT_MAX = 20_000  # passing assets scored directly (20k x 512 inner products: about 1 ms)
 SELECTOR_MAX_FRACTION = 0.2  # id selector up to this share of the index; widening beyond
@@ -72,6 +77,76 @@ class IdFilter:
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         return np.isin(ids, self.allowed)
+
+
+class SqlFilter:
+    """A filter given by SQL conditions on ``assets`` (done assets only): counted once, its ids
+    read only when the plan needs them."""
+
+    def __init__(self, session: Session, conditions: Sequence[object]) -> None:
+        self.session = session
+        self.conditions = list(conditions)
+        self._count: int | None = None
+        self._ids: np.ndarray | None = None
+
+    def count(self) -> int:
+        from indexer.db.search import count_matching_assets
+
+        if self._count is None:
+            self._count = count_matching_assets(self.session, self.conditions)
+        return self._count
+
+    def ids(self) -> np.ndarray:
+        from indexer.db.search import matching_asset_ids
+
+        if self._ids is None:
+            self._ids = np.array(matching_asset_ids(self.session, self.conditions), np.int64)
+        return self._ids
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        from indexer.db.search import matching_asset_ids
+
+        if self._ids is not None:
+            return np.isin(ids, self._ids)
+        passing: list[int] = []
+        for part in chunks(ids):
+            passing += matching_asset_ids(self.session, self.conditions, among=part.tolist())
+        return np.isin(ids, np.array(passing, np.int64))
+
+
+def database_reader(session: Session, model_name: str) -> VectorReader:
+    """Reads stored c of a model's assets from the database (the source of truth)."""
+    from indexer.db.embedding_repo import get_embeddings
+
+    def read(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found, vectors = get_embeddings(session, model_name, ids)
+        return found, vectors.astype(np.float32, copy=False)
+
+    return read
+
+
+def similar_ranking_filtered(
+    archive: Archive,
+    session: Session,
+    vector: np.ndarray,
+    name: str,
+    allowed: FilterSet,
+    k: int,
+    exclude: int | None = None,
+    phases: Phases | None = None,
+) -> Ranked:
+    """Assets passing ``allowed`` ranked by similarity to ``vector`` (the planned search)."""
+    from indexer.search.rankings import Ranked
+    from indexer.search.timing import SIMILAR, Phases
+
+    index = archive.vector_index()
+    phases = phases if phases is not None else Phases()
+    read = database_reader(session, index.model_name or archive.model_id())
+    with archive.timer("similar_search"), phases.phase(SIMILAR):
+        scores, ids, plan = filtered_search(index, vector, k + 1, allowed, read_vectors=read)
+    phases.notes["plan"] = plan.strategy
+    keep = ids != (exclude if exclude is not None else -1)
+    return Ranked(ids[keep][:k], scores[keep][:k].astype(np.float32), "similar", name)
 
 
 @dataclass(frozen=True)

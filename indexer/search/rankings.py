@@ -31,6 +31,7 @@ from indexer.search.timing import CALIBRATE, ENCODE, SIMILAR, STAGE1, STAGE2, Ph
 if TYPE_CHECKING:
     from indexer.archive import Archive
     from indexer.retroactive import Mode
+    from indexer.stage1 import CandidateSource
     from ram_pp.preprocess import DecodeOptions
 
 RECALL = 1000  # relevance-ranked assets recalled for concept and similar search
@@ -64,12 +65,14 @@ def concept_ranking(
     text: str,
     descriptions: Sequence[str] = (),
     phases: Phases | None = None,
+    candidates: CandidateSource | None = None,
 ) -> Ranked:
     """Assets ranked by the free-text concept's RAM++ probability (two-stage search).
 
     The concept is ``text`` described by ``descriptions``, or by the prompt templates when
     there are none (as a concept's backfill builds it). ``phases`` gets the time of the text
-    encoding, the calibration and both stages.
+    encoding, the calibration and both stages. ``candidates``: a stage-1 source restricted to a
+    filter (:class:`indexer.search.filtered.FilteredCandidates`; two-stage then always).
 
     Raises:
         InvalidQueryError: the text makes no concept (blank once cleaned).
@@ -93,6 +96,10 @@ def concept_ranking(
         )
     searcher = archive.searcher()
     mode: Mode = "exhaustive" if len(store) <= searcher.shortlist else "two_stage"
+    if candidates is not None:
+        from indexer.search.filtered import filtered_searcher
+
+        searcher, mode = filtered_searcher(searcher, candidates), "two_stage"
     with archive.timer(f"concept_{mode}"):
         result = searcher.search(bank, names=[concept.name], top_k=RECALL, mode=mode)[0]
     timings = result.timings  # the searcher's own split of its work

@@ -8,9 +8,12 @@ way for every caller (the API translates HTTP to it, ``ramdex search`` the comma
 - Similar: FAISS over the stored image embeddings, by cosine similarity.
 
 Concept and similar searches recall at most :data:`~indexer.search.rankings.RECALL` assets by
-relevance; tag, type and date filters then apply to that ranked list; ``sort="date"`` orders the
-recalled assets newest first. Pages of such lists use offset cursors tied to the query, and the
-ranked list is cached for a minute so that paging does not score again.
+relevance; with tag, type or date filters that recall is planned by the filter's selectivity
+(:mod:`indexer.search.filtered`: the passing set scored directly when small, the vector index
+searched with an id selector or widening when large), never "recall, then filter", so a rare
+filter still fills its pages; ``sort="date"`` orders the recalled assets newest first. Pages of
+such lists use offset cursors tied to the query, and the ranked list is cached for a minute so
+that paging does not score again.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ from indexer.db.search import MatchedTag, asset_filters, has_tag_term, matched_t
 from indexer.db.tag_repo import resolve_tags
 from indexer.search.cursors import decode_offset, encode_offset, is_offset_cursor, query_digest
 from indexer.search.errors import InvalidCursorError
+from indexer.search.filtered import (
+    FilteredCandidates,
+    SqlFilter,
+    database_reader,
+    similar_ranking_filtered,
+)
 from indexer.search.rankings import (
     RECALL,
     Ranked,
@@ -122,8 +131,9 @@ class SearchService:
 
         with phases.phase(DB):
             terms = _resolve(session, model_id, req)
-        ranked = self._ranking(session, model_id, req, phases)
-        if req.tags or req.mime or req.created_after or req.created_before:
+        filtering = bool(req.tags or req.mime or req.created_after or req.created_before)
+        ranked = self._ranking(session, model_id, req, phases, terms if filtering else None)
+        if filtering:
             with phases.phase(FILTER):
                 ranked = _filter(session, ranked, terms, req)
         image_digest = req.image.digest if req.image is not None else ""
@@ -134,13 +144,21 @@ class SearchService:
         return SearchPage(hits, next_cursor, model_id, pending, threshold, timings=phases)
 
     def _ranking(
-        self, session: Session, model_id: str, req: SearchRequest, phases: Phases
+        self,
+        session: Session,
+        model_id: str,
+        req: SearchRequest,
+        phases: Phases,
+        terms: _Terms | None = None,
     ) -> Ranked:
         """The request's relevance ranking, from the cache when it was built a moment ago
-        (``phases.notes["ranking"]`` says which: ``built`` or ``cached``)."""
+        (``phases.notes["ranking"]`` says which: ``built`` or ``cached``); restricted to the
+        filters when ``terms`` is given (planned by selectivity, ``phases.notes["plan"]``)."""
         archive = self.archive
         cache = archive.cache("rankings")
         phases.notes["ranking"] = "cached"
+        allowed = SqlFilter(session, _conditions(terms, req)) if terms is not None else None
+        scope = "" if terms is None else "|filtered|" + repr(_filter_key(req))
 
         def built(build: Callable[[], Ranked]) -> Callable[[], Ranked]:
             def run() -> Ranked:
@@ -155,12 +173,32 @@ class SearchService:
                 with phases.phase(DB):
                     stored = find_concept(session, model_id, text)
                 described = tuple(stored.descriptions or ()) if stored is not None else ()
+            candidates = None
+            if allowed is not None:
+                index = archive.vector_index()
+                reader = database_reader(session, index.model_name or model_id)
+                candidates = FilteredCandidates(index, allowed, reader)
             return cache.get_or_build(
-                "|".join(("concept", model_id, text, *described)),
-                built(lambda: concept_ranking(archive, text, described, phases)),
+                "|".join(("concept", model_id, text, *described)) + scope,
+                built(lambda: concept_ranking(archive, text, described, phases, candidates)),
             )
         if req.image is not None:
             image = req.image
+            if allowed is not None:
+                return cache.get_or_build(
+                    f"image|{model_id}|{image.digest}{scope}",
+                    built(
+                        lambda: similar_ranking_filtered(
+                            archive,
+                            session,
+                            image.vector,
+                            "query image",
+                            allowed,
+                            RECALL,
+                            phases=phases,
+                        )
+                    ),
+                )
             return cache.get_or_build(
                 f"image|{model_id}|{image.digest}",
                 built(lambda: similar_ranking(archive, image.vector, "query image", phases=phases)),
@@ -168,6 +206,22 @@ class SearchService:
         target = int(req.similar_to)  # type: ignore[arg-type]
         with phases.phase(DB):
             vector = asset_vector(session, target)
+        if allowed is not None:
+            return cache.get_or_build(
+                f"asset|{model_id}|{target}{scope}",
+                built(
+                    lambda: similar_ranking_filtered(
+                        archive,
+                        session,
+                        vector,
+                        f"asset {target}",
+                        allowed,
+                        RECALL,
+                        exclude=target,
+                        phases=phases,
+                    )
+                ),
+            )
         return cache.get_or_build(
             f"asset|{model_id}|{target}",
             built(
@@ -257,17 +311,37 @@ def _filter(session: Session, ranked: Ranked, terms: _Terms, req: SearchRequest)
     if not (req.tags or req.mime or req.created_after or req.created_before):
         return ranked
     ids = Asset.__table__.c.id
-    conditions = asset_filters(req.mime or None, req.created_after, req.created_before)
+    conditions = _conditions(terms, req)
+    conditions.append(Asset.__table__.c.status == AssetStatus.DONE.value)
+    stmt = sa.select(ids).where(ids.in_(ranked.ids.tolist()), *conditions)
+    allowed = np.fromiter((int(i) for i in session.execute(stmt).scalars()), np.int64)
+    return ranked.keep(np.isin(ranked.ids, allowed))
+
+
+def _conditions(terms: _Terms, req: SearchRequest) -> list[Any]:
+    """The request's tag, type and date filters as SQL conditions on ``assets``."""
+    ids = Asset.__table__.c.id
+    conditions: list[Any] = asset_filters(req.mime or None, req.created_after, req.created_before)
     for term in terms.all_terms:
         conditions.append(has_tag_term(ids, term, req.min_score))
     if terms.any_tags:
         conditions.append(has_tag_term(ids, terms.any_tags, req.min_score))
     if terms.none_tags:
         conditions.append(~has_tag_term(ids, terms.none_tags, req.min_score))
-    conditions.append(Asset.__table__.c.status == AssetStatus.DONE.value)
-    stmt = sa.select(ids).where(ids.in_(ranked.ids.tolist()), *conditions)
-    allowed = np.fromiter((int(i) for i in session.execute(stmt).scalars()), np.int64)
-    return ranked.keep(np.isin(ranked.ids, allowed))
+    return conditions
+
+
+def _filter_key(req: SearchRequest) -> tuple[Any, ...]:
+    """What a filtered ranking depends on besides its query (its cache key's other part)."""
+    return (
+        req.all,
+        req.any,
+        req.none,
+        req.min_score,
+        req.mime,
+        req.created_after,
+        req.created_before,
+    )
 
 
 def _by_date(session: Session, ids: np.ndarray) -> np.ndarray:
