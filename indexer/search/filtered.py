@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from indexer.archive import Archive
     from indexer.faiss_index import VectorIndex
     from indexer.retroactive import RetroactiveSearcher
-    from indexer.search.rankings import Ranked
     from indexer.search.timing import Phases
 
 EXACT_MAX = 20_000  # passing assets scored directly (20k x 512 inner products: about 1 ms)
@@ -125,18 +124,17 @@ def database_reader(session: Session, model_name: str) -> VectorReader:
     return read
 
 
-def similar_ranking_filtered(
+def similar_filtered(
     archive: Archive,
     session: Session,
     vector: np.ndarray,
-    name: str,
     allowed: FilterSet,
     k: int,
     exclude: int | None = None,
     phases: Phases | None = None,
-) -> Ranked:
-    """Assets passing ``allowed`` ranked by similarity to ``vector`` (the planned search)."""
-    from indexer.search.rankings import Ranked
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` assets passing ``allowed`` most similar to ``vector`` (the planned search):
+    ``(ids, scores)``, best first; ``exclude`` (the query asset) left out."""
     from indexer.search.timing import SIMILAR, Phases
 
     index = archive.vector_index()
@@ -146,7 +144,7 @@ def similar_ranking_filtered(
         scores, ids, plan = filtered_search(index, vector, k + 1, allowed, read_vectors=read)
     phases.notes["plan"] = plan.strategy
     keep = ids != (exclude if exclude is not None else -1)
-    return Ranked(ids[keep][:k], scores[keep][:k].astype(np.float32), "similar", name)
+    return ids[keep][:k], scores[keep][:k].astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from indexer.search.filtered import (
     FilteredCandidates,
     SqlFilter,
     database_reader,
-    similar_ranking_filtered,
+    similar_filtered,
 )
 from indexer.search.rankings import (
     RECALL,
@@ -188,14 +188,12 @@ class SearchService:
                 return cache.get_or_build(
                     f"image|{model_id}|{image.digest}{scope}",
                     built(
-                        lambda: similar_ranking_filtered(
-                            archive,
-                            session,
-                            image.vector,
+                        lambda: Ranked(
+                            *similar_filtered(
+                                archive, session, image.vector, allowed, RECALL, phases=phases
+                            ),
+                            "similar",
                             "query image",
-                            allowed,
-                            RECALL,
-                            phases=phases,
                         )
                     ),
                 )
@@ -210,15 +208,12 @@ class SearchService:
             return cache.get_or_build(
                 f"asset|{model_id}|{target}{scope}",
                 built(
-                    lambda: similar_ranking_filtered(
-                        archive,
-                        session,
-                        vector,
+                    lambda: Ranked(
+                        *similar_filtered(
+                            archive, session, vector, allowed, RECALL, target, phases
+                        ),
+                        "similar",
                         f"asset {target}",
-                        allowed,
-                        RECALL,
-                        exclude=target,
-                        phases=phases,
                     )
                 ),
             )
