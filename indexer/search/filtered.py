@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 EXACT_MAX = 20_000  # passing assets scored directly (20k x 512 inner products: about 1 ms)
 SELECTOR_MAX_FRACTION = 0.2  # id selector up to this share of the index; widening beyond
 PROBE_MARGIN = 4  # passing vectors the visited lists should hold, per result wanted
+SELECTOR_RERANK = 10  # selector results re-scored exactly, per result wanted (PQ scores are coarse)
 RERANK_MARGIN = 4  # selector and widen results re-scored exactly, per result wanted
 
 # Reads the image embeddings c of these ids: (ids found, (n, dim) float32).
@@ -245,7 +246,7 @@ def filtered_search(
         return scores, found, Plan("exact", passing, selectivity, nlist, int(ids.size), 1)
     if strategy == "selector":
         nprobe = _probes(index, k, passing)
-        ask = k * RERANK_MARGIN if read_vectors is not None else k
+        ask = k * SELECTOR_RERANK if read_vectors is not None else k
         scores, found = _one(
             index.search(query.reshape(1, -1), ask, allowed_ids=allowed.ids(), nprobe=nprobe)
         )
