@@ -234,11 +234,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the token store")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="a store directory kept by an earlier --keep run (the bench_retro_* folder): reuse "
+        "its float16 store when it holds exactly --n assets, else build it there",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="bench_retro_", dir=args.workdir))
+    if args.reuse is not None:
+        work = args.reuse
+        work.mkdir(parents=True, exist_ok=True)
+        args.keep = True
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench_retro_", dir=args.workdir))
     dtype = resolve_score_dtype(args.dtype)
     fig: dict[str, object] = {
         "n": args.n,
@@ -269,12 +281,20 @@ def run(args, work: Path, fig: dict) -> None:
     names = [f"topic@rank{r}" for r in QUERY_RANKS]
 
     # 1. Build the archive: float16 token store + FAISS over c.
+    reuse = (work / "f16").exists() and len(TokenStore(work / "f16")) == args.n
+    if not reuse:
+        shutil.rmtree(work / "f16", ignore_errors=True)
     store = TokenStore(work / "f16", tokens=T, dim=C, fmt="float16")
     cands = FlatIP(C)
     t0 = time.perf_counter()
     gen_s = 0.0
     step = 2000
-    for start in range(0, args.n, step):
+    if reuse:  # the kept store: only c (token 0 of the stored E) goes back into FAISS
+        for ids, e in store.iter_chunks(step, dtype=np.float16):
+            e0 = e[:, 0].astype(np.float32)
+            cands.add(e0 / np.linalg.norm(e0, axis=1, keepdims=True), ids)
+        print(f"reused the store in {work} ({len(store)} assets)")
+    for start in range(0, 0 if reuse else args.n, step):
         n = min(step, args.n - start)
         e, dt = timed(archive.chunk, start, n)
         gen_s += dt
@@ -290,6 +310,7 @@ def run(args, work: Path, fig: dict) -> None:
     # 2. Formats: bytes per asset, int8 logit error vs float16 on a subset.
     sub_ids = np.arange(min(args.int8_n, args.n))
     e16 = store.get(sub_ids)
+    shutil.rmtree(work / "i8", ignore_errors=True)  # rebuilt each run (also on --reuse)
     q8 = TokenStore(work / "i8", tokens=T, dim=C, fmt="int8")
     q8.add(sub_ids, e16)
     l16 = ref.logits(e16, bank).numpy()
