@@ -171,7 +171,10 @@ def count_rows(path: Path, fmt: str) -> int | None:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception as exc:  # pyarrow raises ArrowInvalid and friends
+            raise ManifestError(f"--manifest {path}: not readable as Parquet ({exc})") from None
     lines = 0
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
