@@ -45,7 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_retroactive as retro  # noqa: E402
 
 from indexer.faiss_index import VectorIndex  # noqa: E402
-from indexer.stage1 import METHODS, shortlist  # noqa: E402
+from indexer.stage1 import (  # noqa: E402
+    METHODS,
+    AdaptiveRule,
+    adaptive_scores,
+    ranked_candidates,
+    shortlist,
+)
 from ram_pp.labels import LabelBank  # noqa: E402
 from ram_pp.openset import OpenSetScorer  # noqa: E402
 
@@ -295,6 +301,20 @@ def recall_table(src: Source, methods: list[str], k: int) -> dict[str, list[floa
     return table
 
 
+def adaptive_table(src: Source, k: int) -> dict[str, list[float]]:
+    """recall@100 and shortlist size per concept with the opt-in adaptive rule (scaled to ``k``:
+    first 3/4 k, rounds of k/8, limit 1.5 k), stage 2 simulated by the cached exact logits."""
+    rule = AdaptiveRule(first=3 * k // 4, step=max(1, k // 8), limit=3 * k // 2)
+    cands = Exact(src.c)
+    recall, size = [], []
+    for j in range(src.bank.num_tags):
+        ranked = ranked_candidates(src.bank.select(slice(j, j + 1)), cands, rule.limit)
+        ids, _ = adaptive_scores(ranked, lambda ids, j=j: src.exact[ids, j], rule)
+        recall.append(float(np.isin(src.truth(j), ids).mean()))
+        size.append(float(len(ids)))
+    return {"recall": recall, "shortlist": size}
+
+
 def latency(src: Source, methods: list[str], k: int, ivf: bool, repeat: int) -> dict[str, float]:
     """Median seconds of one ``shortlist`` call per method against the service's VectorIndex."""
     n = len(src.c)
@@ -331,6 +351,9 @@ def main() -> None:
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="recall by shortlist size")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--subset", type=int, default=0, help="use the first N cached synthetic assets only"
+    )
     ap.add_argument("--peaks", type=int, default=0, help="token-group experiment on N assets")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -348,6 +371,10 @@ def main() -> None:
     if "synthetic" in wanted:
         src = synthetic_source(args.cache, args.n, 0, args.budget)
         pending |= src is None
+        if src and args.subset:
+            src = Source(
+                src.name, src.c[: args.subset], src.names, src.bank, src.exact[: args.subset]
+            )
         sources += [src] if src else []
     if "demo" in wanted:
         left = max(0.0, args.budget - (time.perf_counter() - t0))
@@ -400,6 +427,16 @@ def main() -> None:
                     + "  ".join(f"{m} {v[0]:.2f}/{v[1]:.2f}" for m, v in sweep[kk].items())
                 )
             entry["sweep"] = sweep
+        adaptive = adaptive_table(src, k)
+        entry["adaptive"] = adaptive
+        print(
+            f"{'adaptive':{width}s} "
+            + " ".join(
+                f"{r:.2f}@{int(n)}"
+                for r, n in zip(adaptive["recall"], adaptive["shortlist"], strict=True)
+            )
+            + f"  (mean shortlist {np.mean(adaptive['shortlist']):.0f})"
+        )
         fig["sources"][src.name] = entry  # type: ignore[index]
     print(f"\nloadavg at the end {os.getloadavg()}")
     if args.json:
