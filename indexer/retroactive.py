@@ -48,7 +48,7 @@ from indexer.stage1 import CandidateSource
 from indexer.stage1 import shortlist as stage1_shortlist
 from indexer.token_store import TokenStore
 from ram_pp.labels import LabelBank
-from ram_pp.openset import OpenSetScorer
+from ram_pp.openset import Int8Embeds, OpenSetScorer
 
 Mode = Literal["two_stage", "exhaustive"]
 T_co = TypeVar("T_co")
@@ -267,6 +267,8 @@ class RetroactiveSearcher:
         self._background: tuple[int, np.ndarray, torch.Tensor] | None = None
         # float16 stores are read as stored; the scorer converts one chunk at a time (on its
         # device), which avoids a float32 copy of the whole shortlist.
+        # int8 stores are read as stored too (q and scale, half the bytes of float16) and
+        # dequantized block by block into the scorer's buffer (see _read).
         self._read_dtype = np.float16 if store.format == "float16" else np.float32
 
     @classmethod
@@ -323,11 +325,26 @@ class RetroactiveSearcher:
         if cached is None or abs(cached[0] - size) > 0.1 * max(size, 1):
             sample = self.store.sample_ids(self.rule.sample, seed=self.rule.seed)
             sample = sample[self.store.storage_order(sample)]
-            embeds = self.scorer.to_compute(self.store.get(sample, dtype=self._read_dtype))
+            embeds = self.scorer.to_compute(self._read(sample))
             cached = self._background = (size, sample, embeds)
         return cached[1], cached[2]
 
     # -- scoring ------------------------------------------------------------------------------
+
+    def _read(self, ids: np.ndarray) -> np.ndarray | Int8Embeds:
+        """E of stored assets as the scorer takes it: int8 records as stored, else float16 /
+        float32 arrays."""
+        if self.store.format == "int8":
+            return Int8Embeds.from_numpy(*self.store.get_int8(ids))
+        return self.store.get(ids, dtype=self._read_dtype)
+
+    def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray | Int8Embeds]]:
+        """Every stored asset, a chunk at a time, as :meth:`_read` returns E."""
+        if self.store.format == "int8":
+            for ids, q, scale in self.store.iter_int8_chunks(self.chunk):
+                yield ids, Int8Embeds.from_numpy(q, scale)
+        else:
+            yield from self.store.iter_chunks(self.chunk, dtype=self._read_dtype)
 
     def _score_ids(self, ids: np.ndarray, bank: LabelBank) -> np.ndarray:
         """Exact logits (n, K) for stored assets, in the order given.
@@ -339,8 +356,8 @@ class RetroactiveSearcher:
         order = self.store.storage_order(ids)
         parts = [order[i : i + self.chunk] for i in range(0, len(order), self.chunk)]
 
-        def read(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return rows, self.store.get(ids[rows], dtype=self._read_dtype)
+        def read(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | Int8Embeds]:
+            return rows, self._read(ids[rows])
 
         for rows, embeds in prefetch(read(rows) for rows in parts):
             out[rows] = self.scorer.logits(embeds, bank).numpy()
@@ -369,7 +386,7 @@ class RetroactiveSearcher:
             head = min(head, top_k + self.exact_margin)
         logits = logits.copy()
         order = self.store.storage_order(ids[:head])
-        embeds = self.store.get(ids[:head][order], dtype=self._read_dtype)
+        embeds = self._read(ids[:head][order])
         logits[:head][order] = exact.logits(embeds, bank).numpy()[:, 0]
         return rank_by_logit(ids, logits, top_k)
 
@@ -386,7 +403,7 @@ class RetroactiveSearcher:
         if top_k is not None and self._exact_scorer() is not None:
             keep_n = top_k + self.exact_margin  # the margin that _refine re-scores
         best = RunningTopK(bank.num_tags, keep_n)
-        chunks = prefetch(self.store.iter_chunks(self.chunk, dtype=self._read_dtype))
+        chunks = prefetch(self._chunks())
         for ids, logits in self.scorer.stream(chunks, bank):
             best.add(ids, logits.numpy())
         ranked = [

@@ -304,6 +304,51 @@ class TokenStore:
                 out[rows] = self._decode(self._read(snap.shards[s], slots[rows]), dtype)
         return out
 
+    # -- int8 records as stored (readers that convert straight into their compute dtype) -------
+
+    def get_int8(self, ids: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """An int8 store's E for the given assets, not dequantized: ``(q (n, T, dim) int8,
+        scale (n, T) float32)``, views of one buffer of the records (E = q * scale[..., None]).
+
+        Raises:
+            TokenStoreError: the store is not int8.
+            KeyError: some ids are not stored.
+        """
+        if self.format != "int8":
+            raise TokenStoreError(f"get_int8 needs an int8 store, this one is {self.format}")
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        snap = self._snap
+        found, shard_idx, slots = snap.locate(ids)
+        if not found.all():
+            missing = ids[~found][:5].tolist()
+            raise KeyError(
+                f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
+            )
+        records = np.empty(len(ids), dtype=record_dtype("int8", self.tokens, self.dim))
+        for s in np.unique(shard_idx):
+            rows = np.flatnonzero(shard_idx == s)
+            rows = rows[np.argsort(slots[rows])]
+            if rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+                self._read(snap.shards[s], slots[rows], out=records[rows[0] : rows[-1] + 1])
+            else:
+                records[rows] = self._read(snap.shards[s], slots[rows])
+        return records["q"], records["scale"]
+
+    def iter_int8_chunks(
+        self, chunk_size: int = 1024
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`iter_chunks` for an int8 store without dequantizing: ``(ids, q, scale)``."""
+        if self.format != "int8":
+            raise TokenStoreError(f"iter_int8_chunks needs an int8 store, not {self.format}")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        for shard in self._snap.shards:
+            alive = np.flatnonzero(shard.ids >= 0)
+            for start in range(0, len(alive), chunk_size):
+                slots = alive[start : start + chunk_size]
+                records = self._read(shard, slots)
+                yield shard.ids[slots].copy(), records["q"], records["scale"]
+
     def storage_order(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """The permutation that sorts ids by where they are stored (shard, then slot).
 

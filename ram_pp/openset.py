@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,50 @@ def resolve_score_dtype(name: str, device: str | torch.device = "cpu") -> torch.
     return torch.float32
 
 
-def _as_tensor(embeds: np.ndarray | torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Int8Embeds:
+    """E as an int8 token store keeps it (per-token symmetric): E = q * scale[..., None].
+
+    The scorer converts it a block at a time straight into its compute buffer (the same values
+    as dequantizing to float32 first, without a float32 copy of the chunk); the float32
+    reference dequantizes it exactly as ``indexer.token_store.dequantize_int8`` does.
+
+    Attributes:
+        q: (N, T, C) int8 (may be a strided view of the store's records).
+        scale: (N, T) float32.
+    """
+
+    q: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, q: np.ndarray, scale: np.ndarray) -> Int8Embeds:
+        """Wraps numpy arrays (views of structured records allowed) without copying."""
+        return cls(torch.from_numpy(q), torch.from_numpy(np.asarray(scale, dtype=np.float32)))
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    def rows(self, start: int, stop: int) -> Int8Embeds:
+        return Int8Embeds(self.q[start:stop], self.scale[start:stop])
+
+    def dequantize_into(self, out: torch.Tensor) -> torch.Tensor:
+        """E written into ``out`` (N, T, C) of any float dtype and device, block by block."""
+        if out.dtype == torch.float32 and out.device.type == "cpu":
+            return torch.mul(self.q, self.scale[..., None], out=out)
+        for i in range(0, self.q.shape[0], _CONVERT_BLOCK):
+            j = i + _CONVERT_BLOCK
+            out[i:j].copy_(self.q[i:j].float().mul_(self.scale[i:j, :, None]))
+        return out
+
+
+Embeds = np.ndarray | torch.Tensor | Int8Embeds
+
+
+def _as_tensor(embeds: Embeds) -> torch.Tensor | Int8Embeds:
+    if isinstance(embeds, Int8Embeds):
+        return embeds
     if isinstance(embeds, np.ndarray):
         if embeds.dtype.kind == "f" and embeds.flags.c_contiguous:
             return torch.from_numpy(embeds)
@@ -230,7 +274,14 @@ class OpenSetScorer:
 
     # -- input checks -------------------------------------------------------------------------
 
-    def _check(self, embeds: torch.Tensor, bank: LabelBank) -> None:
+    def _check(self, embeds: torch.Tensor | Int8Embeds, bank: LabelBank) -> None:
+        if isinstance(embeds, Int8Embeds):
+            q, scale = embeds.q, embeds.scale
+            if q.dtype != torch.int8 or scale.shape != q.shape[:2] or scale.dtype != torch.float32:
+                raise TypeError("Int8Embeds needs q (N, T, C) int8 and scale (N, T) float32")
+            embeds = q
+        elif not embeds.dtype.is_floating_point:
+            raise TypeError(f"image embeddings must be floating point, got {embeds.dtype}")
         if embeds.dim() != 3 or embeds.shape[-1] != self.embed_dim:
             raise ValueError(
                 f"image embeddings must be (N, T, {self.embed_dim}), got {tuple(embeds.shape)}"
@@ -240,8 +291,6 @@ class OpenSetScorer:
                 f"label bank rows are {bank.embeddings.shape[-1]}-d; the model needs "
                 f"{self.embed_dim}-d (was the bank encoded with this model's text encoder?)"
             )
-        if not embeds.dtype.is_floating_point:
-            raise TypeError(f"image embeddings must be floating point, got {embeds.dtype}")
 
     def _concept_chunk(self, n_assets: int, n_concepts: int) -> int:
         per_concept = max(1, n_assets * self.num_heads * self.embed_dim)
@@ -264,15 +313,20 @@ class OpenSetScorer:
 
     # -- E in the compute dtype ---------------------------------------------------------------
 
-    def to_compute(self, embeds: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def to_compute(self, embeds: Embeds) -> torch.Tensor:
         """E (N, T, C) as a new tensor in the compute dtype and device (e.g. to keep it hot)."""
         embeds = _as_tensor(embeds)
+        if isinstance(embeds, Int8Embeds):
+            out = torch.empty(embeds.shape, dtype=self.dtype, device=self.device)
+            return embeds.dequantize_into(out)
         if embeds.dtype == self.dtype and embeds.device == self.device:
             return embeds.contiguous()
         out = torch.empty(embeds.shape, dtype=self.dtype, device=self.device)
         return self._convert_into(embeds, out)
 
-    def _convert_into(self, src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _convert_into(self, src: torch.Tensor | Int8Embeds, out: torch.Tensor) -> torch.Tensor:
+        if isinstance(src, Int8Embeds):
+            return src.dequantize_into(out)
         if self.device.type != "cpu" or src.dtype in (self.dtype, torch.float32):
             out.copy_(src)  # one vectorised pass (or a host-to-device copy)
             return out
@@ -280,12 +334,16 @@ class OpenSetScorer:
             out[i : i + _CONVERT_BLOCK].copy_(src[i : i + _CONVERT_BLOCK].float())
         return out
 
-    def _chunk(self, embeds: torch.Tensor, start: int) -> torch.Tensor:
+    def _chunk(self, embeds: torch.Tensor | Int8Embeds, start: int) -> torch.Tensor:
         """Assets start..start+asset_chunk in the compute dtype: a view when E already is,
         else converted into this thread's reused buffer (never a float32 copy in bf16 mode)."""
-        part = embeds[start : start + self.asset_chunk]
-        if part.dtype == self.dtype and part.device == self.device:
-            return part
+        stop = start + self.asset_chunk
+        if isinstance(embeds, Int8Embeds):
+            part = embeds.rows(start, stop)
+        else:
+            part = embeds[start:stop]
+            if part.dtype == self.dtype and part.device == self.device:
+                return part
         with self._phase("convert"):
             shape = (self.asset_chunk, *part.shape[1:])
             buf = getattr(self._local, "buf", None)
@@ -336,7 +394,7 @@ class OpenSetScorer:
     @torch.inference_mode()
     def logits(
         self,
-        embeds: np.ndarray | torch.Tensor,
+        embeds: Embeds,
         bank: LabelBank,
         method: str = "fast",
     ) -> torch.Tensor:
@@ -344,7 +402,8 @@ class OpenSetScorer:
 
         Args:
             embeds: E, (N, T, 512): float16, bfloat16 or float32 (numpy arrays and memmaps
-                accepted); converted a chunk at a time into the compute dtype, or used as is
+                accepted), or :class:`Int8Embeds` as an int8 store holds it; converted a chunk
+                at a time into the compute dtype, or used as is
                 when already in it (see :meth:`to_compute`).
             bank: the concepts (ragged description counts allowed).
             method: "fast" (query-side attention) or "plain" (the model's own head, reference).
@@ -362,6 +421,9 @@ class OpenSetScorer:
         for start in range(0, embeds.shape[0], self.asset_chunk):
             if method == "fast":
                 chunk = self._chunk(embeds, start)
+            elif isinstance(embeds, Int8Embeds):  # the reference: E dequantized to float32
+                part = embeds.rows(start, start + self.asset_chunk)
+                chunk = part.dequantize_into(torch.empty(part.shape)).to(self.device)
             else:  # the reference reads E as given (float32 compute)
                 chunk = embeds[start : start + self.asset_chunk].to(self.device, torch.float32)
             step = self._concept_chunk(chunk.shape[0], bank.num_tags)
@@ -373,7 +435,7 @@ class OpenSetScorer:
 
     def stream(
         self,
-        chunks: Iterable[tuple[np.ndarray, np.ndarray | torch.Tensor]],
+        chunks: Iterable[tuple[np.ndarray, Embeds]],
         bank: LabelBank,
         method: str = "fast",
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
