@@ -43,7 +43,16 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=512, help="assets per read/score chunk")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--projected",
+        type=int,
+        default=0,
+        help="only time the attention algebra on decoded vs projected pca128i8 tokens, N assets",
+    )
     args = ap.parse_args()
+    if args.projected:
+        projected_vs_decoded(args.projected, args.seed)
+        return
     formats = args.formats.split(",")
     if "float16" not in formats:
         formats.insert(0, "float16")
@@ -124,6 +133,59 @@ def run(args, formats: list[str], work: Path) -> dict:
             f"{row['score_s']:.2f}s [load {row['load']}]"
         )
     return fig
+
+
+def projected_vs_decoded(n: int, seed: int, heads: int = 4) -> dict:
+    """The fast path's per-token work (attention logits against W_k^T q per head, softmax, the
+    attention-weighted sum of E) for one concept: on E decoded from pca128i8 (decode, then 512-d)
+    against the same algebra on the stored k-d coordinates (query-side vectors projected by the
+    basis: q . e = (B q) . z + q . mean; sum a_j e_j = mean + B^T sum a_j z_j)."""
+    import torch
+
+    from indexer.token_codecs import PCACodec
+
+    archive = Archive(seed)
+    e = archive.chunk(0, max(n, 100))
+    codec = PCACodec.train("pca128i8", e)
+    rec = codec.encode(e[:n])
+    u = torch.randn(heads, C)  # W_k^T q per head
+    basis, mean = torch.from_numpy(codec.basis), torch.from_numpy(codec.mean)
+
+    def decoded() -> torch.Tensor:
+        x = torch.from_numpy(codec.decode(rec))  # (n, T, 512)
+        a = torch.softmax(x @ u.T, dim=1)  # (n, T, heads)
+        return a.transpose(1, 2) @ x  # (n, heads, 512)
+
+    def projected() -> torch.Tensor:
+        z = torch.from_numpy(rec["q"].astype(np.float32) * rec["scale"][..., None])
+        a = torch.softmax(z @ (basis @ u.T) + (mean @ u.T), dim=1)
+        return (a.transpose(1, 2) @ z) @ basis + mean  # weights sum to 1
+
+    ref = decoded()
+    diff = float((projected() - ref).abs().max())
+    best = {}
+    for name, fn in (("decoded", decoded), ("projected", projected)):
+        best[name] = min(_timed(fn) for _ in range(3))
+    out = {
+        "assets": n,
+        "decoded_s": best["decoded"],
+        "projected_s": best["projected"],
+        "ratio": best["decoded"] / best["projected"],
+        "max_abs_diff": diff,
+        "load": load(),
+    }
+    print(
+        f"pca128i8 attention algebra, {n} assets x {heads} heads: decode + 512-d "
+        f"{best['decoded'] * 1e3:.0f} ms, projected 128-d {best['projected'] * 1e3:.0f} ms "
+        f"({out['ratio']:.1f}x faster), max |diff| {diff:.1e} [load {out['load']}]"
+    )
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
