@@ -50,11 +50,11 @@ import torch
 import torch.nn.functional as F
 
 from indexer.retroactive import RetroactiveSearcher, recall_at_k
-from indexer.token_store import TokenStore, bytes_per_asset
+from indexer.token_store import TokenStore, bytes_per_asset, quantize_int8
 from ram_pp.config import HeadConfig, LabelConfig, RamPlusConfig, get_config
 from ram_pp.labels import LabelBank
 from ram_pp.model import RamPlus
-from ram_pp.openset import OpenSetScorer, concept_vectors, resolve_score_dtype
+from ram_pp.openset import Int8Embeds, OpenSetScorer, concept_vectors, resolve_score_dtype
 
 T, C, SUB = 145, 512, 128  # tokens, embedding width, topic subspace dims
 N_TOPICS, TOPICS_PER_ASSET = 1000, 3
@@ -496,6 +496,16 @@ def run(args, work: Path, fig: dict) -> None:
         f"two-stage results vs a float32 searcher (same shortlist, top 100): overlap "
         f"{fa['overlap']:.3f}, max logit difference {fa['max_logit_err']:.2e} [load {fa['load']}]"
     )
+    fig["int8_two_stage"] = int8_agreement(searcher, ref, bank, names)
+    i8 = fig["int8_two_stage"]
+    print(
+        f"int8 E (quantized shortlist) straight into {fig['score_dtype']}, float32 head "
+        f"re-scored, vs the float16 searcher (top 100): overlap {i8['overlap']:.3f} (min "
+        f"{i8['min_overlap']:.3f}), max logit difference {i8['max_logit_err']:.3f}; scoring "
+        f"{i8['shortlist']} assets: int8 {i8['score_int8_s']:.3f}s (convert "
+        f"{i8['convert_int8_s'] * 1e3:.0f} ms) vs float16 {i8['score_float16_s']:.3f}s (convert "
+        f"{i8['convert_float16_s'] * 1e3:.0f} ms) [load {i8['load']}]"
+    )
     ph = fig["phases"]
     print(
         "stage 2 phases for one concept over the shortlist (ms): "
@@ -549,6 +559,50 @@ def final_agreement(
         common, ia, ib = np.intersect1d(a.ids, b.ids, return_indices=True)
         errs.append(float(np.abs(a.logits[ia] - b.logits[ib]).max()) if len(common) else 0.0)
     return {"overlap": float(np.mean(overlaps)), "max_logit_err": max(errs), "load": load()}
+
+
+def int8_agreement(
+    searcher: RetroactiveSearcher, ref: OpenSetScorer, bank: LabelBank, names: list[str]
+) -> dict[str, float]:
+    """Each concept's two-stage ranking with its shortlist's E quantized to int8 (as an int8
+    store would hold it) and scored straight from int8 (bf16 buffer, float32 re-scoring of the
+    head from the same int8 E), against the float16 searcher's final top 100."""
+    scorer = searcher.scorer
+    head = searcher.exact_top + searcher.exact_margin
+    overlaps, errs = [], []
+    t = {"score_int8_s": 0.0, "score_float16_s": 0.0, "convert_int8_s": 0.0}
+    t["convert_float16_s"] = 0.0
+    for k in range(bank.num_tags):
+        one = bank.select(slice(k, k + 1))
+        want = searcher.search(one, [names[k]], top_k=100, calibrate=False)[0]
+        cand = searcher._stage1(one, searcher.shortlist)
+        cand = cand[searcher.store.storage_order(cand)]
+        e16 = searcher.store.get(cand, dtype=np.float16)
+        e8 = Int8Embeds.from_numpy(*quantize_int8(e16))
+        got = {}
+        for name, e in (("int8", e8), ("float16", e16)):
+            scorer.profile = {}
+            got[name], dt = timed(scorer.logits, e, one)
+            t[f"score_{name}_s"] += dt / bank.num_tags
+            t[f"convert_{name}_s"] += scorer.profile.get("convert", 0.0) / bank.num_tags
+        scorer.profile = None
+        order = np.argsort(-got["int8"][:, 0].numpy(), kind="stable")
+        top = np.sort(order[:head])  # re-score the head in float32 from the same int8 E
+        sel = torch.from_numpy(top)
+        exact = ref.logits(Int8Embeds(e8.q[sel], e8.scale[sel]), one)[:, 0].numpy()
+        best = np.argsort(-exact, kind="stable")[:100]
+        got_ids, got_logits = cand[top[best]], exact[best]
+        overlaps.append(recall_at_k(got_ids, want.ids, 100))
+        common, ia, ib = np.intersect1d(got_ids, want.ids, return_indices=True)
+        errs.append(float(np.abs(got_logits[ia] - want.logits[ib]).max()) if len(common) else 0.0)
+    return {
+        "shortlist": searcher.shortlist,
+        "overlap": float(np.mean(overlaps)),
+        "min_overlap": float(np.min(overlaps)),
+        "max_logit_err": max(errs),
+        **t,
+        "load": load(),
+    }
 
 
 def stage2_phases(
