@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from indexer.faiss_index import VectorIndex
     from indexer.retroactive import RetroactiveSearcher
     from indexer.search.timing import Phases
+    from indexer.stage1 import CandidateSource
 
 EXACT_MAX = 20_000  # passing assets scored directly (20k x 512 inner products: about 1 ms)
 SELECTOR_MAX_FRACTION = 0.2  # id selector up to this share of the index; widening beyond
@@ -290,14 +291,15 @@ class FilteredCandidates:
         self.read_vectors = read_vectors
         self.plans: list[Plan] = []
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per query row, the ``k`` best passing ids (see :func:`filtered_search`)."""
-        rows = np.atleast_2d(np.asarray(queries, np.float32))
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per query row, the ``k`` best passing ids (see :func:`filtered_search`): (q, n)
+        scores and ids, rows padded with id -1 (no hit)."""
+        rows = np.atleast_2d(np.asarray(query, np.float32))
         if self.allowed.count() <= k:  # the whole filtered set is the shortlist
             ids = self.allowed.ids()
             self.plans.append(Plan("exact", ids.size, 0.0, asked=int(ids.size)))
-            ones = np.ones(ids.size, np.float32)
-            return [ones] * rows.shape[0], [ids] * rows.shape[0]
+            n = rows.shape[0]
+            return np.ones((n, ids.size), np.float32), np.tile(ids, (n, 1))
         out_s, out_i = [], []
         for row in rows:
             scores, ids, plan = filtered_search(
@@ -306,11 +308,16 @@ class FilteredCandidates:
             self.plans.append(plan)
             out_s.append(scores)
             out_i.append(ids)
-        return out_s, out_i
+        width = max(len(i) for i in out_i)
+        all_s = np.zeros((len(out_i), width), np.float32)
+        all_i = np.full((len(out_i), width), -1, np.int64)
+        for r, (sc, ids) in enumerate(zip(out_s, out_i, strict=True)):
+            all_s[r, : len(ids)], all_i[r, : len(ids)] = sc, ids
+        return all_s, all_i
 
 
 def filtered_searcher(
-    searcher: RetroactiveSearcher, candidates: FilteredCandidates
+    searcher: RetroactiveSearcher, candidates: CandidateSource
 ) -> RetroactiveSearcher:
     """The concept searcher with its stage 1 restricted to a filter (a shallow copy sharing the
     store, the scorer and the calibration cache)."""
