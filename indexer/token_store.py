@@ -282,21 +282,11 @@ class TokenStore:
         Raises:
             KeyError: some ids are not stored (the first few are named).
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        snap = self._snap
-        found, shard_idx, slots = snap.locate(ids)
-        if not found.all():
-            missing = ids[~found][:5].tolist()
-            raise KeyError(
-                f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
-            )
+        ids, snap, shard_idx, slots = self._locate_stored(ids)
         out = np.empty((len(ids), self.tokens, self.dim), dtype=dtype)
         direct = self.format == "float16" and np.dtype(dtype) == np.float16
-        for s in np.unique(shard_idx):
-            rows = np.flatnonzero(shard_idx == s)
-            order = np.argsort(slots[rows])  # ascending slots: sequential reads from the file
-            rows = rows[order]
-            if direct and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+        for s, rows, in_place in _shard_runs(shard_idx, slots):
+            if direct and in_place:
                 # ids given in storage order (see storage_order): records land in place, one
                 # copy from the page cache, no gather
                 self._read(snap.shards[s], slots[rows], out=out[rows[0] : rows[-1] + 1])
@@ -316,19 +306,10 @@ class TokenStore:
         """
         if self.format != "int8":
             raise TokenStoreError(f"get_int8 needs an int8 store, this one is {self.format}")
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        snap = self._snap
-        found, shard_idx, slots = snap.locate(ids)
-        if not found.all():
-            missing = ids[~found][:5].tolist()
-            raise KeyError(
-                f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
-            )
+        ids, snap, shard_idx, slots = self._locate_stored(ids)
         records = np.empty(len(ids), dtype=record_dtype("int8", self.tokens, self.dim))
-        for s in np.unique(shard_idx):
-            rows = np.flatnonzero(shard_idx == s)
-            rows = rows[np.argsort(slots[rows])]
-            if rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+        for s, rows, in_place in _shard_runs(shard_idx, slots):
+            if in_place:
                 self._read(snap.shards[s], slots[rows], out=records[rows[0] : rows[-1] + 1])
             else:
                 records[rows] = self._read(snap.shards[s], slots[rows])
@@ -340,14 +321,9 @@ class TokenStore:
         """:meth:`iter_chunks` for an int8 store without dequantizing: ``(ids, q, scale)``."""
         if self.format != "int8":
             raise TokenStoreError(f"iter_int8_chunks needs an int8 store, not {self.format}")
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
-        for shard in self._snap.shards:
-            alive = np.flatnonzero(shard.ids >= 0)
-            for start in range(0, len(alive), chunk_size):
-                slots = alive[start : start + chunk_size]
-                records = self._read(shard, slots)
-                yield shard.ids[slots].copy(), records["q"], records["scale"]
+        for shard, slots in self._alive_chunks(chunk_size):
+            records = self._read(shard, slots)
+            yield shard.ids[slots].copy(), records["q"], records["scale"]
 
     def storage_order(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """The permutation that sorts ids by where they are stored (shard, then slot).
@@ -367,13 +343,32 @@ class TokenStore:
         Reads shard by shard from the memory maps, skipping tombstones; only one chunk is
         materialised at a time.
         """
+        for shard, slots in self._alive_chunks(chunk_size):
+            yield shard.ids[slots].copy(), self._decode(self._read(shard, slots), dtype)
+
+    def _alive_chunks(self, chunk_size: int) -> Iterator[tuple[_Shard, np.ndarray]]:
+        """(shard, ascending slots of live records), at most ``chunk_size`` per chunk."""
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         for shard in self._snap.shards:
             alive = np.flatnonzero(shard.ids >= 0)
             for start in range(0, len(alive), chunk_size):
-                slots = alive[start : start + chunk_size]
-                yield shard.ids[slots].copy(), self._decode(self._read(shard, slots), dtype)
+                yield shard, alive[start : start + chunk_size]
+
+    def _locate_stored(
+        self, ids: np.ndarray | list[int]
+    ) -> tuple[np.ndarray, _Snapshot, np.ndarray, np.ndarray]:
+        """(ids as int64, the snapshot, shard index and slot per id); KeyError naming a few
+        ids when some are not stored."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        snap = self._snap
+        found, shard_idx, slots = snap.locate(ids)
+        if not found.all():
+            missing = ids[~found][:5].tolist()
+            raise KeyError(
+                f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
+            )
+        return ids, snap, shard_idx, slots
 
     def _read(self, shard: _Shard, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Records at ascending slots of one shard (into ``out`` when given: a C-contiguous
@@ -706,3 +701,13 @@ class TokenStore:
         text = json.dumps(manifest, indent=1).encode()
         _atomic_bytes(self.path / MANIFEST, lambda fh: fh.write(text))
         _fsync_dir(self.path)
+
+
+def _shard_runs(shard_idx: np.ndarray, slots: np.ndarray) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """Per shard: (shard, result rows in ascending slot order, whether those rows are one
+    consecutive block of the result), so each shard is read front to back and, for ids given in
+    storage order (see ``storage_order``), straight into place with no gather."""
+    for s in np.unique(shard_idx):
+        rows = np.flatnonzero(shard_idx == s)
+        rows = rows[np.argsort(slots[rows])]
+        yield int(s), rows, bool(rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all())
