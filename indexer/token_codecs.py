@@ -166,15 +166,19 @@ class PQCodec:
 
     @classmethod
     def load(cls, fmt: str, path: Path) -> PQCodec:
-        try:
-            centroids = np.load(path)
-        except (OSError, ValueError) as exc:
-            raise CodecError(f"cannot read codebook {path}: {exc}") from exc
-        return cls(fmt, centroids)
+        return cls(fmt, _read_codebook(path))
 
     def manifest_entry(self, file: str) -> dict[str, object]:
         """What the store's manifest records about this codec."""
         return {"file": file, "format": self.fmt, "version": CODEC_VERSION, "m": self.m}
+
+
+def _read_codebook(path: Path) -> np.ndarray:
+    """A codebook's .npy; CodecError naming the file when it cannot be read."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as exc:
+        raise CodecError(f"cannot read codebook {path}: {exc}") from exc
 
 
 class PCACodec:
@@ -240,10 +244,7 @@ class PCACodec:
 
     @classmethod
     def load(cls, fmt: str, path: Path) -> PCACodec:
-        try:
-            a = np.load(path)
-        except (OSError, ValueError) as exc:
-            raise CodecError(f"cannot read codebook {path}: {exc}") from exc
+        a = _read_codebook(path)
         return cls(fmt, a[0], a[1:])
 
     def manifest_entry(self, file: str) -> dict[str, object]:
