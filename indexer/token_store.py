@@ -102,6 +102,70 @@ def dequantize_int8(q: np.ndarray, scale: np.ndarray, dtype: np.dtype = np.float
     return (q.astype(np.float32) * scale[..., None].astype(np.float32)).astype(dtype, copy=False)
 
 
+def check_batch(
+    ids: np.ndarray | list[int], embeds: np.ndarray, tokens: int, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The arguments of an ``add()`` as (int64 ids, E), or ValueError / TypeError saying why not.
+
+    Ids must be distinct and non-negative; E of shape (n, tokens, dim), floating point, finite.
+    """
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    embeds = np.asarray(embeds)
+    if embeds.shape != (len(ids), tokens, dim):
+        raise ValueError(f"expected E of shape ({len(ids)}, {tokens}, {dim}), got {embeds.shape}")
+    if not np.issubdtype(embeds.dtype, np.floating):
+        raise TypeError(f"E must be floating point, got {embeds.dtype}")
+    if (ids < 0).any():
+        raise ValueError("asset ids must be non-negative")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("asset ids in one add() must be distinct")
+    if not np.isfinite(embeds).all():
+        raise ValueError("E contains NaN or infinite values")
+    return ids, embeds
+
+
+def encode_records(
+    fmt: str, embeds: np.ndarray, codec: token_codecs.Codec | None = None
+) -> np.ndarray:
+    """E (n, T, dim) as the store's records in format ``fmt`` (codec formats need ``codec``)."""
+    if token_codecs.is_codec_format(fmt):
+        if codec is None:
+            raise TokenStoreError(f"encoding {fmt} records needs the store's trained codec")
+        return codec.encode(embeds)
+    if fmt == "float16":
+        return embeds.astype(np.float16)
+    q, scale = quantize_int8(embeds)
+    out = np.empty(len(embeds), dtype=record_dtype("int8", embeds.shape[1], embeds.shape[2]))
+    out["q"], out["scale"] = q, scale
+    return out
+
+
+def decode_records(
+    fmt: str, records: np.ndarray, dtype: np.dtype, codec: token_codecs.Codec | None = None
+) -> np.ndarray:
+    """Records of format ``fmt`` as E (n, T, dim) in ``dtype`` (codec formats need ``codec``)."""
+    if token_codecs.is_codec_format(fmt):
+        if codec is None:
+            raise TokenStoreError(f"decoding {fmt} records needs the store's trained codec")
+        return codec.decode(records, dtype)
+    if fmt == "float16":
+        return np.asarray(records, dtype=dtype)
+    return dequantize_int8(np.asarray(records["q"]), np.asarray(records["scale"]), dtype)
+
+
+def train_first_codec(manifest: dict[str, Any], embeds: np.ndarray) -> token_codecs.Codec:
+    """The codec a codec-format store learns from its first batch (TokenStoreError when the batch
+    is too small to train it)."""
+    fmt = manifest["format"]
+    need = token_codecs.min_train_assets(int(manifest["tokens"]))
+    if len(embeds) < need:
+        raise TokenStoreError(
+            f"the first add() to a {fmt} store trains its codebook: it needs at least "
+            f"{need} assets, got {len(embeds)}"
+        )
+    return token_codecs.train_codec(fmt, embeds)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -125,20 +189,23 @@ def _atomic_bytes(path: Path, write) -> None:
 
 
 @dataclass
-class _Shard:
+class Shard:
+    """One shard (local store) or segment (object store): its records and id per slot."""
+
     name: str
     count: int
     ids_file: str
     ids: np.ndarray  # (count,) int64, -1 = tombstone
-    data: np.ndarray | None = None  # memmap (count,) of records; None when empty
+    data: np.ndarray | None = None  # memmap (count,) of records; None when empty (or remote)
 
 
 @dataclass
-class _Snapshot:
-    """An immutable view of one committed manifest."""
+class Snapshot:
+    """An immutable view of one committed manifest: its shards and the id -> (shard, slot)
+    lookup (shared by :class:`TokenStore` and :class:`indexer.token_store_s3.S3TokenStore`)."""
 
     manifest: dict[str, Any]
-    shards: list[_Shard]
+    shards: list[Shard]
     sorted_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     where_shard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     where_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -270,11 +337,10 @@ class TokenStore:
         return True
 
     def _decode(self, records: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        codec = None
         if token_codecs.is_codec_format(self.format):
-            return self._codec_of(self._snap.manifest).decode(records, dtype)
-        if self.format == "float16":
-            return np.asarray(records, dtype=dtype)
-        return dequantize_int8(np.asarray(records["q"]), np.asarray(records["scale"]), dtype)
+            codec = self._codec_of(self._snap.manifest)
+        return decode_records(self.format, records, dtype, codec)
 
     def get(self, ids: np.ndarray | list[int], dtype: np.dtype = np.float32) -> np.ndarray:
         """E for the given assets, in the given order: (n, T, dim).
@@ -346,7 +412,7 @@ class TokenStore:
         for shard, slots in self._alive_chunks(chunk_size):
             yield shard.ids[slots].copy(), self._decode(self._read(shard, slots), dtype)
 
-    def _alive_chunks(self, chunk_size: int) -> Iterator[tuple[_Shard, np.ndarray]]:
+    def _alive_chunks(self, chunk_size: int) -> Iterator[tuple[Shard, np.ndarray]]:
         """(shard, ascending slots of live records), at most ``chunk_size`` per chunk."""
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
@@ -357,7 +423,7 @@ class TokenStore:
 
     def _locate_stored(
         self, ids: np.ndarray | list[int]
-    ) -> tuple[np.ndarray, _Snapshot, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, Snapshot, np.ndarray, np.ndarray]:
         """(ids as int64, the snapshot, shard index and slot per id); KeyError naming a few
         ids when some are not stored."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -370,7 +436,7 @@ class TokenStore:
             )
         return ids, snap, shard_idx, slots
 
-    def _read(self, shard: _Shard, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _read(self, shard: Shard, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Records at ascending slots of one shard (into ``out`` when given: a C-contiguous
         array of ``len(slots)`` records, e.g. float16 (n, T, dim) for a float16 store).
 
@@ -406,7 +472,7 @@ class TokenStore:
         return out
 
     @staticmethod
-    def _from_map(shard: _Shard, slots: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _from_map(shard: Shard, slots: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Records through the memory map (the snapshot's file is gone or short)."""
         records = np.asarray(shard.data[slots])
         out.reshape(-1).view(np.uint8)[:] = records.reshape(-1).view(np.uint8)
@@ -428,20 +494,7 @@ class TokenStore:
             ids: (n,) distinct non-negative int64 asset ids.
             embeds: (n, T, dim) float array (any float dtype; stored in the store's format).
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        embeds = np.asarray(embeds)
-        if embeds.shape != (len(ids), self.tokens, self.dim):
-            raise ValueError(
-                f"expected E of shape ({len(ids)}, {self.tokens}, {self.dim}), got {embeds.shape}"
-            )
-        if not np.issubdtype(embeds.dtype, np.floating):
-            raise TypeError(f"E must be floating point, got {embeds.dtype}")
-        if (ids < 0).any():
-            raise ValueError("asset ids must be non-negative")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("asset ids in one add() must be distinct")
-        if not np.isfinite(embeds).all():
-            raise ValueError("E contains NaN or infinite values")
+        ids, embeds = check_batch(ids, embeds, self.tokens, self.dim)
         if not len(ids):
             return
         if token_codecs.is_codec_format(self.format):
@@ -502,14 +555,7 @@ class TokenStore:
         """Codes for E (under the writer lock); the first batch of a new store trains the
         codebook, which is saved under a fresh name and committed with that batch's manifest."""
         if not manifest.get("codec"):
-            fmt = manifest["format"]
-            need = token_codecs.min_train_assets(int(manifest["tokens"]))
-            if len(embeds) < need:
-                raise TokenStoreError(
-                    f"the first add() to a {fmt} store trains its codebook: it needs at least "
-                    f"{need} assets, got {len(embeds)}"
-                )
-            codec = token_codecs.train_codec(fmt, embeds)
+            codec = train_first_codec(manifest, embeds)
             name = f"codebook-{int(manifest['generation']) + 1:06d}.npy"
             _atomic_bytes(self.path / name, codec.save)
             manifest["codec"] = codec.manifest_entry(name)
@@ -517,12 +563,7 @@ class TokenStore:
         return self._codec_of(manifest).encode(embeds)
 
     def _encode(self, embeds: np.ndarray) -> np.ndarray:
-        if self.format == "float16":
-            return embeds.astype(np.float16)
-        q, scale = quantize_int8(embeds)
-        out = np.empty(len(embeds), dtype=record_dtype("int8", self.tokens, self.dim))
-        out["q"], out["scale"] = q, scale
-        return out
+        return encode_records(self.format, embeds)
 
     def _create(self, tokens: int, dim: int, fmt: str, shard_bytes: int) -> None:
         if tokens < 1 or dim < 1:
@@ -544,7 +585,7 @@ class TokenStore:
             }
             self._write_manifest(manifest)
 
-    def _load(self) -> _Snapshot:
+    def _load(self) -> Snapshot:
         for attempt in range(8):
             try:
                 with self._reading():
@@ -574,10 +615,10 @@ class TokenStore:
             if fd >= 0:
                 os.close(fd)  # closing releases the lock
 
-    def _load_once(self) -> _Snapshot:
+    def _load_once(self) -> Snapshot:
         return self._open(json.loads((self.path / MANIFEST).read_text()))
 
-    def _open(self, manifest: dict[str, Any]) -> _Snapshot:
+    def _open(self, manifest: dict[str, Any]) -> Snapshot:
         """The snapshot of a manifest just read: its id files loaded, its shards mapped."""
         if manifest.get("version") != STORE_VERSION:
             raise TokenStoreError(
@@ -596,8 +637,8 @@ class TokenStore:
                 if data_path.stat().st_size < count * dtype.itemsize:
                     raise TokenStoreError(f"{data_path} is shorter than its {count} records")
                 data = np.memmap(data_path, dtype=dtype, mode="r", shape=(count,))
-            shards.append(_Shard(entry["name"], count, entry["ids"], ids, data))
-        snap = _Snapshot(manifest, shards)
+            shards.append(Shard(entry["name"], count, entry["ids"], ids, data))
+        snap = Snapshot(manifest, shards)
         snap.build_lookup()
         return snap
 
@@ -618,14 +659,12 @@ class TokenStore:
         with self._thread_lock, self._flock():
             snap = self._load()  # always the newest commit, whoever wrote it
             manifest = json.loads(json.dumps(snap.manifest))
-            shards = [
-                _Shard(s.name, s.count, s.ids_file, s.ids.copy(), s.data) for s in snap.shards
-            ]
+            shards = [Shard(s.name, s.count, s.ids_file, s.ids.copy(), s.data) for s in snap.shards]
             yield manifest, shards
             self._commit(manifest, shards)
             self._snap = self._load()
 
-    def _tombstone(self, shards: list[_Shard], ids: np.ndarray) -> int:
+    def _tombstone(self, shards: list[Shard], ids: np.ndarray) -> int:
         n = 0
         for shard in shards:
             hit = np.isin(shard.ids, ids)
@@ -636,7 +675,7 @@ class TokenStore:
         return n
 
     def _append(
-        self, manifest: dict[str, Any], shards: list[_Shard], ids: np.ndarray, records: np.ndarray
+        self, manifest: dict[str, Any], shards: list[Shard], ids: np.ndarray, records: np.ndarray
     ) -> None:
         capacity = int(manifest["shard_capacity"])
         done = 0
@@ -645,7 +684,7 @@ class TokenStore:
                 name = f"shard-{int(manifest['next_shard']):06d}"
                 manifest["next_shard"] += 1
                 (self.path / f"{name}.bin").write_bytes(b"")
-                shards.append(_Shard(name, 0, "", np.zeros(0, np.int64)))
+                shards.append(Shard(name, 0, "", np.zeros(0, np.int64)))
             shard = shards[-1]
             take = min(capacity - shard.count, len(ids) - done)
             data_path = self.path / f"{shard.name}.bin"
@@ -661,7 +700,7 @@ class TokenStore:
             shard.ids_file = ""
             done += take
 
-    def _commit(self, manifest: dict[str, Any], shards: list[_Shard]) -> None:
+    def _commit(self, manifest: dict[str, Any], shards: list[Shard]) -> None:
         gen = int(manifest["generation"]) + 1
         manifest["generation"] = gen
         for shard in shards:
