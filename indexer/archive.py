@@ -184,13 +184,13 @@ class Archive:
 
     def token_store(self) -> TokenStore | None:
         """The model's token store as the workers last committed it (None before any ingest)."""
-        from indexer.stores import token_store_path
-        from indexer.token_store import TokenStore, TokenStoreError
+        from indexer.stores import open_token_store
+        from indexer.token_store import TokenStoreError
 
         store = self._lazy.get("token_store")
         if store is None:
             try:
-                store = TokenStore(token_store_path(self.settings, self.model_id()), read_only=True)
+                store = open_token_store(self.settings, self.model_id(), read_only=True)
             except TokenStoreError:
                 return None  # nothing ingested yet
             self._lazy.setdefault("token_store", store)
@@ -377,13 +377,13 @@ class Archive:
         """Remove a deleted asset from the token store, the vector index, the media store and
         the result caches (the database row is already gone). Failures are logged: the database
         is the source of truth and the stores are checked against it."""
-        from indexer.stores import token_store_path
-        from indexer.token_store import TokenStore, TokenStoreError
+        from indexer.stores import open_token_store
+        from indexer.token_store import TokenStoreError
 
         media = self.settings.media_dir.resolve()
         if deleted.token_shard is not None and deleted.model_name:
             try:
-                TokenStore(token_store_path(self.settings, deleted.model_name)).delete([deleted.id])
+                open_token_store(self.settings, deleted.model_name).delete([deleted.id])
             except (TokenStoreError, OSError):
                 log.warning("asset %s: token store delete failed", deleted.id, exc_info=True)
         try:

@@ -7,6 +7,7 @@ Nested groups use ``__`` as the delimiter, for example ``RAMDEX_DATABASE__URL`` 
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -106,6 +107,59 @@ class ModelSettings(BaseModel):
     cache_dir: Path | None = Field(default=None, description="where downloaded weights are kept")
 
 
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_token_store_url(url: str) -> tuple[str, str]:
+    """``s3://BUCKET[/PREFIX]`` as (bucket, prefix without surrounding slashes).
+
+    Raises:
+        ValueError: not an ``s3://`` URL, or the bucket name is not a valid S3 bucket name.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "s3":
+        raise ValueError(
+            "not an object-storage URL: use s3://BUCKET/PREFIX (any S3-compatible server; "
+            "its address goes in index.s3.endpoint_url), or leave it unset for the local folder"
+        )
+    bucket, _, prefix = rest.partition("/")
+    if not _S3_BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots, "
+            "hyphens)"
+        )
+    if prefix.startswith("/") or "//" in prefix:
+        raise ValueError("the prefix of an s3:// URL must not contain empty path parts (//)")
+    return bucket, prefix.rstrip("/")
+
+
+class S3Settings(BaseModel):
+    """Connection of an S3-compatible token store (``index.token_store_url = s3://...``).
+
+    Credentials are never settings: boto3 reads them from its standard chain (``AWS_ACCESS_KEY_ID``
+    / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws``, instance or container roles).
+    """
+
+    endpoint_url: str | None = Field(
+        default=None, description="server address (MinIO, Ceph, ...); unset = AWS S3 itself"
+    )
+    region: str | None = Field(default=None, description="unset = the AWS config's region")
+    cache_dir: Path | None = Field(
+        default=None, description="local cache of fetched records; unset = <home>/cache/tokens"
+    )
+    cache_bytes: int = Field(
+        default=16 * 1024**3, ge=0, description="byte budget of that cache (LRU); 0 = no cache"
+    )
+    max_concurrency: int = Field(default=8, ge=1, le=64, description="parallel range requests")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    single_writer: bool = Field(
+        default=False,
+        description="commit without If-Match conditional writes, for servers that lack them; "
+        "safe only when exactly one process writes the store",
+    )
+
+
 class IndexSettings(BaseModel):
     """FAISS index and token store."""
 
@@ -114,6 +168,12 @@ class IndexSettings(BaseModel):
     pq_m: int = 64
     shortlist: int = Field(default=2000, ge=1, description="stage-1 candidates for concepts")
     token_format: Literal["float16", "int8", "pca128i8", "pca64i8", "pq128", "pq64"] = "float16"
+    token_store_url: str | None = Field(
+        default=None,
+        description="s3://BUCKET/PREFIX: token stores on S3-compatible object storage (one "
+        "folder per model under PREFIX); unset = <home>/tokens on local disk",
+    )
+    s3: S3Settings = Field(default_factory=S3Settings)
     score_floor: float = Field(default=0.2, ge=0.0, le=1.0, description="store scores >= floor")
     score_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
@@ -130,6 +190,14 @@ class IngestSettings(BaseModel):
     url_timeout_s: float = 20.0
     url_max_redirects: int = 3
     allow_private_urls: bool = False
+    @field_validator("token_store_url")
+    @classmethod
+    def _object_store_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_token_store_url(value)
+        return value
+
     thumbnail_size: int = 320
     decode_workers: int = Field(default=0, ge=0, description="0 = one per core")
     lease_s: float = Field(

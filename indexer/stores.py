@@ -7,11 +7,14 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from indexer.db.session import session_scope
 from indexer.settings import Settings
 from indexer.token_store import TokenStore
+
+if TYPE_CHECKING:  # boto3 is imported only when a store on object storage is opened
+    from indexer.token_store_s3 import S3Options, S3TokenStore
 
 _schema_lock = threading.Lock()
 _schema_ready: set[str] = set()
@@ -40,13 +43,58 @@ def token_store_path(settings: Settings, model_id: str) -> Path:
     return settings.tokens_dir / model_dir_name(model_id)
 
 
-def open_token_store(settings: Settings, model_id: str, tokens: int, dim: int) -> TokenStore:
-    """The model's token store, created on first use with the configured format."""
+def token_store_url(settings: Settings, model_id: str) -> str | None:
+    """``s3://BUCKET/PREFIX/<model id>`` when ``index.token_store_url`` is set, else None (the
+    local folder of :func:`token_store_path`)."""
+    base = settings.index.token_store_url
+    if not base:
+        return None
+    return f"{base.rstrip('/')}/{model_dir_name(model_id)}"
+
+
+def s3_options(settings: Settings) -> S3Options:
+    """The object store's connection and cache settings (``index.s3``)."""
+    from indexer.token_store_s3 import S3Options
+
+    s3 = settings.index.s3
+    return S3Options(
+        endpoint_url=s3.endpoint_url,
+        region=s3.region,
+        cache_dir=s3.cache_dir or settings.home / "cache" / "tokens",
+        cache_bytes=s3.cache_bytes,
+        max_concurrency=s3.max_concurrency,
+        connect_timeout_s=s3.connect_timeout_s,
+        read_timeout_s=s3.read_timeout_s,
+        single_writer=s3.single_writer,
+    )
+
+
+def open_token_store(
+    settings: Settings,
+    model_id: str,
+    tokens: int | None = None,
+    dim: int | None = None,
+    *,
+    read_only: bool = False,
+) -> TokenStore | S3TokenStore:
+    """The model's token store: on local disk, or on S3-compatible object storage when
+    ``index.token_store_url`` is set. Writers pass ``tokens`` and ``dim`` so that the store is
+    created on first use with the configured format.
+
+    Raises:
+        TokenStoreError: ``read_only`` and nothing was stored yet, or the store does not match.
+        indexer.token_store_s3.S3StoreUnavailable: the object store cannot be reached.
+    """
+    url = token_store_url(settings, model_id)
+    fmt = settings.index.token_format if tokens is not None else None
+    if url is not None:
+        from indexer.token_store_s3 import S3TokenStore
+
+        return S3TokenStore(
+            url, tokens, dim, fmt, read_only=read_only, options=s3_options(settings)
+        )
     return TokenStore(
-        token_store_path(settings, model_id),
-        tokens=tokens,
-        dim=dim,
-        fmt=settings.index.token_format,
+        token_store_path(settings, model_id), tokens=tokens, dim=dim, fmt=fmt, read_only=read_only
     )
 
 

@@ -1,0 +1,410 @@
+"""The token store on S3-compatible object storage, against a real S3-protocol server (moto's,
+started here as a subprocess on a free loopback port) and compared with the local TokenStore."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto")
+
+from indexer.errors import RamdexError  # noqa: E402
+from indexer.settings import Settings  # noqa: E402
+from indexer.stores import open_token_store  # noqa: E402
+from indexer.token_store import TokenStore, TokenStoreError  # noqa: E402
+from indexer.token_store_s3 import S3Options, S3StoreUnavailable, S3TokenStore  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+T, C = 16, 64  # small records (2 KiB float16) so that blocks and ranges are easy to count
+CREDS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server() -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **CREDS},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, endpoint
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("moto server exited at start") from None
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A moto S3 server for the module, with fake credentials in the environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in CREDS.items():
+            mp.setenv(key, value)
+        proc, endpoint = _start_server()
+        try:
+            yield endpoint
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(server) -> str:
+    name = f"tok-{uuid.uuid4().hex[:10]}"
+    _client(server).create_bucket(Bucket=name)
+    return name
+
+
+def _opts(server: str, tmp_path: Path, **kw) -> S3Options:
+    return S3Options(endpoint_url=server, region="us-east-1", cache_dir=tmp_path / "cache", **kw)
+
+
+def _embeds(ids: np.ndarray) -> np.ndarray:
+    """Deterministic E per asset id (so separate processes write known values; the writer
+    script below has a copy, so that it imports only the store)."""
+    out = np.empty((len(ids), T, C), np.float32)
+    for i, a in enumerate(ids.tolist()):
+        out[i] = np.random.default_rng(int(a)).standard_normal((T, C))
+    return out
+
+
+class GetCounter:
+    """Counts ranged GETs (record reads) the store's own boto3 client sends."""
+
+    def __init__(self, store: S3TokenStore) -> None:
+        self.ranges: list[str] = []
+        store.client.meta.events.register("before-send.s3.GetObject", self._seen)
+
+    def _seen(self, request, **_kw) -> None:
+        if "Range" in request.headers:
+            self.ranges.append(request.url.rsplit("/", 1)[-1])
+
+    def take(self) -> int:
+        n = len(self.ranges)
+        self.ranges.clear()
+        return n
+
+
+@pytest.mark.parametrize("fmt", ["float16", "int8"])
+def test_round_trip_is_identical_to_the_local_store(server, bucket, tmp_path, fmt):
+    s3 = S3TokenStore(f"s3://{bucket}/m", tokens=T, dim=C, fmt=fmt, options=_opts(server, tmp_path))
+    local = TokenStore(tmp_path / "local", tokens=T, dim=C, fmt=fmt)
+    for start in (0, 100, 200):  # three add() batches: three segments / one shard
+        ids = np.arange(start, start + 100, dtype=np.int64) * 3 + 1
+        e = _embeds(ids)
+        s3.add(ids, e)
+        local.add(ids, e)
+    replaced = np.array([4, 301], np.int64)  # re-adding replaces: old record tombstoned
+    e = _embeds(replaced + 10_000)
+    s3.add(replaced, e)
+    local.add(replaced, e)
+    assert len(s3) == len(local) == 300 and s3.stats()["tombstones"] == 2
+    np.testing.assert_array_equal(s3.ids(), local.ids())
+    rng = np.random.default_rng(1)
+    query = rng.choice(local.ids(), 120, replace=False)
+    for dtype in (np.float32, np.float16):
+        np.testing.assert_array_equal(s3.get(query, dtype=dtype), local.get(query, dtype=dtype))
+    if fmt == "float16":
+        np.testing.assert_array_equal(s3.get(replaced), e.astype(np.float16).astype(np.float32))
+    if fmt == "int8":
+        for a, b in zip(s3.get_int8(query), local.get_int8(query), strict=True):
+            np.testing.assert_array_equal(a, b)
+        got = [np.concatenate(x) for x in zip(*s3.iter_int8_chunks(64), strict=True)]
+        want = [np.concatenate(x) for x in zip(*local.iter_int8_chunks(64), strict=True)]
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    ids_s3, e_s3 = (np.concatenate(x) for x in zip(*s3.iter_chunks(64), strict=True))
+    ids_lo, e_lo = (np.concatenate(x) for x in zip(*local.iter_chunks(64), strict=True))
+    np.testing.assert_array_equal(ids_s3, ids_lo)
+    np.testing.assert_array_equal(e_s3, e_lo)
+    np.testing.assert_array_equal(s3.sample_ids(50, seed=3), local.sample_ids(50, seed=3))
+    np.testing.assert_array_equal(s3.has([1, 2, 4]), local.has([1, 2, 4]))
+    with pytest.raises(KeyError, match="not in the token store"):
+        s3.get([2])
+    # A second process opening the store read-only sees the same.
+    reader = S3TokenStore(f"s3://{bucket}/m", read_only=True, options=_opts(server, tmp_path))
+    np.testing.assert_array_equal(reader.get(query), local.get(query))
+    with pytest.raises(TokenStoreError, match="read-only"):
+        reader.add([999_999], _embeds(np.array([999_999])))
+    with pytest.raises(TokenStoreError, match="missing manifest"):
+        S3TokenStore(f"s3://{bucket}/nothing", read_only=True, options=_opts(server, tmp_path))
+
+
+def test_neighbouring_ids_take_one_ranged_get_and_the_cache_none(server, bucket, tmp_path):
+    # 4 records per 8 KiB cache block, gaps of up to 2 blocks merged
+    opts = _opts(server, tmp_path, block_bytes=8 * 1024, gap_bytes=16 * 1024)
+    store = S3TokenStore(f"s3://{bucket}/m", tokens=T, dim=C, options=opts)
+    for start in (0, 400):  # two segments of 400 records
+        ids = np.arange(start, start + 400, dtype=np.int64)
+        store.add(ids, _embeds(ids))
+    counter = GetCounter(store)
+    expected = _embeds(np.arange(800)).astype(np.float16)
+    # 100 neighbouring ids, shuffled as stage 1 returns them, put in storage order: one GET
+    shortlist = np.random.default_rng(0).permutation(np.arange(150, 250))
+    shortlist = shortlist[store.storage_order(shortlist)]
+    np.testing.assert_array_equal(store.get(shortlist, dtype=np.float16), expected[shortlist])
+    assert counter.take() == 1
+    # Ids a few records apart coalesce across the gap; far apart ones do not; one GET per
+    # segment at least.
+    assert store.get([300, 310, 318]).shape == (3, T, C) and counter.take() == 1
+    assert store.get([0, 399]).shape == (2, T, C) and counter.take() == 2
+    assert store.get([500, 700]).shape == (2, T, C) and counter.take() == 2
+    # Everything read is cached: the same reads again make no request at all...
+    np.testing.assert_array_equal(store.get(shortlist, dtype=np.float16), expected[shortlist])
+    store.get([300, 310, 318, 0, 399, 500, 700])
+    assert counter.take() == 0
+    # ...also from another store object (another process) sharing the cache folder.
+    other = S3TokenStore(f"s3://{bucket}/m", read_only=True, options=opts)
+    other_counter = GetCounter(other)
+    np.testing.assert_array_equal(other.get(shortlist, dtype=np.float16), expected[shortlist])
+    assert other_counter.take() == 0
+    # Streaming reads big sequential ranges (16 MiB: one per segment here) and skips the cache.
+    n = sum(len(ids) for ids, _ in store.iter_chunks(128))
+    assert n == 800 and counter.take() == 2
+    # A backfill part (a range of ids) reads only the segments that hold it.
+    part = np.concatenate([ids for ids, _ in store.iter_chunks(64, id_range=(420, 470))])
+    np.testing.assert_array_equal(part, np.arange(420, 470))
+    assert counter.take() == 1
+
+
+def test_cache_stays_within_its_budget(server, bucket, tmp_path):
+    block = 8 * 1024
+    opts = _opts(server, tmp_path, block_bytes=block, cache_bytes=10 * block)
+    store = S3TokenStore(f"s3://{bucket}/m", tokens=T, dim=C, options=opts)
+    ids = np.arange(400, dtype=np.int64)
+    store.add(ids, _embeds(ids))
+    for start in range(0, 400, 20):
+        store.get(np.arange(start, start + 20))
+        assert store.cache.nbytes() <= 10 * block
+    counter = GetCounter(store)
+    store.get(np.arange(380, 400))  # the most recent blocks survived eviction
+    assert counter.take() == 0
+    store.get(np.arange(0, 20))  # the oldest did not
+    assert counter.take() == 1
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from pathlib import Path
+    from indexer.token_store_s3 import S3Options, S3TokenStore
+    T, C = 16, 64
+    def _embeds(ids):
+        out = np.empty((len(ids), T, C), np.float32)
+        for i, a in enumerate(ids.tolist()):
+            out[i] = np.random.default_rng(int(a)).standard_normal((T, C))
+        return out
+    endpoint, url, cache, worker, start_at = sys.argv[1:6]
+    opts = S3Options(endpoint_url=endpoint, region="us-east-1", cache_dir=Path(cache))
+    store = S3TokenStore(url, tokens=T, dim=C, options=opts)
+    batches = [np.arange(5, dtype=np.int64) + 1000 * int(worker) + 10 * b for b in range(8)]
+    embeds = [_embeds(ids) for ids in batches]
+    import time
+    time.sleep(max(0.0, float(start_at) - time.time()))  # both start committing together
+    for ids, e in zip(batches, embeds):
+        store.add(ids, e)
+    print("done", store.conflicts)
+    """
+)
+
+
+def test_two_writer_processes_lose_no_batch(server, bucket, tmp_path):
+    url = f"s3://{bucket}/m"
+    S3TokenStore(url, tokens=T, dim=C, options=_opts(server, tmp_path))  # created once
+    start_at = str(time.time() + 6)  # after both processes imported numpy and boto3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, server, url, str(tmp_path / f"c{w}"), str(w), start_at],
+            cwd=ROOT,
+            env={**os.environ, **CREDS},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in (1, 2)
+    ]
+    conflicts = 0
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "done" in out, err
+        conflicts += int(out.split()[-1])
+    print("commits applied again after a conflict:", conflicts)
+    store = S3TokenStore(url, read_only=True, options=_opts(server, tmp_path))
+    want = np.sort(
+        np.concatenate([np.arange(5) + 1000 * w + 10 * b for w in (1, 2) for b in range(8)])
+    )
+    np.testing.assert_array_equal(store.ids(), want)
+    assert store.stats()["shards"] == 16  # one segment per batch, none lost, none twice
+    np.testing.assert_array_equal(store.get(want), _embeds(want).astype(np.float16))
+    assert store.generation == 16  # one commit per batch
+
+
+def test_deletes_are_tombstones_and_old_snapshots_stay_readable(server, bucket, tmp_path):
+    url = f"s3://{bucket}/m"
+    writer = S3TokenStore(url, tokens=T, dim=C, options=_opts(server, tmp_path / "w"))
+    ids = np.arange(50, dtype=np.int64)
+    writer.add(ids, _embeds(ids))
+    reader = S3TokenStore(url, read_only=True, options=_opts(server, tmp_path / "r"))
+    before = reader.get(ids)
+    # The writer deletes, replaces and adds while the reader keeps its snapshot.
+    assert writer.delete([3, 4, 999]) == 2 and writer.delete([999]) == 0
+    writer.add([5], _embeds(np.array([77])))
+    writer.add(np.arange(50, 60), _embeds(np.arange(50, 60)))
+    assert len(writer) == 58 and 3 not in writer and writer.stats()["tombstones"] == 3
+    keys = [o["Key"] for o in _client(server).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sum(k.endswith(".ids.npy") and ".g" in k for k in keys) >= 2  # new id generations
+    assert len(reader) == 50 and 3 in reader  # old snapshot: unchanged, fully readable
+    np.testing.assert_array_equal(reader.get(ids), before)
+    assert reader.refresh() is True and reader.refresh() is False
+    assert 3 not in reader and len(reader) == 58
+    np.testing.assert_array_equal(reader.get([5]), _embeds(np.array([77])).astype(np.float16))
+
+
+def test_server_going_away_is_a_clear_error_not_a_hang(tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in CREDS.items():
+            mp.setenv(key, value)
+        proc, endpoint = _start_server()
+        try:
+            _client(endpoint).create_bucket(Bucket="gone")
+            opts = S3Options(
+                endpoint_url=endpoint,
+                region="us-east-1",
+                cache_dir=tmp_path,
+                connect_timeout_s=1,
+                read_timeout_s=1,
+                retries=1,
+            )
+            store = S3TokenStore("s3://gone/m", tokens=T, dim=C, options=opts)
+            ids = np.arange(20, dtype=np.int64)
+            store.add(ids, _embeds(ids))
+            proc.send_signal(signal.SIGSTOP)  # frozen: connections open, nothing answers
+            start = time.monotonic()
+            with pytest.raises(S3StoreUnavailable, match="did not answer") as err:
+                store.get(ids)
+            assert time.monotonic() - start < 15
+            assert isinstance(err.value, RamdexError) and "ENDPOINT_URL" in (err.value.hint or "")
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait(timeout=10)
+            start = time.monotonic()
+            with pytest.raises(S3StoreUnavailable):  # gone: connection refused
+                store.refresh()
+            assert time.monotonic() - start < 15
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def test_settings_choose_the_store_and_the_searcher_reads_from_s3(server, bucket, tmp_path):
+    import torch
+
+    from indexer.archive import Archive
+    from indexer.retroactive import RetroactiveSearcher
+    from ram_pp.factory import random_model
+    from ram_pp.openset import OpenSetScorer
+
+    settings = Settings(
+        home=tmp_path / "home",
+        index={
+            "token_store_url": f"s3://{bucket}/tokens",
+            "s3": {"endpoint_url": server, "region": "us-east-1"},
+        },
+    )
+    dim = 512
+    store = open_token_store(settings, "test-model", tokens=T, dim=dim)
+    assert isinstance(store, S3TokenStore) and store.url == f"s3://{bucket}/tokens/test-model"
+    rng = np.random.default_rng(0)
+    ids = np.arange(60, dtype=np.int64) * 7
+    e = rng.standard_normal((60, T, dim)).astype(np.float32)
+    store.add(ids, e)
+    local = TokenStore(tmp_path / "local", tokens=T, dim=dim)
+    local.add(ids, e)
+    # The archive (API and workers) opens the S3 store from settings alone.
+    archive = Archive(settings)
+    archive.lazy("model_id", lambda: "test-model")
+    opened = archive.token_store()
+    assert isinstance(opened, S3TokenStore) and len(opened) == 60
+    assert (settings.home / "cache" / "tokens").is_dir()  # default cache under home
+    torch.manual_seed(0)
+    model = random_model("test_micro", seed=7).model
+    from ram_pp.labels import LabelBank
+
+    bank = LabelBank.from_ragged([torch.nn.functional.normalize(torch.randn(3, dim), dim=-1)])
+    got = RetroactiveSearcher(OpenSetScorer(model), opened, chunk=16).search(
+        bank, top_k=10, mode="exhaustive", calibrate=False
+    )
+    want = RetroactiveSearcher(OpenSetScorer(model), local, chunk=16).search(
+        bank, top_k=10, mode="exhaustive", calibrate=False
+    )
+    np.testing.assert_array_equal(got[0].ids, want[0].ids)
+    np.testing.assert_allclose(got[0].logits, want[0].logits, atol=1e-6)
+    # Deleting an asset through the archive's path tombstones it in S3.
+    assert open_token_store(settings, "test-model").delete([ids[0]]) == 1
+    opened.refresh()
+    assert ids[0] not in opened
+    local_settings = Settings(home=tmp_path / "home2")
+    assert isinstance(open_token_store(local_settings, "x", tokens=T, dim=C), TokenStore)
+
+
+def test_bad_store_url_is_a_settings_error(tmp_path):
+    import pydantic
+
+    for bad, why in (
+        ("ftp://bucket/x", "not an object-storage URL"),
+        ("s3://Bad_Bucket/x", "not a valid S3 bucket name"),
+        ("s3://ok-bucket//x", "empty path parts"),
+    ):
+        with pytest.raises(pydantic.ValidationError, match=why):
+            Settings(index={"token_store_url": bad})
+    env = {
+        **os.environ,
+        "RAMDEX_HOME": str(tmp_path),
+        "RAMDEX_INDEX__TOKEN_STORE_URL": "ftp://bucket/tokens",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", "from api.cli import main; main()", "jobs"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "error: invalid setting RAMDEX_INDEX__TOKEN_STORE_URL" in proc.stderr
+    assert "hint:" in proc.stderr and "Traceback" not in proc.stderr
