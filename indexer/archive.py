@@ -293,10 +293,28 @@ class Archive:
         """Run :func:`indexer.concept_backfill.backfill_concept` in this process with this
         archive's model, text encoder, token store and calibration (the embedded mode; with a
         broker a model worker runs it: ``indexer.tasks.backfill_concept_task``)."""
-        from indexer.concept_backfill import BackfillContext
         from indexer.concept_backfill import backfill_concept as run
 
-        context = BackfillContext(
+        run(
+            self._backfill_context(),
+            concept_id,
+            job_id,
+            generate=generate,
+            fixed_threshold=fixed_threshold,
+        )
+
+    def backfill_part(self, job_id: int, part: int) -> None:
+        """Run one part of a backfill job in this process (a part resumed by the embedded
+        server's recovery): :func:`indexer.concept_backfill.run_backfill_part`."""
+        from indexer.concept_backfill import run_backfill_part
+
+        run_backfill_part(self._backfill_context(), job_id, part)
+
+    def _backfill_context(self):  # noqa: ANN202 - a BackfillContext, imported lazily
+        """This archive's model, text encoder, token store and calibration; parts run here."""
+        from indexer.concept_backfill import BackfillContext
+
+        return BackfillContext(
             settings=self.settings,
             model=self.loaded_model().model,
             text_encoder=self.text_encoder,
@@ -304,7 +322,6 @@ class Archive:
             calibrate=lambda bank: self.searcher().calibrate(bank)[0].threshold,
             timer=self.timer,
         )
-        run(context, concept_id, job_id, generate=generate, fixed_threshold=fixed_threshold)
 
     def background(self, work: Callable[[], None]) -> None:
         """Run blocking work (embedded-mode ingest, concept backfill) off the caller's thread,

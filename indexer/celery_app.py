@@ -39,6 +39,7 @@ PROCESS_TASK = "ramdex.process_assets"
 REGISTER_TASK = "ramdex.register_sources"
 SYNC_TASK = "ramdex.sync_index"
 BACKFILL_TASK = "ramdex.backfill_concept"
+BACKFILL_PART_TASK = "ramdex.backfill_part"
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -61,6 +62,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_routes={
             PROCESS_TASK: {"queue": broker.model_queue},
             BACKFILL_TASK: {"queue": broker.model_queue},  # runs the model's open-set head
+            BACKFILL_PART_TASK: {"queue": broker.model_queue},
             REGISTER_TASK: {"queue": broker.default_queue},
             SYNC_TASK: {"queue": broker.default_queue},
         },

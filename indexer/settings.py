@@ -175,11 +175,28 @@ class IndexSettings(BaseModel):
     )
     s3: S3Settings = Field(default_factory=S3Settings)
     score_floor: float = Field(default=0.2, ge=0.0, le=1.0, description="store scores >= floor")
+    backfill_part_assets: int | None = Field(
+        default=None,
+        ge=1,
+        description="concept backfill: assets per part (one task each, shared by every model "
+        "worker); default one token-store shard's worth (about 14,000 float16 assets)",
+    )
+    backfill_chunk_assets: int = Field(
+        default=1024, ge=1, description="concept backfill: assets scored per transaction"
+    )
     score_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
         description="concept search scoring: auto = bfloat16 on CUDA and on CPUs with native "
         "bf16 (AVX512-BF16/AMX), float32 elsewhere; stored tag scores are always float32",
     )
+
+    @field_validator("token_store_url")
+    @classmethod
+    def _object_store_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_token_store_url(value)
+        return value
 
 
 class IngestSettings(BaseModel):
@@ -190,14 +207,6 @@ class IngestSettings(BaseModel):
     url_timeout_s: float = 20.0
     url_max_redirects: int = 3
     allow_private_urls: bool = False
-    @field_validator("token_store_url")
-    @classmethod
-    def _object_store_url(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parse_token_store_url(value)
-        return value
-
     thumbnail_size: int = 320
     decode_workers: int = Field(default=0, ge=0, description="0 = one per core")
     lease_s: float = Field(

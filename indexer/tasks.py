@@ -31,6 +31,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery.signals import (
     worker_process_init,
@@ -40,6 +42,7 @@ from celery.signals import (
 )
 
 from indexer.celery_app import (
+    BACKFILL_PART_TASK,
     BACKFILL_TASK,
     PROCESS_TASK,
     REGISTER_TASK,
@@ -59,6 +62,9 @@ from indexer.models import ModelNotAvailableError
 from indexer.settings import Settings, get_settings
 from indexer.stores import sync_vector_index
 from ram_pp.convert import CheckpointError
+
+if TYPE_CHECKING:
+    from indexer.token_store import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +277,35 @@ def backfill_concept_task(
     concept_id: int, job_id: int, generate: bool = False, fixed_threshold: bool = False
 ) -> None:
     """Make a concept a tag scored over the whole archive, in a model worker (its model, its
-    text encoder, the shared token store); see :mod:`indexer.concept_backfill`. Failures are
-    recorded on the job and the concept."""
-    from indexer.concept_backfill import BackfillContext, backfill_concept
+    text encoder, the shared token store): describe, calibrate and promote it, then send its
+    parts to the model queue, where every model worker takes them; see
+    :mod:`indexer.concept_backfill`. Failures are recorded on the job and the concept."""
+    from indexer.concept_backfill import backfill_concept
+
+    backfill_concept(
+        _backfill_context(), concept_id, job_id, generate=generate, fixed_threshold=fixed_threshold
+    )
+
+
+@app.task(name=BACKFILL_PART_TASK, acks_late=True)
+def backfill_part_task(job_id: int, part: int) -> None:
+    """Score one part of a concept backfill (a range of asset ids) in a model worker; the part
+    that finishes last completes the job. See :func:`indexer.concept_backfill.run_backfill_part`."""
+    from indexer.concept_backfill import run_backfill_part
+
+    run_backfill_part(_backfill_context(), job_id, part)
+
+
+_read_stores: dict[Path, TokenStore] = {}  # token store path -> read-only store, per process
+
+
+def _backfill_context():  # noqa: ANN202 - a BackfillContext (imported lazily with the model)
+    """This worker's model, text encoder, calibration and the committed token store."""
+    from indexer.concept_backfill import BackfillContext
+    from indexer.ingest.backfills import send_part
     from indexer.retroactive import RetroactiveSearcher
-    from indexer.stores import token_store_path
-    from indexer.token_store import TokenStore, TokenStoreError
+    from indexer.stores import open_token_store, token_store_path
+    from indexer.token_store import TokenStoreError
     from ram_pp.openset import OpenSetScorer
     from ram_pp.text_encoder import load_text_encoder
 
@@ -291,23 +320,33 @@ def backfill_concept_task(
         searcher = RetroactiveSearcher.from_settings(scorer, store, settings=settings)
         return searcher.calibrate(bank)[0].threshold
 
-    @functools.cache  # opened once: the backfill and its calibration read the same store
+    @functools.cache  # one snapshot per task: the backfill and its calibration read the same
     def committed_tokens() -> TokenStore | None:
-        # Read-only view of what every worker has committed (as the API reads it).
+        # Read-only view of what every worker has committed (as the API reads it), opened once
+        # per worker process (a part would otherwise load the whole store's id files each time).
+        path = token_store_path(settings, proc.model_id)
+        store = _read_stores.get(path)
         try:
-            return TokenStore(token_store_path(settings, proc.model_id), read_only=True)
+            if store is None:
+                store = open_token_store(settings, proc.model_id, read_only=True)
+                _read_stores[path] = store
+            else:
+                store.refresh()
         except TokenStoreError:
             return None  # nothing ingested yet
+        return store
 
-    context = BackfillContext(
+    def dispatch(concept_id: int, job_id: int, parts: Sequence[int]) -> None:
+        for part in parts:
+            send_part(settings, job_id, part)
+
+    return BackfillContext(
         settings=settings,
         model=proc.loaded.model,
         text_encoder=lambda: load_text_encoder(encoder_name, cache_dir=settings.model.cache_dir),
         token_store=committed_tokens,
         calibrate=calibrate,
-    )
-    backfill_concept(
-        context, concept_id, job_id, generate=generate, fixed_threshold=fixed_threshold
+        dispatch=dispatch,
     )
 
 

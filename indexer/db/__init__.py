@@ -33,6 +33,7 @@ from indexer.db.asset_repo import (
     write_asset_results,
 )
 from indexer.db.assets import MAX_URI_BYTES, Asset, AssetSource, AssetStatus
+from indexer.db.backfill_parts import BackfillPart  # noqa: F401 - a table of the schema
 from indexer.db.base import Base
 from indexer.db.concept_repo import (
     concept_embeddings,

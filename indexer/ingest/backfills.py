@@ -16,6 +16,11 @@ background thread) up to :data:`MAX_RESUMES` times; a backfill is idempotent (sc
 replaced, progress counted afresh) and a duplicate run is refused by the job's lease. Without a
 way to resume it (an embedded ``ramdex ingest``), or after the last resume, the job and its
 concept are marked failed with the reason; the scores written so far are kept.
+
+Once its parts are made, a backfill job runs as its parts (:mod:`indexer.db.backfill_parts`):
+the job is ``running`` without a lease and each part holds its own. A part whose lease ran out,
+or a pending part whose message was lost, is sent again the same way (``ramdex.backfill_part``)
+up to :data:`MAX_RESUMES` times per part, and continues after its cursor.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from indexer.celery_app import BACKFILL_TASK, producer_app
+from indexer.celery_app import BACKFILL_PART_TASK, BACKFILL_TASK, producer_app
+from indexer.db.backfill_parts import BackfillPart, PartStatus, fail_parts, stopped_parts
 from indexer.db.concept_repo import get_concept, update_concept
 from indexer.db.concepts import ConceptStatus
 from indexer.db.jobs import Job, JobKind, JobStatus
@@ -39,6 +45,11 @@ from indexer.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_RESUMES = 3
+STOPPED_PART = (
+    "the process running part {part} of this concept backfill stopped before it finished "
+    "(killed, out of memory, or its machine gone) {count} times; the scores written so far are "
+    "kept: delete the concept and create it again to score the whole archive"
+)
 STOPPED = (
     "the process running this concept backfill stopped before it finished (killed, out of "
     "memory, or its machine gone){again}; the scores written so far are kept: delete the "
@@ -54,6 +65,7 @@ class Backfill:
     concept_id: int
     generate: bool = False
     fixed_threshold: bool = False
+    part: int | None = None  # one part of the job (its parts are made); None: the whole run
 
 
 Resume = Callable[[Backfill], None]
@@ -123,8 +135,20 @@ def watch_backfills(
             again = f" ({count} resumed runs stopped too)" if count else ""
             _fail(session, job, STOPPED.format(again=again))
             failed.append(int(job.id))
+        for part in stopped_parts(session, queued_before=before):
+            job = session.get(Job, part.job_id)
+            concept_id = (job.params or {}).get("concept_id") if job is not None else None
+            if job is None or int(job.id) in failed:
+                continue
+            if concept_id is not None and part.attempts < MAX_RESUMES and (broker or resume):
+                _queue_again(part)
+                resumed.append(Backfill(int(job.id), int(concept_id), part=int(part.part)))
+                continue
+            _fail(session, job, STOPPED_PART.format(part=part.part, count=part.attempts + 1))
+            failed.append(int(job.id))
     for backfill in resumed:  # after the commit that recorded it
-        log.warning("backfill job %s: its run stopped; resuming it", backfill.job_id)
+        what = "its run" if backfill.part is None else f"its part {backfill.part}"
+        log.warning("backfill job %s: %s stopped; resuming it", backfill.job_id, what)
         try:
             if broker:
                 _send(settings, backfill)
@@ -132,7 +156,16 @@ def watch_backfills(
                 resume(backfill)  # type: ignore[misc]
         except Exception as exc:  # broker away: the job is pending, a later pass sends it
             log.warning("backfill job %s: could not resume it (%s)", backfill.job_id, exc)
-    return [b.job_id for b in resumed], failed
+    return sorted({b.job_id for b in resumed}), failed
+
+
+def _queue_again(part: BackfillPart) -> None:
+    """Queued again: pending, no lease, one more attempt, updated now (the lost-message clock
+    restarts). The cursor stays: the next run continues after it."""
+    part.attempts += 1
+    part.status = PartStatus.PENDING.value
+    part.lease_owner = None
+    part.lease_until = None
 
 
 def _fail(session: sa.orm.Session, job: Job, reason: str) -> None:
@@ -140,15 +173,29 @@ def _fail(session: sa.orm.Session, job: Job, reason: str) -> None:
     job.error = reason
     job.lease_owner = None
     job.lease_until = None
+    fail_parts(session, int(job.id), reason)
     concept_id = (job.params or {}).get("concept_id")
     if concept_id is not None and get_concept(session, int(concept_id)) is not None:
         update_concept(session, int(concept_id), status=ConceptStatus.FAILED, error=reason)
 
 
 def _send(settings: Settings, backfill: Backfill) -> None:
+    if backfill.part is not None:
+        send_part(settings, backfill.job_id, backfill.part)
+        return
     producer_app(settings).send_task(
         BACKFILL_TASK,
         args=[backfill.concept_id, backfill.job_id, backfill.generate, backfill.fixed_threshold],
+        queue=settings.broker.model_queue,
+        headers=send_headers(),
+    )
+
+
+def send_part(settings: Settings, job_id: int, part: int) -> None:
+    """Queue one part of a backfill job for any model worker."""
+    producer_app(settings).send_task(
+        BACKFILL_PART_TASK,
+        args=[job_id, part],
         queue=settings.broker.model_queue,
         headers=send_headers(),
     )

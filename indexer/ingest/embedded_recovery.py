@@ -150,7 +150,12 @@ class EmbeddedRecovery:
         return report
 
     def _resume(self, backfill: Backfill) -> None:
-        """A backfill whose run stopped runs again here, after what is queued."""
+        """A backfill whose run (or one of its parts) stopped runs again here, after what is
+        queued."""
+        if backfill.part is not None:
+            part = backfill.part
+            self.archive.background(lambda: self.archive.backfill_part(backfill.job_id, part))
+            return
         self.archive.background(
             lambda: self.archive.backfill_concept(
                 backfill.concept_id,

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from indexer.db.asset_leases import renew_asset_leases
+from indexer.db.backfill_parts import renew_part
 from indexer.db.job_repo import renew_job_lease
 from indexer.db.session import session_scope
 from indexer.jobs import renew_job_run
@@ -97,6 +98,7 @@ class LeaseKeeper:
         self._assets: set[int] = set()
         self._jobs: set[int] = set()
         self._runs: set[int] = set()  # running jobs whose work this process does (backfills)
+        self._parts: set[tuple[int, int]] = set()  # (job, part) of backfills run here
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -135,6 +137,17 @@ class LeaseKeeper:
         with self._lock:
             self._runs.discard(int(job_id))
 
+    def hold_part(self, job_id: int, part: int) -> None:
+        """Renew the lease of a backfill part this process runs until :meth:`drop_part`."""
+        with self._lock:
+            self._parts.add((int(job_id), int(part)))
+            self._start()
+
+    def drop_part(self, job_id: int, part: int) -> None:
+        """Stop renewing the backfill part's lease."""
+        with self._lock:
+            self._parts.discard((int(job_id), int(part)))
+
     def held_assets(self) -> list[int]:
         """The assets whose leases this keeper renews."""
         with self._lock:
@@ -146,7 +159,8 @@ class LeaseKeeper:
             assets = list(self._assets)
             jobs = list(self._jobs)
             runs = list(self._runs)
-        if not assets and not jobs and not runs:
+            parts = list(self._parts)
+        if not assets and not jobs and not runs and not parts:
             return
         try:
             with session_scope(self.url) as session:
@@ -156,6 +170,8 @@ class LeaseKeeper:
                     renew_job_lease(session, job_id, self.owner, self.lease_s)
                 for job_id in runs:
                     renew_job_run(session, job_id, self.owner, self.lease_s)
+                for job_id, part in parts:
+                    renew_part(session, job_id, part, self.owner, self.lease_s)
         except Exception as exc:  # the database may be away; leases run out if it stays away
             log.warning("lease renewal failed (%s: %s)", type(exc).__name__, exc)
 
