@@ -11,6 +11,7 @@ and the shipped lease settings) is marked ``campaign`` and runs with ``pytest -m
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -235,6 +236,83 @@ def test_concept_backfill_of_a_sigkilled_worker_is_resumed_by_another(make_stack
     assert params.get("resumed") == 1, params
     assert survivor.process.poll() is None
     report("backfill worker SIGKILL", resumed_s=resumed_s, assets=assets_done)
+
+
+def test_a_distributed_backfill_is_shared_and_outlives_a_sigkilled_worker(make_stack, tmp_path):
+    """A concept backfill split into parts (3 assets each) is taken by two model workers at
+    once; one of them ("on another host") is SIGKILLed while it holds a part half scored. Its
+    lease runs out, the reconciler sends the part again and the survivor continues after the
+    part's cursor: the job ends done with every asset counted exactly once and scored."""
+    from indexer.db.concept_repo import create_concept
+    from indexer.db.job_repo import create_job
+    from indexer.db.session import session_scope
+    from indexer.tasks import start_backfill
+    from ram_pp.text_encoder import build_random_clip_text_encoder
+
+    clip = build_random_clip_text_encoder(tmp_path / "clip")
+    stack: FaultStack = make_stack(
+        RAMDEX_MODEL__TEXT_ENCODER=str(clip),
+        RAMDEX_INDEX__BACKFILL_PART_ASSETS="3",
+        RAMDEX_INDEX__BACKFILL_CHUNK_ASSETS="1",
+    )
+    images = image_set(stack.root / "in", 14, seed=9)
+    slow = {"RAMDEX_DEBUG_BACKFILL_CHUNK_PAUSE_S": "0.7"}  # a part takes ~2 s: time to aim
+    doomed = stack.start_worker("doomed", other_host=True, **slow)
+    survivor = stack.start_worker("survivor", **slow)
+    assert stack.ingest([images.folder]).wait(180) == 1, stack.logs()
+    with session_scope(stack.settings.database_url) as s:
+        concept = create_concept(
+            s, model_name=_model_id(stack), name="harbour crane", descriptions=["a crane"]
+        )
+        job = create_job(s, kind="backfill", params={"concept_id": concept.id})
+        s.flush()
+        concept_id, job_id = int(concept.id), int(job.id)
+    start_backfill(concept_id, job_id, settings=stack.settings)
+
+    def held() -> dict[str, tuple[int, int | None]]:
+        rows = stack.probe._query(
+            "SELECT part, lease_owner, cursor FROM backfill_parts WHERE job_id = %s"
+            " AND status = 'running'",
+            (job_id,),
+        )
+        return {owner.split("|")[0]: (part, cursor) for part, owner, cursor in rows}
+
+    # Both workers run a part at once, the doomed one half way through its part.
+    wait_until(
+        lambda: len(held()) == 2 and held().get(doomed.host, (0, None))[1] is not None,
+        90,
+        0.05,
+        "both workers running parts, the doomed one mid-part",
+    )
+    killed_part = held()[doomed.host][0]
+    doomed.kill_main(whole_group=True)
+    killed = time.monotonic()
+    wait_until(lambda: _job(stack, job_id)[0] == "done", 120, 0.2, "the backfill finished")
+    resumed_s = round(time.monotonic() - killed, 1)
+    status, done, failed, total = _job(stack, job_id)
+    parts = stack.probe._query(
+        "SELECT part, status, attempts, done FROM backfill_parts WHERE job_id = %s ORDER BY part",
+        (job_id,),
+    )
+    [(scored,)] = stack.probe._query(
+        "SELECT count(*) FROM asset_tags t JOIN tags g ON g.id = t.tag_id WHERE g.english = %s",
+        ("harbour crane",),
+    )
+    assets_done = stack.probe.statuses()["done"]
+    assert len(parts) == -(-assets_done // 3) >= 4, parts
+    assert all(p[1] == "done" for p in parts), parts
+    assert [p[2] for p in parts if p[0] == killed_part] == [1], parts  # sent again once
+    assert done == total == assets_done == scored == sum(p[3] for p in parts) and not failed
+    assert re.search(r"ramdex\.backfill_part\[[0-9a-f-]+\] succeeded", survivor.log())
+    assert survivor.process.poll() is None
+    report("distributed backfill SIGKILL", resumed_s=resumed_s, parts=len(parts))
+
+
+def _job(stack: FaultStack, job_id: int) -> tuple[str, int, int, int]:
+    [row] = stack.probe._query(
+        "SELECT status, done, failed, total FROM jobs WHERE id = %s", (job_id,)
+    )
+    return row
 
 
 def _model_id(stack: FaultStack) -> str:
