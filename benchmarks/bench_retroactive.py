@@ -242,6 +242,15 @@ def main() -> None:
         "its float16 store when it holds exactly --n assets, else build it there",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--scan-only",
+        action="store_true",
+        help="only the exhaustive-scan comparison (section 4b): the session-5 attention kernel "
+        "(bmm) against the scorer's default, 1 / 3 / 8 concepts, in memory and from the store",
+    )
+    ap.add_argument(
+        "--scan-concepts", default="1,3,8", help="concept counts of the scan comparison"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -279,6 +288,11 @@ def run(args, work: Path, fig: dict) -> None:
     qtopics = [int(np.argsort(-archive.popularity)[r]) for r in QUERY_RANKS]
     bank = archive.concept_bank(qtopics, seed=args.seed + 1)
     names = [f"topic@rank{r}" for r in QUERY_RANKS]
+
+    if args.scan_only:  # the store only (FAISS is not used by the exhaustive scan)
+        store = build_store(args, work, archive)
+        fig["scan"] = scan_comparison(args, model, store, archive)
+        return
 
     # 1. Build the archive: float16 token store + FAISS over c.
     reuse = (work / "f16").exists() and len(TokenStore(work / "f16")) == args.n
@@ -538,6 +552,101 @@ def run(args, work: Path, fig: dict) -> None:
     mean_recall = float(np.mean(list(recalls.values())))
     fig["recall_at_100_mean"] = mean_recall
     print(f"mean stage-1 recall@100: {mean_recall:.3f}")
+
+
+SCAN_RANKS = (10, 50, 200, 5, 20, 100, 300, 400)  # query topics of the scan comparison
+
+
+def build_store(args, work: Path, archive: Archive) -> TokenStore:
+    """The float16 token store of ``args.n`` synthetic assets (reused when it holds them)."""
+    reuse = (work / "f16").exists() and len(TokenStore(work / "f16")) == args.n
+    if not reuse:
+        shutil.rmtree(work / "f16", ignore_errors=True)
+    store = TokenStore(work / "f16", tokens=T, dim=C, fmt="float16")
+    t0 = time.perf_counter()
+    for start in range(0, 0 if reuse else args.n, 2000):
+        n = min(2000, args.n - start)
+        store.add(np.arange(start, start + n, dtype=np.int64), archive.chunk(start, n))
+    print(
+        f"store of {len(store)} assets ({'reused' if reuse else 'built'}, "
+        f"{time.perf_counter() - t0:.1f}s) [load {load()}]"
+    )
+    return store
+
+
+def scan_comparison(args, model: RamPlus, store: TokenStore, archive: Archive) -> dict[str, object]:
+    """Exhaustive exact scan: the session-5 kernel (``attention="bmm"``: scores and the
+    weighted sum as two batched products over the whole chunk) against the scorer's default
+    (``auto``), same dtype, side by side in this process, for 1 / 3 / 8 concepts; E in memory
+    (already in the compute dtype) and streamed from the store (the searcher's exhaustive
+    mode). Also the default's time per phase in memory."""
+    dtype = resolve_score_dtype(args.dtype)
+    kernels = {
+        "bmm (session 5)": OpenSetScorer(
+            model, dtype=dtype, asset_chunk=args.chunk, attention="bmm"
+        ),
+        "default": OpenSetScorer(model, dtype=dtype, asset_chunk=args.chunk),
+    }
+    new = kernels["default"]
+    print(f"scan comparison: dtype {dtype}, default attention kernel {new.attention!r}")
+    pop = np.argsort(-archive.popularity)
+    counts = [int(c) for c in args.scan_concepts.split(",")]
+    full = archive.concept_bank([int(pop[r]) for r in SCAN_RANKS[: max(counts)]], args.seed + 1)
+    n_mem = min(args.single_n, len(store))
+    e_mem = new.to_compute(store.get(np.arange(n_mem), dtype=np.float16))
+    out: dict[str, object] = {"dtype": str(dtype), "kernel": new.attention, "in_memory": {}}
+    for k in counts:
+        bank = full.select(slice(0, k))
+        for sc in kernels.values():
+            sc.logits(e_mem[: args.chunk], bank)  # warm-up: primitives for these shapes
+        best = dict.fromkeys(kernels, float("inf"))
+        for _ in range(2):  # interleaved, best of 2: the machine is shared
+            for name, sc in kernels.items():
+                best[name] = min(best[name], timed(sc.logits, e_mem, bank)[1])
+        diff = float(
+            (kernels["bmm (session 5)"].logits(e_mem[:256], bank) - new.logits(e_mem[:256], bank))
+            .abs()
+            .max()
+        )
+        rates = {name: n_mem * k / t for name, t in best.items()}
+        out["in_memory"][k] = {**rates, "max_abs_diff": diff, "load": load()}
+        print(
+            f"  in memory, {n_mem} assets x {k} concepts: "
+            + ", ".join(f"{name} {r:.0f}" for name, r in rates.items())
+            + f" asset-concepts/s; ratio {rates['default'] / rates['bmm (session 5)']:.2f}x; "
+            f"max |diff| {diff:.1e} [load {load()}]"
+        )
+        new.profile = {}
+        new.logits(e_mem, bank)
+        prof, new.profile = new.profile, None
+        total = sum(prof.values())
+        out["in_memory"][k]["phases_us_per_pair"] = {
+            p: v * 1e6 / (n_mem * k) for p, v in prof.items()
+        }
+        print(
+            "    phases of the default (us per asset-concept, share): "
+            + ", ".join(
+                f"{p} {v * 1e6 / (n_mem * k):.1f} ({100 * v / total:.0f}%)" for p, v in prof.items()
+            )
+            + f" [load {load()}]"
+        )
+    del e_mem
+    out["from_store"] = {}
+    for k in counts:
+        bank = full.select(slice(0, k))
+        rates = {}
+        for name, sc in kernels.items():
+            searcher = RetroactiveSearcher(sc, store, None)
+            _, t = timed(searcher.search, bank, top_k=100, mode="exhaustive", calibrate=False)
+            rates[name] = len(store) * k / t
+        out["from_store"][k] = {**rates, "load": load()}
+        print(
+            f"  from the store (exhaustive search, {len(store)} assets x {k} concepts): "
+            + ", ".join(f"{name} {r:.0f}" for name, r in rates.items())
+            + f" asset-concepts/s; ratio {rates['default'] / rates['bmm (session 5)']:.2f}x "
+            f"[load {load()}]"
+        )
+    return out
 
 
 def vectors_of(bank: LabelBank) -> np.ndarray:

@@ -45,6 +45,7 @@ from ram_pp.labels import LabelBank, reweight_descriptions
 from ram_pp.model import RamPlus, TaggingLayer
 
 SCORE_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
+ATTENTION_KERNELS: tuple[str, ...] = ("auto", "bmm", "fused")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Assets converted at a time into the compute buffer, through a float32 staging block that stays
 # in cache (4.75 MB): torch's direct float16 -> bfloat16 copy_ is not vectorised (26 us/asset
@@ -256,6 +257,7 @@ class OpenSetScorer:
         dtype: torch.dtype | str = torch.float32,
         asset_chunk: int = 256,
         work_budget: int = 32 * 1024 * 1024,
+        attention: str = "auto",
     ) -> None:
         if asset_chunk < 1 or work_budget < 1:
             raise ValueError("asset_chunk and work_budget must be >= 1")
@@ -265,6 +267,11 @@ class OpenSetScorer:
         self.dtype = dtype
         self.model = model
         self.head = _Head(model, self.device, dtype).eval()
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}")
+        if attention == "auto":
+            attention = "fused" if dtype == torch.float32 else "bmm"
+        self.attention = attention
         self.asset_chunk = asset_chunk
         self.work_budget = work_budget
         self.embed_dim = self.head.embed_dim
@@ -361,24 +368,35 @@ class OpenSetScorer:
         sa = layer.crossattention.self
         n, k, hidden = x.shape
         heads, channels = head.num_heads, embeds.shape[-1]
-        q = head.linear(x, sa.query, self.dtype).view(n, k, heads, hidden // heads)
-        # W_k^T q per head (scale folded into w_k); q . b_k is dropped because it is constant
-        # over tokens and cancels in the softmax.
-        q_img = torch.einsum("nkhd,hdc->nhkc", q, head.w_k[i])
-        scores = torch.bmm(q_img.reshape(n, heads * k, channels), embeds.transpose(1, 2))
-        weights = scores.softmax(dim=-1)
-        pooled = torch.bmm(weights, embeds)  # (n, heads*k, C): sum_j a_j e_j
-        values = torch.einsum("nhkc,hdc->nkhd", pooled.view(n, heads, k, channels), head.w_v[i])
-        values = values.to(x.dtype) + sa.value.bias.view(heads, hidden // heads)
-        return head.add_norm(layer.crossattention.output, values.reshape(n, k, hidden), x)
+        with self._phase("attn_query"):
+            q = head.linear(x, sa.query, self.dtype).view(n, k, heads, hidden // heads)
+            # W_k^T q per head (scale folded into w_k); q . b_k is dropped because it is
+            # constant over tokens and cancels in the softmax.
+            q_img = torch.einsum("nkhd,hdc->nhkc", q, head.w_k[i])
+        with self._phase("attn_tokens"):  # sum_j softmax_j(q_img . e_j) e_j, (n, heads*k, C)
+            pooled = self._pool_tokens(q_img.reshape(n, heads * k, channels), embeds)
+        with self._phase("attn_values"):
+            values = torch.einsum("nhkc,hdc->nkhd", pooled.view(n, heads, k, channels), head.w_v[i])
+            values = values.to(x.dtype) + sa.value.bias.view(heads, hidden // heads)
+            return head.add_norm(layer.crossattention.output, values.reshape(n, k, hidden), x)
+
+    def _pool_tokens(self, q_img: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """softmax(q_img E^T) E per asset: (n, m, C) queries, (n, T, C) tokens -> (n, m, C)."""
+        if self.attention == "fused":
+            # One fused kernel per asset block: the scores never leave the cache and E is read
+            # once per layer instead of twice (scores, then the weighted sum).
+            return F.scaled_dot_product_attention(
+                q_img[:, None], embeds[:, None], embeds[:, None], scale=1.0
+            )[:, 0]
+        scores = torch.bmm(q_img, embeds.transpose(1, 2))
+        return torch.bmm(scores.softmax(dim=-1), embeds)
 
     def _fast_block(self, embeds: torch.Tensor, bank: LabelBank) -> torch.Tensor:
         head = self.head
         with self._phase("queries"):
             x = head.queries(embeds, bank)  # steps 5-6: (n, k, H), float32 residual stream
         for i, layer in enumerate(head.layers):
-            with self._phase("attention"):
-                x = self._attention(i, x, embeds)
+            x = self._attention(i, x, embeds)
             with self._phase("ffn"):
                 inner = F.gelu(head.linear(x, layer.intermediate.dense, self.dtype))
                 x = head.add_norm(layer.output, inner, x)

@@ -159,3 +159,96 @@ def test_score_dtype_setting_resolution(monkeypatch):
     assert openset.resolve_score_dtype("auto") == torch.float32
     with pytest.raises(ValueError, match="score dtype"):
         openset.resolve_score_dtype("int4")
+
+
+def _biased_head(seed: int, layers: int = 2) -> torch.nn.Module:
+    """A small head (hidden 64, 4 heads, FFN 128) whose every bias and LayerNorm parameter is
+    random and large: a fast path that mishandled the key bias (it must cancel in the softmax),
+    the value bias (added after the weighted sum), the 1/sqrt(d) scale or a head split would be
+    off by far more than the tolerances below."""
+    from ram_pp.config import HeadConfig, LabelConfig, RamPlusConfig, get_config
+    from ram_pp.model import RamPlus
+
+    torch.manual_seed(seed)
+    cfg = RamPlusConfig(
+        name="biased",
+        vision=get_config("test_micro").vision,
+        head=HeadConfig(hidden_size=64, num_layers=layers, num_heads=4, intermediate_size=128),
+        labels=LabelConfig(1, 1, "ram"),
+    )
+    model = RamPlus(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("tagging_head", "wordvec_proj", "fc")):
+                if name.endswith("bias"):
+                    p.normal_(0, 2.0 if ".key." in name else 0.5)
+                elif "LayerNorm.weight" in name:
+                    p.uniform_(0.5, 1.5)
+                else:  # sharper attention than the default init, so the softmax matters
+                    p.mul_(3.0)
+    return model
+
+
+@pytest.mark.parametrize("attention", ["bmm", "fused"])
+def test_fast_path_with_biases_equals_model_forward(attention):
+    """Both attention kernels of the fast path == the model's own head (float32), with random
+    biases everywhere, several ragged concepts, and chunks that split assets and concepts."""
+    model = _biased_head(seed=11)
+    gen = torch.Generator().manual_seed(12)
+    embeds = torch.randn(29, 33, 512, generator=gen)
+    bank = _ragged_bank([2, 5, 1, 7, 3], seed=13)
+    with torch.no_grad():
+        want = model.logits_from_embeddings(embeds, bank)
+    assert want.std() > 0.5  # the check below means something
+    scorer = OpenSetScorer(model, asset_chunk=8, work_budget=8 * 4 * 512 * 2, attention=attention)
+    assert scorer.attention == attention
+    torch.testing.assert_close(scorer.logits(embeds, bank), want, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(scorer.logits(embeds, bank, "plain"), want, atol=1e-4, rtol=1e-5)
+
+
+def test_key_bias_is_what_cancels():
+    """Changing the key bias leaves the logits unchanged (it cancels in the softmax) while the
+    value bias does change them: the algebra the fast path relies on, checked on the model."""
+    model = _biased_head(seed=21)
+    embeds = torch.randn(6, 17, 512, generator=torch.Generator().manual_seed(22))
+    bank = _ragged_bank([3, 4], seed=23)
+    scorer = OpenSetScorer(model)
+    before = scorer.logits(embeds, bank)
+    sa = model.tagging_head.encoder.layer[0].crossattention.self
+    with torch.no_grad():
+        sa.key.bias.add_(5.0)
+        with_key = model.logits_from_embeddings(embeds, bank)
+        torch.testing.assert_close(with_key, before, atol=1e-4, rtol=1e-5)
+        sa.value.bias.add_(1.0)
+        with_value = model.logits_from_embeddings(embeds, bank)
+    assert (with_value - before).abs().max() > 1e-2
+    torch.testing.assert_close(
+        OpenSetScorer(model).logits(embeds, bank), with_value, atol=1e-4, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("attention", ["bmm", "fused"])
+def test_bfloat16_fast_path_with_biases_tracks_float32(attention):
+    """bf16 (either kernel) against the float32 reference on the biased head: top-30 of 300
+    assets per concept mostly shared and the logit error small against the logit spread."""
+    model = _biased_head(seed=31)
+    gen = torch.Generator().manual_seed(32)
+    embeds = torch.randn(300, 33, 512, generator=gen)
+    bank = _ragged_bank([3, 6, 1], seed=33)
+    ref = OpenSetScorer(model).logits(embeds, bank, "plain")
+    got = OpenSetScorer(model, dtype="bfloat16", asset_chunk=64, attention=attention).logits(
+        embeds.half().numpy(), bank
+    )
+    for k in range(bank.num_tags):
+        top_ref = set(torch.topk(ref[:, k], 30).indices.tolist())
+        top_got = set(torch.topk(got[:, k], 30).indices.tolist())
+        assert len(top_ref & top_got) >= 26, k
+    assert (got - ref).abs().max() < 0.1 * ref.std()
+
+
+def test_attention_kernel_setting():
+    model = _biased_head(seed=41, layers=1)
+    assert OpenSetScorer(model).attention == "fused"  # float32 default
+    assert OpenSetScorer(model, dtype="bfloat16").attention == "bmm"
+    with pytest.raises(ValueError, match="attention"):
+        OpenSetScorer(model, attention="flash")
