@@ -22,13 +22,15 @@ its ETag, apply the change to it (append the segment entry; tombstones of replac
 as new id-object generations of the segments that held them), and PUT it with ``If-Match: <ETag>``.
 A 412 PreconditionFailed (or 409 ConditionalRequestConflict) means another writer committed first:
 re-read, re-apply, retry with jittered backoff. AWS S3 has had conditional PUTs since 2024-11,
-moto since 5.1.5 (``put_object(IfMatch=...)``, getmoto/moto#8869), MinIO too. A writer checks
+moto since mid-2025 (``put_object(IfMatch=...)``, getmoto/moto#8869), MinIO too. A writer checks
 once that the server enforces them (a PUT with a wrong ETag must fail); a server that does not is
 refused with a clear error, unless ``single_writer`` says exactly one process writes (then the
 manifest is PUT unconditionally). After each commit the writer reads the manifest back and checks
-that its commit id is listed (the manifest keeps the last 64): a server whose check-and-write is
-not atomic (moto's server checks the ETag and writes in two steps, in threads) cannot lose a batch
-silently, it is re-applied (idempotent: a segment already listed is not added twice).
+that its commit id is listed (the manifest keeps the last 64), and applies it again if not
+(idempotent: a segment already listed is not added twice). That is for servers whose
+check-and-write is not atomic (moto's server checks the ETag and then writes, in threads): it
+catches a racing PUT that landed before the read-back, not one that lands after it; on AWS S3 the
+If-Match check is atomic and the read-back only costs a HEAD.
 
 Readers hold a snapshot (the manifest they read, with its id arrays) and never see a torn state:
 objects a manifest names never change. :meth:`S3TokenStore.refresh` is one conditional GET
@@ -794,7 +796,7 @@ class S3TokenStore:
                 f"token store {self.url}: the server at {self.options.endpoint_url or 'AWS'} "
                 "does not enforce If-Match on PUT (a PUT with a wrong ETag succeeded), so several "
                 "writers would overwrite each other's commits",
-                hint="use a server with conditional writes (AWS S3, MinIO, moto >= 5.1.5), or set "
+                hint="use a server with conditional writes (AWS S3, MinIO, moto >= 5.1.10), or set "
                 "RAMDEX_INDEX__S3__SINGLE_WRITER=true if exactly one process ever writes",
             )
 
