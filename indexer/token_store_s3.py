@@ -44,7 +44,10 @@ records: 256 KiB by default, one float16 record; small so that a random shortlis
 more than it needs, large enough that a request moves more than its latency's worth of bytes),
 serves blocks from the local cache, and fetches the missing ones with one ranged GET per run of
 neighbouring blocks (runs merged across gaps below ``gap_bytes``, split above ``request_bytes``),
-``max_concurrency`` at a time. Fetched blocks go into the cache: files under ``cache_dir``
+``max_concurrency`` at a time. Fetched blocks go into the cache (except scans: runs of at least
+``scan_bytes`` of which 90 % or more was asked for, as a backfill part reading a range of ids in
+storage order does, so that a pass over the archive does not flush the cache): files under
+``cache_dir``
 (written to a temp name and renamed, so several processes share it safely), evicted
 least-recently-used (by mtime, touched on every hit) when they pass ``cache_bytes``. Segments are
 immutable, so a cached block never goes stale. ``iter_chunks`` streams segments in manifest order
@@ -129,6 +132,7 @@ class S3Options:
     block_bytes: int = 256 * 1024
     gap_bytes: int = 1024 * 1024
     request_bytes: int = 32 * 1024**2
+    scan_bytes: int = 8 * 1024**2  # a run this long, >= 90 % of it asked for, is not cached
     stream_bytes: int = 16 * 1024**2
     segment_bytes: int = 512 * 1024**2
     max_concurrency: int = 8
@@ -643,9 +647,14 @@ class S3TokenStore:
             start = first * per * rec
             end = min((last + 1) * per, shard.count) * rec
             data = memoryview(self._get_range(f"seg/{shard.name}.bin", start, end))
-            for block in range(first, last + 1):  # gap blocks came along: cache them too
-                lo = (block - first) * block_len
-                self.cache.put(shard.name, block, data[lo : min(lo + block_len, len(data))])
+            wanted = sum(len(g_slots) for _, _, g_slots in items)
+            if not (end - start >= self.options.scan_bytes and wanted * rec >= 0.9 * (end - start)):
+                # cached (gap blocks too: they came along) unless the run is a scan, a long
+                # range of which nearly every record was asked for (a backfill part reading
+                # ids in order): a full pass would evict the shortlist blocks worth keeping
+                for block in range(first, last + 1):
+                    lo = (block - first) * block_len
+                    self.cache.put(shard.name, block, data[lo : min(lo + block_len, len(data))])
             for block, g_rows, g_slots in items:
                 place(g_rows, g_slots - block * per, data, (block - first) * block_len)
 

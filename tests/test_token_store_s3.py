@@ -215,6 +215,87 @@ def test_cache_stays_within_its_budget(server, bucket, tmp_path):
     assert counter.take() == 1
 
 
+def test_scans_are_not_cached(server, bucket, tmp_path):
+    opts = _opts(server, tmp_path, block_bytes=8 * 1024, gap_bytes=0, scan_bytes=64 * 1024)
+    store = S3TokenStore(f"s3://{bucket}/m", tokens=T, dim=C, options=opts)
+    ids = np.arange(400, dtype=np.int64)
+    store.add(ids, _embeds(ids))
+    # A backfill part: every id of a range, in storage order, 800 KB in one run: not cached.
+    np.testing.assert_array_equal(store.get(ids[:300]), _embeds(ids[:300]).astype(np.float16))
+    assert store.cache.nbytes() == 0
+    store.get([10, 200, 390])  # a sparse shortlist is
+    assert store.cache.nbytes() == 3 * 8 * 1024
+
+
+class IfMatchStrippingProxy:
+    """An HTTP proxy in front of the S3 server that drops If-Match: a server without
+    conditional writes, as far as the client can tell."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "if-match"}
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_server_without_conditional_writes_is_refused_unless_single_writer(
+    server, bucket, tmp_path
+):
+    from indexer.token_store_s3 import ConditionalWritesUnsupported
+
+    proxy = IfMatchStrippingProxy(server)
+    try:
+        opts = S3Options(endpoint_url=proxy.url, region="us-east-1", cache_dir=tmp_path)
+        store = S3TokenStore(f"s3://{bucket}/m", tokens=T, dim=C, options=opts)
+        ids = np.arange(10, dtype=np.int64)
+        with pytest.raises(ConditionalWritesUnsupported, match="does not enforce If-Match") as e:
+            store.add(ids, _embeds(ids))
+        assert "SINGLE_WRITER" in (e.value.hint or "") and len(store) == 0
+        single = S3Options(
+            endpoint_url=proxy.url, region="us-east-1", cache_dir=tmp_path, single_writer=True
+        )
+        store = S3TokenStore(f"s3://{bucket}/m", options=single)
+        store.add(ids, _embeds(ids))
+        assert len(store) == 10 and store.delete([0]) == 1 and len(store) == 9
+    finally:
+        proxy.close()
+
+
 WRITER = textwrap.dedent(
     """
     import sys
