@@ -13,17 +13,15 @@ import time
 import uuid
 from pathlib import Path
 
+import boto3  # runtime dependency; moto[server] (dev extra) is run as a subprocess
 import numpy as np
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
-
-from indexer.errors import RamdexError  # noqa: E402
-from indexer.settings import Settings  # noqa: E402
-from indexer.stores import open_token_store  # noqa: E402
-from indexer.token_store import TokenStore, TokenStoreError  # noqa: E402
-from indexer.token_store_s3 import S3Options, S3StoreUnavailable, S3TokenStore  # noqa: E402
+from indexer.errors import RamdexError
+from indexer.settings import Settings
+from indexer.stores import open_token_store
+from indexer.token_store import TokenStore, TokenStoreError
+from indexer.token_store_s3 import S3Options, S3StoreUnavailable, S3TokenStore
 
 ROOT = Path(__file__).resolve().parents[1]
 T, C = 16, 64  # small records (2 KiB float16) so that blocks and ranges are easy to count
