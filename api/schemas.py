@@ -104,6 +104,10 @@ class JobOut(BaseModel):
     params: dict[str, Any] = Field(
         description="what the job was given, plus duplicates and failures with reasons"
     )
+    parts: dict[str, int] | None = Field(
+        default=None,
+        description="a concept backfill: its parts (shared by the model workers) by status",
+    )
 
 
 class JobPage(BaseModel):

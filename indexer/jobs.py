@@ -31,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from indexer.db.backfill_parts import part_progress
 from indexer.db.base import UtcDateTime
 from indexer.db.job_repo import (
     add_job_assets,
@@ -239,6 +240,7 @@ class JobView:
     created_at: datetime | None
     updated_at: datetime | None
     params: dict[str, Any]
+    parts: dict[str, int] | None = None  # a distributed backfill's parts by status
 
     @property
     def processed(self) -> int:
@@ -279,11 +281,17 @@ class JobView:
             "rate_per_s": self.rate,
             "eta_s": self.eta_s,
             "params": self.params,
+            "parts": self.parts,
         }
 
 
 def view(job: Job) -> JobView:
-    """A detached :class:`JobView` of a job row."""
+    """A detached :class:`JobView` of a job row (a backfill's with its parts by status, read in
+    the row's session)."""
+    parts = None
+    session = sa.orm.object_session(job)
+    if job.kind == JobKind.BACKFILL.value and session is not None:
+        parts = part_progress(session, int(job.id)) or None
     return JobView(
         id=int(job.id),
         kind=job.kind,
@@ -295,6 +303,7 @@ def view(job: Job) -> JobView:
         created_at=job.created_at,
         updated_at=job.updated_at,
         params=dict(job.params or {}),
+        parts=parts,
     )
 
 

@@ -118,6 +118,13 @@ def test_a_backfill_runs_as_parts_with_the_scores_of_one_pass(archive) -> None:
         assert (job.status, job.done, job.failed, job.total) == ("done", N_IMAGES, 0, N_IMAGES)
         assert job.lease_owner is None
     assert sum(p.done for p in parts) == N_IMAGES
+    from api.cli.ingest import _format_job
+    from indexer.jobs import get_job_view
+
+    shown = get_job_view(settings.database_url, job_id)
+    assert shown.parts == {"done": len(parts)} and shown.to_dict()["parts"] == shown.parts
+    assert f"{N_IMAGES}/{N_IMAGES} " in _format_job(shown)
+    assert f"parts {len(parts)}/{len(parts)} done" in _format_job(shown)
     reference = _one_pass(archive, name, descriptions)
     floor = settings.index.score_floor
     assert _scores(settings, name) == pytest.approx(

@@ -262,9 +262,12 @@ def worker_command(
 def _format_job(view: Any) -> str:
     eta = f", ETA {view.eta_s:.0f} s" if view.eta_s is not None else ""
     rate = f", {view.rate:.1f}/s" if view.rate else ""
+    parts = ""
+    if view.parts:
+        parts = f", parts {view.parts.get('done', 0)}/{sum(view.parts.values())} done"
     line = (
         f"{view.id:>6}  {view.kind:<8} {view.status:<9} {view.processed}/{view.total} "
-        f"({view.done} done, {view.failed} failed{rate}{eta})"
+        f"({view.done} done, {view.failed} failed{rate}{eta}{parts})"
     )
     if view.error:
         line += f"\n        error: {view.error.splitlines()[0]}"
@@ -278,7 +281,7 @@ def jobs_command(
     watch: Annotated[bool, typer.Option(help="Follow the job until it finishes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show ingest and reindex jobs with their progress."""
+    """Show ingest, reindex and concept backfill jobs with their progress."""
     from indexer.jobs import get_job_view, recent_jobs, wait_for_job
     from indexer.settings import get_settings
     from indexer.stores import ensure_schema

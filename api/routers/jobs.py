@@ -34,6 +34,7 @@ def job_out(job: Job, *, hide_paths: bool = False) -> JobOut:
         rate_per_s=v.rate,
         eta_s=v.eta_s,
         params=hide_paths_in(v.params) if hide_paths else v.params,
+        parts=v.parts,
     )
 
 
