@@ -134,3 +134,35 @@ def test_service_similar_and_concept_search_with_a_rare_filter_fill_the_page(
         assert [h.asset_id for h in page.hits] == exact
         concept = svc.search(SearchRequest(text="navy", all=[tag], limit=recall), session=s)
         assert len(concept.hits) == recall and {h.asset_id for h in concept.hits} <= set(passing)
+
+
+def test_unfiltered_similar_search_on_ivfpq_is_reordered_exactly(archive, monkeypatch) -> None:
+    """IVF-PQ codes order the nearest neighbours coarsely; the service's similar ranking
+    re-scores what the index recalled from the stored c (here read from the array the index
+    was built from, as the database would return it), so its top 10 is the exact top 10 and
+    its scores are exact inner products."""
+    from contextlib import nullcontext
+
+    from indexer.search import rankings
+
+    index, xb = archive
+
+    class Stub:  # the parts of Archive that similar_ranking uses
+        def vector_index(self) -> VectorIndex:
+            return index
+
+        def timer(self, _: str):  # noqa: ANN202
+            return nullcontext()
+
+        def model_id(self) -> str:
+            return "m"
+
+    monkeypatch.setattr(filtered, "database_reader", lambda *_: lambda ids: (ids, xb[ids]))
+    monkeypatch.setattr(rankings, "RECALL", 200)
+    query = data(1, seed=21)[0]
+    truth = np.argsort(-(xb @ query), kind="stable")[:10]
+    coarse = rankings.similar_ranking(Stub(), query, "q")  # no session: the codes' order
+    exact = rankings.similar_ranking(Stub(), query, "q", session=object())
+    assert coarse.ids[:10].tolist() != truth.tolist()  # PQ alone misorders them
+    assert exact.ids[:10].tolist() == truth.tolist()
+    assert np.allclose(exact.scores[:10], xb[truth] @ query, atol=1e-5)

@@ -181,9 +181,11 @@ def choose(passing: int, total: int) -> str:
     return "widen"
 
 
-def _exact(
+def exact_scores(
     query: np.ndarray, ids: np.ndarray, read: VectorReader, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of ``ids`` by exact inner product with their stored c: (scores, ids),
+    best first (ids the reader does not find are dropped)."""
     found, vectors = read(ids)
     if not found.size:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
@@ -236,7 +238,7 @@ def filtered_search(
     if strategy == "exact":
         ids = allowed.ids()
         if read_vectors is not None:
-            scores, found = _exact(query, ids, read_vectors, k)
+            scores, found = exact_scores(query, ids, read_vectors, k)
             return scores, found, Plan("exact", passing, selectivity, asked=int(ids.size))
         nlist = index.params.get("nlist")  # every list: exact for flat, all codes for IVF
         scores, found = (
@@ -252,7 +254,7 @@ def filtered_search(
             index.search(query.reshape(1, -1), ask, allowed_ids=allowed.ids(), nprobe=nprobe)
         )
         if read_vectors is not None and found.size:
-            scores, found = _exact(query, found, read_vectors, k)
+            scores, found = exact_scores(query, found, read_vectors, k)
         return scores[:k], found[:k], Plan("selector", passing, selectivity, nprobe, ask, 1)
     # widen
     ask = min(total, math.ceil(2 * k * RERANK_MARGIN / max(selectivity, 1e-9)))
@@ -268,7 +270,7 @@ def filtered_search(
         nprobe = _probes(index, ask, total)
     scores, found = scores[keep], found[keep]  # all passing ones asked are re-scored
     if read_vectors is not None and found.size:
-        scores, found = _exact(query, found, read_vectors, k)
+        scores, found = exact_scores(query, found, read_vectors, k)
     return scores[:k], found[:k], Plan("widen", passing, selectivity, nprobe, ask, rounds)
 
 

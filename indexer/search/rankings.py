@@ -115,18 +115,33 @@ def similar_ranking(
     name: str,
     exclude: int | None = None,
     phases: Phases | None = None,
+    session: Session | None = None,
 ) -> Ranked:
     """Assets ranked by cosine similarity of their image embedding to ``vector`` (``exclude``,
-    the query asset itself, left out); ``phases`` gets the FAISS time."""
+    the query asset itself, left out); ``phases`` gets the FAISS time.
+
+    On an IVF-PQ index (archives past ``index.exact_max_size``) the codes' scores are coarse:
+    the 100 nearest of a query often sit in one tight cluster whose members 32-64-byte codes
+    cannot order (recall@100 0.30 at 1M, docs/indexes.md). With ``session`` the recalled
+    candidates are then re-scored exactly from the c the database holds, so the order of what
+    the index recalled is exact.
+    """
+    from indexer.faiss_index import IVFPQ
+    from indexer.search.filtered import database_reader, exact_scores
+
     index = archive.vector_index()
     phases = phases if phases is not None else Phases()
     with archive.timer("similar_search"), phases.phase(SIMILAR):
-        all_scores, all_ids = index.search(
-            np.asarray(vector, np.float32).reshape(1, -1), RECALL + 1
-        )
-    ids, scores = all_ids[0], all_scores[0].astype(np.float32)
-    keep = (ids != (exclude if exclude is not None else -1)) & (ids >= 0)
-    return Ranked(ids[keep][:RECALL].astype(np.int64), scores[keep][:RECALL], "similar", name)
+        query = np.asarray(vector, np.float32).reshape(-1)
+        all_scores, all_ids = index.search(query.reshape(1, -1), RECALL + 1)
+        ids, scores = all_ids[0], all_scores[0].astype(np.float32)
+        keep = (ids != (exclude if exclude is not None else -1)) & (ids >= 0)
+        ids, scores = ids[keep], scores[keep]
+        if index.kind == IVFPQ and session is not None and ids.size:
+            read = database_reader(session, index.model_name or archive.model_id())
+            scores, ids = exact_scores(query, ids.astype(np.int64), read, RECALL)
+            phases.notes["rescored"] = "exact"
+    return Ranked(ids[:RECALL].astype(np.int64), scores[:RECALL], "similar", name)
 
 
 def asset_vector(session: Session, asset_id: int) -> np.ndarray:

@@ -199,7 +199,11 @@ class SearchService:
                 )
             return cache.get_or_build(
                 f"image|{model_id}|{image.digest}",
-                built(lambda: similar_ranking(archive, image.vector, "query image", phases=phases)),
+                built(
+                    lambda: similar_ranking(
+                        archive, image.vector, "query image", phases=phases, session=session
+                    )
+                ),
             )
         target = int(req.similar_to)  # type: ignore[arg-type]
         with phases.phase(DB):
@@ -221,7 +225,12 @@ class SearchService:
             f"asset|{model_id}|{target}",
             built(
                 lambda: similar_ranking(
-                    archive, vector, f"asset {target}", exclude=target, phases=phases
+                    archive,
+                    vector,
+                    f"asset {target}",
+                    exclude=target,
+                    phases=phases,
+                    session=session,
                 )
             ),
         )
