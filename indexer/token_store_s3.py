@@ -35,9 +35,9 @@ If-Match check is atomic and the read-back only costs a HEAD.
 Readers hold a snapshot (the manifest they read, with its id arrays) and never see a torn state:
 objects a manifest names never change. :meth:`S3TokenStore.refresh` is one conditional GET
 (``If-None-Match``: 304 when nothing changed). Nothing here deletes objects (unreferenced ones are
-the id generations a later commit replaced and the uploads of writers that died or lost a race;
-small, and left for an offline clean-up that is not written yet), so an old snapshot stays
-readable for as long as its reader keeps it.
+the id generations a later commit replaced, segments :meth:`S3TokenStore.compact` merged away and
+the uploads of writers that died or lost a race; left for a clean-up that is not written yet), so
+an old snapshot stays readable for as long as its reader keeps it.
 
 Reads: ``get(ids)`` groups the ids by segment and cache block (``block_bytes`` rounded to whole
 records: 256 KiB by default, one float16 record; small so that a random shortlist reads little
@@ -1007,3 +1007,106 @@ class S3TokenStore:
                 lambda manifest, snap: self._tombstone(manifest, snap, ids),
                 skip=lambda n: n == 0,  # none of them stored: nothing to commit
             )
+
+    def compact(self, target_bytes: int | None = None) -> dict[str, int]:
+        """Merge runs of neighbouring small or tombstoned segments into segments of up to
+        ``target_bytes`` (default ``segment_bytes``), dropping tombstoned records; returns
+        counts and bytes.
+
+        Ingest commits small batches (one segment each), so a large archive gathers many
+        segments, and a cold reader loads one ids object per segment. Merging keeps commit
+        order (a merged segment holds its sources' records in order), so id ranges stay
+        sequential. Other writers may commit meanwhile: the merge is committed with If-Match like
+        any change; records deleted after the merge read its sources are tombstoned in the
+        merged segment, and a run that another compaction already replaced is left alone.
+        """
+        if self.read_only:
+            raise TokenStoreError(f"token store {self.url} was opened read-only")
+        self._check_writable()
+        target = target_bytes or self.options.segment_bytes
+        rec = self.bytes_per_asset
+        with self._write_lock:
+            self.refresh()
+            snap = self._snap
+            runs: list[list[int]] = []
+            run: list[int] = []
+            size = 0
+            for i, shard in enumerate(snap.shards):
+                alive = int((shard.ids >= 0).sum())
+                small = shard.count * rec < target // 2 or alive < shard.count
+                if not small or size + alive * rec > target:
+                    if len(run) > 1 or (run and self._dead(snap.shards[run[0]])):
+                        runs.append(run)
+                    run, size = [], 0
+                    if not small:
+                        continue
+                run.append(i)
+                size += alive * rec
+            if len(run) > 1 or (run and self._dead(snap.shards[run[0]])):
+                runs.append(run)
+            merged = dropped = 0
+            for run in runs:
+                merged += len(run)
+                dropped += self._merge(snap, run)
+            return {
+                "segments_merged": merged,
+                "segments_written": len(runs),
+                "records_dropped": dropped,
+                "bytes_freed": dropped * rec,
+            }
+
+    @staticmethod
+    def _dead(shard: Shard) -> bool:
+        return bool((shard.ids < 0).any())
+
+    def _merge(self, snap: Snapshot, run: list[int]) -> int:
+        """Replace the segments ``run`` (indices into ``snap``) by one; records dropped."""
+        rec = self.bytes_per_asset
+        sources = [snap.shards[i] for i in run]
+        parts_ids, parts_rec = [], []
+        for shard in sources:  # one sequential GET per source (small segments)
+            alive = np.flatnonzero(shard.ids >= 0)
+            if not len(alive):
+                continue
+            data = self._get_range(f"seg/{shard.name}.bin", 0, shard.count * rec)
+            parts_rec.append(np.frombuffer(data, dtype=self._dtype)[alive])
+            parts_ids.append(shard.ids[alive])
+        names = [s.name for s in sources]
+        dropped = sum(s.count for s in sources) - sum(len(p) for p in parts_ids)
+        entry = None
+        merged_ids = np.zeros(0, np.int64)
+        if parts_ids:
+            merged_ids = np.concatenate(parts_ids)
+            entry = self._upload_segment(merged_ids, np.concatenate(parts_rec))
+
+        def apply(manifest: dict[str, Any], current: Snapshot) -> bool:
+            listed = [e["name"] for e in manifest["segments"]]
+            if entry is not None and entry["name"] in listed:
+                return False  # landed already (re-applied after a read-back)
+            try:
+                at = listed.index(names[0])
+            except ValueError:
+                return False  # another compaction replaced them first
+            if listed[at : at + len(names)] != names:
+                return False
+            gone = []  # deleted or replaced since this merge read its sources
+            for k in range(len(names)):
+                was, now = sources[k].ids, current.shards[at + k].ids
+                gone.append(was[(was >= 0) & (now < 0)])
+            new_entries = [] if entry is None else [dict(entry)]
+            manifest["segments"][at : at + len(names)] = new_entries
+            lost = np.concatenate(gone)
+            if entry is not None and len(lost):
+                merged = merged_ids.copy()  # (not the memo: snapshots prune unlisted ids)
+                merged[np.isin(merged, lost)] = -1
+                gen = int(manifest["generation"]) + 1
+                key = f"seg/{entry['name']}.g{gen:06d}-{uuid.uuid4().hex[:8]}.ids.npy"
+                buf = io.BytesIO()
+                np.save(buf, merged)
+                self._put_bytes(key, buf.getvalue(), "uploading asset ids")
+                self._ids_memo[key] = merged
+                manifest["segments"][at]["ids"] = key
+            return True
+
+        landed = self._commit(apply, skip=lambda changed: not changed)
+        return dropped if landed else 0

@@ -372,6 +372,55 @@ def test_deletes_are_tombstones_and_old_snapshots_stay_readable(server, bucket, 
     np.testing.assert_array_equal(reader.get([5]), _embeds(np.array([77])).astype(np.float16))
 
 
+def test_compaction_merges_small_segments_in_order(server, bucket, tmp_path):
+    url = f"s3://{bucket}/m"
+    store = S3TokenStore(url, tokens=T, dim=C, options=_opts(server, tmp_path / "w"))
+    for b in range(10):  # ten ingest batches: ten small segments
+        ids = np.arange(b * 20, b * 20 + 20, dtype=np.int64)
+        store.add(ids, _embeds(ids))
+    store.add([5], _embeds(np.array([555])))  # a replacement: a tombstone in segment 0
+    assert store.delete(np.arange(40, 60)) == 20  # segment 2 entirely dead
+    reader = S3TokenStore(url, read_only=True, options=_opts(server, tmp_path / "r"))
+    before = reader.get(reader.ids())
+    # at most 100 live records per segment: 19 + 20 + 0 + 20 + 20 + 20, then 4 x 20 + 1
+    stats = store.compact(target_bytes=100 * store.bytes_per_asset)
+    assert stats["records_dropped"] == 21 and stats["segments_merged"] == 11
+    entries = store.segments()
+    assert [e["count"] for e in entries] == [99, 81]
+    assert [e["min_id"] for e in entries] == sorted(e["min_id"] for e in entries)
+    np.testing.assert_array_equal(store.ids(), reader.ids())
+    np.testing.assert_array_equal(store.get(store.ids()), before)
+    assert store.stats()["tombstones"] == 0
+    np.testing.assert_array_equal(reader.get(reader.ids()), before)  # old snapshot still reads
+    assert reader.refresh() and reader.stats()["shards"] == 2
+    np.testing.assert_array_equal(reader.get([5]), _embeds(np.array([555])).astype(np.float16))
+    assert store.compact(target_bytes=100 * store.bytes_per_asset)["segments_written"] == 0
+
+
+def test_compaction_keeps_deletes_committed_while_it_merged(server, bucket, tmp_path):
+    url = f"s3://{bucket}/m"
+    other = S3TokenStore(url, tokens=T, dim=C, options=_opts(server, tmp_path / "o"))
+
+    class Racing(S3TokenStore):
+        """Another writer deletes (and commits) while this one uploads its merged segment."""
+
+        def _upload_segment(self, ids, records):  # noqa: ANN001, ANN202
+            other.refresh()
+            assert other.delete([3, 33]) == 2
+            return super()._upload_segment(ids, records)
+
+    store = Racing(url, options=_opts(server, tmp_path / "w"))
+    for b in range(4):
+        ids = np.arange(b * 20, b * 20 + 20, dtype=np.int64)
+        other.add(ids, _embeds(ids))
+    store.refresh()
+    # the merge read its sources before the delete and commits after it: the delete holds
+    assert store.compact()["segments_written"] == 1 and store.stats()["shards"] == 1
+    assert 3 not in store and 33 not in store and len(store) == 78
+    want = np.setdiff1d(np.arange(80), [3, 33])
+    np.testing.assert_array_equal(store.get(want), _embeds(want).astype(np.float16))
+
+
 def test_server_going_away_is_a_clear_error_not_a_hang(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in CREDS.items():
