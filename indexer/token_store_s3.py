@@ -34,10 +34,10 @@ If-Match check is atomic and the read-back only costs a HEAD.
 
 Readers hold a snapshot (the manifest they read, with its id arrays) and never see a torn state:
 objects a manifest names never change. :meth:`S3TokenStore.refresh` is one conditional GET
-(``If-None-Match``: 304 when nothing changed). Nothing here deletes objects (unreferenced ones are
-the id generations a later commit replaced, segments :meth:`S3TokenStore.compact` merged away and
-the uploads of writers that died or lost a race; left for a clean-up that is not written yet), so
-an old snapshot stays readable for as long as its reader keeps it.
+(``If-None-Match``: 304 when nothing changed). Only :meth:`S3TokenStore.collect_garbage` deletes
+objects (the id generations a later commit replaced, segments :meth:`S3TokenStore.compact` merged
+away, the uploads of writers that died or lost a race), and only those older than its grace
+period, so a snapshot stays readable for that long (a day by default).
 
 Reads: ``get(ids)`` groups the ids by segment and cache block (``block_bytes`` rounded to whole
 records: 256 KiB by default, one float16 record; small so that a random shortlist reads little
@@ -451,7 +451,17 @@ class S3TokenStore:
 
     def _get_range(self, name: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of an object, in one ranged GET."""
-        data, _ = self._get_bytes(name, "reading records", Range=f"bytes={start}-{end - 1}")
+        from botocore.exceptions import ClientError
+
+        try:
+            data, _ = self._get_bytes(name, "reading records", Range=f"bytes={start}-{end - 1}")
+        except ClientError as exc:
+            if _error_code(exc) not in ("NoSuchKey", "404"):
+                raise
+            raise TokenStoreError(
+                f"token store {self.url}: {name} is gone (this reader's snapshot is older than "
+                "the last clean-up's grace period): refresh() and read again"
+            ) from exc
         if len(data) != end - start:
             raise TokenStoreError(
                 f"{self.url}: {name} returned {len(data)} bytes for a range of {end - start} "
@@ -1110,3 +1120,50 @@ class S3TokenStore:
 
         landed = self._commit(apply, skip=lambda changed: not changed)
         return dropped if landed else 0
+
+    def collect_garbage(self, min_age_s: float = 24 * 3600.0) -> dict[str, int]:
+        """Delete the objects under the store's prefix that the newest manifest does not name
+        and that are older than ``min_age_s``; returns how many and their bytes.
+
+        Unreferenced objects are superseded id generations, segments :meth:`compact` merged
+        away, and the uploads of writers that lost a race or died. The age guard keeps two
+        things safe: a writer's uploads before its commit lands, and readers' snapshots younger
+        than ``min_age_s`` (an older snapshot that reads a removed segment gets a
+        TokenStoreError telling it to refresh).
+        """
+        import datetime as dt
+
+        if self.read_only:
+            raise TokenStoreError(f"token store {self.url} was opened read-only")
+        self.refresh()
+        manifest = self._snap.manifest
+        live = {MANIFEST}
+        for entry in manifest["segments"]:
+            live.update((f"seg/{entry['name']}.bin", entry["ids"]))
+        if manifest.get("codec"):
+            live.add(manifest["codec"]["file"])
+        base = f"{self.prefix}/" if self.prefix else ""
+        now = dt.datetime.now(dt.UTC)
+        doomed: list[str] = []
+        freed = 0
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base
+        )
+        for page in self._call("listing objects", lambda: list(pages)):
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(base) :]
+                if "/" in name.removeprefix("seg/"):
+                    continue  # another store nested under this prefix: not ours
+                if name in live or (now - obj["LastModified"]).total_seconds() < min_age_s:
+                    continue
+                doomed.append(obj["Key"])
+                freed += int(obj["Size"])
+        for start in range(0, len(doomed), 1000):  # DeleteObjects takes up to 1,000 keys
+            batch = [{"Key": key} for key in doomed[start : start + 1000]]
+            self._call(
+                "deleting unreferenced objects",
+                lambda batch=batch: self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                ),
+            )
+        return {"objects_deleted": len(doomed), "bytes_freed": freed}
