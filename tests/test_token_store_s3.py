@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
-import boto3  # runtime dependency; moto[server] (dev extra) is run as a subprocess
 import numpy as np
 import pytest
 
@@ -22,67 +19,15 @@ from indexer.settings import Settings
 from indexer.stores import open_token_store
 from indexer.token_store import TokenStore, TokenStoreError
 from indexer.token_store_s3 import S3Options, S3StoreUnavailable, S3TokenStore
+from tests.s3_support import CREDS
+from tests.s3_support import s3_client as _client
+from tests.s3_support import start_server as _start_server
+
+# the moto server (`server`) and a fresh bucket per test (`bucket`)
+pytest_plugins = ["tests.s3_support"]
 
 ROOT = Path(__file__).resolve().parents[1]
 T, C = 16, 64  # small records (2 KiB float16) so that blocks and ranges are easy to count
-CREDS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **CREDS},
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, endpoint
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("moto server exited at start") from None
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
-
-
-@pytest.fixture(scope="module")
-def server():
-    """A moto S3 server for the module, with fake credentials in the environment."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in CREDS.items():
-            mp.setenv(key, value)
-        proc, endpoint = _start_server()
-        try:
-            yield endpoint
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
-def _client(endpoint: str):
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-
-
-@pytest.fixture
-def bucket(server) -> str:
-    name = f"tok-{uuid.uuid4().hex[:10]}"
-    _client(server).create_bucket(Bucket=name)
-    return name
 
 
 def _opts(server: str, tmp_path: Path, **kw) -> S3Options:
