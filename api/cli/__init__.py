@@ -88,6 +88,7 @@ _SUBCOMMANDS: list[tuple[str, str, str | None]] = [
     ("api.cli.serve", "keys_app", "keys"),
     ("api.cli.db", "app", "db"),
     ("api.cli.index", "app", "index"),
+    ("api.cli.tokens", "app", "tokens"),
     ("api.cli.search", "app", None),
     ("api.cli.assets", "app", "assets"),
     ("api.cli.train", "app", None),
