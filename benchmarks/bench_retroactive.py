@@ -588,13 +588,26 @@ def scan_comparison(args, model: RamPlus, store: TokenStore, archive: Archive) -
         "default": OpenSetScorer(model, dtype=dtype, asset_chunk=args.chunk),
     }
     new = kernels["default"]
-    print(f"scan comparison: dtype {dtype}, default attention kernel {new.attention!r}")
+    rate = gemm_rate(dtype)
+    macs = macs_per_asset_concept(model.config.head, T)["fast"]
+    bound = rate / (2 * macs)
+    print(
+        f"scan comparison: dtype {dtype}, default attention kernel {new.attention!r}; "
+        f"peak bound: GEMM {rate / 1e9:.0f} GFLOP/s / {2 * macs / 1e6:.1f} MFLOP per pair = "
+        f"{bound:.0f} asset-concepts/s [load {load()}]"
+    )
     pop = np.argsort(-archive.popularity)
     counts = [int(c) for c in args.scan_concepts.split(",")]
     full = archive.concept_bank([int(pop[r]) for r in SCAN_RANKS[: max(counts)]], args.seed + 1)
     n_mem = min(args.single_n, len(store))
     e_mem = new.to_compute(store.get(np.arange(n_mem), dtype=np.float16))
-    out: dict[str, object] = {"dtype": str(dtype), "kernel": new.attention, "in_memory": {}}
+    out: dict[str, object] = {
+        "dtype": str(dtype),
+        "kernel": new.attention,
+        "gemm_flop_s": rate,
+        "peak_bound_asset_concepts_s": bound,
+        "in_memory": {},
+    }
     for k in counts:
         bank = full.select(slice(0, k))
         for sc in kernels.values():
@@ -616,36 +629,51 @@ def scan_comparison(args, model: RamPlus, store: TokenStore, archive: Archive) -
             + f" asset-concepts/s; ratio {rates['default'] / rates['bmm (session 5)']:.2f}x; "
             f"max |diff| {diff:.1e} [load {load()}]"
         )
-        new.profile = {}
-        new.logits(e_mem, bank)
-        prof, new.profile = new.profile, None
-        total = sum(prof.values())
-        out["in_memory"][k]["phases_us_per_pair"] = {
-            p: v * 1e6 / (n_mem * k) for p, v in prof.items()
-        }
-        print(
-            "    phases of the default (us per asset-concept, share): "
-            + ", ".join(
-                f"{p} {v * 1e6 / (n_mem * k):.1f} ({100 * v / total:.0f}%)" for p, v in prof.items()
+        for name, sc in kernels.items():
+            sc.profile = {}
+            sc.logits(e_mem, bank)
+            prof, sc.profile = sc.profile, None
+            total = sum(prof.values())
+            per_pair = {p: v * 1e6 / (n_mem * k) for p, v in prof.items()}
+            out["in_memory"][k][f"phases_us_per_pair {name}"] = per_pair
+            print(
+                f"    phases, {name} (us per asset-concept, share): "
+                + ", ".join(
+                    f"{p} {per_pair[p]:.1f} ({100 * v / total:.0f}%)" for p, v in prof.items()
+                )
+                + f" [load {load()}]"
             )
-            + f" [load {load()}]"
-        )
     del e_mem
     out["from_store"] = {}
+    t0 = time.perf_counter()  # reading alone (and the page cache warmed for the runs below)
+    for _ in store.iter_chunks(192, dtype=np.float16):
+        pass
+    read_s = time.perf_counter() - t0
+    out["read_only_assets_s"] = len(store) / read_s
+    print(
+        f"  reading the store alone (float16, 192-record chunks): {len(store) / read_s:.0f} "
+        f"assets/s ({len(store) * bytes_per_asset('float16') / read_s / 1e9:.2f} GB/s) "
+        f"[load {load()}]"
+    )
     for k in counts:
         bank = full.select(slice(0, k))
         rates = {}
+        phases = {}
         for name, sc in kernels.items():
             searcher = RetroactiveSearcher(sc, store, None)
+            sc.profile = {}  # scoring thread only; the reads run on the reader thread
             _, t = timed(searcher.search, bank, top_k=100, mode="exhaustive", calibrate=False)
+            phases[name], sc.profile = sc.profile, None
             rates[name] = len(store) * k / t
-        out["from_store"][k] = {**rates, "load": load()}
+        out["from_store"][k] = {**rates, "phases_s": phases, "load": load()}
         print(
             f"  from the store (exhaustive search, {len(store)} assets x {k} concepts): "
             + ", ".join(f"{name} {r:.0f}" for name, r in rates.items())
             + f" asset-concepts/s; ratio {rates['default'] / rates['bmm (session 5)']:.2f}x "
             f"[load {load()}]"
         )
+        for name, prof in phases.items():
+            print(f"    phases, {name} (s): " + ", ".join(f"{p} {v:.2f}" for p, v in prof.items()))
     return out
 
 

@@ -373,8 +373,8 @@ class OpenSetScorer:
             # W_k^T q per head (scale folded into w_k); q . b_k is dropped because it is
             # constant over tokens and cancels in the softmax.
             q_img = torch.einsum("nkhd,hdc->nhkc", q, head.w_k[i])
-        with self._phase("attn_tokens"):  # sum_j softmax_j(q_img . e_j) e_j, (n, heads*k, C)
-            pooled = self._pool_tokens(q_img.reshape(n, heads * k, channels), embeds)
+        # sum_j softmax_j(q_img . e_j) e_j: (n, heads*k, C)
+        pooled = self._pool_tokens(q_img.reshape(n, heads * k, channels), embeds)
         with self._phase("attn_values"):
             values = torch.einsum("nhkc,hdc->nkhd", pooled.view(n, heads, k, channels), head.w_v[i])
             values = values.to(x.dtype) + sa.value.bias.view(heads, hidden // heads)
@@ -385,11 +385,16 @@ class OpenSetScorer:
         if self.attention == "fused":
             # One fused kernel per asset block: the scores never leave the cache and E is read
             # once per layer instead of twice (scores, then the weighted sum).
-            return F.scaled_dot_product_attention(
-                q_img[:, None], embeds[:, None], embeds[:, None], scale=1.0
-            )[:, 0]
-        scores = torch.bmm(q_img, embeds.transpose(1, 2))
-        return torch.bmm(scores.softmax(dim=-1), embeds)
+            with self._phase("attn_fused"):
+                return F.scaled_dot_product_attention(
+                    q_img[:, None], embeds[:, None], embeds[:, None], scale=1.0
+                )[:, 0]
+        with self._phase("attn_scores"):
+            scores = torch.bmm(q_img, embeds.transpose(1, 2))
+        with self._phase("attn_softmax"):
+            weights = scores.softmax(dim=-1)
+        with self._phase("attn_sum"):
+            return torch.bmm(weights, embeds)
 
     def _fast_block(self, embeds: torch.Tensor, bank: LabelBank) -> torch.Tensor:
         head = self.head
