@@ -17,6 +17,10 @@ plus the feed-forward block, instead of 2*T*512*H for the key/value projections 
 else (re-weighting, ReLU(wordvec_proj), output dense + LayerNorm, feed-forward, fc) is the model's
 own modules, so the two paths differ only in the attention algebra.
 
+Each asset's token step (scores against E, softmax over tokens, weighted sum of E) is one fused
+attention call per layer in float32 (``attention="fused"``) and two batched products in bf16
+(``"bmm"``); see :class:`OpenSetScorer`.
+
 Compute dtype: float32 is the exact reference (fast == plain == the model's forward to 1e-5).
 bfloat16 is a separate mode for CPUs with native bf16 dot products (AVX512-BF16, AMX) and for
 GPUs: E is converted once per chunk straight into bf16 (never into a float32 copy), the head's
@@ -248,6 +252,13 @@ class OpenSetScorer:
             256 x concepts rows.
         work_budget: largest number of elements of the per-chunk (assets x heads x concepts x 512)
             work tensors; concepts are split to stay under it.
+        attention: how ``softmax(q_img E^T) E`` over each asset's tokens is computed: "fused"
+            (one ``scaled_dot_product_attention`` call per layer: the scores stay in cache and
+            E is read once per layer), "bmm" (scores, softmax and the weighted sum as two
+            batched products over the chunk, the session-5 kernel), or "auto": fused in
+            float32, bmm in bf16 (where it measured faster than the CPU's fused kernel on a
+            CPU with native bf16 and no AMX, docs/retroactive.md session 4). Both are exact
+            to float rounding (tests/test_openset.py).
     """
 
     def __init__(
