@@ -237,7 +237,80 @@ class Snapshot:
         return found, self.where_shard[pos_c], self.where_slot[pos_c]
 
 
-class TokenStore:
+class SnapshotReader:
+    """What every token-store backend reads the same way from its committed snapshot
+    (``self._snap``, a :class:`Snapshot`): shape, format, membership, id order and sampling.
+    :class:`TokenStore` (a local folder) and ``S3TokenStore`` (object storage) derive from it."""
+
+    _snap: Snapshot
+
+    @property
+    def tokens(self) -> int:
+        return int(self._snap.manifest["tokens"])
+
+    @property
+    def dim(self) -> int:
+        return int(self._snap.manifest["dim"])
+
+    @property
+    def format(self) -> str:
+        return str(self._snap.manifest["format"])
+
+    @property
+    def bytes_per_asset(self) -> int:
+        """Record size in the shard or segment files."""
+        return bytes_per_asset(self.format, self.tokens, self.dim)
+
+    def __len__(self) -> int:
+        return int(len(self._snap.sorted_ids))
+
+    def __contains__(self, asset_id: object) -> bool:
+        if not isinstance(asset_id, int | np.integer):
+            return False
+        return bool(self._snap.locate(np.array([asset_id], np.int64))[0][0])
+
+    def has(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Boolean mask: which of the given asset ids are stored."""
+        return self._snap.locate(np.asarray(ids, dtype=np.int64).reshape(-1))[0]
+
+    def ids(self) -> np.ndarray:
+        """All stored asset ids, sorted (int64)."""
+        return self._snap.sorted_ids.copy()
+
+    def storage_order(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """The permutation that sorts ids by where they are stored (shard, then slot).
+
+        ``get(ids[storage_order(ids)])`` then reads each shard front to back, coalescing runs of
+        neighbouring records, straight into its result. Ids that are not stored sort last.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        found, shard_idx, slots = self._snap.locate(ids)
+        return np.lexsort((slots, shard_idx, ~found))
+
+    def _locate_stored(
+        self, ids: np.ndarray | list[int]
+    ) -> tuple[np.ndarray, Snapshot, np.ndarray, np.ndarray]:
+        """(ids as int64, the snapshot, shard index and slot per id); KeyError naming a few
+        ids when some are not stored."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        snap = self._snap
+        found, shard_idx, slots = snap.locate(ids)
+        if not found.all():
+            missing = ids[~found][:5].tolist()
+            raise KeyError(
+                f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
+            )
+        return ids, snap, shard_idx, slots
+
+    def sample_ids(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to n distinct stored ids chosen uniformly at random (reproducible by seed)."""
+        ids = self._snap.sorted_ids
+        if n >= len(ids):
+            return ids.copy()
+        return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+
+
+class TokenStore(SnapshotReader):
     """Append-only, memory-mapped store of per-asset token embeddings E.
 
     Args:
@@ -277,39 +350,6 @@ class TokenStore:
                 )
 
     # -- properties ---------------------------------------------------------------------------
-
-    @property
-    def tokens(self) -> int:
-        return int(self._snap.manifest["tokens"])
-
-    @property
-    def dim(self) -> int:
-        return int(self._snap.manifest["dim"])
-
-    @property
-    def format(self) -> str:
-        return str(self._snap.manifest["format"])
-
-    @property
-    def bytes_per_asset(self) -> int:
-        """Record size in the shard files."""
-        return bytes_per_asset(self.format, self.tokens, self.dim)
-
-    def __len__(self) -> int:
-        return int(len(self._snap.sorted_ids))
-
-    def __contains__(self, asset_id: object) -> bool:
-        if not isinstance(asset_id, int | np.integer):
-            return False
-        return bool(self._snap.locate(np.array([asset_id], np.int64))[0][0])
-
-    def has(self, ids: np.ndarray | list[int]) -> np.ndarray:
-        """Boolean mask: which of the given asset ids are stored."""
-        return self._snap.locate(np.asarray(ids, dtype=np.int64).reshape(-1))[0]
-
-    def ids(self) -> np.ndarray:
-        """All stored asset ids, sorted (int64)."""
-        return self._snap.sorted_ids.copy()
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: assets, tombstones, shards, bytes on disk (data files)."""
@@ -391,16 +431,6 @@ class TokenStore:
             records = self._read(shard, slots)
             yield shard.ids[slots].copy(), records["q"], records["scale"]
 
-    def storage_order(self, ids: np.ndarray | list[int]) -> np.ndarray:
-        """The permutation that sorts ids by where they are stored (shard, then slot).
-
-        ``get(ids[storage_order(ids)])`` then reads each shard front to back, coalescing runs of
-        neighbouring records, straight into its result. Ids that are not stored sort last.
-        """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        found, shard_idx, slots = self._snap.locate(ids)
-        return np.lexsort((slots, shard_idx, ~found))
-
     def iter_chunks(
         self, chunk_size: int = 1024, dtype: np.dtype = np.float32
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -420,21 +450,6 @@ class TokenStore:
             alive = np.flatnonzero(shard.ids >= 0)
             for start in range(0, len(alive), chunk_size):
                 yield shard, alive[start : start + chunk_size]
-
-    def _locate_stored(
-        self, ids: np.ndarray | list[int]
-    ) -> tuple[np.ndarray, Snapshot, np.ndarray, np.ndarray]:
-        """(ids as int64, the snapshot, shard index and slot per id); KeyError naming a few
-        ids when some are not stored."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        snap = self._snap
-        found, shard_idx, slots = snap.locate(ids)
-        if not found.all():
-            missing = ids[~found][:5].tolist()
-            raise KeyError(
-                f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
-            )
-        return ids, snap, shard_idx, slots
 
     def _read(self, shard: Shard, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Records at ascending slots of one shard (into ``out`` when given: a C-contiguous
@@ -477,13 +492,6 @@ class TokenStore:
         records = np.asarray(shard.data[slots])
         out.reshape(-1).view(np.uint8)[:] = records.reshape(-1).view(np.uint8)
         return out
-
-    def sample_ids(self, n: int, seed: int = 0) -> np.ndarray:
-        """Up to n distinct stored ids chosen uniformly at random (reproducible by seed)."""
-        ids = self._snap.sorted_ids
-        if n >= len(ids):
-            return ids.copy()
-        return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
 
     # -- writing ------------------------------------------------------------------------------
 

@@ -90,6 +90,7 @@ from indexer.token_store import (
     STORE_VERSION,
     Shard,
     Snapshot,
+    SnapshotReader,
     TokenStoreError,
     bytes_per_asset,
     check_batch,
@@ -254,7 +255,7 @@ class BlockCache:
         return sum(size for _, size, _ in self._files())
 
 
-class S3TokenStore:
+class S3TokenStore(SnapshotReader):
     """Token store over ``s3://BUCKET/PREFIX/`` (see the module docstring).
 
     Args:
@@ -326,26 +327,9 @@ class S3TokenStore:
     # -- properties ---------------------------------------------------------------------------
 
     @property
-    def tokens(self) -> int:
-        return int(self._snap.manifest["tokens"])
-
-    @property
-    def dim(self) -> int:
-        return int(self._snap.manifest["dim"])
-
-    @property
-    def format(self) -> str:
-        return str(self._snap.manifest["format"])
-
-    @property
     def generation(self) -> int:
         """The snapshot's manifest generation (0 for a new store, +1 per commit)."""
         return int(self._snap.manifest["generation"])
-
-    @property
-    def bytes_per_asset(self) -> int:
-        """Record size in the segment objects."""
-        return bytes_per_asset(self.format, self.tokens, self.dim)
 
     @property
     def _dtype(self) -> np.dtype:
@@ -355,22 +339,6 @@ class S3TokenStore:
     def block_records(self) -> int:
         """Records per cache block (and per unit of a ranged GET in :meth:`get`)."""
         return max(1, self.options.block_bytes // self.bytes_per_asset)
-
-    def __len__(self) -> int:
-        return int(len(self._snap.sorted_ids))
-
-    def __contains__(self, asset_id: object) -> bool:
-        if not isinstance(asset_id, int | np.integer):
-            return False
-        return bool(self._snap.locate(np.array([asset_id], np.int64))[0][0])
-
-    def has(self, ids: np.ndarray | list[int]) -> np.ndarray:
-        """Boolean mask: which of the given asset ids are stored."""
-        return self._snap.locate(np.asarray(ids, dtype=np.int64).reshape(-1))[0]
-
-    def ids(self) -> np.ndarray:
-        """All stored asset ids, sorted (int64)."""
-        return self._snap.sorted_ids.copy()
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes, as :meth:`TokenStore.stats` (segments for shards), plus the URL."""
@@ -591,19 +559,6 @@ class S3TokenStore:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _locate_stored(
-        self, ids: np.ndarray | list[int]
-    ) -> tuple[np.ndarray, Snapshot, np.ndarray, np.ndarray]:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        snap = self._snap
-        found, seg_idx, slots = snap.locate(ids)
-        if not found.all():
-            missing = ids[~found][:5].tolist()
-            raise KeyError(
-                f"{int((~found).sum())} asset ids not in the token store, e.g. {missing}"
-            )
-        return ids, snap, seg_idx, slots
-
     def _records(self, snap: Snapshot, seg_idx: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """The records at (segment, slot) pairs, in the given order, through the block cache
         and coalesced ranged GETs."""
@@ -689,21 +644,6 @@ class S3TokenStore:
         ids, snap, seg_idx, slots = self._locate_stored(ids)
         records = self._records(snap, seg_idx, slots)
         return records["q"], records["scale"]
-
-    def storage_order(self, ids: np.ndarray | list[int]) -> np.ndarray:
-        """The permutation that sorts ids by where they are stored (segment, then slot); ids
-        that are not stored sort last."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        found, seg_idx, slots = self._snap.locate(ids)
-        return np.lexsort((slots, seg_idx, ~found))
-
-    def sample_ids(self, n: int, seed: int = 0) -> np.ndarray:
-        """Up to n distinct stored ids chosen uniformly at random (reproducible by seed; the same
-        choice as :meth:`TokenStore.sample_ids` for the same stored ids)."""
-        ids = self._snap.sorted_ids
-        if n >= len(ids):
-            return ids.copy()
-        return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
 
     def _stream(
         self, chunk_size: int, id_range: tuple[int, int] | None
