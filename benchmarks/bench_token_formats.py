@@ -9,6 +9,9 @@ exhaustively with the float32 reference head. Printed per format, with the load 
   compact format: >= 0.97), and the logit error against float16 (max, mean; logit std beside),
 - read time (decode into float32) and score time for the whole store, and their ratio to float16.
 
+This archive's E is mostly isotropic noise, which no format under ~20 kB keeps; for E from a
+trained model (the bundled demo model) see ``bench_token_formats_demo.py``.
+
 Run: ``flock /tmp/ramdex-bench.lock python benchmarks/bench_token_formats.py --n 20000``.
 """
 
