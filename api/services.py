@@ -35,6 +35,7 @@ from indexer.search.errors import (
     UnknownTagError,
 )
 from indexer.settings import Settings
+from indexer.token_store_s3 import S3StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,9 @@ _PROBLEMS: tuple[tuple[type[Exception], int, str], ...] = (
     (ModelNotAvailableError, 503, "model-unavailable"),
     (TextEncoderNotAvailableError, 503, "text-encoder-unavailable"),
     (NothingIngestedError, 503, "empty"),
+    # The object store holding the token embeddings is away (unreachable, not answering,
+    # credentials, bucket): the archive is fine, the service unavailable until it is back.
+    (S3StoreUnavailable, 503, "token-store-unavailable"),
     (UnknownTagError, 422, "unknown-tag"),
     (AssetNotFoundError, 404, "not-found"),
     (NotIndexedError, 409, "not-indexed"),
