@@ -847,6 +847,15 @@ class S3TokenStore(SnapshotReader):
             if skip is not None and skip(result):
                 self._snap, self._etag = snap, got[1]
                 return result
+            # Objects this commit stops naming (merged segments, superseded id generations)
+            # are retired now: collect_garbage ages them from this moment, not from their
+            # upload, so a reader's snapshot keeps its files for the whole grace period.
+            retired = dict(manifest.get("retired", {}))
+            now = time.time()
+            for key in _live_keys(got[0]) - _live_keys(manifest):
+                retired.setdefault(key, now)
+            if retired:
+                manifest["retired"] = retired
             commit_id = uuid.uuid4().hex
             manifest["generation"] = int(manifest["generation"]) + 1
             manifest["commits"] = [*manifest.get("commits", []), commit_id][-RECENT_COMMITS:]
@@ -1063,13 +1072,14 @@ class S3TokenStore(SnapshotReader):
 
     def collect_garbage(self, min_age_s: float = 24 * 3600.0) -> dict[str, int]:
         """Delete the objects under the store's prefix that the newest manifest does not name
-        and that are older than ``min_age_s``; returns how many and their bytes.
+        and have not been named for ``min_age_s``; returns how many and their bytes.
 
         Unreferenced objects are superseded id generations, segments :meth:`compact` merged
-        away, and the uploads of writers that lost a race or died. The age guard keeps two
-        things safe: a writer's uploads before its commit lands, and readers' snapshots younger
-        than ``min_age_s`` (an older snapshot that reads a removed segment gets a
-        TokenStoreError telling it to refresh).
+        away, and the uploads of writers that lost a race or died. An object a commit stopped
+        naming is aged from that commit (the manifest's ``retired`` times), one never named
+        from its upload. The age guard keeps two things safe: a writer's uploads before its
+        commit lands, and readers' snapshots younger than ``min_age_s`` (an older snapshot that
+        reads a removed segment gets a TokenStoreError telling it to refresh).
         """
         import datetime as dt
 
@@ -1077,11 +1087,8 @@ class S3TokenStore(SnapshotReader):
             raise TokenStoreError(f"token store {self.url} was opened read-only")
         self.refresh()
         manifest = self._snap.manifest
-        live = {MANIFEST}
-        for entry in manifest["segments"]:
-            live.update((f"seg/{entry['name']}.bin", entry["ids"]))
-        if manifest.get("codec"):
-            live.add(manifest["codec"]["file"])
+        live = _live_keys(manifest)
+        retired: dict[str, float] = manifest.get("retired", {})
         base = f"{self.prefix}/" if self.prefix else ""
         now = dt.datetime.now(dt.UTC)
         doomed: list[str] = []
@@ -1094,7 +1101,12 @@ class S3TokenStore(SnapshotReader):
                 name = obj["Key"][len(base) :]
                 if "/" in name.removeprefix("seg/"):
                     continue  # another store nested under this prefix: not ours
-                if name in live or (now - obj["LastModified"]).total_seconds() < min_age_s:
+                if name in live:
+                    continue
+                # Unreferenced since it was retired by a commit, or (never referenced: an
+                # upload whose commit never landed) since it was written.
+                since = retired.get(name, obj["LastModified"].timestamp())
+                if now.timestamp() - since < min_age_s:
                     continue
                 doomed.append(obj["Key"])
                 freed += int(obj["Size"])
@@ -1106,4 +1118,24 @@ class S3TokenStore(SnapshotReader):
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 ),
             )
+        gone = {key[len(base) :] for key in doomed}
+        if gone & set(retired):
+
+            def forget(manifest: dict[str, Any], _: Snapshot) -> bool:
+                kept = {k: t for k, t in manifest.get("retired", {}).items() if k not in gone}
+                changed = len(kept) != len(manifest.get("retired", {}))
+                manifest["retired"] = kept
+                return changed
+
+            self._commit(forget, skip=lambda changed: not changed)
         return {"objects_deleted": len(doomed), "bytes_freed": freed}
+
+
+def _live_keys(manifest: dict[str, Any]) -> set[str]:
+    """The object names a manifest refers to (itself, segments, id generations, codebook)."""
+    live = {MANIFEST}
+    for entry in manifest["segments"]:
+        live.update((f"seg/{entry['name']}.bin", entry["ids"]))
+    if manifest.get("codec"):
+        live.add(manifest["codec"]["file"])
+    return live

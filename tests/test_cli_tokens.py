@@ -201,21 +201,21 @@ def test_s3_stats_compact_and_gc(server, bucket, tmp_path, monkeypatch):
     assert code == 0 and "0 objects deleted" in out, out
     assert set(_keys(server, bucket)) >= old_garbage
 
-    before_sleep = set(_keys(server, bucket))
     time.sleep(2.5)
-    # Two deletes: the first's new ids object is garbage at once after the second (young); the
-    # merged segment's first ids object, written before the sleep, is garbage too (old: the age
-    # is the object's, not how long it has been unreferenced).
+    # Two deletes retire two ids objects now: the merged segment's first one (written before
+    # the sleep, so old by its LastModified) and the first delete's own. gc ages an object
+    # from the commit that stopped naming it, so both stay; what compact retired before the
+    # sleep goes.
     store.delete([7])
     store.delete([8])
     garbage = set(_keys(server, bucket)) - _live(store)
-    young = garbage - before_sleep
-    assert len(young) == 1 and len(garbage) == len(old_garbage) + 2
+    retired_now = garbage - old_garbage
+    assert len(retired_now) == 2 and len(garbage) == len(old_garbage) + 2
     code, out = ramdex("tokens", "gc", "--min-age", "2s")
     assert code == 0, out
-    assert f"{len(garbage) - 1} objects deleted" in out, out
+    assert f"{len(old_garbage)} objects deleted" in out, out
     left = set(_keys(server, bucket))
-    assert left == _live(store) | young  # older than 2 s gone, younger kept, live kept
+    assert left == _live(store) | retired_now  # retired 2.5 s ago gone, just now kept
     fresh = open_token_store(settings, MODEL_ID, read_only=True)
     want = np.setdiff1d(kept, [7, 8])
     np.testing.assert_array_equal(fresh.ids(), want)

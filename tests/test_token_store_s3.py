@@ -356,6 +356,28 @@ def test_compaction_merges_small_segments_in_order(server, bucket, tmp_path):
     np.testing.assert_array_equal(stale.get(stale.ids()), before)
 
 
+def test_garbage_is_aged_from_when_a_commit_stopped_naming_it(server, bucket, tmp_path):
+    """Segments written long ago and merged away just now are young garbage: a reader whose
+    snapshot still names them keeps reading for the whole grace period after the compaction."""
+    url = f"s3://{bucket}/m"
+    store = S3TokenStore(url, tokens=T, dim=C, options=_opts(server, tmp_path / "w"))
+    for b in range(3):
+        ids = np.arange(b * 20, b * 20 + 20, dtype=np.int64)
+        store.add(ids, _embeds(ids))
+    reader = S3TokenStore(url, read_only=True, options=_opts(server, tmp_path / "r"))
+    stale = S3TokenStore(url, read_only=True, options=_opts(server, tmp_path / "s"))
+    time.sleep(2.5)  # the segments are now older than the 2 s grace period below
+    assert store.compact()["segments_merged"] == 3
+    assert store.collect_garbage(min_age_s=2.0)["objects_deleted"] == 0
+    want = _embeds(np.arange(60)).astype(np.float16)
+    np.testing.assert_array_equal(reader.get(reader.ids()), want)
+    time.sleep(2.5)
+    assert store.collect_garbage(min_age_s=2.0)["objects_deleted"] == 6  # 3 segments + 3 ids
+    assert store._snap.manifest.get("retired") == {}  # forgotten once deleted
+    with pytest.raises(TokenStoreError, match="refresh"):  # its own cache is cold
+        stale.get(stale.ids()[:5])
+
+
 def test_compaction_keeps_deletes_committed_while_it_merged(server, bucket, tmp_path):
     url = f"s3://{bucket}/m"
     other = S3TokenStore(url, tokens=T, dim=C, options=_opts(server, tmp_path / "o"))
