@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 # Fixture modules that test modules also import from: rewrite their asserts before that import.
-pytest.register_assert_rewrite("tests.db_fixtures", "tests.webui_support")
+pytest.register_assert_rewrite(
+    "tests.db_fixtures", "tests.webui_support", "tests.api_support", "tests.s3_support"
+)
 
 import torch  # noqa: E402 - after the rewrite registration, as pytest requires
 
