@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from indexer.db.backfill_parts import part_progress
+from indexer.db.backfill_parts import PartStatus, part_progress
 from indexer.db.base import UtcDateTime
 from indexer.db.job_repo import (
     add_job_assets,
@@ -291,7 +291,10 @@ def view(job: Job) -> JobView:
     parts = None
     session = sa.orm.object_session(job)
     if job.kind == JobKind.BACKFILL.value and session is not None:
-        parts = part_progress(session, int(job.id)) or None
+        counts = part_progress(session, int(job.id))
+        if counts:  # every status named (0 included) and the total, for scripts
+            parts = {status.value: counts.get(status.value, 0) for status in PartStatus}
+            parts["total"] = sum(counts.values())
     return JobView(
         id=int(job.id),
         kind=job.kind,

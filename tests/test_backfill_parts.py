@@ -122,7 +122,9 @@ def test_a_backfill_runs_as_parts_with_the_scores_of_one_pass(archive) -> None:
     from indexer.jobs import get_job_view
 
     shown = get_job_view(settings.database_url, job_id)
-    assert shown.parts == {"done": len(parts)} and shown.to_dict()["parts"] == shown.parts
+    n = len(parts)
+    assert shown.parts == {"pending": 0, "running": 0, "done": n, "failed": 0, "total": n}
+    assert shown.to_dict()["parts"] == shown.parts
     assert f"{N_IMAGES}/{N_IMAGES} " in _format_job(shown)
     assert f"parts {len(parts)}/{len(parts)} done" in _format_job(shown)
     reference = _one_pass(archive, name, descriptions)

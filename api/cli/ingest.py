@@ -264,7 +264,7 @@ def _format_job(view: Any) -> str:
     rate = f", {view.rate:.1f}/s" if view.rate else ""
     parts = ""
     if view.parts:
-        parts = f", parts {view.parts.get('done', 0)}/{sum(view.parts.values())} done"
+        parts = f", parts {view.parts['done']}/{view.parts['total']} done"
     line = (
         f"{view.id:>6}  {view.kind:<8} {view.status:<9} {view.processed}/{view.total} "
         f"({view.done} done, {view.failed} failed{rate}{eta}{parts})"
