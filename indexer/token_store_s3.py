@@ -201,16 +201,7 @@ class BlockCache:
         """Store a block (replacing any copy) and evict when over budget."""
         if self.budget <= 0:
             return
-        path = self._path(obj, block)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_atomic(self._path(obj, block), data)
         with self._lock:
             if self._total is None:
                 self._total = sum(size for _, size, _ in self._files())
@@ -501,15 +492,7 @@ class S3TokenStore(SnapshotReader):
 
     @staticmethod
     def _write_local(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_atomic(path, data)
 
     def _open(self, manifest: dict[str, Any]) -> Snapshot:
         """The snapshot of a manifest: its id objects loaded (in parallel), no records read."""
@@ -1139,3 +1122,17 @@ def _live_keys(manifest: dict[str, Any]) -> set[str]:
     if manifest.get("codec"):
         live.add(manifest["codec"]["file"])
     return live
+
+
+def _write_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write a local file whole or not at all (temp file + rename): safe for several
+    processes sharing a cache folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
