@@ -277,6 +277,21 @@ class SnapshotReader:
         """All stored asset ids, sorted (int64)."""
         return self._snap.sorted_ids.copy()
 
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes: assets, tombstones, shards, bytes on disk (data files)."""
+        snap = self._snap
+        slots = sum(s.count for s in snap.shards)
+        return {
+            "format": self.format,
+            "tokens": self.tokens,
+            "dim": self.dim,
+            "assets": len(self),
+            "tombstones": slots - len(self),
+            "shards": len(snap.shards),
+            "bytes_per_asset": self.bytes_per_asset,
+            "data_bytes": slots * self.bytes_per_asset,
+        }
+
     def storage_order(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """The permutation that sorts ids by where they are stored (shard, then slot).
 
@@ -350,21 +365,6 @@ class TokenStore(SnapshotReader):
                 )
 
     # -- properties ---------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        """Counts and sizes: assets, tombstones, shards, bytes on disk (data files)."""
-        snap = self._snap
-        slots = sum(s.count for s in snap.shards)
-        return {
-            "format": self.format,
-            "tokens": self.tokens,
-            "dim": self.dim,
-            "assets": len(self),
-            "tombstones": slots - len(self),
-            "shards": len(snap.shards),
-            "bytes_per_asset": self.bytes_per_asset,
-            "data_bytes": slots * self.bytes_per_asset,
-        }
 
     # -- reading ------------------------------------------------------------------------------
 

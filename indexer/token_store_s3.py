@@ -333,20 +333,7 @@ class S3TokenStore(SnapshotReader):
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes, as :meth:`TokenStore.stats` (segments for shards), plus the URL."""
-        snap = self._snap
-        slots = sum(s.count for s in snap.shards)
-        return {
-            "backend": "s3",
-            "url": self.url,
-            "format": self.format,
-            "tokens": self.tokens,
-            "dim": self.dim,
-            "assets": len(self),
-            "tombstones": slots - len(self),
-            "shards": len(snap.shards),
-            "bytes_per_asset": self.bytes_per_asset,
-            "data_bytes": slots * self.bytes_per_asset,
-        }
+        return {"backend": "s3", "url": self.url, **super().stats()}
 
     def segments(self) -> list[dict[str, Any]]:
         """The manifest's segment entries in commit order (name, count, ids, min_id, max_id)."""
