@@ -25,7 +25,7 @@ from api.problems import (
     install_problem_handlers,
 )
 from api.ratelimit import AuthThrottle, CostlySlots
-from api.routers import assets, concepts, health, jobs, search, tags
+from api.routers import assets, concepts, exports, health, jobs, labels, search, tags, taxonomy
 from api.server_timing import ServerTiming
 from api.services import Services, install_indexer_error_handlers
 from api.warmup import WarmUp
@@ -102,6 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         concepts.router,
         tags.router,
         jobs.router,
+        labels.router,
+        exports.router,
+        taxonomy.router,
     ):
         app.include_router(router)
     _mount_ui(app)

@@ -57,6 +57,7 @@ from indexer.db.embedding_repo import (
 from indexer.db.errors import DuplicateError, NotFoundError, UnknownTagError
 from indexer.db.job_repo import add_job_progress, create_job, get_job, list_jobs, update_job
 from indexer.db.jobs import Job, JobKind, JobStatus
+from indexer.db.labels import AssetLabel, LabelChange  # noqa: F401 - tables of the schema
 from indexer.db.leases import ServiceLease  # noqa: F401 - its table is part of the schema
 from indexer.db.manifests import Manifest, ManifestRow  # noqa: F401 - tables of the schema
 from indexer.db.search import MatchedTag, SearchHit, SearchPage, search_by_tags
@@ -78,6 +79,7 @@ from indexer.db.tag_repo import (
     write_tag_scores,
 )
 from indexer.db.tags import AssetTag, Tag, TagOrigin
+from indexer.db.taxonomy import TaxonomyBroader, TaxonomyTerm  # noqa: F401 - tables of the schema
 from indexer.db.vectors import decode_vector, decode_vectors, encode_vectors
 
 __all__ = [

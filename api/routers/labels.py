@@ -1,0 +1,7 @@
+"""Routes under /labels (issue 13: DAM metadata)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/labels", tags=["labels"])

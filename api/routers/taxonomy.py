@@ -1,0 +1,7 @@
+"""Routes under /taxonomy (issue 13: DAM metadata)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/taxonomy", tags=["taxonomy"])
