@@ -238,6 +238,12 @@ class SearchRequest(BaseModel):
     )
     created_after: datetime | None = None
     created_before: datetime | None = None
+    sources: list[Literal["model", "concept", "manual", "embedded"]] = Field(
+        default_factory=list,
+        max_length=4,
+        description="tag provenances that count in tag terms (default all: manual, embedded "
+        "and accepted tags always match, rejected never)",
+    )
     similar_to: AssetIdValue | None = Field(default=None, description="asset id")
     sort: Literal["relevance", "date"] = "relevance"
     limit: Annotated[int, BeforeValidator(_not_a_bool)] = Field(default=40, ge=1, le=200)
@@ -254,6 +260,13 @@ class Reason(BaseModel):
     above_threshold: bool | None = Field(
         default=None,
         description="concept reasons: whether the score passes the concept's threshold",
+    )
+    sources: list[str] | None = Field(
+        default=None,
+        description="tag reasons: what made the tag match (model, concept, manual, embedded)",
+    )
+    review: Literal["accepted", "rejected"] | None = Field(
+        default=None, description="tag reasons: a curator's decision on the model tag"
     )
 
 

@@ -63,6 +63,7 @@ def to_query(req: SearchRequest, image: QueryImage | None = None) -> Query:
         similar_to=req.similar_to,
         image=image,
         min_score=req.min_score,
+        sources=req.sources,
         sort=req.sort,
         limit=req.limit,
         cursor=req.cursor,
@@ -90,6 +91,8 @@ def hit_out(hit: SearchHit) -> SearchHitOut:
             name_zh=r.name_zh,
             score=r.score,
             above_threshold=r.above_threshold,
+            sources=list(r.sources) if r.sources else None,
+            review=r.review,  # type: ignore[arg-type]
         )
         for r in hit.reasons
     ]

@@ -24,7 +24,18 @@ import sqlalchemy as sa
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL_TEMPLATE = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 # Children before parents, for DELETE on SQLite.
-TABLES = ["asset_tags", "asset_sources", "concepts", "tags", "jobs", "assets"]
+TABLES = [
+    "label_changes",
+    "asset_labels",
+    "taxonomy_broader",
+    "taxonomy_terms",
+    "asset_tags",
+    "asset_sources",
+    "concepts",
+    "tags",
+    "jobs",
+    "assets",
+]
 
 
 @contextmanager

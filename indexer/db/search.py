@@ -8,6 +8,8 @@ A tag "matches" an asset when its stored score is strictly above the tag's effec
 (override, else the model's threshold; RAM++ outputs a tag when prob > threshold), or, when
 ``min_score`` is given, when the score is >= ``min_score`` (for every term, ``none`` included).
 Only scores >= the score floor are stored, so ``min_score`` below the floor finds nothing more.
+People's labels count too (:mod:`indexer.db.tag_match`): a manual, embedded or accepted tag
+matches and ranks as :data:`~indexer.db.tag_match.LABEL_SCORE`; a rejected one never matches.
 """
 
 from __future__ import annotations
@@ -26,26 +28,41 @@ from sqlalchemy.orm import Session
 
 from indexer.db._sql import table_of
 from indexer.db.assets import Asset, AssetStatus
-from indexer.db.base import Real
 from indexer.db.errors import CursorOutOfRangeError, InvalidCursorError
+from indexer.db.labels import AssetLabel, Review
+from indexer.db.tag_match import (
+    LABEL_SCORE,
+    TagMatch,
+    has_tag_term,
+    label_keys,
+    label_term,
+    real,
+    score_term,
+    tag_key,
+    tag_match,
+)
 from indexer.db.tag_repo import per_asset_rows, resolve_tags
-from indexer.db.tags import AssetTag, Tag
+from indexer.db.tags import AssetTag, Tag, TagOrigin
 
 MAX_LIMIT = 1000
 MAX_ID = 2**63 - 1  # assets.id is a BIGINT
 MAX_JULIAN_DAY = 5373484.5  # 9999-12-31, the last day a datetime holds
 _assets = table_of(Asset)
 _asset_tags = table_of(AssetTag)
+_labels = table_of(AssetLabel)
 
 
 @dataclass(frozen=True, slots=True)
 class MatchedTag:
-    """A query tag that matched the asset, with the asset's score for it."""
+    """A query tag that matched the asset: its score (``LABEL_SCORE`` when a label made it
+    match), its sources (``model``, ``concept``, ``manual``, ``embedded``) and review state."""
 
     tag_id: int
     english: str
     chinese: str | None
     score: float
+    sources: tuple[str, ...] = ("model",)
+    review: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,37 +133,6 @@ def _decode_cursor(cursor: str) -> tuple[float | None, int]:
     return (None if score is None else float(score)), asset_id
 
 
-def _real(value: float) -> sa.ColumnElement[float]:
-    """A bound float compared as a 4-byte REAL, like the stored scores and thresholds.
-
-    Without the cast PostgreSQL compares in double precision, where a REAL read back as its
-    shortest decimal text no longer equals itself (keyset paging would repeat rows, and a score
-    equal to its threshold would pass the strict ``>``).
-    """
-    return sa.cast(sa.literal(float(value), sa.Float()), Real)
-
-
-def _term(alias: Any, tags: Sequence[Tag], min_score: float | None) -> sa.ColumnElement[bool]:
-    """``alias`` row is one of ``tags`` with a matching score."""
-    parts = [
-        sa.and_(
-            alias.c.tag_id == t.id,
-            alias.c.score >= _real(min_score)
-            if min_score is not None
-            else alias.c.score > _real(t.effective_threshold),
-        )
-        for t in tags
-    ]
-    return sa.or_(*parts)
-
-
-def has_tag_term(asset_id_col: Any, tags: Sequence[Tag], min_score: float | None) -> Any:
-    """SQL condition: the asset scores any of ``tags`` at or above its threshold (or
-    ``min_score`` when given); the meaning of a tag term in every search."""
-    probe = _asset_tags.alias()
-    return sa.exists().where(probe.c.asset_id == asset_id_col, _term(probe, tags, min_score))
-
-
 def asset_filters(
     mime: str | Sequence[str] | None, since: datetime | None, until: datetime | None
 ) -> list[sa.ColumnElement[bool]]:
@@ -181,6 +167,7 @@ def search_by_tags(
     limit: int = 50,
     cursor: str | None = None,
     order: Literal["score", "date"] = "score",
+    sources: Sequence[str] | None = None,
 ) -> SearchPage:
     """Assets matching a boolean tag query, best first (or newest first), one page at a time.
 
@@ -197,6 +184,8 @@ def search_by_tags(
         cursor: ``next_cursor`` of the previous page.
         order: ``score`` (the ranking above) or ``date``: every matching asset, newest
             ``created_at`` first (ties by id), keyset-paged like the score order.
+        sources: count only these provenances (``model``, ``concept``, ``manual``,
+            ``embedded``; default all, see :mod:`indexer.db.tag_match`).
 
     Returns:
         A :class:`SearchPage`.
@@ -221,12 +210,18 @@ def search_by_tags(
     all_terms = [resolved[n] for n in all_]
     any_tags = [t for n in any_ for t in resolved[n]]
     none_tags = [t for n in none for t in resolved[n]]
+    match = tag_match(
+        session,
+        [*(t for term in all_terms for t in term), *any_tags, *none_tags],
+        min_score=min_score,
+        sources=sources,
+    )
     filters = asset_filters(mime, since, until)
     ordered_by_date = order == "date" and bool(all_terms or any_tags)
     after = _decode_cursor(cursor) if cursor and not ordered_by_date else None
 
     if not all_terms and not any_tags:
-        rows = _search_assets_only(session, none_tags, min_score, filters, limit, after)
+        rows = _search_assets_only(session, none_tags, match, filters, limit, after)
         hits = [SearchHit(int(i), None, ()) for i, _ in rows[:limit]]
         more = len(rows) > limit
         return SearchPage(hits, _encode_cursor(None, hits[-1].asset_id) if more else None)
@@ -235,7 +230,7 @@ def search_by_tags(
     positive = [t for term in all_terms for t in term] + any_tags
     if order == "date":
         return _date_page(
-            session, all_terms, any_tags, none_tags, min_score, filters, limit, cursor, positive
+            session, all_terms, any_tags, none_tags, match, filters, limit, cursor, positive
         )
     if after is not None and after[0] is None:
         raise InvalidCursorError("cursor does not belong to a tag query")
@@ -243,15 +238,15 @@ def search_by_tags(
         session,
         rank_tags,
         filters=lambda asset_id: (
-            _filters(asset_id, all_terms, any_tags, none_tags, min_score)
+            _filters(asset_id, all_terms, any_tags, none_tags, match)
             + ([sa.exists().where(_assets.c.id == asset_id, *filters)] if filters else [])
         ),
-        min_score=min_score,
+        match=match,
         limit=limit,
         after=after,  # type: ignore[arg-type]
     )
     page = rows[:limit]
-    matched = matched_tags(session, [a for a, _ in page], positive, min_score)
+    matched = matched_tags(session, [a for a, _ in page], positive, match)
     hits = [SearchHit(a, s, matched.get(a, ())) for a, s in page]
     next_cursor = _encode_cursor(hits[-1].score, hits[-1].asset_id) if len(rows) > limit else None
     return SearchPage(hits, next_cursor)
@@ -262,14 +257,14 @@ def _filters(
     all_terms: list[list[Tag]],
     any_tags: list[Tag],
     none_tags: list[Tag],
-    min_score: float | None,
+    match: TagMatch,
 ) -> list[Any]:
     """Conditions on a candidate asset besides its ranking tag (each a PK probe)."""
-    conditions: list[Any] = [has_tag_term(asset_id, term, min_score) for term in all_terms[1:]]
+    conditions: list[Any] = [has_tag_term(asset_id, term, match) for term in all_terms[1:]]
     if all_terms and any_tags:
-        conditions.append(has_tag_term(asset_id, any_tags, min_score))
+        conditions.append(has_tag_term(asset_id, any_tags, match))
     if none_tags:
-        conditions.append(~has_tag_term(asset_id, none_tags, min_score))
+        conditions.append(~has_tag_term(asset_id, none_tags, match))
     return conditions
 
 
@@ -278,7 +273,7 @@ def _ranked_rows(
     rank_tags: Sequence[Tag],
     *,
     filters: Any,
-    min_score: float | None,
+    match: TagMatch,
     limit: int,
     after: tuple[float, int] | None,
 ) -> list[tuple[int, float]]:
@@ -289,33 +284,72 @@ def _ranked_rows(
     proportional to the page, not to how many assets carry the tags. An asset can appear once
     per ranking tag; its first row in the merged order carries its best score, so reading
     ``(limit + 1) * len(rank_tags)`` rows and keeping first occurrences gives the page exactly.
+    When the ranking tags carry labels, one more branch reads the positive labels (ranked as
+    ``LABEL_SCORE``, above every model score of the same asset).
     """
-    several = len(rank_tags) > 1
-    row_limit = (limit + 1) * len(rank_tags)
+    scored_tags = [t for t in rank_tags if match.uses_score(t)]
+    keys = label_keys(rank_tags, match)
+    several = len(scored_tags) + (1 if keys else 0) > 1
+    row_limit = (limit + 1) * (len(scored_tags) + len(keys))
     postgres = session.get_bind().dialect.name == "postgresql"
+    cursor = None if after is None else sa.tuple_(real(after[0]), after[1])
+
+    def seen_before(asset_id: Any) -> sa.ColumnElement[bool]:
+        """The asset had a ranking row at or above the cursor (it was on an earlier page)."""
+        assert cursor is not None
+        seen = _asset_tags.alias()
+        earlier: list[Any] = [
+            sa.exists().where(
+                seen.c.asset_id == asset_id,
+                score_term(seen, scored_tags, match),
+                sa.tuple_(seen.c.score, seen.c.asset_id) >= cursor,
+            )
+        ]
+        if keys:
+            mark = _labels.alias()
+            earlier.append(
+                sa.exists().where(
+                    mark.c.asset_id == asset_id,
+                    label_term(mark, keys, match),
+                    sa.tuple_(real(LABEL_SCORE), mark.c.asset_id) >= cursor,
+                )
+            )
+        return sa.or_(*earlier)
+
     branches: list[sa.Select[Any]] = []
-    for tag in rank_tags:
+    for tag in scored_tags:
         d = _asset_tags.alias(f"d{len(branches)}")
         branch = sa.select(d.c.asset_id, d.c.score).where(
-            _term(d, [tag], min_score), *filters(d.c.asset_id)
+            score_term(d, [tag], match), *filters(d.c.asset_id)
         )
-        if after is not None:
-            cursor = sa.tuple_(_real(after[0]), after[1])
+        if cursor is not None:
             branch = branch.where(sa.tuple_(d.c.score, d.c.asset_id) < cursor)
             if several:  # skip assets whose best row was on an earlier page
-                seen = _asset_tags.alias()
-                branch = branch.where(
-                    ~sa.exists().where(
-                        seen.c.asset_id == d.c.asset_id,
-                        _term(seen, rank_tags, min_score),
-                        sa.tuple_(seen.c.score, seen.c.asset_id) >= cursor,
-                    )
-                )
+                branch = branch.where(~seen_before(d.c.asset_id))
         if postgres and several:
             # ordered, limited branches let PostgreSQL plan a Merge Append (SQLite does not
             # accept ORDER BY inside a UNION member)
             branch = branch.order_by(d.c.score.desc(), d.c.asset_id.desc()).limit(row_limit)
         branches.append(branch)
+    if keys:
+        mark = _labels.alias("marks")
+        score = real(LABEL_SCORE).label("score")
+        branch = sa.select(mark.c.asset_id, score).where(
+            label_term(mark, keys, match),
+            sa.exists().where(
+                _assets.c.id == mark.c.asset_id, _assets.c.status == AssetStatus.DONE.value
+            ),
+            *filters(mark.c.asset_id),
+        )
+        if cursor is not None:
+            branch = branch.where(sa.tuple_(real(LABEL_SCORE), mark.c.asset_id) < cursor)
+            if several:
+                branch = branch.where(~seen_before(mark.c.asset_id))
+        if postgres and several:
+            branch = branch.order_by(mark.c.asset_id.desc()).limit(row_limit)
+        branches.append(branch)
+    if not branches:
+        return []
     score_col: Any
     id_col: Any
     if several:
@@ -393,7 +427,7 @@ def _date_page(
     all_terms: list[list[Tag]],
     any_tags: list[Tag],
     none_tags: list[Tag],
-    min_score: float | None,
+    match: TagMatch,
     filters: list[sa.ColumnElement[bool]],
     limit: int,
     cursor: str | None,
@@ -403,11 +437,11 @@ def _date_page(
     each one's tags (or, for a rare tag, reads the tag's rows and sorts them: its planner's
     choice); keyset pages on (created_at, id)."""
     key = _date_key(session)
-    conditions = [has_tag_term(_assets.c.id, term, min_score) for term in all_terms]
+    conditions = [has_tag_term(_assets.c.id, term, match) for term in all_terms]
     if any_tags:
-        conditions.append(has_tag_term(_assets.c.id, any_tags, min_score))
+        conditions.append(has_tag_term(_assets.c.id, any_tags, match))
     if none_tags:
-        conditions.append(~has_tag_term(_assets.c.id, none_tags, min_score))
+        conditions.append(~has_tag_term(_assets.c.id, none_tags, match))
     stmt = sa.select(_assets.c.id, key.label("k")).where(
         _assets.c.status == AssetStatus.DONE.value, *filters, *conditions
     )
@@ -423,7 +457,7 @@ def _date_page(
         session.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))
     rows = session.execute(stmt.order_by(key.desc(), _assets.c.id.desc()).limit(limit + 1)).all()
     page = rows[:limit]
-    matched = matched_tags(session, [int(r.id) for r in page], positive, min_score)
+    matched = matched_tags(session, [int(r.id) for r in page], positive, match)
     rank_ids = {t.id for t in (all_terms[0] if all_terms else any_tags)}
     hits = []
     for r in page:
@@ -437,7 +471,7 @@ def _date_page(
 def _search_assets_only(
     session: Session,
     none_tags: Sequence[Tag],
-    min_score: float | None,
+    match: TagMatch,
     filters: list[sa.ColumnElement[bool]],
     limit: int,
     after: tuple[float | None, int] | None,
@@ -446,30 +480,66 @@ def _search_assets_only(
         _assets.c.status == AssetStatus.DONE.value, *filters
     )
     if none_tags:
-        stmt = stmt.where(~has_tag_term(_assets.c.id, none_tags, min_score))
+        stmt = stmt.where(~has_tag_term(_assets.c.id, none_tags, match))
     if after is not None:
         stmt = stmt.where(_assets.c.id < after[1])
     return list(session.execute(stmt.order_by(_assets.c.id.desc()).limit(limit + 1)).all())
 
 
 def matched_tags(
-    session: Session, asset_ids: list[int], tags: Sequence[Tag], min_score: float | None
+    session: Session, asset_ids: list[int], tags: Sequence[Tag], match: TagMatch
 ) -> dict[int, tuple[MatchedTag, ...]]:
-    """For each asset, which of ``tags`` it matched and with what score (a hit's reasons)."""
+    """For each asset, which of ``tags`` it matched, with what score and by which sources (a
+    hit's reasons), best first."""
     if not asset_ids or not tags:
         return {}
-    # one primary-key probe per asset (asset_tags is hash-partitioned on PostgreSQL)
-    stmt, probe = per_asset_rows(
-        session, asset_ids, ("asset_id", "tag_id", "score"), lambda t: _term(t, tags, min_score)
-    )
-    stmt = stmt.order_by(probe.c.asset_id, probe.c.score.desc(), probe.c.tag_id)
     by_id = {t.id: t for t in tags}
-    out: dict[int, list[MatchedTag]] = {}
+    scores: dict[tuple[int, int], float] = {}
+    # one primary-key probe per asset (asset_tags is hash-partitioned on PostgreSQL)
+    stmt, _ = per_asset_rows(
+        session, asset_ids, ("asset_id", "tag_id", "score"), lambda t: score_term(t, tags, match)
+    )
     for asset_id, tag_id, score in session.execute(stmt):
-        tag = by_id[tag_id]
-        out.setdefault(int(asset_id), []).append(
-            MatchedTag(int(tag_id), tag.english, tag.chinese, float(score))
+        scores[(int(asset_id), int(tag_id))] = float(score)
+    marks: dict[tuple[int, str], Any] = {}
+    keys = label_keys(tags, match)
+    if keys:
+        label = _labels.alias()
+        rows = session.execute(
+            sa.select(label).where(
+                label.c.asset_id.in_([int(a) for a in asset_ids]), label_term(label, keys, match)
+            )
         )
+        marks = {(int(r.asset_id), str(r.key)): r for r in rows}
+    out: dict[int, list[MatchedTag]] = {}
+    for asset_id in asset_ids:
+        found = []
+        for tag in by_id.values():
+            score = scores.get((asset_id, tag.id))
+            mark = marks.get((asset_id, tag_key(tag)))
+            if score is None and mark is None:
+                continue
+            sources: list[str] = []
+            if score is not None:
+                sources.append("concept" if tag.origin == TagOrigin.CONCEPT.value else "model")
+            if mark is not None:
+                if mark.review == Review.ACCEPTED.value and not sources:
+                    sources.append("concept" if tag.origin == TagOrigin.CONCEPT.value else "model")
+                sources += [s for s in ("manual", "embedded") if getattr(mark, s)]
+            review = None if mark is None else mark.review
+            found.append(
+                MatchedTag(
+                    tag.id,
+                    tag.english,
+                    tag.chinese,
+                    LABEL_SCORE if mark is not None else float(score),  # type: ignore[arg-type]
+                    tuple(sources),
+                    review,
+                )
+            )
+        if found:
+            found.sort(key=lambda m: (-m.score, m.tag_id))
+            out[asset_id] = found
     return {k: tuple(v) for k, v in out.items()}
 
 

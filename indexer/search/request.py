@@ -25,6 +25,7 @@ ReasonKind = Literal["tag", "concept", "similar"]
 MAX_LIMIT = 200  # hits per page
 MAX_ASSET_ID = 2**63 - 1  # assets.id is a BIGINT
 MAX_TEXT = 500  # characters of a free-text concept
+TAG_SOURCES = ("model", "concept", "manual", "embedded")  # indexer.db.labels.TagSource
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class SearchRequest:
         cursor: ``next_cursor`` of the previous page of the same search.
         mime: media types (``image/png``) or prefixes (``image/*``).
         created_after, created_before: ``created_after <= created_at < created_before``.
+        sources: which provenances of a tag count in tag terms (``model``, ``concept``,
+            ``manual``, ``embedded``); empty: all (manual, embedded and accepted tags always
+            match, rejected never; indexer/db/tag_match.py).
 
     Raises:
         InvalidQueryError: contradictory or out-of-range parts (text with a similar image, a
@@ -76,9 +80,10 @@ class SearchRequest:
     mime: Sequence[str] = ()
     created_after: datetime | None = None
     created_before: datetime | None = None
+    sources: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        for name in ("descriptions", "all", "any", "none", "mime"):
+        for name in ("descriptions", "all", "any", "none", "mime", "sources"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         text = self.text.strip() if self.text is not None else None
         object.__setattr__(self, "text", text or None)
@@ -100,6 +105,11 @@ class SearchRequest:
             math.isfinite(self.min_score) and 0.0 <= self.min_score <= 1.0
         ):
             raise InvalidQueryError(f"min_score must be in [0, 1], not {self.min_score}")
+        unknown = sorted(set(self.sources) - set(TAG_SOURCES))
+        if unknown:
+            raise InvalidQueryError(
+                f"unknown tag source {', '.join(map(repr, unknown))}: use {', '.join(TAG_SOURCES)}"
+            )
         if self.sort not in ("relevance", "date"):
             raise InvalidQueryError(f"sort must be 'relevance' or 'date', not {self.sort!r}")
         if isinstance(self.limit, bool) or not 1 <= self.limit <= MAX_LIMIT:
@@ -133,6 +143,8 @@ class Reason:
         score: the tag score, concept probability or cosine similarity.
         above_threshold: concept reasons: whether the probability passes the concept's
             calibrated threshold.
+        sources: tag reasons: what made the tag match (model, concept, manual, embedded).
+        review: tag reasons: ``accepted`` or ``rejected`` when a curator decided.
     """
 
     kind: ReasonKind
@@ -140,6 +152,8 @@ class Reason:
     score: float
     name_zh: str | None = None
     above_threshold: bool | None = None
+    sources: tuple[str, ...] = ()
+    review: str | None = None
 
 
 @dataclass(frozen=True)

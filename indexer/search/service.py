@@ -32,7 +32,8 @@ from indexer.db.concept_repo import find_concept
 
 # The storage layer's tag-term SQL is reused so that filters here mean exactly what tag search
 # means: thresholds, min_score, mime prefixes, half-open date range.
-from indexer.db.search import MatchedTag, asset_filters, has_tag_term, matched_tags, search_by_tags
+from indexer.db.search import MatchedTag, asset_filters, matched_tags, search_by_tags
+from indexer.db.tag_match import TagMatch, has_tag_term, tag_match
 from indexer.db.tag_repo import resolve_tags
 from indexer.search.cursors import decode_offset, encode_offset, is_offset_cursor, query_digest
 from indexer.search.errors import InvalidCursorError
@@ -66,6 +67,7 @@ class _Terms:
     all_terms: list[list[Tag]]
     any_tags: list[Tag]
     none_tags: list[Tag]
+    match: TagMatch
 
     @property
     def positive(self) -> list[Tag]:
@@ -253,6 +255,7 @@ class SearchService:
             limit=req.limit,
             cursor=req.cursor,
             order="date" if req.sort == "date" else "score",
+            sources=req.sources or None,
         )
         facts = asset_facts(session, [h.asset_id for h in page.hits])
         hits = [
@@ -299,11 +302,12 @@ def _hit(row: Any, score: float | None, reasons: Sequence[Reason]) -> SearchHit:
 def _resolve(session: Session, model_id: str, req: SearchRequest) -> _Terms:
     names = list(req.tags)
     resolved = resolve_tags(session, model_id, names) if names else {}
-    return _Terms(
-        [resolved[n] for n in req.all],
-        [t for n in req.any for t in resolved[n]],
-        [t for n in req.none for t in resolved[n]],
-    )
+    all_terms = [resolved[n] for n in req.all]
+    any_tags = [t for n in req.any for t in resolved[n]]
+    none_tags = [t for n in req.none for t in resolved[n]]
+    everything = [t for term in all_terms for t in term] + any_tags + none_tags
+    match = tag_match(session, everything, min_score=req.min_score, sources=req.sources or None)
+    return _Terms(all_terms, any_tags, none_tags, match)
 
 
 def _filter(session: Session, ranked: Ranked, terms: _Terms, req: SearchRequest) -> Ranked:
@@ -327,11 +331,11 @@ def _conditions(terms: _Terms, req: SearchRequest) -> list[Any]:
     ids = Asset.__table__.c.id
     conditions: list[Any] = asset_filters(req.mime or None, req.created_after, req.created_before)
     for term in terms.all_terms:
-        conditions.append(has_tag_term(ids, term, req.min_score))
+        conditions.append(has_tag_term(ids, term, terms.match))
     if terms.any_tags:
-        conditions.append(has_tag_term(ids, terms.any_tags, req.min_score))
+        conditions.append(has_tag_term(ids, terms.any_tags, terms.match))
     if terms.none_tags:
-        conditions.append(~has_tag_term(ids, terms.none_tags, req.min_score))
+        conditions.append(~has_tag_term(ids, terms.none_tags, terms.match))
     return conditions
 
 
@@ -345,6 +349,7 @@ def _filter_key(req: SearchRequest) -> tuple[Any, ...]:
         req.mime,
         req.created_after,
         req.created_before,
+        req.sources,
     )
 
 
@@ -365,7 +370,10 @@ def _by_date(session: Session, ids: np.ndarray) -> np.ndarray:
 
 
 def _tag_reasons(matched: Sequence[MatchedTag]) -> list[Reason]:
-    return [Reason("tag", m.english, m.score, name_zh=m.chinese) for m in matched]
+    return [
+        Reason("tag", m.english, m.score, name_zh=m.chinese, sources=m.sources, review=m.review)
+        for m in matched
+    ]
 
 
 def _ranked_page(
@@ -376,7 +384,7 @@ def _ranked_page(
     chosen = order[offset : offset + req.limit]
     ids = [int(ranked.ids[i]) for i in chosen]
     facts = asset_facts(session, ids)
-    matched = matched_tags(session, ids, terms.positive, req.min_score)
+    matched = matched_tags(session, ids, terms.positive, terms.match)
     hits = []
     for i in chosen:
         asset_id, score = int(ranked.ids[i]), float(ranked.scores[i])

@@ -1,0 +1,167 @@
+"""What "the asset has tag T" means in every search: model scores and people's labels together.
+
+A tag term matches an asset (issue 13, docs/review.md) when
+
+- a label (``asset_labels``, keyed by the tag's name) says ``manual``, ``embedded`` or
+  ``review = accepted``; or
+- the asset's stored score for T is above T's effective threshold (or ``>= min_score``) and
+  no label says ``review = rejected``.
+
+``sources`` narrows that to some provenances: ``model`` (built-in tags' scores), ``concept``
+(promoted concepts' scores), ``manual``, ``embedded``; an ``accepted`` review counts for the
+score sources.
+
+Archives mostly carry no labels for a query's tags, and then the SQL is exactly the score-only
+term (same plans, partitions pruned): :func:`tag_match` probes once per search which of the
+query's names carry any label and only those get the label conditions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from indexer.db._sql import table_of
+from indexer.db.base import Real
+from indexer.db.labels import AssetLabel, Review, TagSource, label_key
+from indexer.db.tags import AssetTag, Tag, TagOrigin
+
+ALL_SOURCES = frozenset(TagSource)
+LABEL_SCORE = 1.0  # what a label-only match ranks and reports as: a person or the file said so
+_asset_tags = table_of(AssetTag)
+_labels = table_of(AssetLabel)
+
+
+@dataclass(frozen=True)
+class TagMatch:
+    """How one search matches tags.
+
+    Attributes:
+        min_score: match scores ``>= min_score`` instead of above each tag's threshold.
+        sources: which provenances count (default all).
+        labelled: the query's tag keys that carry at least one label (probed by
+            :func:`tag_match`); other keys get the score-only condition.
+    """
+
+    min_score: float | None = None
+    sources: frozenset[TagSource] = ALL_SOURCES
+    labelled: frozenset[str] = frozenset()
+
+    def uses_score(self, tag: Tag) -> bool:
+        """Whether ``tag``'s stored scores count under these sources."""
+        source = TagSource.CONCEPT if tag.origin == TagOrigin.CONCEPT.value else TagSource.MODEL
+        return source in self.sources
+
+    def label_flags(self, alias: Any) -> list[sa.ColumnElement[bool]]:
+        """The label columns that make a positive match under these sources."""
+        flags: list[sa.ColumnElement[bool]] = []
+        if TagSource.MANUAL in self.sources:
+            flags.append(alias.c.manual.is_(True))
+        if TagSource.EMBEDDED in self.sources:
+            flags.append(alias.c.embedded.is_(True))
+        if self.sources & {TagSource.MODEL, TagSource.CONCEPT}:
+            flags.append(alias.c.review == Review.ACCEPTED.value)
+        return flags
+
+
+def tag_key(tag: Tag) -> str:
+    """The label key of a vocabulary tag (its English name, case-folded)."""
+    return label_key(tag.english)
+
+
+def labelled_keys(session: Session, keys: Iterable[str]) -> frozenset[str]:
+    """Which of ``keys`` carry at least one label: one index probe per key, in one statement."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return frozenset()
+    probes = [
+        sa.select(sa.literal(k, sa.String()).label("k")).where(
+            sa.exists().where(_labels.c.key == k)
+        )
+        for k in wanted
+    ]
+    stmt = probes[0] if len(probes) == 1 else sa.union_all(*probes)
+    return frozenset(str(k) for k in session.execute(stmt).scalars())
+
+
+def tag_match(
+    session: Session,
+    tags: Iterable[Tag],
+    *,
+    min_score: float | None = None,
+    sources: Iterable[str] | None = None,
+) -> TagMatch:
+    """The :class:`TagMatch` of a search over ``tags`` (every tag of the query, negative
+    terms included).
+
+    Raises:
+        ValueError: an unknown source name.
+    """
+    chosen = ALL_SOURCES if sources is None else frozenset(TagSource(s) for s in sources)
+    if not chosen:
+        raise ValueError("sources must name at least one of " + ", ".join(TagSource))
+    return TagMatch(min_score, chosen, labelled_keys(session, (tag_key(t) for t in tags)))
+
+
+def real(value: float) -> sa.ColumnElement[float]:
+    """A bound float compared as a 4-byte REAL, like the stored scores and thresholds.
+
+    Without the cast PostgreSQL compares in double precision, where a REAL read back as its
+    shortest decimal text no longer equals itself (keyset paging would repeat rows, and a score
+    equal to its threshold would pass the strict ``>``).
+    """
+    return sa.cast(sa.literal(float(value), sa.Float()), Real)
+
+
+def not_rejected(asset_id: Any, key: str) -> sa.ColumnElement[bool]:
+    """No label rejects the tag named ``key`` on the asset."""
+    probe = _labels.alias()
+    return ~sa.exists().where(
+        probe.c.asset_id == asset_id, probe.c.key == key, probe.c.review == Review.REJECTED.value
+    )
+
+
+def score_term(alias: Any, tags: Sequence[Tag], match: TagMatch) -> sa.ColumnElement[bool]:
+    """``alias`` (an ``asset_tags`` row) is a matching score of one of ``tags``."""
+    parts = []
+    for t in tags:
+        if not match.uses_score(t):
+            continue
+        bound = (
+            alias.c.score >= real(match.min_score)
+            if match.min_score is not None
+            else alias.c.score > real(t.effective_threshold)
+        )
+        part = sa.and_(alias.c.tag_id == t.id, bound)
+        if tag_key(t) in match.labelled:
+            part = sa.and_(part, not_rejected(alias.c.asset_id, tag_key(t)))
+        parts.append(part)
+    return sa.or_(*parts) if parts else sa.false()
+
+
+def label_keys(tags: Sequence[Tag], match: TagMatch) -> list[str]:
+    """The keys of ``tags`` whose labels can match (labelled ones, with a source that counts)."""
+    keys = {tag_key(t) for t in tags} & match.labelled
+    return sorted(keys) if keys and match.label_flags(_labels) else []
+
+
+def label_term(alias: Any, keys: Sequence[str], match: TagMatch) -> sa.ColumnElement[bool]:
+    """``alias`` (an ``asset_labels`` row) is a positive label of one of ``keys``."""
+    return sa.and_(alias.c.key.in_(list(keys)), sa.or_(*match.label_flags(alias)))
+
+
+def has_tag_term(asset_id_col: Any, tags: Sequence[Tag], match: TagMatch) -> Any:
+    """SQL condition: the asset has one of ``tags`` (by score or by label, as above); the
+    meaning of a tag term in every search."""
+    probe = _asset_tags.alias()
+    scored = sa.exists().where(probe.c.asset_id == asset_id_col, score_term(probe, tags, match))
+    keys = label_keys(tags, match)
+    if not keys:
+        return scored
+    label = _labels.alias()
+    labelled = sa.exists().where(label.c.asset_id == asset_id_col, label_term(label, keys, match))
+    return sa.or_(scored, labelled)
