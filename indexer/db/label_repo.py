@@ -43,6 +43,16 @@ _changes = table_of(LabelChange)
 _asset_tags = table_of(AssetTag)
 
 
+class MissingAssetsError(NotFoundError):
+    """Asset ids a change named that do not exist (``asset_ids``: all of them, ascending)."""
+
+    def __init__(self, asset_ids: Sequence[int]) -> None:
+        self.asset_ids = list(asset_ids)
+        shown = ", ".join(str(i) for i in self.asset_ids[:20])
+        more = f" and {len(self.asset_ids) - 20} more" if len(self.asset_ids) > 20 else ""
+        super().__init__(f"asset(s) do not exist: {shown}{more}")
+
+
 @dataclass(frozen=True, slots=True)
 class LabelState:
     """What a label row says (the audit trail's before/after)."""
@@ -132,7 +142,7 @@ def change_labels(
         (changed, unchanged) asset counts.
 
     Raises:
-        NotFoundError: some assets do not exist (all named; nothing changed).
+        MissingAssetsError: some assets do not exist (all named; nothing changed).
         ValueError: no ids, too many ids, or an empty or overlong key/label/actor.
     """
     act = LabelAction(action)
@@ -146,9 +156,7 @@ def change_labels(
         raise ValueError(f"actor must be 1..{MAX_ACTOR_LENGTH} characters")
     missing = missing_assets(session, ids, lock=True)
     if missing:
-        shown = ", ".join(str(i) for i in missing[:20])
-        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise NotFoundError(f"asset(s) do not exist: {shown}{more}")
+        raise MissingAssetsError(missing)
 
     current = _rows(session, ids, key)
     upserts: list[dict[str, Any]] = []
