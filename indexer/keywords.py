@@ -374,7 +374,7 @@ def write_xmp_sidecars(
 
     A new sidecar holds the subjects only; an existing one keeps its other metadata (ratings,
     captions a DAM wrote) and gets its dc:subject and lr:hierarchicalSubject replaced.
-    Folders are created as needed (by ExifTool). Sidecars are the only files written.
+    Folders are created as needed. Sidecars are the only files written.
 
     Returns:
         (sidecars written, [(sidecar, reason)] that failed).
@@ -392,6 +392,11 @@ def write_xmp_sidecars(
             target = os.path.abspath(job.sidecar)
             if not target.lower().endswith(".xmp") or not _usable(target):
                 failed.append((job.sidecar, "a sidecar name must end in .xmp, on one line"))
+                continue
+            try:  # ExifTool creates a missing .xmp file, but not its folder
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                failed.append((job.sidecar, f"cannot create its folder: {exc.strerror or exc}"))
                 continue
             # Writing a missing .xmp file creates it; an existing one is edited in place
             # (no "_original" backup beside it). The echo marks where each command's report ends.
