@@ -1,0 +1,113 @@
+"""``ramdex taxonomy import | show | export | stats`` on PostgreSQL and SQLite, through typer's
+CliRunner (the root group and its error handler, as the console script), settings from the
+environment as a person sets them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from api.cli import app
+from indexer.db.session import session_scope
+from indexer.db.taxonomy import TaxonomyBroader, TaxonomyTerm
+from indexer.settings import get_settings
+
+pytest_plugins = ["tests.db_fixtures"]
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "taxonomy-example.csv"
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The environment of a person using the database ``db_url``, its taxonomy emptied."""
+    for key in [k for k in os.environ if k.startswith("RAMDEX_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("RAMDEX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAMDEX_DATABASE__URL", db_url)
+    with session_scope(db_url) as s:
+        s.execute(sa.delete(TaxonomyBroader))
+        s.execute(sa.delete(TaxonomyTerm))
+    yield db_url
+    get_settings.cache_clear()
+
+
+def ramdex(*args: str) -> tuple[int, str]:
+    """Run ``ramdex ARGS`` in this process: (exit code, stdout and stderr)."""
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{type(result.exception).__name__}: {result.exception}\n{result.output}"
+    )
+    return result.exit_code, result.output
+
+
+def one_error(code: int, out: str, *words: str) -> None:
+    """Exit 2 with one ``error:`` line and at most a ``hint:``, no traceback."""
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert code == 2 and lines[0].startswith("error: ") and len(lines) <= 2, out
+    assert "Traceback" not in out
+    for word in words:
+        assert word in lines[0], out
+
+
+def test_import_show_stats_export(env: str, tmp_path: Path) -> None:
+    code, out = ramdex("taxonomy", "import", str(EXAMPLE), "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    assert result["concepts"] == 18 and result["bare"] == ["plant"]
+
+    code, out = ramdex("taxonomy", "show", "Hound", "--json")
+    assert code == 0, out
+    info = json.loads(out)
+    assert (info["key"], info["matched"]) == ("dog", "hound")
+    assert [p["key"] for p in info["parents"]] == ["mammal", "pet"]
+    assert {a["label"] for a in info["aliases"]} == {"狗", "doggy", "hound", "犬"}
+    code, out = ramdex("taxonomy", "show", "鸟")
+    assert code == 0 and "children: parrot, sparrow" in out and "parents: animal" in out, out
+
+    code, out = ramdex("taxonomy", "stats", "--json")
+    assert code == 0 and json.loads(out)["concepts"] == 18, out
+
+    exported = tmp_path / "out.json"
+    code, out = ramdex("taxonomy", "export", str(exported))
+    assert code == 0, out
+    doc = json.loads(exported.read_text())
+    dog = next(c for c in doc["concepts"] if c["prefLabel"]["en"] == "dog")
+    assert sorted(dog["broader"]) == ["mammal", "pet"] and "犬" in dog["altLabel"]["zh"]
+    # the export imports back to the same taxonomy
+    before = ramdex("taxonomy", "show", "--json")[1]
+    code, out = ramdex("taxonomy", "import", str(exported))
+    assert code == 0, out
+    assert ramdex("taxonomy", "show", "--json")[1] == before
+
+
+def test_errors_and_merge(env: str, tmp_path: Path) -> None:
+    assert ramdex("taxonomy", "import", str(EXAMPLE))[0] == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("en,alt_en\nboat,\nship,automobile|vessel\nboat2,vessel\n", encoding="utf-8")
+    code, out = ramdex("taxonomy", "import", str(bad))
+    one_error(code, out, "line 4", "'vessel'")
+    cyc = tmp_path / "cycle.json"
+    cyc.write_text('{"concepts": [{"prefLabel": {"en": "a"}, "broader": ["a"]}]}')
+    one_error(*ramdex("taxonomy", "import", str(cyc)), "cycle")
+    one_error(*ramdex("taxonomy", "import", str(tmp_path / "missing.csv")), "no such file")
+    # nothing changed by the refused files; the dry run stores nothing either
+    extra = tmp_path / "extra.csv"
+    extra.write_text("en,broader\nboat,vehicle\n", encoding="utf-8")
+    code, out = ramdex("taxonomy", "import", str(extra), "--merge", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["concepts"] == 19, out
+    code, out = ramdex("taxonomy", "show", "boat")
+    assert code == 1 and out.startswith("error: the taxonomy has no term 'boat'"), out
+    assert ramdex("taxonomy", "import", str(extra), "--merge")[0] == 0
+    code, out = ramdex("taxonomy", "show", "boat", "--json")
+    assert code == 0 and json.loads(out)["parents"] == [{"key": "vehicle", "label": "vehicle"}]
+    assert ramdex("taxonomy", "show", "car")[0] == 0  # the merge kept the rest
+    # --replace (the default) leaves only the file
+    assert ramdex("taxonomy", "import", str(extra), "--replace")[0] == 0
+    assert ramdex("taxonomy", "show", "car")[0] == 1
+    one_error(*ramdex("taxonomy", "export", str(tmp_path / "x.txt")), "format")
