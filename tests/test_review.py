@@ -241,13 +241,20 @@ def test_rescoring_leaves_labels_untouched(db_url: str) -> None:
         change(s, MODEL, [a], "dog", "reject", "x")
         change(s, MODEL, [b], "dog", "add", "x")
     before = rows(db_url)
-    # the model scores again: a now below the floor, b low
+    # the model scores again: a now below the floor, b low; then ingest's writer for a
     write_scores(db_url, tags["dog"], {a: 0.01, b: 0.1})
+    with session_scope(db_url) as s:
+        tag_ids = np.array([tags[n] for n in VOCAB.english], np.int64)
+        result = db.AssetResult(a, np.array([0.99, 0.1, 0.1, 0.1], np.float32))
+        db.write_asset_results(s, [result], model_name=MODEL, tag_ids=tag_ids, score_floor=0.05)
     assert rows(db_url) == before and len(changes(db_url)) == 2
     with session_scope(db_url) as s:
         views = {v.key: v for v in provenance(s, MODEL, b)}
     assert views["dog"].matches and views["dog"].sources == ["manual"]
     assert views["dog"].score == pytest.approx(0.1)
+    with session_scope(db_url) as s:
+        dog = {v.key: v for v in provenance(s, MODEL, a)}["dog"]
+    assert (dog.score, dog.review, dog.matches) == (pytest.approx(0.99), "rejected", False)
 
 
 def test_history_newest_first(db_url: str) -> None:
