@@ -361,13 +361,14 @@ class XmpCounts:
     assets: int = 0
     written: int = 0
     skipped: int = 0  # assets with no local original (URL or upload) and no --out
+    empty: int = 0  # assets with no tag to export and no sidecar yet (none is created)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the API's answer, ``--json``)."""
         return {
             "assets": self.assets, "written": self.written, "skipped": self.skipped,
-            "failed": len(self.failed),
+            "empty": self.empty, "failed": len(self.failed),
             "failures": [{"sidecar": s, "reason": r} for s, r in self.failed[:20]],
         }  # fmt: skip
 
@@ -451,6 +452,9 @@ def export_xmp(
             mine = sidecar_jobs(asset, options, hierarchy)
             if not mine:
                 counts.skipped += 1
+            elif not asset.tags:  # nothing to say: only an existing sidecar is updated (cleared)
+                mine = [j for j in mine if j.sidecar.exists()]
+                counts.empty += not mine
             jobs += mine
         written, failed = write_xmp_sidecars(jobs)
         counts.written += len(written)

@@ -61,6 +61,7 @@ class XmpExportResult(BaseModel):
     assets: int = Field(description="assets selected")
     written: int = Field(description="sidecars written")
     skipped: int = Field(description="assets with no local original (a URL or an upload)")
+    empty: int = Field(description="assets with no tag to export and no sidecar yet")
     failed: int = Field(description="sidecars that could not be written")
     failures: list[XmpFailure] = Field(description="the first 20 failures")
 
