@@ -288,3 +288,28 @@ def test_a_synonym_names_its_tag(db_url: str) -> None:
     finally:
         with session_scope(db_url) as s:
             s.execute(sa.delete(TaxonomyTerm))
+
+
+@pytest.mark.postgres
+def test_concurrent_changes_of_one_asset_take_turns(pg_migrated_url: str) -> None:
+    """The second change waits for the first's commit and sees its row: one audit row, not two
+    (and no primary-key clash)."""
+    import threading
+
+    url = pg_migrated_url
+    _, (a,) = make_assets(url, 1)
+    results: list[tuple[int, int]] = []
+
+    def second() -> None:
+        with session_scope(url) as s:
+            results.append(change_labels(s, [a], "kite", "kite", "add", "second"))
+
+    with session_scope(url) as s:
+        results.append(change_labels(s, [a], "kite", "kite", "add", "first"))
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # blocked on the asset's row lock
+    thread.join(10)
+    assert results == [(1, 0), (0, 1)]
+    assert [c[-1] for c in changes(url)] == ["first"]

@@ -188,8 +188,9 @@ def change_labels(
                 "asset_id": asset_id,
                 "key": key,
                 "action": act.value,
-                "before": before.as_dict(),
-                "after": after.as_dict(),
+                # SQL NULL for "no row" (a plain None would be stored as JSON null)
+                "before": _json(before),
+                "after": _json(after),
                 "actor": actor,
             }
         )
@@ -214,6 +215,11 @@ def change_labels(
     for part in chunks(audit, _BATCH):
         session.execute(sa.insert(_changes).values(list(part)))
     return len(audit), len(ids) - len(audit)
+
+
+def _json(state: LabelState) -> Any:
+    value = state.as_dict()
+    return sa.null() if value is None else value
 
 
 def _rows(
