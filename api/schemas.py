@@ -244,6 +244,10 @@ class SearchRequest(BaseModel):
         description="tag provenances that count in tag terms (default all: manual, embedded "
         "and accepted tags always match, rejected never)",
     )
+    narrower: bool = Field(
+        default=False,
+        description="tag terms also match narrower concepts of the taxonomy (animal: dogs)",
+    )
     similar_to: AssetIdValue | None = Field(default=None, description="asset id")
     sort: Literal["relevance", "date"] = "relevance"
     limit: Annotated[int, BeforeValidator(_not_a_bool)] = Field(default=40, ge=1, le=200)
@@ -267,6 +271,11 @@ class Reason(BaseModel):
     )
     review: Literal["accepted", "rejected"] | None = Field(
         default=None, description="tag reasons: a curator's decision on the model tag"
+    )
+    expanded_from: str | None = Field(
+        default=None,
+        description="tag reasons: the query term the taxonomy expanded to this tag (a synonym "
+        "or a narrower concept)",
     )
 
 

@@ -64,6 +64,7 @@ def to_query(req: SearchRequest, image: QueryImage | None = None) -> Query:
         image=image,
         min_score=req.min_score,
         sources=req.sources,
+        narrower=req.narrower,
         sort=req.sort,
         limit=req.limit,
         cursor=req.cursor,
@@ -93,6 +94,7 @@ def hit_out(hit: SearchHit) -> SearchHitOut:
             above_threshold=r.above_threshold,
             sources=list(r.sources) if r.sources else None,
             review=r.review,  # type: ignore[arg-type]
+            expanded_from=r.expanded_from,
         )
         for r in hit.reasons
     ]

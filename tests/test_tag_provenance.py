@@ -15,6 +15,7 @@ have their own tests (tests/test_review*.py).
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,8 @@ import sqlalchemy as sa
 from indexer import db
 from indexer.db.labels import AssetLabel
 from indexer.db.session import session_scope
+from indexer.db.taxonomy_repo import import_concepts
+from indexer.taxonomy import read_file
 from ram_pp.vocab import TagVocabulary
 
 pytest_plugins = ["tests.db_fixtures"]
@@ -235,3 +238,88 @@ def test_rescoring_keeps_labels(db_url) -> None:
         with session_scope(db_url) as s:
             labels = s.execute(sa.select(AssetLabel.asset_id, AssetLabel.review)).all()
         assert sorted(labels) == sorted([(a, "rejected"), (b, None)])
+
+
+# --- the taxonomy in tag search (examples/taxonomy-example.csv) and free keywords -------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "taxonomy-example.csv"
+TAX_MODEL = "taxonomy-model@1"
+TAX_TAGS = ("car", "truck", "dog", "cat", "sparrow", "sky")
+TAX_ZH = ("汽车", "卡车", "狗", "猫", "麻雀", "天空")
+
+
+@pytest.fixture()
+def archive_with_taxonomy(db_url: str) -> dict[str, int]:
+    """One asset per tag, scored 0.9 for it and 0 elsewhere; one asset with a manual free
+    keyword; the example taxonomy imported (in an empty database: labels hold across models)."""
+    with session_scope(db_url) as s:
+        thresholds = np.full(len(TAX_TAGS), 0.5, np.float32)
+        tag_ids = db.ensure_vocabulary(s, TAX_MODEL, TagVocabulary(TAX_TAGS, TAX_ZH, thresholds))
+        ids: dict[str, int] = {}
+        for j, name in enumerate((*TAX_TAGS, "keyword-only")):
+            ids[name] = db.get_or_create_asset_by_sha(
+                s, sha256=hashlib.sha256(f"tax-{name}".encode()).hexdigest()
+            ).id
+            scores = np.zeros(len(TAX_TAGS), np.float32)
+            if j < len(TAX_TAGS):
+                scores[j] = 0.9
+            db.write_asset_results(
+                s,
+                [db.AssetResult(ids[name], scores)],
+                model_name=TAX_MODEL,
+                tag_ids=tag_ids,
+                score_floor=FLOOR,
+            )
+        s.add(
+            AssetLabel(
+                asset_id=ids["keyword-only"],
+                key="project x",
+                label="Project X",
+                manual=True,
+                updated_by="t",
+            )
+        )
+        import_concepts(s, read_file(EXAMPLE))
+    return ids
+
+
+def tax_search(url: str, **kwargs) -> list[db.SearchHit]:
+    with session_scope(url) as s:
+        return db.search_by_tags(s, model_name=TAX_MODEL, limit=100, **kwargs).hits
+
+
+def test_synonyms_match_and_hits_say_which_term(db_url, archive_with_taxonomy) -> None:
+    ids = archive_with_taxonomy
+    for name in ("automobile", "AUTO", "轿车", "汽车", "car"):
+        hits = tax_search(db_url, all_=[name])
+        assert [h.asset_id for h in hits] == [ids["car"]], name
+        (reason,) = hits[0].tags
+        assert reason.english == "car"
+        expected = None if name in ("car", "汽车") else name  # the tag's own names need no note
+        assert reason.expanded_from == expected, name
+
+
+def test_narrower_concepts_match_on_request(db_url, archive_with_taxonomy) -> None:
+    ids = archive_with_taxonomy
+    # "animal" is a taxonomy concept, no tag: by itself it matches labels only (none here)
+    assert tax_search(db_url, all_=["animal"]) == []
+    hits = tax_search(db_url, all_=["animal"], narrower=True)
+    assert {h.asset_id for h in hits} == {ids["dog"], ids["cat"], ids["sparrow"]}
+    assert {h.tags[0].expanded_from for h in hits} == {"animal"}
+    hits = tax_search(db_url, any_=["vehicle", "sky"], narrower=True)
+    assert {h.asset_id for h in hits} == {ids["car"], ids["truck"], ids["sky"]}
+    kept = tax_search(db_url, none=["animal"], narrower=True)
+    assert {h.asset_id for h in kept} == set(ids.values()) - {
+        ids["dog"],
+        ids["cat"],
+        ids["sparrow"],
+    }
+
+
+def test_free_keywords_and_unknown_names(db_url, archive_with_taxonomy) -> None:
+    hits = tax_search(db_url, all_=["project  X"])
+    assert [h.asset_id for h in hits] == [archive_with_taxonomy["keyword-only"]]
+    assert hits[0].tags[0].sources == ("manual",) and hits[0].tags[0].english == "Project X"
+    with pytest.raises(db.UnknownTagError) as err:
+        tax_search(db_url, all_=["no such thing"])
+    assert err.value.names == ["no such thing"]

@@ -18,8 +18,8 @@ query's names carry any label and only those get the label conditions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +37,22 @@ _labels = table_of(AssetLabel)
 
 
 @dataclass(frozen=True)
+class FreeKeyword:
+    """A query name outside the model's vocabulary (a manual tag or a file's keyword): it
+    matches labels only. Shaped like a :class:`Tag` where a term's tags are read; ``id`` is
+    negative and unique within one search."""
+
+    id: int
+    english: str
+    chinese: str | None = None
+    origin: str = "keyword"
+    effective_threshold: float = 1.0
+
+
+TermTag = Tag | FreeKeyword  # what a search term's tags are
+
+
+@dataclass(frozen=True)
 class TagMatch:
     """How one search matches tags.
 
@@ -45,16 +61,20 @@ class TagMatch:
         sources: which provenances count (default all).
         labelled: the query's tag keys that carry at least one label (probed by
             :func:`tag_match`); other keys get the score-only condition.
+        expanded_from: key -> query name, for tags the taxonomy added to a term (a hit's
+            reason says "car" for "automobile").
     """
 
     min_score: float | None = None
     sources: frozenset[TagSource] = ALL_SOURCES
     labelled: frozenset[str] = frozenset()
+    expanded_from: Mapping[str, str] = field(default_factory=dict)
 
-    def uses_score(self, tag: Tag) -> bool:
-        """Whether ``tag``'s stored scores count under these sources."""
-        source = TagSource.CONCEPT if tag.origin == TagOrigin.CONCEPT.value else TagSource.MODEL
-        return source in self.sources
+    def uses_score(self, tag: Tag | FreeKeyword) -> bool:
+        """Whether ``tag``'s stored scores count under these sources (a free keyword has none)."""
+        if tag.origin == TagOrigin.CONCEPT.value:
+            return TagSource.CONCEPT in self.sources
+        return tag.origin == TagOrigin.BUILTIN.value and TagSource.MODEL in self.sources
 
     def label_flags(self, alias: Any) -> list[sa.ColumnElement[bool]]:
         """The label columns that make a positive match under these sources."""
@@ -68,7 +88,7 @@ class TagMatch:
         return flags
 
 
-def tag_key(tag: Tag) -> str:
+def tag_key(tag: Tag | FreeKeyword) -> str:
     """The label key of a vocabulary tag (its English name, case-folded)."""
     return label_key(tag.english)
 
@@ -90,10 +110,11 @@ def labelled_keys(session: Session, keys: Iterable[str]) -> frozenset[str]:
 
 def tag_match(
     session: Session,
-    tags: Iterable[Tag],
+    tags: Iterable[Tag | FreeKeyword],
     *,
     min_score: float | None = None,
     sources: Iterable[str] | None = None,
+    expanded_from: Mapping[str, str] | None = None,
 ) -> TagMatch:
     """The :class:`TagMatch` of a search over ``tags`` (every tag of the query, negative
     terms included).
@@ -104,7 +125,8 @@ def tag_match(
     chosen = ALL_SOURCES if sources is None else frozenset(TagSource(s) for s in sources)
     if not chosen:
         raise ValueError("sources must name at least one of " + ", ".join(TagSource))
-    return TagMatch(min_score, chosen, labelled_keys(session, (tag_key(t) for t in tags)))
+    labelled = labelled_keys(session, (tag_key(t) for t in tags))
+    return TagMatch(min_score, chosen, labelled, dict(expanded_from or {}))
 
 
 def real(value: float) -> sa.ColumnElement[float]:
@@ -125,7 +147,7 @@ def not_rejected(asset_id: Any, key: str) -> sa.ColumnElement[bool]:
     )
 
 
-def score_term(alias: Any, tags: Sequence[Tag], match: TagMatch) -> sa.ColumnElement[bool]:
+def score_term(alias: Any, tags: Sequence[TermTag], match: TagMatch) -> sa.ColumnElement[bool]:
     """``alias`` (an ``asset_tags`` row) is a matching score of one of ``tags``."""
     parts = []
     for t in tags:
@@ -143,7 +165,7 @@ def score_term(alias: Any, tags: Sequence[Tag], match: TagMatch) -> sa.ColumnEle
     return sa.or_(*parts) if parts else sa.false()
 
 
-def label_keys(tags: Sequence[Tag], match: TagMatch) -> list[str]:
+def label_keys(tags: Sequence[TermTag], match: TagMatch) -> list[str]:
     """The keys of ``tags`` whose labels can match (labelled ones, with a source that counts)."""
     keys = {tag_key(t) for t in tags} & match.labelled
     return sorted(keys) if keys and match.label_flags(_labels) else []
@@ -154,7 +176,7 @@ def label_term(alias: Any, keys: Sequence[str], match: TagMatch) -> sa.ColumnEle
     return sa.and_(alias.c.key.in_(list(keys)), sa.or_(*match.label_flags(alias)))
 
 
-def has_tag_term(asset_id_col: Any, tags: Sequence[Tag], match: TagMatch) -> Any:
+def has_tag_term(asset_id_col: Any, tags: Sequence[TermTag], match: TagMatch) -> Any:
     """SQL condition: the asset has one of ``tags`` (by score or by label, as above); the
     meaning of a tag term in every search."""
     probe = _asset_tags.alias()

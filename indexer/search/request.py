@@ -60,6 +60,8 @@ class SearchRequest:
         sources: which provenances of a tag count in tag terms (``model``, ``concept``,
             ``manual``, ``embedded``); empty: all (manual, embedded and accepted tags always
             match, rejected never; indexer/db/tag_match.py).
+        narrower: tag terms also match the taxonomy's narrower concepts ("animal" finds
+            dogs); synonyms always match.
 
     Raises:
         InvalidQueryError: contradictory or out-of-range parts (text with a similar image, a
@@ -81,6 +83,7 @@ class SearchRequest:
     created_after: datetime | None = None
     created_before: datetime | None = None
     sources: Sequence[str] = ()
+    narrower: bool = False
 
     def __post_init__(self) -> None:
         for name in ("descriptions", "all", "any", "none", "mime", "sources"):
@@ -145,6 +148,8 @@ class Reason:
             calibrated threshold.
         sources: tag reasons: what made the tag match (model, concept, manual, embedded).
         review: tag reasons: ``accepted`` or ``rejected`` when a curator decided.
+        expanded_from: tag reasons: the query term the taxonomy expanded to this tag (a
+            synonym or a narrower concept), when it is not the tag itself.
     """
 
     kind: ReasonKind
@@ -154,6 +159,7 @@ class Reason:
     above_threshold: bool | None = None
     sources: tuple[str, ...] = ()
     review: str | None = None
+    expanded_from: str | None = None
 
 
 @dataclass(frozen=True)

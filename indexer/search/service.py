@@ -29,12 +29,12 @@ from sqlalchemy.orm import Session
 
 from indexer.db.assets import Asset, AssetSource, AssetStatus
 from indexer.db.concept_repo import find_concept
+from indexer.db.query_terms import resolve_terms
 
 # The storage layer's tag-term SQL is reused so that filters here mean exactly what tag search
 # means: thresholds, min_score, mime prefixes, half-open date range.
 from indexer.db.search import MatchedTag, asset_filters, matched_tags, search_by_tags
-from indexer.db.tag_match import TagMatch, has_tag_term, tag_match
-from indexer.db.tag_repo import resolve_tags
+from indexer.db.tag_match import TagMatch, TermTag, has_tag_term, tag_match
 from indexer.search.cursors import decode_offset, encode_offset, is_offset_cursor, query_digest
 from indexer.search.errors import InvalidCursorError
 from indexer.search.filtered import (
@@ -56,7 +56,6 @@ from indexer.search.timing import DB, FILTER, ROWS, Phases
 
 if TYPE_CHECKING:
     from indexer.archive import Archive
-    from indexer.db.tags import Tag
     from ram_pp.preprocess import DecodeOptions
 
 
@@ -64,13 +63,13 @@ if TYPE_CHECKING:
 class _Terms:
     """The request's tag names resolved to the model's tags."""
 
-    all_terms: list[list[Tag]]
-    any_tags: list[Tag]
-    none_tags: list[Tag]
+    all_terms: list[list[TermTag]]
+    any_tags: list[TermTag]
+    none_tags: list[TermTag]
     match: TagMatch
 
     @property
-    def positive(self) -> list[Tag]:
+    def positive(self) -> list[TermTag]:
         return [t for term in self.all_terms for t in term] + self.any_tags
 
 
@@ -256,6 +255,7 @@ class SearchService:
             cursor=req.cursor,
             order="date" if req.sort == "date" else "score",
             sources=req.sources or None,
+            narrower=req.narrower,
         )
         facts = asset_facts(session, [h.asset_id for h in page.hits])
         hits = [
@@ -301,12 +301,18 @@ def _hit(row: Any, score: float | None, reasons: Sequence[Reason]) -> SearchHit:
 
 def _resolve(session: Session, model_id: str, req: SearchRequest) -> _Terms:
     names = list(req.tags)
-    resolved = resolve_tags(session, model_id, names) if names else {}
-    all_terms = [resolved[n] for n in req.all]
-    any_tags = [t for n in req.any for t in resolved[n]]
-    none_tags = [t for n in req.none for t in resolved[n]]
+    terms = resolve_terms(session, model_id, names, narrower=req.narrower) if names else {}
+    all_terms = [terms[n].tags for n in req.all]
+    any_tags = [t for n in req.any for t in terms[n].tags]
+    none_tags = [t for n in req.none for t in terms[n].tags]
     everything = [t for term in all_terms for t in term] + any_tags + none_tags
-    match = tag_match(session, everything, min_score=req.min_score, sources=req.sources or None)
+    match = tag_match(
+        session,
+        everything,
+        min_score=req.min_score,
+        sources=req.sources or None,
+        expanded_from={k: v for t in terms.values() for k, v in t.expanded_from.items()},
+    )
     return _Terms(all_terms, any_tags, none_tags, match)
 
 
@@ -350,6 +356,7 @@ def _filter_key(req: SearchRequest) -> tuple[Any, ...]:
         req.created_after,
         req.created_before,
         req.sources,
+        req.narrower,
     )
 
 
@@ -371,7 +378,15 @@ def _by_date(session: Session, ids: np.ndarray) -> np.ndarray:
 
 def _tag_reasons(matched: Sequence[MatchedTag]) -> list[Reason]:
     return [
-        Reason("tag", m.english, m.score, name_zh=m.chinese, sources=m.sources, review=m.review)
+        Reason(
+            "tag",
+            m.english,
+            m.score,
+            name_zh=m.chinese,
+            sources=m.sources,
+            review=m.review,
+            expanded_from=m.expanded_from,
+        )
         for m in matched
     ]
 
