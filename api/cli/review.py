@@ -179,7 +179,7 @@ def history(
 
     with _archive() as (session, _):
         changes = review.history(session, asset_id, limit)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": c.id,
             "key": c.key,

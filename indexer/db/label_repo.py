@@ -198,8 +198,8 @@ def change_labels(
         session.execute(
             sa.delete(_labels).where(_labels.c.key == key, _labels.c.asset_id.in_(part))
         )
-    for part in chunks(upserts, _BATCH):
-        stmt = upsert_insert(session, _labels).values(list(part))
+    for batch in chunks(upserts, _BATCH):
+        stmt = upsert_insert(session, _labels).values(list(batch))
         stmt = stmt.on_conflict_do_update(
             index_elements=["asset_id", "key"],
             set_={
@@ -212,8 +212,8 @@ def change_labels(
             },
         )
         session.execute(stmt)
-    for part in chunks(audit, _BATCH):
-        session.execute(sa.insert(_changes).values(list(part)))
+    for records in chunks(audit, _BATCH):
+        session.execute(sa.insert(_changes).values(list(records)))
     return len(audit), len(ids) - len(audit)
 
 
