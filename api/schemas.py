@@ -128,6 +128,14 @@ class TagOut(BaseModel):
     )
     model_threshold: float
     threshold_override: float | None
+    parents: list[str] = Field(
+        default_factory=list,
+        description="broader concepts in the taxonomy, nearest first (docs/taxonomy.md)",
+    )
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="other names of the tag's concept in the taxonomy, any language",
+    )
 
 
 class TagPage(BaseModel):

@@ -274,6 +274,30 @@ def read_keywords(
     return result
 
 
+# Byte strings every file that carries IPTC or XMP keywords contains near its start: the XMP
+# namespace (JPEG APP1, PNG iTXt, TIFF/WebP/HEIC XMP packets) and Photoshop's IRB header that
+# holds IPTC-IIM in JPEG APP13. Files without them cannot hold keywords, so ingest skips the
+# ExifTool process for them (most camera and generated images).
+_KEYWORD_MARKERS = (
+    b"http://ns.adobe.com/xap/1.0/",
+    b"XML:com.adobe.xmp",
+    b"Photoshop 3.0",
+    b"8BIM",
+)
+_MARKER_SCAN_BYTES = 1 << 20  # metadata sits in the first segments; XMP packets are < 64 KB
+
+
+def might_carry_keywords(path: str | Path) -> bool:
+    """Whether the file's first megabyte holds an XMP packet or IPTC block (cheap; False only
+    when the file certainly has no keywords ExifTool would find)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_MARKER_SCAN_BYTES)
+    except OSError:
+        return False
+    return any(marker in head for marker in _KEYWORD_MARKERS)
+
+
 def ingest_keywords(paths: Iterable[str | Path]) -> dict[str, Keywords]:
     """:func:`read_keywords` for ingest: never raises, so no asset fails over its keywords.
 
@@ -281,8 +305,11 @@ def ingest_keywords(paths: Iterable[str | Path]) -> dict[str, Keywords]:
     (ExifTool crashing, an OS error) is logged and reads as no keywords.
     """
     global _warned_missing
+    candidates = [p for p in paths if might_carry_keywords(p)]
+    if not candidates:
+        return {}
     try:
-        return read_keywords(paths)
+        return read_keywords(candidates)
     except ExifToolMissingError as exc:
         with _warn_lock:
             if not _warned_missing:

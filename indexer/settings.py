@@ -208,6 +208,11 @@ class IngestSettings(BaseModel):
     url_max_redirects: int = 3
     allow_private_urls: bool = False
     thumbnail_size: int = 320
+    read_keywords: bool = Field(
+        default=True,
+        description="read the IPTC/XMP keywords a file carries into embedded tags (needs "
+        "ExifTool; without it ingest warns once and goes on)",
+    )
     decode_workers: int = Field(default=0, ge=0, description="0 = one per core")
     lease_s: float = Field(
         default=60.0,

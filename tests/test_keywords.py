@@ -141,6 +141,8 @@ def test_missing_exiftool_is_a_clear_error_but_not_at_ingest(tmp_path, monkeypat
     with pytest.raises(keywords.ExifToolMissingError):
         keywords.write_xmp_sidecar(tmp_path / "a.jpg.xmp", ["dog"])
     assert not (tmp_path / "a.jpg.xmp").exists()
+    for name in ("a.jpg", "b.jpg"):  # files that look as if they carry XMP (ingest's pre-check)
+        (tmp_path / name).write_bytes(b"\xff\xd8\xff\xe1..http://ns.adobe.com/xap/1.0/\x00<x/>")
     with caplog.at_level(logging.WARNING, logger="indexer.keywords"):
         assert keywords.ingest_keywords([tmp_path / "a.jpg"]) == {}
         assert keywords.ingest_keywords([tmp_path / "b.jpg"]) == {}

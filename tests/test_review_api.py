@@ -158,3 +158,38 @@ def test_queue(env: Env) -> None:
     assert bad.status_code == 400
     unknown = env.client.get("/labels/queue", params={"tag": "kite"}, headers=env.keys.read)
     assert unknown.status_code == 404 and unknown.json()["unknown"] == ["kite"]
+
+
+def test_tags_carry_taxonomy_and_search_expands_it(env: Env) -> None:
+    """GET /tags names each tag's broader concepts and aliases (examples/taxonomy-example.csv);
+    GET /search finds dogs by a synonym and by a broader concept, and says which term matched."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "taxonomy-example.csv"
+    reply = env.client.put(
+        "/taxonomy",
+        content=example.read_bytes(),
+        headers={**env.keys.admin, "Content-Type": "text/csv"},
+    )
+    assert reply.status_code == 200, reply.text
+    try:
+        dog = env.client.get(f"/tags/{env.tags['dog']}", headers=env.keys.read).json()
+        assert dog["parents"][:2] in (["mammal", "pet"], ["pet", "mammal"])
+        assert "animal" in dog["parents"] and {"hound", "犬"} <= set(dog["aliases"])
+        listed = env.client.get("/tags", params={"prefix": "do"}, headers=env.keys.read).json()
+        assert listed["items"][0]["aliases"] == dog["aliases"]
+
+        def search(**params: object) -> list[dict]:
+            got = env.client.get("/search", params=params, headers=env.keys.read)
+            assert got.status_code == 200, got.text
+            return got.json()["hits"]
+
+        direct = [h["asset"]["id"] for h in search(all="dog")]
+        assert direct, "some assets score dog above its threshold"
+        for query in ({"all": "hound"}, {"all": "animal", "narrower": "true"}):
+            hits = search(**query)
+            assert [h["asset"]["id"] for h in hits] == direct, query
+            assert {h["reasons"][0]["expanded_from"] for h in hits} == {query["all"]}
+        assert search(all="animal") == []  # narrower concepts only on request
+    finally:
+        env.client.put("/taxonomy", json={"concepts": []}, headers=env.keys.admin)

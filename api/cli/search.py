@@ -34,6 +34,15 @@ class Format(StrEnum):
     json = "json"
 
 
+class TagSourceChoice(StrEnum):
+    """indexer.db.labels.TagSource, for the option's choices (no storage import at start)."""
+
+    model = "model"
+    concept = "concept"
+    manual = "manual"
+    embedded = "embedded"
+
+
 @app.command("search")
 def search(
     text: Annotated[
@@ -80,6 +89,21 @@ def search(
             help="A tag matches at score >= P instead of above its threshold.",
         ),
     ] = None,
+    source: Annotated[
+        list[TagSourceChoice] | None,
+        typer.Option(
+            "--source",
+            help="Count only tags of this provenance in tag terms (repeatable; default all: "
+            "manual, embedded and accepted tags always match, rejected never).",
+        ),
+    ] = None,
+    narrower: Annotated[
+        bool,
+        typer.Option(
+            "--narrower",
+            help="Tag terms also match narrower concepts of the taxonomy (animal: dogs, cats).",
+        ),
+    ] = False,
     sort: Annotated[Sort, typer.Option(help="Order of the hits.")] = Sort.relevance,
     limit: Annotated[int, typer.Option(min=1, max=200, help="Hits to show.")] = 20,
     cursor: Annotated[
@@ -121,6 +145,8 @@ def search(
                 none=none or [],
                 similar=similar,
                 min_score=min_score,
+                sources=[s.value for s in source or []],
+                narrower=narrower,
                 sort=sort.value,
                 limit=limit,
                 cursor=cursor,
@@ -152,6 +178,8 @@ def _request(
     min_score: float | None,
     sort: str,
     limit: int,
+    sources: list[str] = [],  # noqa: B006 - read only
+    narrower: bool = False,
     cursor: str | None,
     mime: list[str],
     after: datetime | None,
@@ -182,6 +210,8 @@ def _request(
         similar_to=similar_to,
         image=image,
         min_score=min_score,
+        sources=sources,
+        narrower=narrower,
         sort=sort,  # type: ignore[arg-type]
         limit=limit,
         cursor=cursor,
@@ -285,6 +315,9 @@ def hit_json(hit: SearchHit) -> dict[str, Any]:
                 "name_zh": r.name_zh,
                 "score": r.score,
                 "above_threshold": r.above_threshold,
+                "sources": list(r.sources) or None,
+                "review": r.review,
+                "expanded_from": r.expanded_from,
             }
             for r in hit.reasons
         ],
@@ -311,7 +344,12 @@ def reason_text(reason: Any) -> str:
     """``red 0.981 (红色)``, ``concept 'navy' 0.912 (above its threshold)``, ``similar 0.77``."""
     if reason.kind == "tag":
         zh = f" ({reason.name_zh})" if reason.name_zh and reason.name_zh != reason.name else ""
-        return f"{reason.name}{zh} {reason.score:.3f}"
+        via = f" for {reason.expanded_from!r}" if reason.expanded_from else ""
+        people = [s for s in reason.sources if s in ("manual", "embedded")]
+        if reason.review:
+            people.append(reason.review)
+        said = f" [{', '.join(people)}]" if people else ""
+        return f"{reason.name}{zh}{via} {reason.score:.3f}{said}"
     if reason.kind == "concept":
         passes = {True: ", above its threshold", False: ", below its threshold", None: ""}
         return f"concept {reason.name!r} {reason.score:.3f}{passes[reason.above_threshold]}"

@@ -7,17 +7,22 @@ import binascii
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
 
 from api.deps import AdminKey, ReadKey, ServicesDep, SessionDep, TagId
 from api.problems import ProblemError, not_found
 from api.schemas import Cursor, TagName, TagOut, TagPage, ThresholdUpdate
+from indexer.db.labels import label_key
 from indexer.db.tag_repo import get_tag, list_tags, set_threshold_override
 from indexer.db.tags import Tag, TagOrigin
+from indexer.db.taxonomy_repo import TagRelations, tag_relations
 
 router = APIRouter(prefix="/tags", tags=["tags"])
 
 
-def tag_out(tag: Tag) -> TagOut:
+def tag_out(tag: Tag, relations: TagRelations | None = None) -> TagOut:
+    """The API view of a tag, with its taxonomy parents and aliases (AWS's Parents/Aliases)."""
+    rel = relations or TagRelations()
     return TagOut(
         id=tag.id,
         name=tag.english,
@@ -26,7 +31,13 @@ def tag_out(tag: Tag) -> TagOut:
         threshold=tag.effective_threshold,
         model_threshold=tag.threshold,
         threshold_override=tag.threshold_override,
+        parents=rel.parents,
+        aliases=rel.aliases,
     )
+
+
+def _with_relations(session: Session, tag: Tag) -> TagOut:
+    return tag_out(tag, tag_relations(session, [tag.english]).get(label_key(tag.english)))
 
 
 def _cursor(english: str) -> str:
@@ -69,8 +80,10 @@ def tags(
         after=_after(cursor) if cursor else None,
     )
     more = len(rows) > limit
+    page = rows[:limit]
+    relations = tag_relations(session, [t.english for t in page])  # a few queries per page
     return TagPage(
-        items=[tag_out(t) for t in rows[:limit]],
+        items=[tag_out(t, relations.get(label_key(t.english))) for t in page],
         next_cursor=_cursor(rows[limit - 1].english) if more else None,
     )
 
@@ -80,7 +93,7 @@ def tag(tag_id: TagId, _: ReadKey, services: ServicesDep, session: SessionDep) -
     row = get_tag(session, tag_id)
     if row is None or row.model_name != services.model_id():
         raise not_found("tag", tag_id)
-    return tag_out(row)
+    return _with_relations(session, row)
 
 
 @router.patch("/{tag_id}", response_model=TagOut, summary="Set or clear a tag's threshold override")
@@ -95,4 +108,4 @@ def set_threshold(
     except ValueError as exc:
         raise ProblemError(422, str(exc), kind="validation") from exc
     session.commit()
-    return tag_out(row)
+    return _with_relations(session, row)

@@ -32,11 +32,13 @@ from sqlalchemy.orm import Session
 from indexer.db.asset_leases import claim_assets, expire_leases_of, release_assets
 from indexer.db.asset_repo import AssetResult, mark_failed, write_asset_results
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.keyword_repo import record_embedded_keywords
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
 from indexer.ingest.lease import LeaseKeeper, is_dead_here, keeper_for, process_owner
 from indexer.ingest.register import Failure
 from indexer.jobs import settle
+from indexer.keywords import ingest_keywords
 from indexer.media import MediaStore, decode_image, make_thumbnail
 from indexer.settings import Settings
 from indexer.stores import ensure_schema, open_token_store
@@ -86,6 +88,7 @@ class _Prepared:
     mime: str | None = None
     thumbnail_path: str | None = None
     error: str | None = None
+    path: str | None = None  # the original read (for its embedded keywords)
 
 
 _MIME_BY_FORMAT = {
@@ -340,6 +343,7 @@ class AssetProcessor:
             return _Prepared(row, error=exc.reason)
         return _Prepared(
             row,
+            path=str(path),
             pixels=pixels,
             width=decoded.width,
             height=decoded.height,
@@ -378,6 +382,13 @@ class AssetProcessor:
         if self.before_commit is not None:
             self.before_commit(ids)
         tag_ids = self.tag_ids()
+        # Read outside the transaction; bounded and never raises (a hostile file's metadata
+        # cannot fail its asset or stop the worker).
+        keywords = (
+            ingest_keywords([p.path for p in batch if p.path])
+            if batch and self.settings.ingest.read_keywords
+            else {}
+        )
         records = [
             AssetResult(
                 asset_id=p.row.id,
@@ -399,6 +410,10 @@ class AssetProcessor:
                 tag_ids=tag_ids,
                 score_floor=self.settings.index.score_floor,
             )
+            done = set(written.written)
+            for p in batch:
+                if p.row.id in done and p.path and keywords.get(p.path):
+                    record_embedded_keywords(session, p.row.id, keywords[p.path], self.model_id)
             by_reason: dict[str, list[int]] = {}
             for p in failures:
                 by_reason.setdefault(p.error or "unknown error", []).append(p.row.id)
