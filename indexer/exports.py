@@ -28,7 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db.assets import Asset, AssetSource, AssetStatus
-from indexer.db.labels import AssetLabel, Review, TagSource, label_key
+from indexer.db.labels import AssetLabel, TagSource, label_key
+from indexer.db.tag_match import match_sources
 from indexer.db.tag_repo import per_asset_rows
 from indexer.db.tags import Tag, TagOrigin
 from indexer.db.taxonomy import TaxonomyBroader, TaxonomyTerm
@@ -74,6 +75,8 @@ class ExportTag:
     threshold: float | None = None
     sources: list[str] = field(default_factory=list)
     review: str | None = None
+    manual: bool = False  # the asset's label, read to work out ``sources``
+    embedded: bool = False
 
     @property
     def model_only(self) -> bool:
@@ -212,8 +215,6 @@ def select_tags(
         key = label_key(info.english)
         entry = tags[int(asset_id)].setdefault(key, _entry(key, info))
         entry.score = float(score)
-        if float(score) > info.threshold and info.source not in entry.sources:
-            entry.sources.append(info.source)
     labels = session.scalars(sa.select(AssetLabel).where(AssetLabel.asset_id.in_(asset_ids)))
     for row in labels:
         info = by_key.get(row.key)
@@ -221,11 +222,22 @@ def select_tags(
             row.key, _entry(row.key, info) if info else ExportTag(row.key, row.label)
         )
         entry.review = row.review
-        if row.review == Review.ACCEPTED.value and info and info.source not in entry.sources:
-            entry.sources.append(info.source)
-        if row.review == Review.REJECTED.value:
-            entry.sources = [s for s in entry.sources if s not in ("model", "concept")]
-        entry.sources += [s for s, on in (("manual", row.manual), ("embedded", row.embedded)) if on]
+        entry.manual, entry.embedded = row.manual, row.embedded
+    for by_asset in tags.values():
+        for entry in by_asset.values():
+            info = vocabulary.get(entry.tag_id) if entry.tag_id is not None else None
+            # the search rule (indexer/db/tag_match.py)
+            entry.sources = list(
+                match_sources(
+                    score_source=info.source if info else None,
+                    above=info is not None
+                    and entry.score is not None
+                    and entry.score > info.threshold,
+                    manual=entry.manual,
+                    embedded=entry.embedded,
+                    review=entry.review,
+                )
+            )
     result: dict[int, list[ExportTag]] = {}
     for asset_id in asset_ids:
         kept = [t for t in tags[asset_id].values() if set(t.sources) & wanted]

@@ -28,10 +28,10 @@ from indexer.db.labels import (
     AssetLabel,
     LabelAction,
     LabelChange,
-    Review,
     TagSource,
 )
 from indexer.db.labels import label_key as key_of
+from indexer.db.tag_match import match_sources
 from indexer.db.tag_repo import resolve_tags
 from indexer.db.tags import AssetTag, Tag, TagOrigin
 from indexer.errors import RamdexError
@@ -215,18 +215,17 @@ def _view(key: str, scored: tuple[Tag, float | None] | None, label: AssetLabel |
     if label is not None:
         view.manual, view.embedded, view.review = label.manual, label.embedded, label.review
     above = score is not None and view.threshold is not None and score > view.threshold
-    if tag is not None and (above or view.review == Review.ACCEPTED.value):
-        view.sources.append(_score_source(tag))
-    if view.manual:
-        view.sources.append(TagSource.MANUAL.value)
-    if view.embedded:
-        view.sources.append(TagSource.EMBEDDED.value)
-    view.matches = (
-        view.manual
-        or view.embedded
-        or view.review == Review.ACCEPTED.value
-        or (above and view.review != Review.REJECTED.value)
+    # the search rule (indexer/db/tag_match.py): what makes the tag match, none when it does not
+    view.sources = list(
+        match_sources(
+            score_source=_score_source(tag) if tag is not None else None,
+            above=above,
+            manual=view.manual,
+            embedded=view.embedded,
+            review=view.review,
+        )
     )
+    view.matches = bool(view.sources)
     return view
 
 

@@ -58,8 +58,10 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", params=["postgresql", "sqlite"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    """Each test using this runs on both backends."""
+def api_db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs on both backends. (Not named ``db_url``: tests.db_fixtures
+    has a function-scoped fixture of that name, and of two plugins' fixtures of one name the
+    one registered last wins for every module.)"""
     return request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
 
 
@@ -122,11 +124,11 @@ def make_keys(db_url: str) -> Keys:
 
 @pytest.fixture(scope="session")
 def api_env(
-    db_url: str, tmp_path_factory: pytest.TempPathFactory
+    api_db_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TestClient, Keys, Settings]]:
     """A running app (lifespan entered) on one backend, with keys of every scope."""
-    settings = make_settings(tmp_path_factory.mktemp("home"), db_url)
-    keys = make_keys(db_url)
+    settings = make_settings(tmp_path_factory.mktemp("home"), api_db_url)
+    keys = make_keys(api_db_url)
     with TestClient(create_app(settings)) as client:
         yield client, keys, settings
 

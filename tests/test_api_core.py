@@ -168,9 +168,9 @@ def test_scopes_nest_and_are_enforced(api_env) -> None:
     )
 
 
-def test_keys_are_hashed_at_rest_and_revocable(api_env, db_url) -> None:
+def test_keys_are_hashed_at_rest_and_revocable(api_env, api_db_url) -> None:
     client, _, _ = api_env
-    engine = create_engine_for(db_url)
+    engine = create_engine_for(api_db_url)
     try:
         with Session(engine) as session:
             key = create_key(session, name="temp", scopes=["read"])

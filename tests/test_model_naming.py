@@ -29,10 +29,7 @@ from tests.api_support import MODEL
 from tests.conftest import GOLDEN, GOLDEN_IMAGES
 
 pytest_plugins = ["tests.api_support"]
-# api_env and its db_url bound in this module: tests.db_fixtures (a plugin of other modules)
-# defines a function-scoped db_url of the same name that would otherwise win in a full run.
 api_env = api_support.api_env
-db_url = api_support.db_url
 
 DEMO = demo_checkpoint()
 

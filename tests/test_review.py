@@ -174,7 +174,7 @@ def test_provenance_of_an_asset(db_url: str) -> None:
         ("dog", ["model", "manual"], None, True, True, pytest.approx(0.9)),
         ("car", ["model"], "accepted", False, True, pytest.approx(0.3)),
         ("beach", ["manual"], None, True, True, None),  # matching, no score: after scored ones
-        ("cat", ["model"], "rejected", False, False, pytest.approx(0.95)),
+        ("cat", [], "rejected", False, False, pytest.approx(0.95)),
     ]
     dog = views[0]
     assert (dog.tag_id, dog.chinese, dog.threshold) == (tags["dog"], "狗", pytest.approx(0.7))

@@ -80,7 +80,7 @@ def test_changes_show_in_provenance_and_history(env: Env) -> None:
 
     view_a = asset_view(env, a)
     assert view_a["dog"]["review"] == "rejected" and not view_a["dog"]["matches"]
-    assert view_a["dog"]["sources"] == ["model"] and view_a["dog"]["tag_id"] == env.tags["dog"]
+    assert view_a["dog"]["sources"] == [] and view_a["dog"]["tag_id"] == env.tags["dog"]
     assert view_a["dog"]["chinese"] == "狗" and view_a["dog"]["threshold"] == pytest.approx(0.7)
     assert view_a["beach day"]["name"] == "Beach Day" and view_a["beach day"]["tag_id"] is None
     assert view_a["beach day"]["sources"] == ["manual"] and view_a["beach day"]["matches"]

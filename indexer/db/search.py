@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from indexer.db._sql import table_of
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.errors import CursorOutOfRangeError, InvalidCursorError
-from indexer.db.labels import AssetLabel, Review
+from indexer.db.labels import AssetLabel
 from indexer.db.query_terms import resolve_terms
 from indexer.db.tag_match import (
     LABEL_SCORE,
@@ -39,13 +39,15 @@ from indexer.db.tag_match import (
     has_tag_term,
     label_keys,
     label_term,
+    match_sources,
     real,
+    score_source,
     score_term,
     tag_key,
     tag_match,
 )
 from indexer.db.tag_repo import per_asset_rows
-from indexer.db.tags import AssetTag, TagOrigin
+from indexer.db.tags import AssetTag
 
 MAX_LIMIT = 1000
 MAX_ID = 2**63 - 1  # assets.id is a BIGINT
@@ -526,13 +528,13 @@ def matched_tags(
             mark = marks.get((asset_id, tag_key(tag)))
             if score is None and mark is None:
                 continue
-            sources: list[str] = []
-            if score is not None:
-                sources.append("concept" if tag.origin == TagOrigin.CONCEPT.value else "model")
-            if mark is not None:
-                if mark.review == Review.ACCEPTED.value and not sources:
-                    sources.append("concept" if tag.origin == TagOrigin.CONCEPT.value else "model")
-                sources += [s for s in ("manual", "embedded") if getattr(mark, s)]
+            sources = match_sources(
+                score_source=score_source(tag),
+                above=score is not None,  # score_term kept only passing scores
+                manual=bool(mark is not None and mark.manual),
+                embedded=bool(mark is not None and mark.embedded),
+                review=None if mark is None else mark.review,
+            )
             review = None if mark is None else mark.review
             keyword = isinstance(tag, FreeKeyword) and mark is not None
             found.append(
@@ -541,7 +543,7 @@ def matched_tags(
                     mark.label if keyword else tag.english,  # type: ignore[union-attr]
                     tag.chinese,
                     LABEL_SCORE if mark is not None else float(score),  # type: ignore[arg-type]
-                    tuple(sources),
+                    sources,
                     review,
                     match.expanded_from.get(tag_key(tag)),
                 )

@@ -70,7 +70,7 @@ class TagMatch:
     labelled: frozenset[str] = frozenset()
     expanded_from: Mapping[str, str] = field(default_factory=dict)
 
-    def uses_score(self, tag: Tag | FreeKeyword) -> bool:
+    def uses_score(self, tag: TermTag) -> bool:
         """Whether ``tag``'s stored scores count under these sources (a free keyword has none)."""
         if tag.origin == TagOrigin.CONCEPT.value:
             return TagSource.CONCEPT in self.sources
@@ -88,7 +88,41 @@ class TagMatch:
         return flags
 
 
-def tag_key(tag: Tag | FreeKeyword) -> str:
+def match_sources(
+    *,
+    score_source: str | None,
+    above: bool,
+    manual: bool = False,
+    embedded: bool = False,
+    review: str | None = None,
+) -> tuple[str, ...]:
+    """The rule above in Python, for views that read the rows (the review view, exports, a
+    hit's reasons): the sources that make one tag match on one asset, empty when it does not.
+
+    Args:
+        score_source: ``model`` or ``concept`` for a vocabulary tag (None: a free keyword).
+        above: its stored score passes the threshold (or ``min_score``).
+        manual, embedded, review: the asset's label for the tag.
+    """
+    sources: list[str] = []
+    if score_source and review != Review.REJECTED.value:
+        if above or review == Review.ACCEPTED.value:
+            sources.append(score_source)
+    if manual:
+        sources.append(TagSource.MANUAL.value)
+    if embedded:
+        sources.append(TagSource.EMBEDDED.value)
+    return tuple(sources)
+
+
+def score_source(tag: TermTag) -> str | None:
+    """``model`` or ``concept`` by the tag's origin; None for a free keyword."""
+    if tag.origin == TagOrigin.CONCEPT.value:
+        return TagSource.CONCEPT.value
+    return TagSource.MODEL.value if tag.origin == TagOrigin.BUILTIN.value else None
+
+
+def tag_key(tag: TermTag) -> str:
     """The label key of a vocabulary tag (its English name, case-folded)."""
     return label_key(tag.english)
 
@@ -110,7 +144,7 @@ def labelled_keys(session: Session, keys: Iterable[str]) -> frozenset[str]:
 
 def tag_match(
     session: Session,
-    tags: Iterable[Tag | FreeKeyword],
+    tags: Iterable[TermTag],
     *,
     min_score: float | None = None,
     sources: Iterable[str] | None = None,
