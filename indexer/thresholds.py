@@ -302,7 +302,7 @@ def suggest_for_tag(
     if not reached:
         best = max(usable, key=lambda c: points[c].precision, default=None)  # type: ignore[arg-type, return-value]
         shown = (
-            f" (at best {points[best].precision:.2f} above {best:.2f})" if best is not None else ""
+            f" (at best {points[best].precision:.2f} above {best:.4g})" if best is not None else ""
         )
         return _replace(
             base, reason=f"estimated precision never reaches {target:.2f}{shown}: review more"
