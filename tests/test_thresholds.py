@@ -39,7 +39,7 @@ N_REVIEWED = 120
 FLOOR = 0.2
 
 
-def dog_archive(url: str) -> tuple[dict[str, int], dict[int, float], set[int]]:
+def dog_archive(url: str, model: str = MODEL) -> tuple[dict[str, int], dict[int, float], set[int]]:
     """400 assets with dog scores evenly spread over [0.2, 1) (the model's threshold 0.3 is far
     too low: below the boundary it tags 0.3 of every 0.7 matched assets wrongly), 120 of them
     reviewed by the truth. Returns (tag ids by name, dog score per asset, reviewed assets)."""
@@ -49,7 +49,7 @@ def dog_archive(url: str) -> tuple[dict[str, int], dict[int, float], set[int]]:
     with session_scope(url) as s:
         s.execute(sa.delete(LabelChange))
         s.execute(sa.delete(AssetLabel))
-        ids = db.ensure_vocabulary(s, MODEL, VOCAB)
+        ids = db.ensure_vocabulary(s, model, VOCAB)
         tags = dict(zip(VOCAB.english, (int(i) for i in ids), strict=True))
         assets = [
             db.get_or_create_asset_by_sha(s, sha256=hashlib.sha256(b"%d" % i).hexdigest()).id
@@ -71,10 +71,10 @@ def dog_archive(url: str) -> tuple[dict[str, int], dict[int, float], set[int]]:
     return tags, score_of, set(reviewed)
 
 
-def searched(url: str, tag: str) -> set[int]:
+def searched(url: str, tag: str, model: str = MODEL) -> set[int]:
     """Assets a default tag search for ``tag`` returns (the search the API and CLI run)."""
     with session_scope(url) as s:
-        page = db.search_by_tags(s, model_name=MODEL, all_=[tag], limit=1000)
+        page = db.search_by_tags(s, model_name=model, all_=[tag], limit=1000)
     return {h.asset_id for h in page.hits}
 
 
