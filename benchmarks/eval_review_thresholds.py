@@ -9,7 +9,8 @@ image's ground truth, reject otherwise), picked
 * ``queue``: from the review queue (nearest the tag's threshold first, :func:`review_queue`),
   in ``--rounds`` rounds with thresholds suggested and applied after each (the queue then centres
   on the new threshold, as it would for a person working through it);
-* ``random``: at random among the pool assets with a stored score for the tag.
+* ``random``: at random among the pool assets with a stored score for the tag;
+* ``mixed``: each round half from the queue, half at random.
 
 After the reviews, :func:`indexer.thresholds.suggest_thresholds` + ``apply_suggestions`` set the
 overrides; precision and recall of the *model tags* (stored score above the effective threshold)
@@ -193,16 +194,19 @@ def run_strategy(
     with session_scope(url) as s:
         tag_ids = [t.id for t in s.scalars(sa.select(Tag).where(Tag.model_name == model_id))]
     start = time.perf_counter()
-    rounds = args.rounds if name == "queue" else 1
+    rounds = args.rounds if name != "random" else 1
     per_round = [args.reviews // rounds + (r < args.reviews % rounds) for r in range(rounds)]
     changed = reviews = 0
     for n in per_round:
         for tag_id in tag_ids:
             if name == "queue":
                 ids = queue_pick(url, tag_id, pool, n)
-            else:
-                reviewed = _reviewed(url, tag_id)
-                ids = random_pick(url, tag_id, pool - reviewed, n, rng)
+            elif name == "random":
+                ids = random_pick(url, tag_id, pool - _reviewed(url, tag_id), n, rng)
+            else:  # mixed: half from the queue, half at random among the rest
+                ids = queue_pick(url, tag_id, pool, n // 2)
+                rest = pool - _reviewed(url, tag_id) - set(ids)
+                ids += random_pick(url, tag_id, rest, n - len(ids), rng)
             if ids:
                 with session_scope(url) as s:
                     tag = s.get(Tag, tag_id)
@@ -258,7 +262,7 @@ def main() -> None:
     parser.add_argument("--min-positives", type=int, default=3)
     parser.add_argument("--min-negatives", type=int, default=3)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--sampling", choices=("queue", "random", "both"), default="both")
+    parser.add_argument("--sampling", choices=("queue", "random", "mixed", "all"), default="all")
     args = parser.parse_args()
     os.environ.setdefault("RAMDEX_MODEL__DEVICE", "cpu")
     home = (args.home or Path(tempfile.mkdtemp(prefix="ramdex-thresholds-"))).resolve()
@@ -274,7 +278,7 @@ def main() -> None:
     reset(url, model_id)
     before = measure(url, model_id, truth, held)
     print(_line("model thresholds", before))
-    strategies = ("queue", "random") if args.sampling == "both" else (args.sampling,)
+    strategies = ("queue", "random", "mixed") if args.sampling == "all" else (args.sampling,)
     short = {t for t, (tp, n, _) in before.per_tag.items() if n and tp / n < args.target}
     print(f"  tags below the target on held-out assets: {len(short)} ({', '.join(sorted(short))})")
     print(_group("    those tags", before, short))
@@ -283,7 +287,7 @@ def main() -> None:
             after, reviews, overridden, elapsed = run_strategy(
                 name, lower, url, model_id, truth, pool, args
             )
-            rounds = f", {args.rounds} rounds" if name == "queue" else ""
+            rounds = f", {args.rounds} rounds" if name != "random" else ""
             print(
                 f"{name}{rounds}, {policy}: {reviews} reviews, {overridden} tags overridden, "
                 f"{elapsed:.1f} s (reviews + suggest + apply)"
