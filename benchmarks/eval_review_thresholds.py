@@ -210,6 +210,7 @@ def run_strategy(
             if ids:
                 with session_scope(url) as s:
                     tag = s.get(Tag, tag_id)
+                    assert tag is not None
                     s.expunge(tag)
                 review(url, ids, tag, truth)
                 reviews += len(ids)

@@ -357,7 +357,7 @@ def _target_of(
     if not targets:
         return {}
     resolved = resolve_tags(session, model_id, list(targets))
-    return {t.id: float(targets[name]) for name, found in resolved.items() for t in found}
+    return {t.id: float(targets[str(name)]) for name, found in resolved.items() for t in found}
 
 
 def suggest_thresholds(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ MODEL_ID = "test_micro@random"  # the id of the configured random test model's t
 @pytest.fixture
 def archive(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[str, dict[int, float], set[int]]:
+) -> Iterator[tuple[str, dict[int, float], set[int]]]:
     """The known-boundary dog archive for the configured model, and the environment using it."""
     for key in [k for k in os.environ if k.startswith("RAMDEX_")]:
         monkeypatch.delenv(key)
