@@ -4,7 +4,15 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: localStorage.getItem("ramdex.key") || "", chips: [], cursor: null, lastQuery: null };
+const state = {
+  key: localStorage.getItem("ramdex.key") || "",
+  chips: [],
+  cursor: null,
+  lastQuery: null,
+  selected: new Set(), // asset ids picked on the results grid
+  anchor: null, // the last card clicked: shift-click selects the range from it
+  detailId: null, // the asset the detail dialog shows
+};
 
 // ---------- HTTP ----------
 function headers(extra = {}) {
@@ -209,14 +217,20 @@ function reasonText(reasons) {
 
 function renderHits(hits, append) {
   const grid = $("results");
-  if (!append) grid.replaceChildren();
+  if (!append) { grid.replaceChildren(); clearSelection(); }
   for (const hit of hits) {
-    const card = document.createElement("button");
-    card.type = "button";
+    const id = hit.asset.id;
+    // A card is a group: the open button (image and caption) and a selection checkbox beside it
+    // (a checkbox may not sit inside a button).
+    const card = document.createElement("div");
     card.className = "hit";
-    card.dataset.assetId = String(hit.asset.id);
+    card.dataset.assetId = String(id);
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "open";
+    open.setAttribute("aria-label", `open asset ${id}`);
     const img = document.createElement("img");
-    img.alt = `asset ${hit.asset.id}`;
+    img.alt = `asset ${id}`;
     img.loading = "lazy";
     loadImage(img, hit.asset.thumbnail_url);
     const caption = document.createElement("span");
@@ -229,11 +243,92 @@ function renderHits(hits, append) {
     why.className = "why";
     why.textContent = reasonText(hit.reasons);
     caption.append(score, why);
-    card.append(img, caption);
-    card.addEventListener("click", () => openDetail(hit.asset.id));
+    open.append(img, caption);
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.className = "select";
+    box.setAttribute("aria-label", `select asset ${id}`);
+    box.addEventListener("click", (e) => toggleSelected(id, box.checked, e.shiftKey));
+    // Shift-, Ctrl- or Cmd-click on a card selects instead of opening.
+    open.addEventListener("click", (e) => {
+      if (e.shiftKey || e.ctrlKey || e.metaKey) toggleSelected(id, !state.selected.has(id), e.shiftKey);
+      else openDetail(id);
+    });
+    card.append(open, box);
     grid.append(card);
   }
+  renderSelection();
 }
+
+// ---------- multi-select and bulk changes ----------
+function shownIds() {
+  return [...$("results").querySelectorAll(".hit")].map((card) => Number(card.dataset.assetId));
+}
+
+function toggleSelected(id, on, range) {
+  const ids = shownIds();
+  const targets = range && state.anchor !== null && ids.includes(state.anchor)
+    ? ids.slice(Math.min(ids.indexOf(state.anchor), ids.indexOf(id)),
+                Math.max(ids.indexOf(state.anchor), ids.indexOf(id)) + 1)
+    : [id];
+  for (const t of targets) { if (on) state.selected.add(t); else state.selected.delete(t); }
+  state.anchor = id;
+  renderSelection();
+}
+
+function clearSelection() {
+  state.selected.clear();
+  state.anchor = null;
+  renderSelection();
+}
+
+function renderSelection() {
+  for (const card of $("results").querySelectorAll(".hit")) {
+    const on = state.selected.has(Number(card.dataset.assetId));
+    card.classList.toggle("selected", on);
+    card.querySelector(".select").checked = on;
+  }
+  const n = state.selected.size;
+  $("selection-bar").hidden = n === 0;
+  $("selection-count").textContent = `${n} selected`;
+}
+
+// POST /labels for many assets; resolves to the reply or throws with the API's detail.
+function changeLabels(assetIds, tag, action) {
+  return api("/labels", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ asset_ids: assetIds, tag, action }),
+  });
+}
+
+function setStatus(el, text, kind) {
+  el.textContent = text;
+  el.className = kind || "muted";
+  // Errors are announced at once; other news politely.
+  el.setAttribute("role", kind === "error" ? "alert" : "status");
+}
+
+async function bulkChange(action) {
+  const status = $("bulk-status");
+  const tag = $("bulk-tag").value.trim();
+  if (!tag) { setStatus(status, "type a tag first", "error"); $("bulk-tag").focus(); return; }
+  const ids = [...state.selected];
+  setStatus(status, `${action} “${tag}” on ${ids.length} assets…`);
+  try {
+    const reply = await changeLabels(ids, tag, action);
+    setStatus(status, `${action} “${tag}”: ${reply.changed} changed, ${reply.unchanged} already so`, "ok");
+  } catch (error) {
+    setStatus(status, error.message, "error");
+  }
+}
+
+$("bulk-form").addEventListener("submit", (event) => { event.preventDefault(); bulkChange("add"); });
+for (const button of $("bulk-form").querySelectorAll("button[type=button][data-action]")) {
+  button.addEventListener("click", () => bulkChange(button.dataset.action));
+}
+$("select-all").addEventListener("click", () => { shownIds().forEach((i) => state.selected.add(i)); renderSelection(); });
+$("select-none").addEventListener("click", clearSelection);
 
 async function runSearch(append = false) {
   const status = $("search-status");
@@ -272,6 +367,7 @@ async function openDetail(id) {
   const dialog = $("detail");
   try {
     const asset = await api(`/assets/${id}`);
+    state.detailId = id;
     const source = asset.sources.length ? asset.sources[0].uri : "";
     $("detail-title").textContent = source.replace(/^upload:/, "").split("/").pop() || `asset ${id}`;
     const meta = $("detail-meta");
@@ -299,10 +395,159 @@ async function openDetail(id) {
     const img = $("detail-image");
     img.removeAttribute("src");
     loadImage(img, asset.thumbnail_url);
-    dialog.showModal();
+    setStatus($("label-status"), "");
+    $("label-add").value = "";
+    $("label-history").open = false;
+    // The tag panel's own errors show in the panel; the dialog opens regardless.
+    try { await refreshLabels(id); } catch (error) { setStatus($("label-status"), error.message, "error"); }
+    if (!dialog.open) dialog.showModal();
   } catch (error) {
-    $("search-status").textContent = error.message;
+    setStatus($("search-status"), error.message, "error");
   }
+}
+
+// ---------- asset tags: provenance, review, manual tags, history ----------
+function badge(text, cls) {
+  const el = document.createElement("span");
+  el.className = `badge ${cls}`;
+  el.textContent = text;
+  return el;
+}
+
+function actionButton(label, tag, action, cls = "") {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `small ${cls}`;
+  button.textContent = label;
+  button.dataset.action = action;
+  button.setAttribute("aria-label", `${label} ${tag.name}`);
+  button.addEventListener("click", () => detailChange(tag.name, action));
+  return button;
+}
+
+function renderLabelTags(tags) {
+  const body = $("label-tags").tBodies[0];
+  body.replaceChildren();
+  if (!tags.length) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.colSpan = 5; td.className = "muted"; td.textContent = "no tags";
+    tr.append(td); body.append(tr);
+  }
+  for (const tag of tags) {
+    const tr = document.createElement("tr");
+    tr.dataset.key = tag.key;
+    tr.className = tag.matches ? "matches" : "not-matching";
+    const name = document.createElement("td");
+    name.className = "name";
+    name.textContent = tag.name;
+    if (tag.chinese) name.append(" ", Object.assign(document.createElement("span"), { className: "muted", textContent: tag.chinese }));
+    if (tag.tag_id === null) name.append(" ", badge("keyword", "keyword"));
+    const sources = document.createElement("td");
+    sources.className = "sources";
+    for (const s of tag.sources) sources.append(badge(s, s));
+    const score = document.createElement("td");
+    score.className = "score";
+    if (tag.score !== null && tag.threshold !== null) {
+      score.textContent = `${tag.score.toFixed(2)} ${tag.score > tag.threshold ? ">" : "≤"} ${tag.threshold.toFixed(2)}`;
+      score.title = `model score ${tag.score.toFixed(3)}, threshold ${tag.threshold.toFixed(3)}`;
+    } else if (tag.threshold !== null) {
+      score.textContent = `— / ${tag.threshold.toFixed(2)}`;
+      score.title = "no stored score (below the storage floor)";
+    } else {
+      score.textContent = "—";
+    }
+    const review = document.createElement("td");
+    review.className = "review";
+    if (tag.tag_id !== null) review.append(badge(tag.review || "unreviewed", tag.review || "unreviewed"));
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    if (tag.tag_id !== null) {
+      // Review decisions exist for vocabulary tags only (the API answers 404 for a keyword).
+      if (tag.review !== "accepted") actions.append(actionButton("Accept", tag, "accept", "good"));
+      if (tag.review !== "rejected") actions.append(actionButton("Reject", tag, "reject", "bad"));
+      if (tag.review) actions.append(actionButton("Unreview", tag, "unreview", "secondary"));
+    }
+    if (tag.manual) actions.append(actionButton("Remove", tag, "remove", "secondary"));
+    tr.append(name, sources, score, review, actions);
+    body.append(tr);
+  }
+}
+
+function stateText(s) {
+  if (!s) return "none";
+  const parts = [];
+  if (s.manual) parts.push("manual");
+  if (s.embedded) parts.push("embedded");
+  if (s.review) parts.push(s.review);
+  return parts.join(", ") || "none";
+}
+
+function renderHistory(changes) {
+  const list = $("history-list");
+  list.replaceChildren();
+  $("history-count").textContent = `(${changes.length})`;
+  for (const c of changes) {
+    const li = document.createElement("li");
+    const when = document.createElement("time");
+    when.dateTime = c.at;
+    when.textContent = new Date(c.at).toLocaleString();
+    const what = document.createElement("strong");
+    what.textContent = `${c.action} ${c.key}`;
+    li.append(when, " · ", c.actor, " · ", what, `: ${stateText(c.before)} → ${stateText(c.after)}`);
+    list.append(li);
+  }
+}
+
+async function refreshLabels(id) {
+  const [view, history] = await Promise.all([
+    api(`/labels/assets/${id}`),
+    api(`/labels/assets/${id}/history?limit=100`),
+  ]);
+  if (state.detailId !== id) return; // another asset was opened meanwhile
+  renderLabelTags(view.tags);
+  renderHistory(history.changes);
+}
+
+async function detailChange(tagName, action) {
+  const id = state.detailId;
+  const status = $("label-status");
+  setStatus(status, `${action} “${tagName}”…`);
+  try {
+    const reply = await changeLabels([id], tagName, action);
+    await refreshLabels(id);
+    setStatus(status, reply.changed ? `${action} “${tagName}”: done` : `“${tagName}” was already so`, "ok");
+    return true;
+  } catch (error) {
+    setStatus(status, error.message, "error");
+    return false;
+  }
+}
+
+$("label-add-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = $("label-add");
+  const name = input.value.trim();
+  if (!name) return;
+  if (await detailChange(name, "add")) input.value = "";
+});
+
+// Tag suggestions for the tag inputs (one shared <datalist>), from GET /tags?prefix=.
+let optionsTimer = null;
+function suggestTags(input) {
+  clearTimeout(optionsTimer);
+  const prefix = input.value.trim();
+  if (!prefix) return;
+  optionsTimer = setTimeout(async () => {
+    try {
+      const page = await api(`/tags?prefix=${encodeURIComponent(prefix)}&limit=8`);
+      $("tag-options").replaceChildren(...page.items.map((t) =>
+        Object.assign(document.createElement("option"), { value: t.name, label: t.name_zh || "" })));
+    } catch { /* suggestions are a convenience; the change itself reports errors */ }
+  }, 150);
+}
+for (const id of ["label-add", "bulk-tag", "queue-tag"]) {
+  $(id).addEventListener("input", () => suggestTags($(id)));
 }
 
 // ---------- upload ----------
@@ -402,6 +647,147 @@ $("concept-form").addEventListener("submit", async (event) => {
   } catch (error) {
     status.textContent = error.message;
   }
+});
+
+// ---------- views ----------
+function showView(name) {
+  const review = name === "review";
+  document.querySelector("main").hidden = review;
+  $("review").hidden = !review;
+  $("view-search").setAttribute("aria-pressed", String(!review));
+  $("view-review").setAttribute("aria-pressed", String(review));
+  if (review && !state.queue.items.length) $("queue-tag").focus();
+}
+$("view-search").addEventListener("click", () => showView("search"));
+$("view-review").addEventListener("click", () => showView("review"));
+
+// ---------- review queue ----------
+// The assets whose score for a tag lies nearest its threshold come first: each decision there
+// teaches the most. Keys: j/k move, a accept, r reject, u unreview (undo).
+state.queue = { tag: null, threshold: null, items: [], cursor: null, current: -1 };
+
+function queueCards() { return [...$("queue").querySelectorAll(".queue-item")]; }
+
+function focusQueue(i) {
+  const cards = queueCards();
+  if (!cards.length) return;
+  state.queue.current = Math.max(0, Math.min(i, cards.length - 1));
+  cards.forEach((c, j) => c.classList.toggle("current", j === state.queue.current));
+  const card = cards[state.queue.current];
+  card.focus();
+  card.scrollIntoView({ block: "nearest" });
+}
+
+function renderQueueItems(items) {
+  const grid = $("queue");
+  const start = state.queue.items.length;
+  for (const [n, item] of items.entries()) {
+    const i = start + n;
+    state.queue.items.push({ ...item, decision: null });
+    const card = document.createElement("div");
+    card.className = "queue-item";
+    card.role = "listitem";
+    card.tabIndex = -1;
+    card.dataset.assetId = String(item.asset_id);
+    card.setAttribute("aria-label", `asset ${item.asset_id}, score ${item.score.toFixed(3)}`);
+    const img = document.createElement("img");
+    img.alt = `asset ${item.asset_id}`;
+    loadImage(img, `/assets/${item.asset_id}/thumbnail`);
+    img.addEventListener("click", () => openDetail(item.asset_id));
+    const caption = document.createElement("span");
+    caption.className = "caption";
+    const side = item.score > state.queue.threshold ? "above" : "below";
+    caption.textContent = `${item.score.toFixed(3)} · ${item.distance.toFixed(3)} ${side}`;
+    const decision = document.createElement("span");
+    decision.className = "decision";
+    decision.setAttribute("aria-live", "polite");
+    const buttons = document.createElement("div");
+    buttons.className = "buttons";
+    for (const [label, action, cls] of [["Accept", "accept", "good"], ["Reject", "reject", "bad"]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = `small ${cls}`;
+      b.dataset.action = action;
+      b.textContent = label;
+      b.setAttribute("aria-label", `${label} ${state.queue.tag} on asset ${item.asset_id}`);
+      b.addEventListener("click", () => { focusQueue(i); decideQueue(i, action); });
+      buttons.append(b);
+    }
+    card.append(img, caption, decision, buttons);
+    card.addEventListener("click", (e) => { if (e.target === card) focusQueue(i); });
+    grid.append(card);
+  }
+}
+
+async function loadQueue(more = false) {
+  const status = $("queue-status");
+  const tag = more ? state.queue.tag : $("queue-tag").value.trim();
+  if (!tag) { setStatus(status, "type a tag first", "error"); return; }
+  const cursor = more ? `&cursor=${encodeURIComponent(state.queue.cursor)}` : "";
+  setStatus(status, "loading…");
+  try {
+    const page = await api(`/labels/queue?tag=${encodeURIComponent(tag)}&limit=24${cursor}`);
+    if (!more) {
+      $("queue").replaceChildren();
+      state.queue = { tag: page.tag, threshold: page.threshold, items: [], cursor: null, current: -1 };
+    }
+    const first = state.queue.items.length;
+    renderQueueItems(page.items);
+    state.queue.cursor = page.next_cursor;
+    $("queue-more").hidden = !page.next_cursor;
+    const total = state.queue.items.length;
+    setStatus(status, total
+      ? `“${page.tag}” (threshold ${page.threshold.toFixed(2)}): ${total} to review${page.next_cursor ? ", more after these" : ""}`
+      : `nothing to review for “${page.tag}”`, "muted");
+    if (page.items.length) focusQueue(first);
+  } catch (error) {
+    setStatus(status, error.message, "error");
+  }
+}
+
+async function decideQueue(i, action) {
+  const item = state.queue.items[i];
+  const card = queueCards()[i];
+  if (!item || !card) return;
+  const status = $("queue-status");
+  try {
+    await changeLabels([item.asset_id], state.queue.tag, action);
+    item.decision = action === "unreview" ? null : action === "accept" ? "accepted" : "rejected";
+    card.classList.remove("accepted", "rejected");
+    if (item.decision) card.classList.add(item.decision);
+    card.querySelector(".decision").textContent = item.decision || "";
+    const left = state.queue.items.filter((x) => !x.decision).length;
+    setStatus(status, `asset ${item.asset_id}: ${item.decision || "unreviewed"} · ${left} left on this page`, "ok");
+    if (action !== "unreview") {
+      if (i + 1 < state.queue.items.length) focusQueue(i + 1);
+      else if (state.queue.cursor) await loadQueue(true);
+    }
+  } catch (error) {
+    setStatus(status, `asset ${item.asset_id}: ${error.message}`, "error");
+  }
+}
+
+$("queue-form").addEventListener("submit", (event) => { event.preventDefault(); loadQueue(false); });
+$("queue-more").addEventListener("click", () => loadQueue(true));
+
+document.addEventListener("keydown", (event) => {
+  if ($("review").hidden || $("detail").open) return;
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const t = event.target;
+  if (t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement) return;
+  const i = state.queue.current;
+  const keys = {
+    // j past the last card fetches the next page when there is one.
+    j: () => (i + 1 >= state.queue.items.length && state.queue.cursor ? loadQueue(true) : focusQueue(i + 1)),
+    k: () => focusQueue(i - 1),
+    a: () => decideQueue(i, "accept"),
+    r: () => decideQueue(i, "reject"),
+    u: () => decideQueue(i, "unreview"),
+  };
+  const run = keys[event.key];
+  if (!run || i < 0) return;
+  event.preventDefault();
+  run();
 });
 
 // ---------- start ----------
