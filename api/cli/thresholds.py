@@ -229,8 +229,10 @@ def apply(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Write the suggested thresholds (tags with enough evidence) as threshold overrides;
-    search uses them at once."""
+    """Write the suggested thresholds as threshold overrides (search uses them at once).
+
+    Only tags with enough evidence whose suggestion changes their threshold are written.
+    """
     from indexer.thresholds import apply_suggestions
 
     with _archive(model) as (session, model_id):
@@ -271,8 +273,10 @@ def reset(
     model: ModelOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Clear threshold overrides (the named tags, default all of the model): the model's
-    thresholds apply again."""
+    """Clear threshold overrides: the model's thresholds apply again.
+
+    The named tags' overrides, or by default every override of the model.
+    """
     from indexer.thresholds import reset_overrides
 
     with _archive(model) as (session, model_id):
