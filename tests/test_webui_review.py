@@ -206,11 +206,19 @@ def test_detail_bulk_and_queue(env: Env, browser, test_output_dir) -> None:
     assert page.evaluate(current) == str(env.near_above)
     page.keyboard.press("j")
     assert page.evaluate(current) == str(env.near_below)
-    page.keyboard.press("a")  # accept the one below its threshold: it now matches
-    page.wait_for_selector(f'#queue .queue-item.accepted[data-asset-id="{env.near_below}"]')
     page.keyboard.press("k")
     assert page.evaluate(current) == str(env.near_above)
+    page.keyboard.press("j")
+    page.keyboard.press("a")  # accept the one below its threshold: it now matches
+    page.wait_for_selector(f'#queue .queue-item.accepted[data-asset-id="{env.near_below}"]')
+    assert page.evaluate(current) == str(env.near_above)  # on to the undecided one
     page.keyboard.press("r")  # reject the one above: it no longer matches
+    page.wait_for_selector(f'#queue .queue-item.rejected[data-asset-id="{env.near_above}"]')
+    assert env.tags_of(env.near_above)[env.key_name]["review"] == "rejected"
+    page.keyboard.press("u")  # undo: unreviewed again, then rejected for good
+    page.wait_for_selector(f'#queue .queue-item[data-asset-id="{env.near_above}"]:not(.rejected)')
+    assert env.tags_of(env.near_above)[env.key_name]["review"] is None
+    page.keyboard.press("r")
     page.wait_for_selector(f'#queue .queue-item.rejected[data-asset-id="{env.near_above}"]')
     page.screenshot(path=str(test_output_dir / "webui-review-queue.png"), full_page=True)
 

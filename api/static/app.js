@@ -697,7 +697,7 @@ function renderQueueItems(items) {
     const caption = document.createElement("span");
     caption.className = "caption";
     const side = item.score > state.queue.threshold ? "above" : "below";
-    caption.textContent = `${item.score.toFixed(3)} · ${item.distance.toFixed(3)} ${side}`;
+    caption.textContent = `score ${item.score.toFixed(3)} · ${item.distance.toFixed(3)} ${side} ${state.queue.threshold.toFixed(2)}`;
     const decision = document.createElement("span");
     decision.className = "decision";
     decision.setAttribute("aria-live", "polite");
@@ -759,8 +759,14 @@ async function decideQueue(i, action) {
     const left = state.queue.items.filter((x) => !x.decision).length;
     setStatus(status, `asset ${item.asset_id}: ${item.decision || "unreviewed"} · ${left} left on this page`, "ok");
     if (action !== "unreview") {
-      if (i + 1 < state.queue.items.length) focusQueue(i + 1);
+      // On to the next undecided asset (after this one, else before it); past the page's end
+      // the next page is fetched.
+      const items = state.queue.items;
+      const after = items.findIndex((x, j) => j > i && !x.decision);
+      const before = items.findIndex((x) => !x.decision);
+      if (after >= 0) focusQueue(after);
       else if (state.queue.cursor) await loadQueue(true);
+      else if (before >= 0) focusQueue(before);
     }
   } catch (error) {
     setStatus(status, `asset ${item.asset_id}: ${error.message}`, "error");
