@@ -194,17 +194,21 @@ def test_detail_bulk_and_queue(env: Env, browser, test_output_dir) -> None:
     page.screenshot(path=str(test_output_dir / "webui-review-bulk.png"), full_page=True)
 
     # --- review queue: nearest the threshold first, the rejected asset gone; keyboard only
+    # (one asset a page, so the walk crosses a page by the cursor)
     page.click("#view-review")
+    page.eval_on_selector("#queue", "el => { el.dataset.pageSize = '1'; }")
     page.fill("#queue-tag", env.tag)
     page.press("#queue-tag", "Enter")
+    page.locator("#queue .queue-item").first.wait_for()
+    assert page.is_visible("#queue-more")
+    current = "() => document.querySelector('#queue .queue-item.current').dataset.assetId"
+    assert page.evaluate(current) == str(env.near_above)
+    page.keyboard.press("j")  # past the page's end: the next page
     page.locator("#queue .queue-item").nth(1).wait_for()
     order = page.eval_on_selector_all(
         "#queue .queue-item", "els => els.map(e => Number(e.dataset.assetId))"
     )
     assert order == [env.near_above, env.near_below]
-    current = "() => document.querySelector('#queue .queue-item.current').dataset.assetId"
-    assert page.evaluate(current) == str(env.near_above)
-    page.keyboard.press("j")
     assert page.evaluate(current) == str(env.near_below)
     page.keyboard.press("k")
     assert page.evaluate(current) == str(env.near_above)
@@ -215,10 +219,17 @@ def test_detail_bulk_and_queue(env: Env, browser, test_output_dir) -> None:
     page.keyboard.press("r")  # reject the one above: it no longer matches
     page.wait_for_selector(f'#queue .queue-item.rejected[data-asset-id="{env.near_above}"]')
     assert env.tags_of(env.near_above)[env.key_name]["review"] == "rejected"
-    page.keyboard.press("u")  # undo: unreviewed again, then rejected for good
+    page.keyboard.press("u")  # undo: unreviewed again
     page.wait_for_selector(f'#queue .queue-item[data-asset-id="{env.near_above}"]:not(.rejected)')
     assert env.tags_of(env.near_above)[env.key_name]["review"] is None
-    page.keyboard.press("r")
+    # o opens the asset; a rejection there shows on the queue's card once the dialog closes
+    page.keyboard.press("o")
+    page.locator(_row(env, env.key_name)).get_by_role("button", name=f"Reject {env.tag}").click()
+    page.wait_for_function(
+        f"() => document.querySelector('{_row(env, env.key_name)} .review').textContent"
+        " === 'rejected'"
+    )
+    page.click("#detail .close")
     page.wait_for_selector(f'#queue .queue-item.rejected[data-asset-id="{env.near_above}"]')
     page.screenshot(path=str(test_output_dir / "webui-review-queue.png"), full_page=True)
 

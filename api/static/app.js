@@ -228,7 +228,6 @@ function renderHits(hits, append) {
     const open = document.createElement("button");
     open.type = "button";
     open.className = "open";
-    open.setAttribute("aria-label", `open asset ${id}`);
     const img = document.createElement("img");
     img.alt = `asset ${id}`;
     img.loading = "lazy";
@@ -314,6 +313,8 @@ async function bulkChange(action) {
   const tag = $("bulk-tag").value.trim();
   if (!tag) { setStatus(status, "type a tag first", "error"); $("bulk-tag").focus(); return; }
   const ids = [...state.selected];
+  // The API changes at most 1000 assets at once (all or nothing); say so before asking.
+  if (ids.length > 1000) { setStatus(status, `${ids.length} selected: at most 1000 at once`, "error"); return; }
   setStatus(status, `${action} “${tag}” on ${ids.length} assets…`);
   try {
     const reply = await changeLabels(ids, tag, action);
@@ -492,6 +493,7 @@ function renderHistory(changes) {
     const when = document.createElement("time");
     when.dateTime = c.at;
     when.textContent = new Date(c.at).toLocaleString();
+    when.title = c.at;
     const what = document.createElement("strong");
     what.textContent = `${c.action} ${c.key}`;
     li.append(when, " · ", c.actor, " · ", what, `: ${stateText(c.before)} → ${stateText(c.after)}`);
@@ -726,7 +728,9 @@ async function loadQueue(more = false) {
   const cursor = more ? `&cursor=${encodeURIComponent(state.queue.cursor)}` : "";
   setStatus(status, "loading…");
   try {
-    const page = await api(`/labels/queue?tag=${encodeURIComponent(tag)}&limit=24${cursor}`);
+    // Page size: data-page-size on #queue (24 by default).
+    const limit = Number($("queue").dataset.pageSize) || 24;
+    const page = await api(`/labels/queue?tag=${encodeURIComponent(tag)}&limit=${limit}${cursor}`);
     if (!more) {
       $("queue").replaceChildren();
       state.queue = { tag: page.tag, threshold: page.threshold, items: [], cursor: null, current: -1 };
@@ -735,10 +739,10 @@ async function loadQueue(more = false) {
     renderQueueItems(page.items);
     state.queue.cursor = page.next_cursor;
     $("queue-more").hidden = !page.next_cursor;
-    const total = state.queue.items.length;
-    setStatus(status, total
-      ? `“${page.tag}” (threshold ${page.threshold.toFixed(2)}): ${total} to review${page.next_cursor ? ", more after these" : ""}`
-      : `nothing to review for “${page.tag}”`, "muted");
+    const left = state.queue.items.filter((x) => !x.decision).length;
+    setStatus(status, left || page.next_cursor
+      ? `“${page.tag}” (threshold ${page.threshold.toFixed(2)}): ${left} to review here${page.next_cursor ? ", more after these" : ""}`
+      : `nothing ${state.queue.items.length ? "more " : ""}to review for “${page.tag}”`, "muted");
     if (page.items.length) focusQueue(first);
   } catch (error) {
     setStatus(status, error.message, "error");
@@ -752,10 +756,7 @@ async function decideQueue(i, action) {
   const status = $("queue-status");
   try {
     await changeLabels([item.asset_id], state.queue.tag, action);
-    item.decision = action === "unreview" ? null : action === "accept" ? "accepted" : "rejected";
-    card.classList.remove("accepted", "rejected");
-    if (item.decision) card.classList.add(item.decision);
-    card.querySelector(".decision").textContent = item.decision || "";
+    markDecision(i, action === "unreview" ? null : action === "accept" ? "accepted" : "rejected");
     const left = state.queue.items.filter((x) => !x.decision).length;
     setStatus(status, `asset ${item.asset_id}: ${item.decision || "unreviewed"} · ${left} left on this page`, "ok");
     if (action !== "unreview") {
@@ -764,14 +765,42 @@ async function decideQueue(i, action) {
       const items = state.queue.items;
       const after = items.findIndex((x, j) => j > i && !x.decision);
       const before = items.findIndex((x) => !x.decision);
+      const loaded = items.length;
       if (after >= 0) focusQueue(after);
-      else if (state.queue.cursor) await loadQueue(true);
-      else if (before >= 0) focusQueue(before);
+      else {
+        if (state.queue.cursor) await loadQueue(true);
+        if (state.queue.items.length === loaded && before >= 0) focusQueue(before);
+      }
     }
   } catch (error) {
     setStatus(status, `asset ${item.asset_id}: ${error.message}`, "error");
   }
 }
+
+function markDecision(i, decision) {
+  const item = state.queue.items[i];
+  const card = queueCards()[i];
+  item.decision = decision;
+  card.classList.remove("accepted", "rejected");
+  if (decision) card.classList.add(decision);
+  card.querySelector(".decision").textContent = decision || "";
+}
+
+// A decision made in the detail dialog (opened from the queue with o or a click) shows on
+// the queue's card when the dialog closes; the keys go on from that card.
+$("detail").addEventListener("close", async () => {
+  if ($("review").hidden || !state.queue.tag) return;
+  const i = state.queue.items.findIndex((x) => x.asset_id === state.detailId);
+  if (i < 0) return;
+  focusQueue(i);
+  try {
+    const view = await api(`/labels/assets/${state.detailId}`);
+    const tag = view.tags.find((t) => t.name === state.queue.tag);
+    markDecision(i, tag && tag.review ? tag.review : null);
+  } catch (error) {
+    setStatus($("queue-status"), error.message, "error");
+  }
+});
 
 $("queue-form").addEventListener("submit", (event) => { event.preventDefault(); loadQueue(false); });
 $("queue-more").addEventListener("click", () => loadQueue(true));
@@ -789,6 +818,7 @@ document.addEventListener("keydown", (event) => {
     a: () => decideQueue(i, "accept"),
     r: () => decideQueue(i, "reject"),
     u: () => decideQueue(i, "unreview"),
+    o: () => openDetail(state.queue.items[i].asset_id),
   };
   const run = keys[event.key];
   if (!run || i < 0) return;
