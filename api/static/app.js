@@ -335,7 +335,7 @@ async function runSearch(append = false) {
   const status = $("search-status");
   const query = append ? { ...state.lastQuery, cursor: state.cursor } : currentQuery();
   state.lastQuery = { ...query, cursor: null };
-  status.textContent = "searching…";
+  setStatus(status, "searching…");
   try {
     const t0 = performance.now();
     const page = await api("/search", {
@@ -348,9 +348,9 @@ async function runSearch(append = false) {
     $("more").hidden = !page.next_cursor;
     const shown = $("results").children.length;
     const pending = page.pending_reindex ? ` · ${page.pending_reindex} assets awaiting re-index` : "";
-    status.textContent = `${shown} shown · ${Math.round(performance.now() - t0)} ms${pending}`;
+    setStatus(status, `${shown} shown · ${Math.round(performance.now() - t0)} ms${pending}`);
   } catch (error) {
-    status.textContent = error.message;
+    setStatus(status, error.message, "error");
   }
 }
 
