@@ -7,9 +7,12 @@ There is no GPU here: the faiss-gpu path of :class:`VectorIndex` is not exercise
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
+import pytest
 
 from indexer.db.session import session_scope
 from indexer.faiss_index import (
@@ -20,9 +23,25 @@ from indexer.faiss_index import (
     rebuild_and_swap,
     writer_lock,
 )
+from indexer.settings import get_settings
 from tests.test_faiss_index import DIM, MODEL, store
 
 pytest_plugins = ["tests.db_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def quick_ivfpq_training(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """IVF-PQ that trains in a fraction of the time, the drift logic unchanged (it looks only
+    at the coarse quantizer): 8 sub-quantizers (``index.pq_m``; the default 64 gives 32 on
+    these 32-d vectors, and FAISS's polysemous training grows with them), and FAISS on one
+    OpenMP thread (two threads ran 2-3x slower on the test machine's shared cores)."""
+    monkeypatch.setenv("RAMDEX_INDEX__PQ_M", "8")
+    get_settings.cache_clear()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+    get_settings.cache_clear()
 
 
 def around(n: int, centre_seed: int, seed: int) -> np.ndarray:
@@ -36,30 +55,33 @@ def around(n: int, centre_seed: int, seed: int) -> np.ndarray:
 
 
 def test_drift_is_measured_and_triggers_a_rebuild(db_url: str, tmp_path: Path) -> None:
-    store(db_url, around(800, centre_seed=1, seed=2))
+    # Sizes just past the thresholds (IVF beyond 200 vectors, drift judged from 256 added):
+    # FAISS trains IVF7,PQ8x2 and then IVF23,PQ8x4 (4 and 5 bits on 800 and 1500 before).
+    exact = 200
+    store(db_url, around(300, centre_seed=1, seed=2))
     with session_scope(db_url) as s:
-        index = open_index(s, MODEL, index_dir=tmp_path, dim=DIM, exact_max_size=300)
-    assert index.kind == IVFPQ and index.training["trained_count"] == 800
+        index = open_index(s, MODEL, index_dir=tmp_path, dim=DIM, exact_max_size=exact)
+    assert index.kind == IVFPQ and index.training["trained_count"] == 300
     first = index.version
 
     # More of the same distribution: incremental adds, no retraining.
     store(db_url, around(300, centre_seed=1, seed=3))
     with session_scope(db_url) as s:
-        index = open_index(s, MODEL, index_dir=tmp_path, dim=DIM, exact_max_size=300)
+        index = open_index(s, MODEL, index_dir=tmp_path, dim=DIM, exact_max_size=exact)
     drift = index.drift()
-    assert index.count == 1100 and drift.added >= 300  # sync re-adds recent updates too
+    assert index.count == 600 and drift.added >= 300  # sync re-adds recent updates too
     assert drift.distance_ratio < 1.2 and not drift.needs_rebuild, drift
-    assert index.training["trained_count"] == 800 and index.version != first
+    assert index.training["trained_count"] == 300 and index.version != first
 
     # New content unlike the old (other centres): far from every coarse centroid -> rebuild.
     probe = VectorIndex.load(index_path(tmp_path, MODEL), mmap=False)
-    probe.add(np.arange(10**6, 10**6 + 400), around(400, centre_seed=7, seed=4))
+    probe.add(np.arange(10**6, 10**6 + 300), around(300, centre_seed=7, seed=4))
     assert probe.drift().needs_rebuild and probe.drift().distance_ratio > 1.2
-    store(db_url, around(400, centre_seed=7, seed=4))
+    store(db_url, around(300, centre_seed=7, seed=4))
     with session_scope(db_url) as s:
-        index = open_index(s, MODEL, index_dir=tmp_path, dim=DIM, exact_max_size=300)
+        index = open_index(s, MODEL, index_dir=tmp_path, dim=DIM, exact_max_size=exact)
         assert index.check(s).in_sync
-    assert index.count == 1500 and index.training["trained_count"] == 1500  # retrained
+    assert index.count == 900 and index.training["trained_count"] == 900  # retrained
     assert index.drift().added == 0 and not index.drift().needs_rebuild
     reader = VectorIndex.load(index_path(tmp_path, MODEL), mmap=True)
     assert reader.training == index.training and reader.version == index.version
