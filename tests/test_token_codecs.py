@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
@@ -12,6 +13,28 @@ from indexer.token_codecs import CodecError, PCACodec, PQCodec, train_codec
 from indexer.token_store import TokenStore, TokenStoreError, bytes_per_asset
 
 T, C = 145, 512
+# What the tests that train a PQ codebook lower the training floor to (patched in
+# ``token_codecs``): 8 tokens per centroid instead of FAISS's 39, and still PCA's 4 x 512. PQ
+# training (64 k-means of 256 centroids) is linear in the tokens and took most of this module's
+# time on the real floor (69-80 assets); test_training_needs_enough_tokens keeps the real one.
+SMALL_FLOOR = 256 * 8
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    """FAISS on one OpenMP thread: its k-means ran 2x slower on two threads sharing the test
+    machine's cores with other processes."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture()
+def small_floor(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Codecs train from :data:`SMALL_FLOOR` tokens up (and ``min_train_assets`` follows)."""
+    monkeypatch.setattr(token_codecs, "MIN_TRAIN_TOKENS", SMALL_FLOOR)
+    return SMALL_FLOOR
 
 
 def low_rank_tokens(n: int, seed: int = 0, rank: int = 32, noise: float = 0.01) -> np.ndarray:
@@ -35,9 +58,12 @@ def test_bytes_per_asset_of_the_compact_formats() -> None:
         bytes_per_asset("pq7")
 
 
-@pytest.mark.parametrize(("fmt", "bound"), [("pca64i8", 0.02), ("pq64", 0.6)])
-def test_round_trip_error_bounds(fmt: str, bound: float) -> None:
-    train, test = low_rank_tokens(80, seed=1), low_rank_tokens(20, seed=2)
+@pytest.mark.parametrize(
+    ("fmt", "bound", "assets"),
+    [("pca64i8", 0.02, 80), ("pq64", 0.6, 20)],  # pq64 on 80 assets: 0.53, on 20: 0.54
+)
+def test_round_trip_error_bounds(fmt: str, bound: float, assets: int, small_floor: int) -> None:
+    train, test = low_rank_tokens(assets, seed=1), low_rank_tokens(20, seed=2)
     codec = train_codec(fmt, train)
     back = codec.decode(codec.encode(test))
     assert back.shape == test.shape
@@ -47,10 +73,15 @@ def test_round_trip_error_bounds(fmt: str, bound: float) -> None:
     assert rel_err(noise, test) > 1.0
 
 
-def test_pq_training_is_deterministic() -> None:
-    train = low_rank_tokens(80, seed=1)
+def test_pq_training_is_deterministic(small_floor: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # More tokens than the training sample: the seeded sampling is part of what must repeat.
+    monkeypatch.setattr(token_codecs, "TRAIN_TOKENS", small_floor)
+    train = low_rank_tokens(20, seed=1)
+    assert train.shape[0] * T > small_floor
     a, b = PQCodec.train("pq64", train, seed=0), PQCodec.train("pq64", train, seed=0)
     np.testing.assert_array_equal(a.centroids, b.centroids)
+    # and the seed is what decides (equal centroids are not a constant)
+    assert not np.array_equal(PQCodec.train("pq64", train, seed=1).centroids, a.centroids)
 
 
 def test_training_needs_enough_tokens() -> None:
@@ -59,7 +90,9 @@ def test_training_needs_enough_tokens() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["pca64i8", "pq64"])
-def test_codebook_persists_in_the_store_and_is_not_retrained(tmp_path, fmt: str) -> None:
+def test_codebook_persists_in_the_store_and_is_not_retrained(
+    tmp_path, fmt: str, small_floor: int
+) -> None:
     need = token_codecs.min_train_assets(T)
     first, later = low_rank_tokens(need, seed=4), low_rank_tokens(10, seed=5)
     store = TokenStore(tmp_path, tokens=T, dim=C, fmt=fmt)
