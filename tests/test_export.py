@@ -229,6 +229,10 @@ def test_api_exports(archive: Archive, tmp_path: Path):
         assert _subjects(archive.photo.with_name("a.xmp"))[0] == ["bird", "dog (ai)"]
         reply = client.post("/exports/xmp", json={"all": ["nope"]}, headers=keys.write)
         assert reply.status_code == 422
+        # the names search takes are what exports take: a manual free keyword
+        reply = client.get("/exports/assets.json", params={"all": "holiday"}, headers=keys.read)
+        assert reply.status_code == 200, reply.text
+        assert [a["asset_id"] for a in reply.json()["assets"]] == [archive.local.id]
 
         reply = client.get("/exports/assets.csv", params={"any": ["cat", "dog"]},
                            headers=keys.read)  # fmt: skip

@@ -313,3 +313,17 @@ def test_concurrent_changes_of_one_asset_take_turns(pg_migrated_url: str) -> Non
     thread.join(10)
     assert results == [(1, 0), (0, 1)]
     assert [c[-1] for c in changes(url)] == ["first"]
+
+
+def test_remove_takes_the_file_keyword_off_too_and_reject_beats_it() -> None:
+    """A person's word wins over a file's keyword: remove clears manual and embedded, and a
+    rejection keeps an embedded tag from matching (indexer/db/tag_match.py)."""
+    from indexer.db.label_repo import LabelState, apply_action
+    from indexer.db.tag_match import match_sources
+
+    both = LabelState(True, True, None)
+    assert apply_action(both, "remove") == LabelState(False, False, None)
+    rejected = LabelState(False, True, "rejected")
+    assert apply_action(rejected, "remove") == LabelState(False, False, "rejected")
+    assert match_sources(score_source="model", above=True, embedded=True, review="rejected") == ()
+    assert match_sources(score_source=None, above=False, embedded=True) == ("embedded",)

@@ -2,7 +2,7 @@
 PostgreSQL and SQLite, checked against a NumPy oracle of the documented rule (not against the
 code under test):
 
-- manual and embedded labels always match, an accepted model tag matches at any score;
+- manual labels always match, embedded ones unless rejected, an accepted model tag at any score;
 - a model score matches above the tag's threshold (or >= min_score) unless the tag is rejected;
 - ``sources`` keeps only some of those; a label match ranks as 1.0;
 - re-scoring (the same model again, or a new model) never brings back a rejected tag or drops a
@@ -98,8 +98,8 @@ class Corpus:
         out = np.zeros(N, bool)
         if "manual" in sources:
             out |= self.manual[:, j]
-        if "embedded" in sources:
-            out |= self.embedded[:, j]
+        if "embedded" in sources:  # the file's keyword, unless a person rejected it
+            out |= self.embedded[:, j] & ~self.rejected[:, j]
         if "model" in sources:  # every tag here is a built-in one
             out |= self.accepted[:, j]
         return out

@@ -102,12 +102,12 @@ def test_errors_and_merge(env: str, tmp_path: Path) -> None:
     code, out = ramdex("taxonomy", "import", str(extra), "--merge", "--dry-run", "--json")
     assert code == 0 and json.loads(out)["concepts"] == 19, out
     code, out = ramdex("taxonomy", "show", "boat")
-    assert code == 1 and out.startswith("error: the taxonomy has no term 'boat'"), out
+    assert code == 2 and out.startswith("error: the taxonomy has no term 'boat'"), out
     assert ramdex("taxonomy", "import", str(extra), "--merge")[0] == 0
     code, out = ramdex("taxonomy", "show", "boat", "--json")
     assert code == 0 and json.loads(out)["parents"] == [{"key": "vehicle", "label": "vehicle"}]
     assert ramdex("taxonomy", "show", "car")[0] == 0  # the merge kept the rest
     # --replace (the default) leaves only the file
     assert ramdex("taxonomy", "import", str(extra), "--replace")[0] == 0
-    assert ramdex("taxonomy", "show", "car")[0] == 1
+    assert ramdex("taxonomy", "show", "car")[0] == 2
     one_error(*ramdex("taxonomy", "export", str(tmp_path / "x.txt")), "format")

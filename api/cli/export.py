@@ -127,7 +127,8 @@ def _explained_tags() -> Iterator[None]:
         shown = ", ".join(repr(str(n)) for n in exc.names)
         raise RamdexError(
             f"unknown tag {shown} for model {exc.model_name}",
-            hint="tags are the model's English or Chinese tag names (ramdex tag list)",
+            hint="give a tag the model outputs (English or Chinese; `ramdex search` shows them "
+            "beside each hit), a taxonomy term, or a keyword a person or a file added",
         ) from None
 
 
@@ -230,12 +231,20 @@ def _table(kind: str, tag, any_, none, asset_id, sources, out, progress) -> None
 
     selection = _selection(tag, any_, none, asset_id, sources)
     with _archive() as (archive, model_id), _explained_tags():
+        exported = 0
+
         with _bar(_total(archive, selection), progress if out else False, kind) as bar:
-            pages = iter_export_assets(archive.sessions, model_id, selection, on_page=bar.update)
+
+            def on_page(n: int) -> None:
+                nonlocal exported
+                exported += n  # counted here: a disabled bar counts nothing
+                bar.update(n)
+
+            pages = iter_export_assets(archive.sessions, model_id, selection, on_page=on_page)
             chunks = iter_csv(pages) if kind == "csv" else iter_json(pages, model_id)
             write_text(chunks, out)
     if out is not None:
-        typer.echo(f"wrote {out} ({bar.n} assets)", err=True)
+        typer.echo(f"wrote {out} ({exported} assets)", err=True)
 
 
 OutFile = Annotated[

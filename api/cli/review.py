@@ -115,7 +115,7 @@ def add(tag: TagArgument, asset_ids: AssetIdsArgument, as_json: JsonOption = Fal
 
 @app.command("remove")
 def remove(tag: TagArgument, asset_ids: AssetIdsArgument, as_json: JsonOption = False) -> None:
-    """Remove a manual tag from assets (model scores and review decisions stay)."""
+    """Take a tag off assets: the manual tag and the file's keyword (scores and decisions stay)."""
     _change("remove", tag, asset_ids, as_json)
 
 
@@ -127,7 +127,7 @@ def accept(tag: TagArgument, asset_ids: AssetIdsArgument, as_json: JsonOption = 
 
 @app.command("reject")
 def reject(tag: TagArgument, asset_ids: AssetIdsArgument, as_json: JsonOption = False) -> None:
-    """Reject a model or concept tag on assets: it never matches, whatever the score."""
+    """Reject a tag on assets: it never matches by score or by the file's keyword."""
     _change("reject", tag, asset_ids, as_json)
 
 
@@ -236,7 +236,10 @@ def queue(
         }
         typer.echo(json.dumps(shown, ensure_ascii=False, indent=2))
         return
-    typer.echo(f"{page.tag.english}: threshold {page.threshold:.3f}, {len(items)} to review")
+    typer.echo(
+        f"{page.tag.english}: threshold {page.threshold:.3f}; {len(items)} undecided assets "
+        "nearest it first"
+    )
     for i in items:
         typer.echo(f"  asset {i['asset_id']}  score {i['score']:.3f}  distance {i['distance']:.3f}")
     if page.next_cursor:

@@ -105,7 +105,6 @@ def show_command(
             f"the taxonomy has no term {term!r}",
             hint="`ramdex taxonomy show` lists every concept; import a vocabulary with "
             "`ramdex taxonomy import FILE`",
-            exit_code=1,
         )
     if as_json:
         typer.echo(json.dumps(asdict(info), ensure_ascii=False, indent=1))

@@ -94,7 +94,8 @@ def _archive(model: str | None) -> Iterator[tuple[Session, str]]:
         except UnknownTagError as exc:
             raise RamdexError(
                 str(exc),
-                hint="name a tag of the model in English or Chinese (GET /tags lists them)",
+                hint="name a tag of the model in English or Chinese (`ramdex search` shows them "
+                "beside each hit)",
             ) from None
         except ValueError as exc:
             raise RamdexError(str(exc)) from None

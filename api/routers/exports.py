@@ -78,10 +78,10 @@ def _exiftool_or_503() -> None:
 def _check_tags(services: ServicesDep, model_id: str, names: list[str]) -> None:
     """Unknown query tags answer 422 before anything streams (UnknownTagError's handler)."""
     if names:
-        from indexer.db.tag_repo import resolve_tags
+        from indexer.db.query_terms import resolve_terms
 
-        with services.sessions() as session:
-            resolve_tags(session, model_id, names)
+        with services.sessions() as session:  # the names search takes: tags, synonyms, keywords
+            resolve_terms(session, model_id, names)
 
 
 @router.post(

@@ -77,13 +77,14 @@ _NO_ROW = LabelState()
 
 
 def apply_action(state: LabelState, action: LabelAction | str) -> LabelState:
-    """The state after ``action`` (add/remove: the manual flag; accept/reject/unreview: the
-    review decision; embed: the embedded flag)."""
+    """The state after ``action`` (add: the manual flag; remove: the manual and the embedded
+    flag, a person taking the tag off the asset, the file's keyword included; accept/reject/
+    unreview: the review decision; embed: the embedded flag)."""
     act = LabelAction(action)
     if act is LabelAction.ADD:
         return LabelState(True, state.embedded, state.review)
     if act is LabelAction.REMOVE:
-        return LabelState(False, state.embedded, state.review)
+        return LabelState(False, False, state.review)
     if act is LabelAction.EMBED:
         return LabelState(state.manual, True, state.review)
     review = {

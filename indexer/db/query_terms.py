@@ -8,7 +8,9 @@ keywords (matched by labels only: a manual tag outside the vocabulary, a keyword
 file). :class:`Term` keeps, per key, the query name it answers, so a hit can say which term
 matched ("car", for "automobile").
 
-A name that is no tag, no taxonomy term and no label is unknown (UnknownTagError), as before.
+A name that is no tag, no taxonomy term and no label is unknown (UnknownTagError), as before;
+a taxonomy concept with no tag of its own matches its labels (and, with ``narrower``, its
+narrower concepts' tags).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from indexer.db.labels import AssetLabel, label_key
 from indexer.db.tag_match import FreeKeyword
 from indexer.db.tag_repo import resolve_tags
 from indexer.db.tags import Tag
-from indexer.db.taxonomy_repo import expand
+from indexer.db.taxonomy_repo import expand, lookup
 
 
 @dataclass
@@ -76,8 +78,8 @@ def resolve_terms(
                 term.tags.append(FreeKeyword(-(len(out) * 1000 + len(term.tags) + 1), written))
                 if key != own:
                     term.expanded_from[key] = str(name)
-        if len(expansions) == 1 and not seen and not _has_labels(session, own):
-            unknown.append(name)
+        if not seen and lookup(session, name) is None and not _has_labels(session, own):
+            unknown.append(name)  # no tag, no taxonomy concept, no label: a typo, most likely
         out[name] = term
     if unknown:
         raise UnknownTagError(unknown, model_name)

@@ -2,10 +2,12 @@
 
 A tag term matches an asset (issue 13, docs/review.md) when
 
-- a label (``asset_labels``, keyed by the tag's name) says ``manual``, ``embedded`` or
-  ``review = accepted``; or
+- a label (``asset_labels``, keyed by the tag's name) says ``manual`` or ``review =
+  accepted``, or ``embedded`` (a keyword of the file) and not ``review = rejected``; or
 - the asset's stored score for T is above T's effective threshold (or ``>= min_score``) and
   no label says ``review = rejected``.
+
+A person's word wins: a manual tag over a rejection, a rejection over the model and the file.
 
 ``sources`` narrows that to some provenances: ``model`` (built-in tags' scores), ``concept``
 (promoted concepts' scores), ``manual``, ``embedded``; an ``accepted`` review counts for the
@@ -81,8 +83,13 @@ class TagMatch:
         flags: list[sa.ColumnElement[bool]] = []
         if TagSource.MANUAL in self.sources:
             flags.append(alias.c.manual.is_(True))
-        if TagSource.EMBEDDED in self.sources:
-            flags.append(alias.c.embedded.is_(True))
+        if TagSource.EMBEDDED in self.sources:  # a file's keyword, unless a person rejected it
+            flags.append(
+                sa.and_(
+                    alias.c.embedded.is_(True),
+                    sa.or_(alias.c.review.is_(None), alias.c.review != Review.REJECTED.value),
+                )
+            )
         if self.sources & {TagSource.MODEL, TagSource.CONCEPT}:
             flags.append(alias.c.review == Review.ACCEPTED.value)
         return flags
@@ -110,7 +117,7 @@ def match_sources(
             sources.append(score_source)
     if manual:
         sources.append(TagSource.MANUAL.value)
-    if embedded:
+    if embedded and review != Review.REJECTED.value:
         sources.append(TagSource.EMBEDDED.value)
     return tuple(sources)
 
