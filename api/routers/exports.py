@@ -150,7 +150,12 @@ def _stream(
     )
 
 
-@router.get("/assets.csv", summary="Assets with tags, scores and sources as CSV (streamed)")
+@router.get(
+    "/assets.csv",
+    summary="Assets with tags, scores and sources as CSV (streamed)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 def assets_csv(
     principal: ReadKey,
     services: ServicesDep,
@@ -162,7 +167,12 @@ def assets_csv(
     return _stream("csv", principal, services, all_, any_, none, sources)
 
 
-@router.get("/assets.json", summary="Assets with tags, scores and sources as JSON (streamed)")
+@router.get(
+    "/assets.json",
+    summary="Assets with tags, scores and sources as JSON (streamed)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}},
+)
 def assets_json(
     principal: ReadKey,
     services: ServicesDep,

@@ -25,12 +25,15 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminKey, ReadKey, SessionDep
 from api.problems import ProblemError
+from api.schemas import NO_NUL
 from indexer.db import taxonomy_repo as repo
 from indexer.taxonomy import TaxonomyFileError, parse_bytes, to_csv, to_json
 
 router = APIRouter(prefix="/taxonomy", tags=["taxonomy"])
 
-TermName = Annotated[str, Path(min_length=1, max_length=256, description="any name of a concept")]
+TermName = Annotated[
+    str, Path(min_length=1, max_length=256, pattern=NO_NUL, description="any name of a concept")
+]
 
 
 class ConceptRefOut(BaseModel):
@@ -108,7 +111,7 @@ def term(term: TermName, _: ReadKey, session: SessionDep) -> TermOut:
 def expand(
     _: ReadKey,
     session: SessionDep,
-    term: Annotated[str, Query(min_length=1, max_length=256)],
+    term: Annotated[str, Query(min_length=1, max_length=256, pattern=NO_NUL)],
     descendants: Annotated[bool, Query(description="include narrower concepts")] = False,
 ) -> ExpandOut:
     found = repo.expand(session, term, descendants=descendants)
