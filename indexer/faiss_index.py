@@ -464,7 +464,11 @@ class VectorIndex:
         records the quantizer's fit on the sample (``training``) for :meth:`drift`."""
         self.params = ivfpq_params(train.shape[0], self.dim, self.nlist, self.pq_m)
         p = self.params
-        codes = f"PQ{p['m']}x{p['nbits']}" if kind == IVFPQ else "Flat"
+        # "np": no polysemous training. It only reorders each sub-quantizer's centroids so that
+        # Hamming distances between codes mean something, for polysemous filtering, which the
+        # index never uses (asymmetric distances are unchanged), and it was nearly all of the
+        # build: 86.9 s -> 2.5 s training 16,384 x 512-d at nlist 256, PQ64 (2 cores).
+        codes = f"PQ{p['m']}x{p['nbits']}np" if kind == IVFPQ else "Flat"
         index = faiss.index_factory(
             self.dim, f"IVF{p['nlist']},{codes}", faiss.METRIC_INNER_PRODUCT
         )
