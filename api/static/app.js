@@ -469,7 +469,8 @@ function renderLabelTags(tags) {
       if (tag.review !== "rejected") actions.append(actionButton("Reject", tag, "reject", "bad"));
       if (tag.review) actions.append(actionButton("Unreview", tag, "unreview", "secondary"));
     }
-    if (tag.manual) actions.append(actionButton("Remove", tag, "remove", "secondary"));
+    // Remove takes a person's tag and the file's keyword off the asset.
+    if (tag.manual || tag.embedded) actions.append(actionButton("Remove", tag, "remove", "secondary"));
     tr.append(name, sources, score, review, actions);
     body.append(tr);
   }
