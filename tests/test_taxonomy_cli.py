@@ -111,3 +111,24 @@ def test_errors_and_merge(env: str, tmp_path: Path) -> None:
     assert ramdex("taxonomy", "import", str(extra), "--replace")[0] == 0
     assert ramdex("taxonomy", "show", "car")[0] == 2
     one_error(*ramdex("taxonomy", "export", str(tmp_path / "x.txt")), "format")
+
+
+def test_import_says_how_many_concepts_name_a_tag(env: str, tmp_path: Path, monkeypatch) -> None:
+    """A vocabulary made for another model imports and then matches nothing: the import says
+    how many concepts name a tag of the configured model, and warns at none."""
+    import numpy as np
+
+    from indexer import db
+    from ram_pp.vocab import TagVocabulary
+
+    monkeypatch.setenv("RAMDEX_MODEL__NAME", "test_micro")
+    with session_scope(env) as s:
+        vocab = TagVocabulary(("dog", "sky"), ("狗", "天空"), np.array([0.5, 0.5], np.float32))
+        db.ensure_vocabulary(s, "test_micro@random", vocab)
+    code, out = ramdex("taxonomy", "import", str(EXAMPLE))
+    assert code == 0 and "1 of 17 concepts name a tag of the configured model" in out, out
+    assert "warning" not in out
+    other = tmp_path / "other.csv"
+    other.write_text("en,zh,alt_en,alt_zh,broader\nlorry,卡车,truck,,\n", encoding="utf-8")
+    code, out = ramdex("taxonomy", "import", str(other))
+    assert code == 0 and "0 of 1 concepts name a tag" in out and "warning: no concept" in out

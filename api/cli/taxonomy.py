@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -83,6 +83,45 @@ def import_command(
     )
     if result.bare:
         typer.echo(f"broader tag names without a row of their own: {', '.join(result.bare)}")
+    _say_what_matches(concepts)
+
+
+def _say_what_matches(concepts: list[Any]) -> None:
+    """How many of the file's concepts name a tag of the configured model: a vocabulary made
+    for another model imports fine and then matches nothing, which should not be a surprise."""
+    import sqlalchemy as sa
+
+    from indexer.db.labels import label_key
+    from indexer.db.tags import Tag
+    from indexer.models import ModelNotAvailableError, configured_model_id
+    from indexer.settings import get_settings
+
+    try:
+        model_id = configured_model_id(get_settings())
+    except ModelNotAvailableError:
+        return
+    with _session() as session:
+        english = {label_key(e) for e in session.scalars(
+            sa.select(Tag.english).where(Tag.model_name == model_id)
+        )}  # fmt: skip
+        chinese = set(session.scalars(sa.select(Tag.chinese).where(Tag.model_name == model_id)))
+    if not english:
+        return  # nothing ingested yet: the tags are not known to the archive
+    named = sum(
+        1
+        for c in concepts
+        if any(
+            label_key(n) in english or n in chinese
+            for n in [*c.pref.values(), *(a for names in c.alt.values() for a in names)]
+        )
+    )
+    typer.echo(f"{named} of {len(concepts)} concepts name a tag of the configured model")
+    if named == 0:
+        typer.echo(
+            "warning: no concept names a tag the model outputs, so search finds only what "
+            "people and files labelled with these names (check the file is for this model)",
+            err=True,
+        )
 
 
 @app.command("show")
