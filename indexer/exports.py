@@ -28,12 +28,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db.assets import Asset, AssetSource, AssetStatus
-from indexer.db.labels import AssetLabel, TagSource, label_key
-from indexer.db.tag_match import match_sources
-from indexer.db.tag_repo import per_asset_rows
+from indexer.db.labels import TagSource, label_key
 from indexer.db.tags import Tag, TagOrigin
 from indexer.db.taxonomy import TaxonomyBroader, TaxonomyTerm
 from indexer.keywords import SidecarJob, SidecarName, sidecar_path, write_xmp_sidecars
+from indexer.provenance import TagOnAsset, tags_on_assets
 
 PAGE = 500  # assets per page (one session, one scores probe, one sidecar batch)
 MAX_PATHS = 16  # hierarchy paths per tag (a tag with many parents)
@@ -64,36 +63,6 @@ class Selection:
 
 
 @dataclass
-class ExportTag:
-    """One tag of an exported asset: what it is, its score and why it is there."""
-
-    key: str
-    name: str
-    chinese: str | None = None
-    tag_id: int | None = None
-    score: float | None = None
-    threshold: float | None = None
-    sources: list[str] = field(default_factory=list)
-    review: str | None = None
-    manual: bool = False  # the asset's label, read to work out ``sources``
-    embedded: bool = False
-
-    @property
-    def model_only(self) -> bool:
-        """Only the model says so: no review, not manual, not embedded."""
-        return self.review is None and set(self.sources) <= {"model", "concept"}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form (CSV tag_details and the JSON export)."""
-        return {
-            "name": self.name, "key": self.key, "chinese": self.chinese, "tag_id": self.tag_id,
-            "score": None if self.score is None else round(self.score, 4),
-            "threshold": None if self.threshold is None else round(self.threshold, 4),
-            "sources": self.sources, "review": self.review,
-        }  # fmt: skip
-
-
-@dataclass
 class ExportAsset:
     """One exported asset: its facts, where it came from, its selected tags (best first)."""
 
@@ -105,7 +74,7 @@ class ExportAsset:
     created_at: datetime | None
     source_uris: list[str]
     storage_path: str | None
-    tags: list[ExportTag]
+    tags: list[TagOnAsset]
 
     def to_dict(self, hide: Callable[[str], str] | None = None) -> dict[str, Any]:
         """JSON form; ``hide`` rewrites source URIs (server paths hidden from read keys)."""
@@ -194,60 +163,19 @@ def load_vocabulary(session: Session, model_name: str) -> dict[int, _TagInfo]:
 
 def select_tags(
     session: Session,
+    model_name: str,
     asset_ids: Sequence[int],
-    vocabulary: dict[int, _TagInfo],
     sources: Iterable[TagSource] = tuple(TagSource),
-) -> dict[int, list[ExportTag]]:
-    """The tags each asset is exported with (module docstring), best first: matching labels
-    (manual, embedded, accepted) before model scores, then by score."""
+) -> dict[int, list[TagOnAsset]]:
+    """The tags each asset is exported with (module docstring), best first: labelled ones
+    (manual, embedded, accepted) before what only the model says, then by score."""
     wanted = {TagSource(s).value for s in sources}
-    by_key = {label_key(t.english): t for t in sorted(vocabulary.values(), key=lambda t: -t.id)}
-    tags: dict[int, dict[str, ExportTag]] = {a: {} for a in asset_ids}
-    if not asset_ids:
-        return {}
-    stmt, probe = per_asset_rows(
-        session, asset_ids, ("asset_id", "tag_id", "score"), lambda t: sa.true()
-    )
-    for asset_id, tag_id, score in session.execute(stmt):
-        info = vocabulary.get(int(tag_id))
-        if info is None:
-            continue
-        key = label_key(info.english)
-        entry = tags[int(asset_id)].setdefault(key, _entry(key, info))
-        entry.score = float(score)
-    labels = session.scalars(sa.select(AssetLabel).where(AssetLabel.asset_id.in_(asset_ids)))
-    for row in labels:
-        info = by_key.get(row.key)
-        entry = tags[row.asset_id].setdefault(
-            row.key, _entry(row.key, info) if info else ExportTag(row.key, row.label)
-        )
-        entry.review = row.review
-        entry.manual, entry.embedded = row.manual, row.embedded
-    for by_asset in tags.values():
-        for entry in by_asset.values():
-            info = vocabulary.get(entry.tag_id) if entry.tag_id is not None else None
-            # the search rule (indexer/db/tag_match.py)
-            entry.sources = list(
-                match_sources(
-                    score_source=info.source if info else None,
-                    above=info is not None
-                    and entry.score is not None
-                    and entry.score > info.threshold,
-                    manual=entry.manual,
-                    embedded=entry.embedded,
-                    review=entry.review,
-                )
-            )
-    result: dict[int, list[ExportTag]] = {}
-    for asset_id in asset_ids:
-        kept = [t for t in tags[asset_id].values() if set(t.sources) & wanted]
+    result: dict[int, list[TagOnAsset]] = {}
+    for asset_id, views in tags_on_assets(session, model_name, asset_ids).items():
+        kept = [t for t in views if set(t.sources) & wanted]
         kept.sort(key=lambda t: (t.model_only, -(t.score or 0.0), t.name))
         result[asset_id] = kept
     return result
-
-
-def _entry(key: str, info: _TagInfo) -> ExportTag:
-    return ExportTag(key, info.english, info.chinese, info.id, threshold=info.threshold)
 
 
 def iter_export_assets(
@@ -263,8 +191,6 @@ def iter_export_assets(
     Raises:
         UnknownTagError: a query names no tag of the model.
     """
-    with sessions() as session:
-        vocabulary = load_vocabulary(session, model_name)
     for ids in iter_asset_pages(sessions, model_name, selection, page):
         with sessions() as session:
             assets = {
@@ -284,7 +210,7 @@ def iter_export_assets(
             ):
                 uris.setdefault(int(asset_id), []).append(uri)
             tags = select_tags(
-                session, [i for i in ids if i in assets], vocabulary, selection.sources
+                session, model_name, [i for i in ids if i in assets], selection.sources
             )
         found = [
             ExportAsset(
@@ -421,7 +347,7 @@ def sidecar_jobs(
     """The sidecars of one asset with its subjects (and hierarchical subjects when the
     taxonomy has a hierarchy)."""
 
-    def shown(tag: ExportTag, text: str) -> str:
+    def shown(tag: TagOnAsset, text: str) -> str:
         return f"{options.model_prefix}{text}{options.model_suffix}" if tag.model_only else text
 
     subjects = tuple(shown(t, t.name) for t in asset.tags)

@@ -14,7 +14,7 @@ Nothing here commits: the API route and the CLI command commit (one transaction 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -25,16 +25,14 @@ from indexer.db.errors import NotFoundError, UnknownTagError
 from indexer.db.label_repo import QueueCursor, QueueItem
 from indexer.db.labels import (
     MAX_LABEL_LENGTH,
-    AssetLabel,
     LabelAction,
     LabelChange,
-    TagSource,
 )
 from indexer.db.labels import label_key as key_of
-from indexer.db.tag_match import match_sources
 from indexer.db.tag_repo import resolve_tags
-from indexer.db.tags import AssetTag, Tag, TagOrigin
+from indexer.db.tags import Tag
 from indexer.errors import RamdexError
+from indexer.provenance import TagOnAsset, tags_on_assets
 
 #: Actions on a model or concept tag's review decision (the name must be a vocabulary tag).
 REVIEW_ACTIONS = frozenset({LabelAction.ACCEPT, LabelAction.REJECT, LabelAction.UNREVIEW})
@@ -148,85 +146,21 @@ def change(
     return ChangeResult(changed, unchanged, resolved)
 
 
-@dataclass
-class TagView:
-    """One tag of an asset with where it comes from (the provenance view)."""
-
-    key: str
-    name: str
-    chinese: str | None = None
-    tag_id: int | None = None
-    score: float | None = None
-    threshold: float | None = None
-    sources: list[str] = field(default_factory=list)
-    review: str | None = None
-    manual: bool = False
-    embedded: bool = False
-    matches: bool = False
-
-
-def _score_source(tag: Tag) -> str:
-    return (TagSource.CONCEPT if tag.origin == TagOrigin.CONCEPT.value else TagSource.MODEL).value
-
-
-def provenance(session: Session, model_id: str, asset_id: int) -> list[TagView]:
+def provenance(session: Session, model_id: str, asset_id: int) -> list[TagOnAsset]:
     """Every tag the asset has by any source: the model's and concepts' tags scored above
-    their threshold and every label row; matching tags first, then by score, then name.
+    their threshold and every labelled name; matching tags first, then by score, then name.
 
-    ``sources`` lists ``model``/``concept`` when the score is above the threshold or the tag
-    was accepted, ``manual`` and ``embedded`` from the label; ``matches`` is what a default
-    tag search decides (manual, embedded or accepted; or above the threshold and not rejected).
+    ``sources`` says what makes each match (indexer/db/tag_match.py, empty for a rejected or
+    removed one); ``matches`` is what a default tag search decides.
 
     Raises:
         NotFoundError: no such asset.
     """
     if get_asset(session, asset_id) is None:
         raise NotFoundError(f"asset {asset_id} does not exist")
-    labels = {row.key: row for row in label_repo.labels_of(session, asset_id)}
-    stmt = (
-        sa.select(Tag, AssetTag.score)
-        .join(AssetTag, AssetTag.tag_id == Tag.id)
-        .where(AssetTag.asset_id == asset_id, Tag.model_name == model_id)
-    )
-    scored: dict[str, tuple[Tag, float | None]] = {}
-    for tag, score in session.execute(stmt):
-        if float(score) > tag.effective_threshold or key_of(tag.english) in labels:
-            scored[key_of(tag.english)] = (tag, float(score))
-    unscored = [k for k in labels if k not in scored]
-    if unscored:  # labelled vocabulary tags the asset has no stored score for
-        rows = session.scalars(
-            sa.select(Tag).where(
-                Tag.model_name == model_id, sa.func.lower(Tag.english).in_(unscored)
-            )
-        )
-        for tag in rows:
-            if key_of(tag.english) in labels:
-                scored.setdefault(key_of(tag.english), (tag, None))
-    views = [_view(key, scored.get(key), labels.get(key)) for key in scored.keys() | labels.keys()]
-    return sorted(views, key=lambda v: (not v.matches, -(v.score or 0.0), v.name.casefold()))
-
-
-def _view(key: str, scored: tuple[Tag, float | None] | None, label: AssetLabel | None) -> TagView:
-    tag, score = scored if scored is not None else (None, None)
-    view = TagView(key=key, name=tag.english if tag else (label.label if label else key))
-    if tag is not None:
-        view.chinese, view.tag_id, view.threshold = tag.chinese, tag.id, tag.effective_threshold
-    view.score = score
-    if label is not None:
-        view.manual, view.embedded, view.review = label.manual, label.embedded, label.review
-    above = score is not None and view.threshold is not None and score > view.threshold
-    # the search rule (indexer/db/tag_match.py): what makes the tag match, none when it does not
-    view.sources = list(
-        match_sources(
-            score_source=_score_source(tag) if tag is not None else None,
-            above=above,
-            manual=view.manual,
-            embedded=view.embedded,
-            review=view.review,
-        )
-    )
-    view.matches = bool(view.sources)
-    return view
+    views = tags_on_assets(session, model_id, [asset_id]).get(asset_id, [])
+    shown = [v for v in views if v.matches or v.labelled]
+    return sorted(shown, key=lambda v: (not v.matches, -(v.score or 0.0), v.name.casefold()))
 
 
 def history(session: Session, asset_id: int, limit: int = 100) -> list[LabelChange]:
