@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from api.cli import app
 from indexer.settings import Settings, get_settings
 from indexer.stores import open_token_store, token_store_path
 from indexer.token_store import TokenStore, bytes_per_asset
+from tests.cli_support import run_ramdex as ramdex
 from tests.s3_support import free_port, s3_client
 
 # the moto server (`server`) and a fresh bucket per test (`bucket`)
@@ -48,20 +47,6 @@ def _env(monkeypatch: pytest.MonkeyPatch, home: Path, **extra: str) -> Settings:
         monkeypatch.setenv(f"RAMDEX_{key}", value)
     get_settings.cache_clear()
     return get_settings()
-
-
-def ramdex(*args: str) -> tuple[int, str]:
-    """Run ``ramdex ARGS`` in this process: (exit code, stdout and stderr)."""
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        get_settings.cache_clear()
-    # An unexplained exception is a bug: CliRunner keeps it instead of printing a traceback.
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"{type(result.exception).__name__}: {result.exception}\n{result.output}"
-    )
-    return result.exit_code, result.output
 
 
 def stats(*args: str) -> dict:

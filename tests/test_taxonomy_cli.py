@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner
 
-from api.cli import app
 from indexer.db.session import session_scope
 from indexer.db.taxonomy import TaxonomyBroader, TaxonomyTerm
 from indexer.settings import get_settings
+from tests.cli_support import assert_first_line_error as one_error
+from tests.cli_support import run_ramdex as ramdex
 
 pytest_plugins = ["tests.db_fixtures"]
 
@@ -34,25 +34,6 @@ def env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         s.execute(sa.delete(TaxonomyTerm))
     yield db_url
     get_settings.cache_clear()
-
-
-def ramdex(*args: str) -> tuple[int, str]:
-    """Run ``ramdex ARGS`` in this process: (exit code, stdout and stderr)."""
-    get_settings.cache_clear()
-    result = CliRunner().invoke(app, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"{type(result.exception).__name__}: {result.exception}\n{result.output}"
-    )
-    return result.exit_code, result.output
-
-
-def one_error(code: int, out: str, *words: str) -> None:
-    """Exit 2 with one ``error:`` line and at most a ``hint:``, no traceback."""
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert code == 2 and lines[0].startswith("error: ") and len(lines) <= 2, out
-    assert "Traceback" not in out
-    for word in words:
-        assert word in lines[0], out
 
 
 def test_import_show_stats_export(env: str, tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from api.cli import app
 from indexer.settings import get_settings
+from tests.cli_support import assert_first_line_error as one_error
+from tests.cli_support import run_ramdex
 from tests.test_thresholds import BOUNDARY, FLOOR, dog_archive, searched
 
 pytest_plugins = ["tests.db_fixtures"]
@@ -47,21 +47,7 @@ def archive(
 
 def ramdex(*args: str, stdin: str | None = None) -> tuple[int, str]:
     """Run ``ramdex thresholds ARGS`` in this process: (exit code, stdout and stderr)."""
-    get_settings.cache_clear()
-    result = CliRunner().invoke(app, ["thresholds", *args], input=stdin)
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"{type(result.exception).__name__}: {result.exception}\n{result.output}"
-    )
-    return result.exit_code, result.output
-
-
-def one_error(code: int, out: str, *words: str) -> None:
-    """Exit 2 with one ``error:`` line and at most a ``hint:``, no traceback."""
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert code == 2 and lines[0].startswith("error: ") and len(lines) <= 2, out
-    assert "Traceback" not in out
-    for word in words:
-        assert word in lines[0], out
+    return run_ramdex("thresholds", *args, stdin=stdin)
 
 
 def test_suggest_apply_reset(archive: tuple[str, dict[int, float], set[int]]) -> None:
