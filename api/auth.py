@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from indexer.db.api_keys import ApiKey
+from indexer.db.collections import ApiKeyCollection
 
 KEY_PREFIX = "rdx"
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
@@ -60,14 +61,30 @@ class NewKey:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's id, its name and its scopes (``key_id`` None when auth is off)."""
+    """Who is calling: the key's id, its name and its scopes (``key_id`` None when auth is off).
+
+    ``collection_ids`` None: the key sees every collection and the assets in none; a set
+    (possibly empty): only assets, concepts, sources and webhooks of those collections.
+    """
 
     key_id: str | None
     name: str
     scopes: frozenset[Scope]
+    collection_ids: frozenset[int] | None = None
 
     def allows(self, required: Scope) -> bool:
         return grants(self.scopes, required)
+
+    @property
+    def restricted(self) -> bool:
+        """Whether the key is limited to some collections."""
+        return self.collection_ids is not None
+
+    def sees_collection(self, collection_id: int | None) -> bool:
+        """Whether the key may see a collection (None: something global, outside any)."""
+        if self.collection_ids is None:
+            return True
+        return collection_id is not None and collection_id in self.collection_ids
 
 
 ANONYMOUS_ADMIN = Principal(key_id=None, name="auth disabled", scopes=frozenset(Scope))
@@ -131,7 +148,16 @@ def verify_token(session: Session, token: str, *, now: datetime | None = None) -
         row.last_used_at = now
         session.commit()
     scopes = frozenset(Scope(s) for s in row.scopes.split(",") if s in Scope.__members__)
-    return Principal(key_id=row.key_id, name=row.name, scopes=scopes)
+    collection_ids = None
+    if not row.all_collections:
+        collection_ids = frozenset(
+            session.scalars(
+                select(ApiKeyCollection.collection_id).where(ApiKeyCollection.api_key_id == row.id)
+            )
+        )
+    return Principal(
+        key_id=row.key_id, name=row.name, scopes=scopes, collection_ids=collection_ids
+    )
 
 
 def list_keys(session: Session) -> list[ApiKey]:

@@ -45,6 +45,11 @@ from indexer.db.concept_repo import (
     promote_concept,
     update_concept,
 )
+from indexer.db.collections import (  # noqa: F401 - tables of the schema
+    ApiKeyCollection,
+    AssetCollection,
+    Collection,
+)
 from indexer.db.concepts import Concept, ConceptStatus
 from indexer.db.embedding_repo import (
     Watermark,

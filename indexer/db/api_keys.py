@@ -14,7 +14,8 @@ class ApiKey(Base):
     """One API key: public id, sha256 of its secret, scopes, and its life.
 
     ``scopes`` is a comma-separated subset of ``read,write,admin``; ``revoked_at`` set means the
-    key no longer works (rows are kept so audit logs keep resolving key ids).
+    key no longer works (rows are kept so audit logs keep resolving key ids);
+    ``all_collections`` false limits the key to its ``api_key_collections`` rows.
     """
 
     __tablename__ = "api_keys"
@@ -27,3 +28,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=sa.func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # False: the key sees only the collections listed for it in ``api_key_collections``
+    # (indexer.db.collections); true: every collection.
+    all_collections: Mapped[bool] = mapped_column(
+        sa.Boolean, default=True, server_default=sa.true()
+    )

@@ -46,6 +46,10 @@ class Concept(Base):
     tag_id: Mapped[int | None] = mapped_column(
         sa.Integer, sa.ForeignKey("tags.id", ondelete="SET NULL")
     )
+    # NULL: a global concept; else it belongs to (and is seen only through) that collection.
+    collection_id: Mapped[int | None] = mapped_column(
+        sa.Integer, sa.ForeignKey("collections.id", ondelete="CASCADE")
+    )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(
         UtcDateTime, server_default=sa.func.now(), onupdate=db_now()
