@@ -155,9 +155,7 @@ def verify_token(session: Session, token: str, *, now: datetime | None = None) -
                 select(ApiKeyCollection.collection_id).where(ApiKeyCollection.api_key_id == row.id)
             )
         )
-    return Principal(
-        key_id=row.key_id, name=row.name, scopes=scopes, collection_ids=collection_ids
-    )
+    return Principal(key_id=row.key_id, name=row.name, scopes=scopes, collection_ids=collection_ids)
 
 
 def list_keys(session: Session) -> list[ApiKey]:

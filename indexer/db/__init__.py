@@ -35,6 +35,11 @@ from indexer.db.asset_repo import (
 from indexer.db.assets import MAX_URI_BYTES, Asset, AssetSource, AssetStatus
 from indexer.db.backfill_parts import BackfillPart  # noqa: F401 - a table of the schema
 from indexer.db.base import Base
+from indexer.db.collections import (  # noqa: F401 - tables of the schema
+    ApiKeyCollection,
+    AssetCollection,
+    Collection,
+)
 from indexer.db.concept_repo import (
     concept_embeddings,
     create_concept,
@@ -44,11 +49,6 @@ from indexer.db.concept_repo import (
     list_concepts,
     promote_concept,
     update_concept,
-)
-from indexer.db.collections import (  # noqa: F401 - tables of the schema
-    ApiKeyCollection,
-    AssetCollection,
-    Collection,
 )
 from indexer.db.concepts import Concept, ConceptStatus
 from indexer.db.embedding_repo import (

@@ -24,7 +24,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Create the collection tables; add ``api_keys.all_collections``, ``concepts.collection_id``."""
+    """Create the collection tables; add ``api_keys.all_collections`` and
+    ``concepts.collection_id``."""
     op.create_table(
         "collections",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
