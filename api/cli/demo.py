@@ -9,6 +9,9 @@ tiny model (random weights: the tags mean nothing; it shows the tagging path onl
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -124,8 +127,29 @@ def _run_demo(home: Path, n_images: int, top: int) -> None:
         for concept in heldout_concepts():
             if concept.name in DEMO_CONCEPTS:
                 _concept_search(service, samples, concept, top)
-    typer.echo(
-        f"\nEverything is in {home}; `RAMDEX_HOME={home} ramdex serve` opens it in a browser."
+    typer.echo(_next_steps(home))
+
+
+def _ramdex_command() -> str:
+    """How the user can type this program: ``ramdex`` when that is on ``PATH``, else its path
+    (``scripts/demo.sh`` installs it into ``.venv/bin``, which is not on ``PATH``)."""
+    script = Path(sys.executable).parent / "ramdex"
+    found = shutil.which("ramdex")
+    if found and Path(found).resolve() == script.resolve():
+        return "ramdex"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)
+
+
+def _next_steps(home: Path) -> str:
+    """The commands that open the demo's archive in a browser (a key first: auth is on)."""
+    ramdex = _ramdex_command()
+    return (
+        f"\nEverything is in {home}. To browse it in a web browser:\n"
+        f"  export RAMDEX_HOME={home}\n"
+        f"  {ramdex} keys create --scope write --name me   # prints a key once: copy it\n"
+        f"  {ramdex} serve                                 # then open http://127.0.0.1:8000/"
+        " and paste the key"
     )
 
 
