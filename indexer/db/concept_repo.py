@@ -6,6 +6,7 @@ Every function runs inside the caller's transaction; none commits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -46,19 +47,21 @@ def create_concept(
     embeddings: np.ndarray | None = None,
     text_encoder: str | None = None,
     threshold: float = 0.5,
+    collection_id: int | None = None,
 ) -> Concept:
     """Create a concept; ``ready`` when embeddings are given, else ``draft``.
 
     Args:
         model_name: the model whose open-set head will score it.
-        name: unique per model.
+        name: unique per model and scope (global, or one collection).
         descriptions: texts encoded into the concept's label bank.
         embeddings: (len(descriptions), d) unit-norm rows, in description order.
         text_encoder: name of the encoder that produced ``embeddings``.
         threshold: probability above which the concept is output (upstream uses 0.5).
+        collection_id: the collection it belongs to (None: global, seen by every key).
 
     Raises:
-        DuplicateError: a concept with this name exists for the model.
+        DuplicateError: a concept with this name exists for the model in that scope.
         ValueError: empty name/descriptions, bad embeddings or threshold.
     """
     name = name.strip()
@@ -67,10 +70,11 @@ def create_concept(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     texts = _check_descriptions(descriptions)
-    if get_concept_by_name(session, model_name, name) is not None:
+    if get_concept_by_name(session, model_name, name, collection_id=collection_id) is not None:
         raise DuplicateError(f"concept {name!r} already exists for model {model_name!r}")
     concept = Concept(
         model_name=model_name,
+        collection_id=collection_id,
         name=name,
         descriptions=texts,
         text_encoder=text_encoder,
@@ -100,18 +104,36 @@ def get_concept(session: Session, concept_id: int) -> Concept | None:
     return session.get(Concept, concept_id)
 
 
-def get_concept_by_name(session: Session, model_name: str, name: str) -> Concept | None:
-    """The model's concept with this exact name, or None."""
-    stmt = sa.select(Concept).where(Concept.model_name == model_name, Concept.name == name.strip())
+def get_concept_by_name(
+    session: Session, model_name: str, name: str, *, collection_id: int | None = None
+) -> Concept | None:
+    """The model's concept with this exact name in one scope (global when ``collection_id`` is
+    None), or None."""
+    scope = (
+        Concept.collection_id.is_(None)
+        if collection_id is None
+        else Concept.collection_id == collection_id
+    )
+    stmt = sa.select(Concept).where(
+        Concept.model_name == model_name, Concept.name == name.strip(), scope
+    )
     return session.scalars(stmt).one_or_none()
 
 
-def find_concept(session: Session, model_name: str, name: str) -> Concept | None:
+def find_concept(
+    session: Session, model_name: str, name: str, visible: Any = None
+) -> Concept | None:
     """The model's concept with this name in any case (the API keeps names unique per model
-    ignoring case), or None."""
+    and scope ignoring case), or None. ``visible``: an SQL condition on ``concepts`` limiting
+    which are seen (a collection-limited key's); a collection's own concept wins over a global
+    one of the same name."""
     stmt = sa.select(Concept).where(
         Concept.model_name == model_name, sa.func.lower(Concept.name) == name.strip().lower()
     )
+    if visible is not None:
+        stmt = stmt.where(visible)
+    # Collection concepts first (NULL sorts last on PostgreSQL, first on SQLite: explicit).
+    stmt = stmt.order_by(Concept.collection_id.is_(None), Concept.id)
     return session.scalars(stmt).first()
 
 
@@ -120,9 +142,13 @@ def list_concepts(
     model_name: str | None = None,
     *,
     status: ConceptStatus | str | None = None,
+    visible: Any = None,
 ) -> list[Concept]:
-    """Concepts, newest first, optionally of one model and one status."""
+    """Concepts, newest first, optionally of one model and one status; ``visible`` an SQL
+    condition on ``concepts`` (a collection-limited key's view)."""
     stmt = sa.select(Concept).order_by(Concept.id.desc())
+    if visible is not None:
+        stmt = stmt.where(visible)
     if model_name is not None:
         stmt = stmt.where(Concept.model_name == model_name)
     if status is not None:

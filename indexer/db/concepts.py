@@ -56,7 +56,16 @@ class Concept(Base):
     )
 
     __table_args__ = (
-        sa.UniqueConstraint("model_name", "name"),
         sa.CheckConstraint(check_in("status", tuple(ConceptStatus)), name="status"),
         sa.CheckConstraint("threshold >= 0 AND threshold <= 1", name="threshold"),
     )
+
+
+# A name is unique per model and scope: global (NULL, counted as 0) or one collection.
+sa.Index(
+    "uq_concepts_model_name_scope_name",
+    Concept.model_name,
+    sa.func.coalesce(Concept.collection_id, 0),
+    Concept.name,
+    unique=True,
+)

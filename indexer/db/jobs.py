@@ -49,6 +49,11 @@ class Job(Base):
     # heartbeat is good for. A pending job whose lease ran out lost its registering process.
     lease_owner: Mapped[str | None] = mapped_column(sa.String(160))
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The collection the job works for (an upload or ingest by a collection-limited key, a
+    # collection's concept, a source's scan): only keys seeing it see the job. NULL: global.
+    collection_id: Mapped[int | None] = mapped_column(
+        sa.Integer, sa.ForeignKey("collections.id", ondelete="SET NULL"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(
         UtcDateTime, server_default=sa.func.now(), onupdate=db_now()

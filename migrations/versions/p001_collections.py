@@ -1,7 +1,9 @@
-"""Collections of assets, API keys limited to collections, concepts per collection.
+"""Collections of assets, API keys limited to collections, concepts and jobs per collection.
 
 Existing archives get no collection (every asset outside any) and every existing key keeps
-seeing everything (``all_collections`` true); existing concepts stay global.
+seeing everything (``all_collections`` true); existing concepts and jobs stay global. A
+concept's name is unique per model and scope (global, or one collection): two collections may
+each have a concept of the same name.
 
 Revision ID: p001
 Revises: l001
@@ -24,8 +26,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Create the collection tables; add ``api_keys.all_collections`` and
-    ``concepts.collection_id``."""
+    """Create the collection tables; add ``api_keys.all_collections``,
+    ``concepts.collection_id`` (concept names unique per scope) and ``jobs.collection_id``."""
     op.create_table(
         "collections",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -86,10 +88,35 @@ def upgrade() -> None:
             ["id"],
             ondelete="CASCADE",
         )
+        batch.drop_constraint("uq_concepts_model_name_name", type_="unique")
+    # NULL (global) counts as collection 0, so two global concepts still cannot share a name.
+    op.create_index(
+        "uq_concepts_model_name_scope_name",
+        "concepts",
+        ["model_name", sa.text("coalesce(collection_id, 0)"), "name"],
+        unique=True,
+    )
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("collection_id", sa.Integer(), nullable=True))
+        batch.create_foreign_key(
+            batch.f("fk_jobs_collection_id_collections"),
+            "collections",
+            ["collection_id"],
+            ["id"],
+            ondelete="SET NULL",
+        )
+        batch.create_index("ix_jobs_collection_id", ["collection_id"])
 
 
 def downgrade() -> None:
     """Drop them (collection memberships, key limits and per-collection concepts' scope lost)."""
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_index("ix_jobs_collection_id")
+        batch.drop_constraint("fk_jobs_collection_id_collections", type_="foreignkey")
+        batch.drop_column("collection_id")
+    op.drop_index("uq_concepts_model_name_scope_name", table_name="concepts")
+    with op.batch_alter_table("concepts") as batch:
+        batch.create_unique_constraint("uq_concepts_model_name_name", ["model_name", "name"])
     with op.batch_alter_table("concepts") as batch:
         batch.drop_constraint("fk_concepts_collection_id_collections", type_="foreignkey")
         batch.drop_column("collection_id")
