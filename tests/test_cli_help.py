@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from api.cli import app
 from indexer.settings import ApiSettings
+from tests.cli_support import assert_first_line_error, run_ramdex
 
 ANNOTATION = re.compile(r"<(bool|str|int|float|path|file|directory|[a-z]+ range|list\[[^>]*\])>")
 
@@ -63,3 +64,19 @@ def test_serve_help_states_default_host_and_port() -> None:
     for field in ("host", "port"):
         default = ApiSettings.model_fields[field].default
         assert f"RAMDEX_API__{field.upper()}, else {default}" in text, text
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["search", "--limit", "0", "blue"], ["--limit", "greater than or equal to 1"]),
+        (["search", "--bogus"], ["No such option: --bogus"]),
+        (["bogus"], ["No such command 'bogus'"]),
+        (["review", "queue"], ["Missing argument"]),
+    ],
+)
+def test_usage_errors_print_as_one_error_and_one_hint(args: list[str], words: list[str]) -> None:
+    """Out-of-range values, unknown options and commands: the house format, not a boxed panel."""
+    code, out = run_ramdex(*args)
+    assert_first_line_error(code, out, *words)
+    assert "╭" not in out and "hint: `ramdex" in out

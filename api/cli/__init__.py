@@ -10,6 +10,7 @@ commands, so that no setting is read at import time and every error reaches that
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -47,11 +48,46 @@ class RamdexGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):
             raise  # typer's own exits and usage errors, Ctrl-C
         except Exception as exc:  # explained (one line, exit 2) or re-raised as a bug
             handle(exc, ctx.meta.get(LEAF_CONTEXT, ctx))
+        # A command's return value means nothing on the command line; returning None keeps it
+        # apart from the exit code that non-standalone click returns for an explicit Exit.
+        return None
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the command line. A usage error (unknown option, out-of-range value) prints as
+        ramdex's other errors do, ``error:`` and ``hint:`` lines on stderr with exit 2, not
+        as typer's boxed panel."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # typer's (vendored click's) usage errors
+            sys.exit(_show_usage_error(exc))
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_usage_error(exc: Any) -> int:
+    """Print a usage error the way :func:`api.cli.errors.handle` prints the others; its exit code.
+
+    Duck-typed: typer 0.29 vendors click, whose exception classes are not public there."""
+    kinds = {cls.__name__ for cls in type(exc).__mro__}
+    if "NoArgsIsHelpError" in kinds:
+        exc.show()  # `ramdex` or a group alone: its help
+    elif "UsageError" in kinds:
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "ramdex"
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        typer.echo(f"hint: `{where} --help` lists the commands, options and their ranges", err=True)
+    else:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+    return int(getattr(exc, "exit_code", 2))
 
 
 app = typer.Typer(
