@@ -63,9 +63,13 @@ def list_jobs(
     status: JobStatus | str | None = None,
     kind: JobKind | str | None = None,
     limit: int = 20,
+    visible: Any = None,
 ) -> list[Job]:
-    """Jobs, newest first."""
+    """Jobs, newest first; ``visible``: an SQL condition limiting them (a collection-limited
+    key's, see indexer.db.collection_scope)."""
     stmt = sa.select(Job).order_by(Job.id.desc()).limit(limit)
+    if visible is not None:
+        stmt = stmt.where(visible)
     if status is not None:
         stmt = stmt.where(Job.status == JobStatus(status).value)
     if kind is not None:
