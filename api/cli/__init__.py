@@ -126,11 +126,13 @@ _SUBCOMMANDS: list[tuple[str, str, str | None]] = [
     ("api.cli.index", "app", "index"),
     ("api.cli.tokens", "app", "tokens"),
     ("api.cli.search", "app", None),
+    ("api.cli.tags", "app", None),
     ("api.cli.assets", "app", "assets"),
     ("api.cli.review", "app", "review"),
     ("api.cli.thresholds", "app", "thresholds"),
     ("api.cli.export", "app", "export"),
     ("api.cli.taxonomy", "app", "taxonomy"),
+    ("api.cli.webhooks", "app", "webhooks"),
     ("api.cli.train", "app", None),
     ("api.cli.train", "datasets_app", "datasets"),
 ]

@@ -127,8 +127,15 @@ def _database(exc: Exception, ctx: Any) -> RamdexError:
     name = _name(ctx, "url", "RAMDEX_DATABASE__URL")
     url = ctx.params.get("url") if name == "--url" else None
     url = url or _configured(lambda s: s.database_url)
+    first = _first_line(exc)
+    if "no such table" in first or ("relation" in first and "does not exist" in first):
+        return RamdexError(
+            f"the database at {hide_password(url)} has no ramdex tables yet ({first})",
+            hint="run `ramdex db upgrade` (or ingest something: that creates them), "
+            f"or point {name} at the archive's database",
+        )
     return RamdexError(
-        f"database unavailable: {_first_line(exc)}",
+        f"database unavailable: {first}",
         hint=f"check {name} (now {hide_password(url)}) and that the database server is running",
     )
 
