@@ -26,6 +26,9 @@ from api.problems import (
 )
 from api.ratelimit import AuthThrottle, CostlySlots
 from api.routers import assets, concepts, exports, health, jobs, labels, search, tags, taxonomy
+from api.routers.facets import router as facets_router
+from api.routers.tagging import build_router as tagging_router
+from api.routers.webhooks import router as webhooks_router
 from api.server_timing import ServerTiming
 from api.services import Services, install_indexer_error_handlers
 from api.warmup import WarmUp
@@ -63,6 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from indexer.ingest.embedded_recovery import EmbeddedRecovery
 
             recovery = EmbeddedRecovery(services).start()
+        hooks = None
+        if settings.webhooks.enabled and not settings.broker.url:
+            # Embedded: no worker dispatches webhooks, so the server does (its own thread).
+            from indexer.webhooks.dispatcher import Dispatcher
+
+            hooks = Dispatcher(settings).start()
         if settings.api.warm_start:
             services.warmup = WarmUp(services).start()  # /readyz: warming until it is done
         try:
@@ -74,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await run_in_threadpool(services.warmup.stop)
             if recovery is not None:
                 recovery.stop()
+            if hooks is not None:
+                await run_in_threadpool(hooks.stop)
             if listener is not None:
                 listener.shutdown()
                 listener.server_close()
@@ -99,12 +110,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.build_router(settings),
         assets.build_router(settings),
         search.build_router(settings),
+        facets_router,  # /search/facets, /search/names: the web UI's result grid
+        tagging_router(settings),  # POST /tag
         concepts.router,
         tags.router,
         jobs.router,
         labels.router,
         exports.router,
         taxonomy.router,
+        webhooks_router,
     ):
         app.include_router(router)
     _mount_ui(app)

@@ -1,55 +1,104 @@
-// ramdex web UI: plain JavaScript, no build step. Talks to the JSON API with the key kept in
-// localStorage; images are fetched with the key and shown through blob URLs (an <img src> cannot
-// send an Authorization header).
+// ramdex web UI: plain JavaScript, no build step (no framework: the page is a handful of panels
+// over a JSON API, and DOM calls keep it dependency-free and readable). Talks to the API with
+// the key kept in localStorage; images are fetched with the key and shown through blob URLs
+// (an <img src> cannot send an Authorization header).
+// Files: app.js (HTTP, key, search, results, asset view, tags, review queue), upload.js
+// (uploads of files and folders), panels.js (jobs, concepts, start-up).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = {
   key: localStorage.getItem("ramdex.key") || "",
-  chips: [],
+  chips: [], // {name, mode: all|any|none}
+  similar: null, // {kind: "asset", id, name} or {kind: "image", file, name}
   cursor: null,
   lastQuery: null,
+  loading: false,
+  searchSeq: 0, // a newer search makes older replies stale
   selected: new Set(), // asset ids picked on the results grid
   anchor: null, // the last card clicked: shift-click selects the range from it
   detailId: null, // the asset the detail dialog shows
+  detailAsset: null,
+  names: new Map(), // asset id -> file name
 };
+
+const CHIP_MODES = ["all", "any", "none"];
+const MODE_TEXT = { all: "all", any: "any", none: "not" };
+const MODE_HELP = { all: "required", any: "one of these", none: "excluded" };
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+function humanBytes(n) {
+  if (n === null || n === undefined) return "?";
+  const units = ["bytes", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return i ? `${n.toFixed(1)} ${units[i]}` : `${n} bytes`;
+}
+
+function setStatus(el, text, kind) {
+  el.textContent = text;
+  el.className = kind || "muted";
+  // Errors are announced at once; other news politely.
+  el.setAttribute("role", kind === "error" ? "alert" : "status");
+}
 
 // ---------- HTTP ----------
 function headers(extra = {}) {
   return state.key ? { Authorization: `Bearer ${state.key}`, ...extra } : extra;
 }
 
+// The API's problem document in one line (detail, else title), else the status text.
+function problemMessage(body, fallback) {
+  if (body && typeof body.detail === "string") return body.detail;
+  if (body && Array.isArray(body.errors) && body.errors.length) return body.errors.map((e) => e.message || e.msg).join("; ");
+  return (body && body.title) || fallback;
+}
+
+async function problemText(response) {
+  try { return problemMessage(await response.json(), response.statusText); } catch { return response.statusText; }
+}
+
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
   const type = response.headers.get("content-type") || "";
   const body = type.includes("json") ? await response.json() : null;
-  if (!response.ok) {
-    const message = body && (body.detail || body.title) ? body.detail || body.title : response.statusText;
-    throw new Error(`${response.status}: ${message}`);
-  }
+  if (!response.ok) throw new Error(`${response.status}: ${problemMessage(body, response.statusText)}`);
   return body;
 }
 
-// Limits parallel image downloads so a page of results does not flood the server.
+// Limits parallel image downloads so a page of results does not flood the server. The image
+// shows what was asked last (a large preview replaces its thumbnail when it arrives).
 const imageQueue = { running: 0, waiting: [] };
-function loadImage(img, path) {
+function loadImage(img, path, large = false) {
+  if (large) img.dataset.large = path;
+  else { img.dataset.src = path; delete img.dataset.large; delete img.dataset.loadedLarge; }
+  const wanted = () => (large ? img.dataset.large === path : img.dataset.src === path && !img.dataset.loadedLarge);
   const run = async () => {
     imageQueue.running += 1;
     try {
       const response = await fetch(path, { headers: headers() });
-      if (response.ok) {
-        img.src = URL.createObjectURL(await response.blob());
-        img.onload = () => URL.revokeObjectURL(img.src);
-      } else {
+      if (response.ok && wanted()) {
+        const url = URL.createObjectURL(await response.blob());
+        if (!wanted()) { URL.revokeObjectURL(url); return; }
+        img.onload = () => URL.revokeObjectURL(url);
+        img.src = url;
+        if (large) img.dataset.loadedLarge = path;
+      } else if (!response.ok && !large) {
         img.alt = `no image (${response.status})`;
       }
-    } finally {
+    } catch { /* offline: the image stays empty */ } finally {
       imageQueue.running -= 1;
       const next = imageQueue.waiting.shift();
       if (next) next();
     }
   };
-  if (imageQueue.running < 6) run(); else imageQueue.waiting.push(run);
+  // The large preview goes first: a person is looking at it.
+  if (imageQueue.running < 6) run(); else if (large) imageQueue.waiting.unshift(run); else imageQueue.waiting.push(run);
 }
 
 function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
@@ -65,17 +114,18 @@ async function followJob(jobId, onProgress) {
 }
 
 function percent(job) {
-  return job.total ? Math.round((100 * job.done) / job.total) : job.status === "done" ? 100 : 0;
+  return job.total ? Math.round((100 * (job.done + (job.failed || 0))) / job.total) : job.status === "done" ? 100 : 0;
 }
 
 // ---------- the model ----------
 // Readiness needs no key, so the page names the model (and warns about the demo model) before
-// a key is entered. A 503 (not ready) still carries the model.
+// a key is entered. A 503 (not ready) still carries the model. The name is the model's human
+// name (api/model_info.py), the digest only says which weights.
 function showText(el, text) {
   // Text in `backticks` becomes <code>, as in the server's messages; never HTML.
   el.replaceChildren();
   text.split("`").forEach((part, i) => {
-    if (i % 2) { const code = document.createElement("code"); code.textContent = part; el.append(code); }
+    if (i % 2) el.append(Object.assign(document.createElement("code"), { textContent: part }));
     else el.append(part);
   });
 }
@@ -93,18 +143,23 @@ async function showModel() {
 }
 
 // ---------- API key ----------
+function showKeyHint(show) {
+  $("key-hint").hidden = !show;
+  $("key-help").setAttribute("aria-expanded", String(show));
+}
+
 async function checkKey() {
   const status = $("key-status");
   try {
     const me = await api("/me");
-    status.textContent = `${me.name}: ${me.scopes.join(", ")}`;
-    status.className = "ok";
-    $("key-hint").hidden = true;
+    setStatus(status, `${me.name}: ${me.scopes.join(", ")}`, "ok");
+    showKeyHint(false);
     return true;
   } catch (error) {
-    status.textContent = state.key ? `key refused (${error.message})` : "enter an API key";
-    status.className = "error";
-    $("key-hint").hidden = false;
+    setStatus(status, state.key ? `key refused (${error.message})` : "enter an API key",
+      state.key ? "error" : "muted");
+    showKeyHint(true);
+    clearResults(); // what an earlier key showed is not this key's to see
     return false;
   }
 }
@@ -113,61 +168,86 @@ $("key-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   state.key = $("api-key").value.trim();
   localStorage.setItem("ramdex.key", state.key);
-  if (await checkKey()) { refreshConcepts(); runSearch(); }
+  if (await checkKey()) { refreshConcepts(); refreshJobs(); runSearch(); }
 });
+$("key-help").addEventListener("click", () => showKeyHint($("key-hint").hidden));
 
-// ---------- tag autocomplete and chips ----------
-let suggestTimer = null;
-let suggestions = [];
-let active = -1;
+// ---------- tag chips ----------
+function addChip(name, mode = "all") {
+  const chip = state.chips.find((c) => c.name.toLowerCase() === name.toLowerCase());
+  if (chip) chip.mode = mode; else state.chips.push({ name, mode });
+  renderChips();
+}
 
 function renderChips() {
   const box = $("tag-chips");
   box.replaceChildren();
   state.chips.forEach((chip, i) => {
-    const el = document.createElement("span");
-    el.className = `chip ${chip.mode}`;
-    el.title = "click: require / exclude";
-    el.textContent = `${chip.mode === "none" ? "not " : ""}${chip.name}`;
-    el.addEventListener("click", () => {
-      chip.mode = chip.mode === "all" ? "none" : "all";
-      renderChips();
-    });
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "remove";
-    remove.textContent = "×";
+    const next = CHIP_MODES[(CHIP_MODES.indexOf(chip.mode) + 1) % CHIP_MODES.length];
+    const item = el("span", { className: `chip ${chip.mode}`, role: "listitem" });
+    item.dataset.name = chip.name;
+    item.dataset.mode = chip.mode;
+    const mode = el("button", { type: "button", className: "mode", textContent: MODE_TEXT[chip.mode] });
+    mode.setAttribute("aria-label",
+      `${chip.name}: ${MODE_HELP[chip.mode]}. Change to ${MODE_TEXT[next]} (${MODE_HELP[next]})`);
+    mode.title = `${MODE_HELP[chip.mode]}; click: ${MODE_TEXT[next]}`;
+    mode.addEventListener("click", () => { chip.mode = next; renderChips(); runSearch(); });
+    const name = el("span", { className: "name", textContent: chip.name });
+    const remove = el("button", { type: "button", className: "remove", textContent: "×" });
     remove.setAttribute("aria-label", `remove ${chip.name}`);
-    remove.addEventListener("click", (e) => { e.stopPropagation(); state.chips.splice(i, 1); renderChips(); });
-    el.append(remove);
-    box.append(el);
+    remove.addEventListener("click", () => {
+      state.chips.splice(i, 1); renderChips(); runSearch(); $("search-input").focus();
+    });
+    item.append(mode, name, remove);
+    box.append(item);
   });
 }
 
-function showSuggestions(items) {
+// ---------- tag autocomplete (English and Chinese) ----------
+let suggestTimer = null;
+let suggestions = [];
+let active = -1;
+
+function setActive(i) {
+  active = i;
+  const items = [...$("suggestions").children];
+  items.forEach((li, j) => { li.classList.toggle("active", j === i); li.setAttribute("aria-selected", String(j === i)); });
+  $("search-input").setAttribute("aria-activedescendant", i >= 0 ? `suggestion-${i}` : "");
+}
+
+function showSuggestions(items, typed = "") {
   suggestions = items;
-  active = -1;
   const list = $("suggestions");
   list.replaceChildren();
   for (const [i, tag] of items.entries()) {
-    const li = document.createElement("li");
-    li.role = "option";
+    const li = el("li", { id: `suggestion-${i}`, role: "option" });
     li.dataset.index = String(i);
-    li.textContent = tag.name_zh ? `${tag.name} · ${tag.name_zh}` : tag.name;
+    li.append(tag.name);
+    if (tag.name_zh) li.append(" · ", el("span", { lang: "zh", textContent: tag.name_zh }));
     if (tag.origin === "concept") li.classList.add("concept");
     li.addEventListener("mousedown", (e) => { e.preventDefault(); pickSuggestion(i); });
+    li.addEventListener("mouseenter", () => setActive(i));
     list.append(li);
   }
   list.hidden = items.length === 0;
+  $("search-input").setAttribute("aria-expanded", String(items.length > 0));
+  // A suggestion that is exactly what was typed (either language) is highlighted: Enter picks it.
+  const t = typed.toLowerCase();
+  setActive(items.findIndex((tag) => tag.name.toLowerCase() === t || (tag.name_zh || "") === typed));
 }
 
 function pickSuggestion(i) {
   const tag = suggestions[i];
   if (!tag) return;
-  if (!state.chips.some((c) => c.name === tag.name)) state.chips.push({ name: tag.name, mode: "all" });
+  addChip(tag.name, "all");
   $("search-input").value = "";
   showSuggestions([]);
-  renderChips();
+  runSearch();
+}
+
+async function fetchSuggestions(prefix) {
+  const page = await api(`/tags?prefix=${encodeURIComponent(prefix)}&limit=8`);
+  return page.items;
 }
 
 $("search-input").addEventListener("input", () => {
@@ -176,43 +256,70 @@ $("search-input").addEventListener("input", () => {
   if (!prefix) { showSuggestions([]); return; }
   suggestTimer = setTimeout(async () => {
     try {
-      const page = await api(`/tags?prefix=${encodeURIComponent(prefix)}&limit=8`);
-      if ($("search-input").value.trim() === prefix) showSuggestions(page.items);
+      const items = await fetchSuggestions(prefix);
+      if ($("search-input").value.trim() === prefix) showSuggestions(items, prefix);
     } catch { showSuggestions([]); }
   }, 120);
 });
 
 $("search-input").addEventListener("keydown", (event) => {
   const items = $("suggestions").children;
-  if (event.key === "ArrowDown" || event.key === "ArrowUp") {
-    if (!items.length) return;
+  if ((event.key === "ArrowDown" || event.key === "ArrowUp") && items.length) {
     event.preventDefault();
-    active = (active + (event.key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
-    [...items].forEach((li, i) => li.classList.toggle("active", i === active));
-  } else if (event.key === "Enter" && active >= 0) {
-    event.preventDefault();
+    setActive((active + (event.key === "ArrowDown" ? 1 : items.length - 1 + (active < 0 ? 1 : 0))) % items.length);
+  } else if (event.key === "Enter" && active >= 0 && items.length) {
+    event.preventDefault(); // picks the highlighted tag; no search for the typed prefix
     pickSuggestion(active);
-  } else if (event.key === "Escape") {
+  } else if (event.key === "Escape" && items.length) {
+    event.preventDefault();
     showSuggestions([]);
+  } else if (event.key === "Backspace" && !$("search-input").value && state.chips.length) {
+    state.chips.pop(); renderChips(); runSearch();
   }
 });
 $("search-input").addEventListener("blur", () => setTimeout(() => showSuggestions([]), 100));
 
 // ---------- search ----------
+function dayAfter(date) {
+  const d = new Date(`${date}T00:00:00Z`);
+  d.setUTCDate(d.getUTCDate() + 1);
+  return d.toISOString();
+}
+
 function currentQuery() {
   const text = $("search-input").value.trim();
-  return {
+  const type = $("type-filter").value;
+  const from = $("date-from").value;
+  const to = $("date-to").value;
+  const query = {
     text: text || null,
     all: state.chips.filter((c) => c.mode === "all").map((c) => c.name),
+    any: state.chips.filter((c) => c.mode === "any").map((c) => c.name),
     none: state.chips.filter((c) => c.mode === "none").map((c) => c.name),
     min_score: Number($("min-score").value) || null,
+    mime: type ? [type] : [],
+    created_after: from ? `${from}T00:00:00Z` : null,
+    created_before: to ? dayAfter(to) : null,
     sort: $("sort").value,
     limit: 40,
   };
+  if (state.similar && state.similar.kind === "asset") { query.similar_to = state.similar.id; query.text = null; }
+  return query;
 }
 
 function reasonText(reasons) {
   return reasons.map((r) => `${r.name} ${r.score.toFixed(2)}`).join(", ");
+}
+
+function clearResults() {
+  $("results").replaceChildren();
+  $("facets").replaceChildren();
+  $("facets").hidden = true;
+  $("more").hidden = true;
+  state.cursor = null;
+  state.lastQuery = null;
+  setStatus($("search-status"), "");
+  clearSelection();
 }
 
 function renderHits(hits, append) {
@@ -220,43 +327,97 @@ function renderHits(hits, append) {
   if (!append) { grid.replaceChildren(); clearSelection(); }
   for (const hit of hits) {
     const id = hit.asset.id;
-    // A card is a group: the open button (image and caption) and a selection checkbox beside it
-    // (a checkbox may not sit inside a button).
-    const card = document.createElement("div");
-    card.className = "hit";
+    if (grid.querySelector(`.hit[data-asset-id="${id}"]`)) continue;
+    // A card is a group: the open button (image and caption), a selection checkbox and a
+    // similar button beside it (controls may not sit inside a button).
+    const card = el("div", { className: "hit" });
     card.dataset.assetId = String(id);
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "open";
-    const img = document.createElement("img");
-    img.alt = `asset ${id}`;
-    img.loading = "lazy";
+    const open = el("button", { type: "button", className: "open" });
+    const img = el("img", { alt: `asset ${id}`, loading: "lazy" });
     loadImage(img, hit.asset.thumbnail_url);
-    const caption = document.createElement("span");
-    caption.className = "caption";
-    const score = document.createElement("strong");
-    score.className = "score";
+    const caption = el("span", { className: "caption" });
+    const name = el("span", { className: "name", textContent: state.names.get(id) || `asset ${id}` });
+    const score = el("strong", { className: "score" });
     // No ranking signal (filters only): show when the asset arrived instead of a score.
     score.textContent = hit.score === null ? hit.asset.created_at.slice(0, 10) : hit.score.toFixed(3);
-    const why = document.createElement("span");
-    why.className = "why";
-    why.textContent = reasonText(hit.reasons);
-    caption.append(score, why);
+    const concept = hit.reasons.find((r) => r.kind === "concept");
+    const line = el("span", { className: "line" }, score);
+    if (concept && concept.above_threshold) {
+      card.classList.add("above");
+      line.append(el("span", { className: "above-badge", textContent: "above threshold" }));
+    }
+    const why = el("span", { className: "why", textContent: reasonText(hit.reasons) });
+    why.title = why.textContent;
+    caption.append(name, line, why);
     open.append(img, caption);
-    const box = document.createElement("input");
-    box.type = "checkbox";
-    box.className = "select";
+    const box = el("input", { type: "checkbox", className: "select" });
     box.setAttribute("aria-label", `select asset ${id}`);
     box.addEventListener("click", (e) => toggleSelected(id, box.checked, e.shiftKey));
+    const similar = el("button", { type: "button", className: "similar small secondary", textContent: "Similar" });
+    similar.setAttribute("aria-label", `similar to asset ${id}`);
+    similar.addEventListener("click", () => searchSimilarAsset(id));
     // Shift-, Ctrl- or Cmd-click on a card selects instead of opening.
     open.addEventListener("click", (e) => {
       if (e.shiftKey || e.ctrlKey || e.metaKey) toggleSelected(id, !state.selected.has(id), e.shiftKey);
       else openDetail(id);
     });
-    card.append(open, box);
+    card.append(open, box, similar);
     grid.append(card);
   }
   renderSelection();
+  fillNames(hits.map((h) => h.asset.id));
+}
+
+// File names for the cards (GET /search/names), after the grid is drawn.
+async function fillNames(ids) {
+  const wanted = ids.filter((id) => !state.names.has(id));
+  for (let i = 0; i < wanted.length; i += 200) {
+    try {
+      const page = await api(`/search/names?${wanted.slice(i, i + 200).map((id) => `ids=${id}`).join("&")}`);
+      for (const item of page.items) if (item.name) state.names.set(item.id, item.name);
+    } catch { return; /* names are a convenience; the card still says "asset N" */ }
+  }
+  for (const id of ids) {
+    const card = $("results").querySelector(`.hit[data-asset-id="${id}"]`);
+    const name = state.names.get(id);
+    if (!card || !name) continue;
+    card.querySelector(".name").textContent = name;
+    card.querySelector(".name").title = name;
+    card.querySelector("img").alt = name;
+    card.querySelector(".select").setAttribute("aria-label", `select ${name}`);
+    card.querySelector(".similar").setAttribute("aria-label", `similar to ${name}`);
+  }
+}
+
+function searchSimilarAsset(id) {
+  state.similar = { kind: "asset", id, name: state.names.get(id) || `asset ${id}` };
+  $("search-input").value = "";
+  if ($("detail").open) $("detail").close();
+  renderQueryChip();
+  runSearch();
+}
+
+function searchSimilarImage(file) {
+  if (!file || !(file.type || "").startsWith("image/")) {
+    setStatus($("search-status"), `${file ? file.name || "that" : "that"} is not an image`, "error");
+    return;
+  }
+  state.similar = { kind: "image", file, name: file.name || "pasted image" };
+  $("search-input").value = "";
+  renderQueryChip();
+  runSearch();
+}
+
+// What the search is similar to, with a button to stop.
+function renderQueryChip() {
+  const box = $("query-chip");
+  box.replaceChildren();
+  box.hidden = !state.similar;
+  if (!state.similar) return;
+  const clear = el("button", { type: "button", className: "remove small secondary", textContent: "×" });
+  clear.setAttribute("aria-label", "stop searching similar images");
+  clear.addEventListener("click", () => { state.similar = null; renderQueryChip(); runSearch(); });
+  box.append(el("span", { textContent: `Similar to ${state.similar.name}` }), clear);
 }
 
 // ---------- multi-select and bulk changes ----------
@@ -301,24 +462,41 @@ function changeLabels(assetIds, tag, action) {
   });
 }
 
-function setStatus(el, text, kind) {
-  el.textContent = text;
-  el.className = kind || "muted";
-  // Errors are announced at once; other news politely.
-  el.setAttribute("role", kind === "error" ? "alert" : "status");
-}
+const BULK_LIMIT = 1000; // the API changes at most 1000 assets at once (all or nothing)
 
 async function bulkChange(action) {
   const status = $("bulk-status");
   const tag = $("bulk-tag").value.trim();
   if (!tag) { setStatus(status, "type a tag first", "error"); $("bulk-tag").focus(); return; }
   const ids = [...state.selected];
-  // The API changes at most 1000 assets at once (all or nothing); say so before asking.
-  if (ids.length > 1000) { setStatus(status, `${ids.length} selected: at most 1000 at once`, "error"); return; }
+  if (ids.length > BULK_LIMIT) { setStatus(status, `${ids.length} selected: at most ${BULK_LIMIT} at once`, "error"); return; }
   setStatus(status, `${action} “${tag}” on ${ids.length} assets…`);
   try {
     const reply = await changeLabels(ids, tag, action);
     setStatus(status, `${action} “${tag}”: ${reply.changed} changed, ${reply.unchanged} already so`, "ok");
+  } catch (error) {
+    setStatus(status, error.message, "error");
+  }
+}
+
+// Every result of the search, not only those shown (up to the bulk limit), by paging it.
+async function selectAllResults() {
+  const status = $("bulk-status");
+  if (!state.lastQuery || state.lastQuery.image) { setStatus(status, "select all shown instead (image search)", "error"); return; }
+  setStatus(status, "collecting the results…");
+  try {
+    let cursor = null;
+    do {
+      const page = await api("/search", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ ...state.lastQuery.body, limit: 200, cursor }),
+      });
+      page.hits.forEach((h) => state.selected.add(h.asset.id));
+      cursor = page.next_cursor;
+    } while (cursor && state.selected.size < BULK_LIMIT);
+    renderSelection();
+    setStatus(status, cursor ? `${state.selected.size} selected (the first ${BULK_LIMIT}: the most one change takes)` : `all ${state.selected.size} results selected`, "ok");
   } catch (error) {
     setStatus(status, error.message, "error");
   }
@@ -329,33 +507,153 @@ for (const button of $("bulk-form").querySelectorAll("button[type=button][data-a
   button.addEventListener("click", () => bulkChange(button.dataset.action));
 }
 $("select-all").addEventListener("click", () => { shownIds().forEach((i) => state.selected.add(i)); renderSelection(); });
+$("select-results").addEventListener("click", selectAllResults);
 $("select-none").addEventListener("click", clearSelection);
 
+// One page of the search (the first, or the next one with append).
+async function fetchPage(query, cursor) {
+  if (query.image) {
+    const form = new FormData();
+    form.append("file", query.image, query.image.name || "query.png");
+    form.append("limit", String(query.body.limit));
+    if (cursor) form.append("cursor", cursor);
+    return api("/search/image", { method: "POST", body: form });
+  }
+  return api("/search", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ...query.body, cursor }),
+  });
+}
+
 async function runSearch(append = false) {
+  if (append && (state.loading || !state.cursor || !state.lastQuery)) return;
   const status = $("search-status");
-  const query = append ? { ...state.lastQuery, cursor: state.cursor } : currentQuery();
-  state.lastQuery = { ...query, cursor: null };
-  setStatus(status, "searching…");
+  const seq = append ? state.searchSeq : ++state.searchSeq;
+  const query = append ? state.lastQuery
+    : { body: currentQuery(), image: state.similar && state.similar.kind === "image" ? state.similar.file : null };
+  if (!append) state.lastQuery = query;
+  state.loading = true;
+  setStatus(status, append ? "loading more…" : "searching…");
+  const t0 = performance.now();
+  const summary = append || query.image ? null : fetchSummary(query.body);
   try {
-    const t0 = performance.now();
-    const page = await api("/search", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(query),
-    });
+    const page = await fetchPage(query, append ? state.cursor : null);
+    if (seq !== state.searchSeq) return; // a newer search is on its way
+    const ms = Math.round(performance.now() - t0);
     renderHits(page.hits, append);
     state.cursor = page.next_cursor;
     $("more").hidden = !page.next_cursor;
-    const shown = $("results").children.length;
-    const pending = page.pending_reindex ? ` · ${page.pending_reindex} assets awaiting re-index` : "";
-    setStatus(status, `${shown} shown · ${Math.round(performance.now() - t0)} ms${pending}`);
+    if (!append) state.page = { ms, threshold: page.concept_threshold, pending: page.pending_reindex, total: null };
+    showSearchStatus();
+    if (summary) {
+      const s = await summary;
+      if (seq === state.searchSeq && s) { state.page.total = s; showSearchStatus(); renderFacets(s.facets); }
+    }
   } catch (error) {
+    if (seq !== state.searchSeq) return;
+    if (!append) { $("results").replaceChildren(); $("facets").hidden = true; $("more").hidden = true; }
     setStatus(status, error.message, "error");
+  } finally {
+    if (seq === state.searchSeq) state.loading = false;
+  }
+  fillViewport();
+}
+
+// The total and the facets of a search; null when they cannot be had (the grid still shows).
+async function fetchSummary(body) {
+  try {
+    return await api("/search/facets?top=12", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  } catch { return null; }
+}
+
+function showSearchStatus() {
+  const p = state.page;
+  const shown = $("results").querySelectorAll(".hit").length;
+  const parts = [];
+  if (p.total) parts.push(`${p.total.total.toLocaleString("en")}${p.total.exact ? "" : "+"} results`);
+  parts.push(`${shown} shown`, `${p.ms} ms`);
+  if (p.threshold !== null && p.threshold !== undefined) {
+    const above = $("results").querySelectorAll(".hit.above").length;
+    parts.push(`concept threshold ${p.threshold.toFixed(2)} (calibrated): ${above} shown above it`);
+  }
+  if (p.pending) parts.push(`${p.pending} assets awaiting re-index`);
+  if (!shown) parts.unshift("no results");
+  setStatus($("search-status"), parts.join(" · "));
+}
+
+function renderFacets(facets) {
+  const box = $("facets");
+  box.replaceChildren();
+  const inQuery = new Set(state.chips.map((c) => c.name.toLowerCase()));
+  const shown = facets.filter((f) => !inQuery.has(f.name.toLowerCase()));
+  box.hidden = !shown.length;
+  if (!shown.length) return;
+  box.append(el("span", { className: "muted", textContent: "Refine:" }));
+  for (const f of shown) {
+    const b = el("button", { type: "button", className: "facet" }, f.name);
+    if (f.name_zh) b.append(" ", el("span", { lang: "zh", className: "zh", textContent: f.name_zh }));
+    b.append(" ", el("span", { className: "count", textContent: String(f.count) }));
+    b.dataset.name = f.name;
+    b.setAttribute("aria-label", `${f.name}: ${f.count} results. Add as a filter`);
+    b.addEventListener("click", () => { addChip(f.name, "all"); runSearch(); });
+    box.append(b);
   }
 }
 
-$("search-form").addEventListener("submit", (event) => { event.preventDefault(); runSearch(false); });
+// Infinite scroll: the next page loads when the end of the grid comes into view (the More
+// button does the same for keyboard users).
+const endObserver = new IntersectionObserver((entries) => {
+  if (entries.some((e) => e.isIntersecting)) runSearch(true);
+}, { rootMargin: "400px" });
+endObserver.observe($("results-end"));
+function fillViewport() {
+  const end = $("results-end").getBoundingClientRect();
+  if (state.cursor && end.top < window.innerHeight + 400) runSearch(true);
+}
+
+$("search-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  // Typed exactly a tag's name (English or Chinese)? It becomes a chip, as picking it would.
+  const text = $("search-input").value.trim();
+  if (text && !state.similar) {
+    try {
+      const exact = (await fetchSuggestions(text)).find((t) => t.name.toLowerCase() === text.toLowerCase() || t.name_zh === text);
+      if (exact) { addChip(exact.name, "all"); $("search-input").value = ""; showSuggestions([]); }
+    } catch { /* the search reports the error */ }
+  }
+  if (text && state.similar) { state.similar = null; renderQueryChip(); }
+  showSuggestions([]);
+  runSearch(false);
+});
 $("more").addEventListener("click", () => runSearch(true));
+for (const id of ["type-filter", "date-from", "date-to", "sort"]) $(id).addEventListener("change", () => runSearch());
+
+// Similar by image: the button, a drop on the search box, a paste anywhere.
+$("image-button").addEventListener("click", () => $("image-input").click());
+$("image-input").addEventListener("change", () => { searchSimilarImage($("image-input").files[0]); $("image-input").value = ""; });
+const searchBox = $("search-box");
+searchBox.addEventListener("dragover", (e) => { e.preventDefault(); searchBox.classList.add("drop"); });
+searchBox.addEventListener("dragleave", () => searchBox.classList.remove("drop"));
+searchBox.addEventListener("drop", (e) => {
+  e.preventDefault(); e.stopPropagation();
+  searchBox.classList.remove("drop");
+  searchSimilarImage(e.dataTransfer.files[0]);
+});
+document.addEventListener("paste", (e) => {
+  const file = [...(e.clipboardData ? e.clipboardData.files : [])].find((f) => f.type.startsWith("image/"));
+  if (!file) return; // text pastes go where they were meant to
+  e.preventDefault();
+  showView("search");
+  searchSimilarImage(file);
+});
+// A file dropped outside a drop target must not replace the page.
+document.addEventListener("dragover", (e) => e.preventDefault());
+document.addEventListener("drop", (e) => e.preventDefault());
 
 // ---------- asset detail ----------
 function modelLabel(asset) {
@@ -364,41 +662,51 @@ function modelLabel(asset) {
   return digest ? `${asset.model} (${digest})` : asset.model;
 }
 
+function fileNameOf(asset) {
+  const source = asset.sources.length ? asset.sources[0].uri : "";
+  return source.split("?")[0].replace(/^upload:/, "").split(/[\\/]/).pop() || `asset ${asset.id}`;
+}
+
+// Browsers show these types themselves; others (TIFF, RAW) keep the thumbnail as the preview.
+const VIEWABLE = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/avif", "image/bmp", "image/svg+xml"];
+
 async function openDetail(id) {
   const dialog = $("detail");
   try {
     const asset = await api(`/assets/${id}`);
     state.detailId = id;
-    const source = asset.sources.length ? asset.sources[0].uri : "";
-    $("detail-title").textContent = source.replace(/^upload:/, "").split("/").pop() || `asset ${id}`;
+    state.detailAsset = asset;
+    $("detail-title").textContent = fileNameOf(asset);
     const meta = $("detail-meta");
     meta.replaceChildren();
     const rows = [
+      ["file", fileNameOf(asset)],
       ["id", asset.id], ["status", asset.status + (asset.error ? ` (${asset.error})` : "")],
-      ["type", asset.mime || "?"], ["size", `${asset.width || "?"}×${asset.height || "?"}, ${asset.bytes} bytes`],
-      ["model", modelLabel(asset)], ["sources", asset.sources.map((s) => s.uri).join("\n")],
+      ["type", asset.mime || "?"],
+      ["size", `${asset.width || "?"}×${asset.height || "?"} px, ${humanBytes(asset.bytes)}`],
+      ["model", modelLabel(asset)], ["added", new Date(asset.created_at).toLocaleString()],
+      ["sources", asset.sources.map((s) => s.uri).join("\n")],
     ];
-    for (const [k, v] of rows) {
-      const dt = document.createElement("dt"); dt.textContent = k;
-      const dd = document.createElement("dd"); dd.textContent = String(v);
-      meta.append(dt, dd);
-    }
+    for (const [k, v] of rows) meta.append(el("dt", { textContent: k }), el("dd", { textContent: String(v) }));
     const body = $("detail-tags").tBodies[0];
     body.replaceChildren();
     for (const tag of asset.tags) {
-      const tr = document.createElement("tr");
-      if (tag.above_threshold) tr.className = "above";
-      for (const v of [tag.name, tag.name_zh || "", tag.score.toFixed(3)]) {
-        const td = document.createElement("td"); td.textContent = v; tr.append(td);
-      }
+      const tr = el("tr", { className: tag.above_threshold ? "above" : "" });
+      tr.append(el("td", { textContent: tag.name }), el("td", { lang: "zh", textContent: tag.name_zh || "" }),
+        el("td", { textContent: tag.score.toFixed(3) }));
       body.append(tr);
     }
     const img = $("detail-image");
     img.removeAttribute("src");
+    img.alt = `preview of ${fileNameOf(asset)}`;
     loadImage(img, asset.thumbnail_url);
+    // The large preview: the original itself when the browser can show it and it is not huge.
+    if (VIEWABLE.includes(asset.mime) && (asset.bytes || 0) <= 30 * 1024 * 1024) loadImage(img, asset.original_url, true);
+    setStatus($("detail-status"), "");
     setStatus($("label-status"), "");
     $("label-add").value = "";
     $("label-history").open = false;
+    showPosition();
     // The tag panel's own errors show in the panel; the dialog opens regardless.
     try { await refreshLabels(id); } catch (error) { setStatus($("label-status"), error.message, "error"); }
     if (!dialog.open) dialog.showModal();
@@ -406,6 +714,96 @@ async function openDetail(id) {
     setStatus($("search-status"), error.message, "error");
   }
 }
+
+function detailNeighbour(step) {
+  const ids = $("review").hidden ? shownIds() : state.queue.items.map((x) => x.asset_id);
+  const i = ids.indexOf(state.detailId);
+  return i < 0 ? null : ids[i + step] ?? null;
+}
+
+function showPosition() {
+  const ids = $("review").hidden ? shownIds() : state.queue.items.map((x) => x.asset_id);
+  const i = ids.indexOf(state.detailId);
+  $("detail-position").textContent = i >= 0 ? `${i + 1} of ${ids.length} shown` : "";
+  $("detail-prev").disabled = detailNeighbour(-1) === null;
+  $("detail-next").disabled = detailNeighbour(1) === null;
+}
+
+async function stepDetail(step) {
+  const next = detailNeighbour(step);
+  if (next === null) return;
+  await openDetail(next);
+  const card = $("results").querySelector(`.hit[data-asset-id="${next}"]`);
+  if (card) card.scrollIntoView({ block: "nearest" });
+  // Near the end of the loaded results: load the next page, so → keeps going.
+  if (step > 0 && detailNeighbour(2) === null) runSearch(true);
+}
+
+$("detail-prev").addEventListener("click", () => stepDetail(-1));
+$("detail-next").addEventListener("click", () => stepDetail(1));
+$("detail").addEventListener("keydown", (event) => {
+  const t = event.target;
+  if (t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement) return;
+  if (event.key === "ArrowRight") { event.preventDefault(); stepDetail(1); }
+  else if (event.key === "ArrowLeft") { event.preventDefault(); stepDetail(-1); }
+});
+// Back on the grid, focus returns to the card the dialog showed last.
+$("detail").addEventListener("close", () => {
+  if (!$("review").hidden) return;
+  const card = $("results").querySelector(`.hit[data-asset-id="${state.detailId}"] .open`);
+  if (card) card.focus();
+});
+$("detail-similar").addEventListener("click", () => searchSimilarAsset(state.detailId));
+
+$("detail-download").addEventListener("click", async () => {
+  const asset = state.detailAsset;
+  const status = $("detail-status");
+  try {
+    const response = await fetch(asset.original_url, { headers: headers() });
+    if (!response.ok) throw new Error(`${response.status}: ${await problemText(response)}`);
+    const url = URL.createObjectURL(await response.blob());
+    const a = el("a", { href: url, download: fileNameOf(asset) });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    setStatus(status, `downloading ${fileNameOf(asset)}`, "ok");
+  } catch (error) {
+    setStatus(status, error.message, "error");
+  }
+});
+
+// A yes/no question in a modal dialog; resolves true for the confirming button.
+function confirmAction(text, okLabel = "Delete") {
+  const dialog = $("confirm");
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = okLabel;
+  dialog.returnValue = "";
+  dialog.showModal();
+  $("confirm-cancel").focus(); // the safe choice has focus
+  return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
+}
+
+$("detail-delete").addEventListener("click", async () => {
+  const asset = state.detailAsset;
+  const name = fileNameOf(asset);
+  if (!(await confirmAction(`Delete ${name} (asset ${asset.id})? Its file, tags and index entries go; this cannot be undone.`))) return;
+  const next = detailNeighbour(1) ?? detailNeighbour(-1);
+  try {
+    await api(`/assets/${asset.id}`, { method: "DELETE" });
+    const card = $("results").querySelector(`.hit[data-asset-id="${asset.id}"]`);
+    if (card) card.remove();
+    state.selected.delete(asset.id);
+    renderSelection();
+    if (state.page && state.page.total) state.page.total.total -= 1;
+    if (state.page) showSearchStatus();
+    setStatus($("search-status"), `${name} deleted · ${$("search-status").textContent}`, "ok");
+    if (next !== null) { await openDetail(next); setStatus($("detail-status"), `${name} deleted`, "ok"); }
+    else $("detail").close();
+  } catch (error) {
+    setStatus($("detail-status"), error.message, "error");
+  }
+});
 
 // ---------- asset tags: provenance, review, manual tags, history ----------
 function badge(text, cls) {
@@ -435,14 +833,41 @@ function renderLabelTags(tags) {
     td.colSpan = 5; td.className = "muted"; td.textContent = "no tags";
     tr.append(td); body.append(tr);
   }
-  for (const tag of tags) {
+  // Grouped by where the tag comes from: what a person said first, then the file, then the
+  // model; tags that do not match a search (rejected, below threshold) last.
+  const groups = new Map(TAG_GROUPS.map(([key]) => [key, []]));
+  for (const tag of tags) groups.get(tagGroup(tag)).push(tag);
+  for (const [key, label] of TAG_GROUPS) {
+    const members = groups.get(key);
+    if (!members.length) continue;
+    const head = document.createElement("tr");
+    head.className = `group ${key}`;
+    const th = document.createElement("th");
+    th.colSpan = 5; th.scope = "colgroup"; th.textContent = `${label} (${members.length})`;
+    head.append(th); body.append(head);
+    for (const tag of members) body.append(labelRow(tag));
+  }
+}
+
+const TAG_GROUPS = [
+  ["manual", "Manual"], ["embedded", "Embedded keywords"], ["concept", "Concepts"],
+  ["model", "Model"], ["unmatched", "Not matching"],
+];
+
+function tagGroup(tag) {
+  if (!tag.matches) return "unmatched";
+  return ["manual", "embedded", "concept", "model"].find((s) => tag.sources.includes(s)) || "model";
+}
+
+function labelRow(tag) {
+  {
     const tr = document.createElement("tr");
     tr.dataset.key = tag.key;
     tr.className = tag.matches ? "matches" : "not-matching";
     const name = document.createElement("td");
     name.className = "name";
     name.textContent = tag.name;
-    if (tag.chinese) name.append(" ", Object.assign(document.createElement("span"), { className: "muted", textContent: tag.chinese }));
+    if (tag.chinese) name.append(" ", Object.assign(document.createElement("span"), { className: "muted", lang: "zh", textContent: tag.chinese }));
     if (tag.tag_id === null) name.append(" ", badge("keyword", "keyword"));
     const sources = document.createElement("td");
     sources.className = "sources";
@@ -472,7 +897,7 @@ function renderLabelTags(tags) {
     // Remove takes a person's tag and the file's keyword off the asset.
     if (tag.manual || tag.embedded) actions.append(actionButton("Remove", tag, "remove", "secondary"));
     tr.append(name, sources, score, review, actions);
-    body.append(tr);
+    return tr;
   }
 }
 
@@ -552,105 +977,6 @@ function suggestTags(input) {
 for (const id of ["label-add", "bulk-tag", "queue-tag"]) {
   $(id).addEventListener("input", () => suggestTags($(id)));
 }
-
-// ---------- upload ----------
-function uploadOne(file, onProgress) {
-  return new Promise((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/assets");
-    if (state.key) xhr.setRequestHeader("Authorization", `Bearer ${state.key}`);
-    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
-    xhr.onload = () => {
-      let body = null;
-      try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-      if (xhr.status === 202 || xhr.status === 200) resolve(body);
-      else reject(new Error(`${file.name}: ${xhr.status} ${body ? body.detail || body.title : ""}`));
-    };
-    xhr.onerror = () => reject(new Error(`${file.name}: network error`));
-    const form = new FormData();
-    form.append("file", file, file.name);
-    xhr.send(form);
-  });
-}
-
-$("upload-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const files = [...$("upload-input").files];
-  const bar = $("upload-progress");
-  const status = $("upload-status");
-  if (!files.length) { status.textContent = "choose files first"; return; }
-  bar.value = 0;
-  const accepted = [];
-  try {
-    for (const [i, file] of files.entries()) {
-      status.textContent = `uploading ${file.name} (${i + 1}/${files.length})`;
-      accepted.push(await uploadOne(file, (f) => { bar.value = (50 * (i + f)) / files.length; }));
-    }
-    let finished = 0;
-    const failed = [];
-    for (const item of accepted) {
-      status.textContent = `indexing ${finished + 1}/${accepted.length}`;
-      const job = await followJob(item.job.id, () => {});
-      finished += 1;
-      if (job.status !== "done") failed.push(job.error || job.status);
-      bar.value = 50 + (50 * finished) / accepted.length;
-    }
-    status.textContent = failed.length
-      ? `indexed ${finished - failed.length}, failed ${failed.length}: ${failed.join("; ")}`
-      : `indexed ${finished}`;
-    runSearch(false);
-  } catch (error) {
-    status.textContent = error.message;
-  }
-});
-
-// ---------- concepts ----------
-async function refreshConcepts() {
-  try {
-    const page = await api("/concepts");
-    const list = $("concepts-list");
-    list.replaceChildren();
-    for (const concept of page.items) {
-      const li = document.createElement("li");
-      li.textContent = `${concept.name} (${concept.descriptions.length} descriptions)`;
-      li.addEventListener("click", () => {
-        if (!state.chips.some((c) => c.name === concept.name)) state.chips.push({ name: concept.name, mode: "all" });
-        renderChips();
-      });
-      list.append(li);
-    }
-  } catch { /* no key yet */ }
-}
-
-$("concept-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const status = $("concept-status");
-  const bar = $("concept-progress");
-  const descriptions = $("concept-descriptions").value.split("\n").map((s) => s.trim()).filter(Boolean);
-  bar.value = 0;
-  try {
-    const created = await api("/concepts", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({
-        name: $("concept-name").value.trim(),
-        descriptions: descriptions.length ? descriptions : null,
-        generate: $("concept-generate").checked,
-      }),
-    });
-    status.textContent = `scoring existing assets for “${created.concept.name}”…`;
-    const job = await followJob(created.job.id, (j) => {
-      bar.value = percent(j);
-      status.textContent = `backfill ${j.done}/${j.total || "?"}`;
-    });
-    status.textContent = job.status === "done"
-      ? `“${created.concept.name}” is now a tag (${job.done} assets scored)`
-      : `backfill ${job.status}: ${job.error || ""}`;
-    refreshConcepts();
-  } catch (error) {
-    status.textContent = error.message;
-  }
-});
 
 // ---------- views ----------
 function showView(name) {
@@ -827,7 +1153,3 @@ document.addEventListener("keydown", (event) => {
   run();
 });
 
-// ---------- start ----------
-$("api-key").value = state.key;
-showModel();
-checkKey().then((ok) => { if (ok) { refreshConcepts(); runSearch(); } });
