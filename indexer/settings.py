@@ -344,6 +344,39 @@ class StorageSettings(BaseModel):
         return roots
 
 
+class SourcesSettings(BaseModel):
+    """Sources (``ramdex sources``): S3-compatible prefixes and watched folders, scanned by the
+    process holding the scheduler (``ramdex worker``, an embedded ``ramdex serve`` or
+    ``ramdex sources watch``). S3 credentials come from boto3's standard chain, never settings."""
+
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3-compatible server of s3:// sources (MinIO, Ceph, ...); unset = "
+        "index.s3.endpoint_url, and when that is unset too, AWS S3 itself",
+    )
+    s3_region: str | None = Field(default=None, description="unset = index.s3.region")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    default_interval_s: int = Field(
+        default=300, ge=1, description="full re-scan interval of a source added without one"
+    )
+    tick_s: float = Field(
+        default=5.0, gt=0, le=3600, description="how often the scheduler looks for due sources"
+    )
+    settle_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=600.0,
+        description="watched folders: a file is ingested once its size and mtime stayed the "
+        "same this long (files still being written are not read half-written)",
+    )
+    scheduler: bool = Field(
+        default=True,
+        description="workers and the embedded server scan due sources and watch folders (one "
+        "process at a time, by a database lease); off = only `ramdex sources scan|watch`",
+    )
+
+
 class LlmSettings(BaseModel):
     """Optional OpenAI-compatible chat-completions endpoint for concept descriptions."""
 
@@ -369,6 +402,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    sources: SourcesSettings = Field(default_factory=SourcesSettings)
 
     @field_validator("home")
     @classmethod

@@ -66,6 +66,7 @@ from indexer.db.labels import AssetLabel, LabelChange  # noqa: F401 - tables of 
 from indexer.db.leases import ServiceLease  # noqa: F401 - its table is part of the schema
 from indexer.db.manifests import Manifest, ManifestRow  # noqa: F401 - tables of the schema
 from indexer.db.search import MatchedTag, SearchHit, SearchPage, search_by_tags
+from indexer.db.sources import Source, SourceObject  # noqa: F401 - tables of the schema
 from indexer.db.session import (
     create_engine_for,
     dispose_engines,

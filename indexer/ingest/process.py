@@ -41,6 +41,7 @@ from indexer.jobs import settle
 from indexer.keywords import ingest_keywords
 from indexer.media import MediaStore, decode_image, make_thumbnail
 from indexer.settings import Settings
+from indexer.sources.originals import is_object_uri, read_original
 from indexer.stores import ensure_schema, open_token_store
 from indexer.token_store import TokenStore
 from ram_pp.factory import LoadedModel
@@ -327,11 +328,17 @@ class AssetProcessor:
         path = Path(row.storage_path) if row.storage_path else None
         if path is None or not path.is_file():
             path = self.media.find_original(row.sha256)
-        if path is None:
+        data: bytes | None = None
+        if path is None and is_object_uri(row.storage_path):
+            # A source's original left on object storage (no copy_originals): read it back.
+            data, problem = read_original(self.settings, str(row.storage_path), row.sha256)
+            if data is None:
+                return _Prepared(row, error=problem)
+        elif path is None:
             return _Prepared(row, error="the original file is missing from the media store")
         try:
             decoded = decode_image(
-                path,
+                path if data is None else data,
                 max_pixels=self.settings.ingest.max_pixels,
                 apply_exif_orientation=self.settings.model.apply_exif_orientation,
                 draft_size=self.draft_size,
@@ -343,7 +350,7 @@ class AssetProcessor:
             return _Prepared(row, error=exc.reason)
         return _Prepared(
             row,
-            path=str(path),
+            path=str(path) if path is not None else None,
             pixels=pixels,
             width=decoded.width,
             height=decoded.height,

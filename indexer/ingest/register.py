@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,8 @@ from indexer.media import (
     StoredOriginal,
 )
 from indexer.settings import Settings
+from indexer.sources.items import SourceItem
+from indexer.sources.reading import read_item
 from indexer.walk import WalkError, walk_files
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -104,12 +106,15 @@ class Registrar:
         self.lease_s = settings.ingest.lease_s
         self.recovered = recovered
 
-    def register(self, source: str | Path) -> Registered:
-        """Register a path or an ``http(s)`` URL; never raises for bad input (see ``state``).
+    def register(self, source: str | Path | SourceItem) -> Registered:
+        """Register a path, an ``http(s)`` URL or an object of a source; never raises for bad
+        input (see ``state``).
 
         Raises:
             sqlalchemy.exc.OperationalError: the database is unreachable (the caller decides).
         """
+        if isinstance(source, SourceItem):
+            return self.register_item(source)
         text = str(source)
         if is_url(text):
             return self.register_url(text)
@@ -146,6 +151,25 @@ class Registrar:
         stored = self.media.adopt(fetched.path, fetched.sha256, fetched.size)
         return self._record(url, stored.sha256, stored.size, stored.mime, stored.path)
 
+    def register_item(self, item: SourceItem) -> Registered:
+        """Register an object of a source (an S3 object, a watched folder's file): read once,
+        hashed while streaming, copied into the media store only when the source says
+        ``copy_originals`` (else ``storage_path`` is the object's URI or path). Its
+        ``source_objects`` row and collection membership commit with the asset."""
+        try:
+            got = read_item(item, self.media, self.settings.ingest.max_bytes)
+        except FileTooLargeError as exc:
+            reason = str(exc)
+        except Exception as exc:  # network or file errors of a remote read fail this object only
+            reason = f"cannot read: {getattr(exc, 'message', None) or exc}"
+        else:
+            return self._record(
+                item.uri, got.sha256, got.size, got.mime, got.storage, after=item.recorded
+            )
+        with session_scope(self.url) as session:
+            item.failed(session, reason)
+        return Registered(item.uri, "failed", reason=reason)
+
     def register_bytes(self, data: bytes, source: str) -> Registered:
         """Register uploaded bytes under a source name (for example ``upload:<file name>``)."""
         try:
@@ -159,7 +183,13 @@ class Registrar:
         return self._record(uri, stored.sha256, stored.size, stored.mime, stored.path)
 
     def _record(
-        self, uri: str, sha256: str, size: int, mime: str | None, path: Path | None
+        self,
+        uri: str,
+        sha256: str,
+        size: int,
+        mime: str | None,
+        path: Path | str | None,
+        after: Callable[[Session, int], None] | None = None,
     ) -> Registered:
         reason = None
         if size == 0:
@@ -175,6 +205,8 @@ class Registrar:
                 storage_path=str(path) if path else None,
             )
             add_source(session, asset_id=ref.id, uri=uri)
+            if after is not None:  # a source's bookkeeping, in the same transaction
+                after(session, ref.id)
             if ref.created:
                 if reason is not None:
                     mark_failed(session, ref.id, reason)
@@ -230,6 +262,9 @@ def expand_sources(
     problems: list[Failure] = []
     paths: list[Path] = []
     for source in sources:
+        if isinstance(source, SourceItem):
+            items.append(source)  # type: ignore[arg-type] - registered by register_item
+            continue
         text = str(source)
         if is_url(text):
             if text.lower().startswith(("http://", "https://")):
