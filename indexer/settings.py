@@ -309,6 +309,27 @@ class ApiSettings(BaseModel):
         description="query images (similar search by upload) over this many pixels are refused "
         "unless they are JPEGs that decode at a reduced scale below it",
     )
+    # ---- POST /tag (synchronous tagging; docs/tagging-api.md) ----
+    tag_batch_size: int = Field(
+        default=8, ge=1, le=256, description="POST /tag: most images per model forward"
+    )
+    tag_batch_wait_ms: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=1000.0,
+        description="POST /tag: longest an image waits for others to share its forward",
+    )
+    tag_queue_size: int = Field(
+        default=64, ge=1, description="POST /tag: images waiting for the model; more get 503"
+    )
+    tag_max_images: int = Field(
+        default=16, ge=1, le=256, description="POST /tag: images per request"
+    )
+    tag_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="POST /tag: largest request body, and largest image fetched from a URL",
+    )
     metrics_access: Literal["key", "open", "bind"] = Field(
         default="key",
         description="/metrics needs a read key (key), answers anyone (open), or is served only "
