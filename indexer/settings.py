@@ -398,6 +398,32 @@ class SourcesSettings(BaseModel):
     )
 
 
+class WebhookSettings(BaseModel):
+    """The webhook dispatcher (docs/webhooks.md): in every Celery worker and an embedded serve."""
+
+    enabled: bool = Field(default=True, description="run the dispatcher in workers and serve")
+    interval_s: float = Field(
+        default=1.0, ge=0.05, le=600.0, description="how often the dispatcher looks for work"
+    )
+    timeout_s: float = Field(
+        default=10.0, ge=0.1, le=120.0, description="connect and read limit of one POST"
+    )
+    concurrency: int = Field(default=8, ge=1, le=256, description="POSTs in flight at once")
+    max_attempts: int = Field(
+        default=8, ge=1, le=100, description="attempts before a delivery is dead"
+    )
+    retry_base_s: float = Field(
+        default=30.0, ge=0.01, description="wait after the first failure; doubles each time"
+    )
+    retry_max_s: float = Field(default=3600.0, ge=0.01, description="longest wait between tries")
+    event_retention_s: float = Field(
+        default=3600.0, ge=0.0, description="events are kept this long after being queued"
+    )
+    delivery_retention_days: float = Field(
+        default=14.0, ge=0.0, description="delivered and dead deliveries are kept this long"
+    )
+
+
 class LlmSettings(BaseModel):
     """Optional OpenAI-compatible chat-completions endpoint for concept descriptions."""
 
@@ -423,6 +449,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
 
     @field_validator("home")

@@ -61,6 +61,7 @@ from indexer.jobs import settle
 from indexer.models import ModelNotAvailableError
 from indexer.settings import Settings, get_settings
 from indexer.stores import sync_vector_index
+from indexer.webhooks.dispatcher import start_worker_dispatcher, stop_worker_dispatcher
 from ram_pp.convert import CheckpointError
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ def _shutdown(**_: object) -> None:
     """A stopping worker (or pool process) hands the reconciler's service lease over at once."""
     if _reconciler is not None and _reconciler[0] == os.getpid():
         _reconciler[1].stop()
+    stop_worker_dispatcher()
 
 
 def _start_reconciler() -> None:
@@ -111,6 +113,7 @@ def _start_reconciler() -> None:
     if not settings.broker.url or (_reconciler is not None and _reconciler[0] == os.getpid()):
         return
     _reconciler = (os.getpid(), Reconciler(settings).start())
+    start_worker_dispatcher(settings)  # webhooks: same life as the reconciler
 
 
 def worker_processor() -> AssetProcessor:

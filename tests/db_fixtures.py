@@ -25,6 +25,10 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL_TEMPLATE = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 # Children before parents, for DELETE on SQLite.
 TABLES = [
+    "webhook_deliveries",
+    "webhook_pending_events",
+    "webhooks",
+    "events",
     "source_objects",
     "sources",
     "api_key_collections",

@@ -59,6 +59,12 @@ from indexer.db.embedding_repo import (
     ids_updated_since,
     iter_embeddings,
 )
+from indexer.db.events import (  # noqa: F401 - tables of the schema
+    Event,
+    Webhook,
+    WebhookDelivery,
+    WebhookPendingEvent,
+)
 from indexer.db.errors import DuplicateError, NotFoundError, UnknownTagError
 from indexer.db.job_repo import add_job_progress, create_job, get_job, list_jobs, update_job
 from indexer.db.jobs import Job, JobKind, JobStatus

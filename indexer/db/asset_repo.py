@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from indexer.db._sql import bulk_insert, chunks, rowcount, table_of, truncate_text, upsert_insert
 from indexer.db.assets import MAX_URI_BYTES, Asset, AssetSource, AssetStatus
 from indexer.db.base import db_now, utcnow
+from indexer.db.event_repo import record_asset_event
+from indexer.db.events import EventType
 from indexer.db.job_repo import complete_jobs, credit_assets
 from indexer.db.jobs import JobOutcome
 from indexer.db.tags import AssetTag, Tag, TagOrigin
@@ -242,6 +244,8 @@ def mark_failed(session: Session, asset_ids: int | Sequence[int], error: str) ->
             )
         )
         changed += rowcount(session.execute(stmt))
+    if changed:
+        record_asset_event(session, EventType.ASSET_FAILED, ids, error=truncate_text(error, 500))
     return changed
 
 
@@ -381,6 +385,7 @@ def write_asset_results(
             }
         )
     session.execute(update, rows_params)
+    record_asset_event(session, EventType.ASSET_DONE, kept_ids, model=model_name)
     return WriteSummary(kept_ids, missing, len(score_rows))
 
 

@@ -25,6 +25,8 @@ from indexer.db._sql import chunks, table_of, upsert_insert
 from indexer.db.assets import Asset
 from indexer.db.base import Real, db_now
 from indexer.db.errors import InvalidCursorError, NotFoundError
+from indexer.db.event_repo import record_asset_event
+from indexer.db.events import EventType
 from indexer.db.labels import (
     MAX_LABEL_LENGTH,
     AssetLabel,
@@ -215,6 +217,14 @@ def change_labels(
         session.execute(stmt)
     for records in chunks(audit, _BATCH):
         session.execute(sa.insert(_changes).values(list(records)))
+    record_asset_event(
+        session,
+        EventType.ASSET_TAGS_CHANGED,
+        [a["asset_id"] for a in audit],
+        key=key,
+        label=label,
+        action=act.value,
+    )
     return len(audit), len(ids) - len(audit)
 
 

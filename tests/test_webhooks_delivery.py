@@ -1,0 +1,282 @@
+"""Webhook deliveries on PostgreSQL and SQLite against a real receiver on loopback: signatures
+verified by the receiver's own implementation, batching, retries with backoff when the
+receiver fails (500, hang past the timeout, connection refused), dead after the last attempt,
+replay, collection filtering, the SSRF guard at registration and at delivery, the job trigger,
+tags-changed events, nothing written without subscribers, pruning.
+
+Loopback is a private address, so these settings allow private URLs (``allow_private_urls``)
+except where the guard itself is under test.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from indexer.db.asset_repo import get_or_create_asset_by_sha, mark_failed
+from indexer.db.collections import AssetCollection, Collection
+from indexer.db.event_repo import forget_subscriptions, record_asset_event
+from indexer.db.events import Event, EventType, WebhookDelivery
+from indexer.db.job_repo import create_job, update_job
+from indexer.db.label_repo import change_labels
+from indexer.db.session import session_scope
+from indexer.db.webhook_repo import list_deliveries, replay_delivery
+from indexer.settings import Settings
+from indexer.webhooks.dispatcher import dispatch_once, send_now
+from indexer.webhooks.errors import WebhookError
+from indexer.webhooks.retention import prune
+from indexer.webhooks.subscriptions import add_webhook
+from tests.webhook_support import Receiver, refused_url
+
+pytest_plugins = ["tests.db_fixtures"]
+
+SECRET = "whsec_test_secret_0123456789"
+
+
+def settings_for(url: str, tmp_path, *, private: bool = True, **hooks: object) -> Settings:
+    webhooks = {"retry_base_s": 0.2, "retry_max_s": 1.0, "timeout_s": 1.0, **hooks}
+    return Settings(
+        home=tmp_path / "home",
+        database={"url": url},
+        broker={"url": ""},
+        ingest={"allow_private_urls": private},
+        webhooks=webhooks,
+    )
+
+
+@pytest.fixture()
+def receiver():
+    r = Receiver(secret=SECRET).start()
+    yield r
+    r.stop()
+
+
+def hook(settings: Settings, url: str, events=("asset.done",), **kw) -> int:
+    with session_scope(settings.database_url) as s:
+        new = add_webhook(
+            s, settings, url=url, event_types=events, created_by="test", secret=SECRET, **kw
+        )
+        s.commit()
+        return new.webhook.id
+
+
+def assets(settings: Settings, n: int, start: int = 0) -> list[int]:
+    with session_scope(settings.database_url) as s:
+        ids = [
+            get_or_create_asset_by_sha(s, sha256=f"{i:064x}").id for i in range(start, start + n)
+        ]
+        s.commit()
+    return ids
+
+
+def emit_done(settings: Settings, batches: list[list[int]]) -> None:
+    for batch in batches:
+        with session_scope(settings.database_url) as s:
+            record_asset_event(s, EventType.ASSET_DONE, batch, model="m")
+            s.commit()
+
+
+def deliveries(settings: Settings, webhook_id: int) -> list[WebhookDelivery]:
+    with session_scope(settings.database_url) as s:
+        rows = list_deliveries(s, webhook_id, limit=500)
+        s.expunge_all()
+    return rows
+
+
+def test_signed_delivery_verified_by_the_receiver(db_url, tmp_path, receiver):
+    settings = settings_for(db_url, tmp_path)
+    hid = hook(settings, receiver.url, max_wait_s=0)
+    ids = assets(settings, 3)
+    emit_done(settings, [ids[:2], ids[2:]])
+    report = dispatch_once(settings)
+    assert report.delivered == 1 and len(receiver.requests) == 1
+    got = receiver.requests[0]
+    assert got.verified, got.headers
+    assert got.headers["X-Ramdex-Delivery"] == str(deliveries(settings, hid)[0].id)
+    assert [e["data"]["asset_ids"] for e in got.events] == [ids[:2], ids[2:]]
+    assert {e["type"] for e in got.events} == {"asset.done"}
+    # A tampered body or a wrong secret does not verify (the receiver's check is not a no-op).
+    from tests.webhook_support import verify_signature
+
+    header = got.headers["X-Ramdex-Signature"]
+    assert not verify_signature(SECRET, header, got.body + b" ")
+    assert not verify_signature(SECRET + "x", header, got.body)
+    [row] = deliveries(settings, hid)
+    assert (row.status, row.attempts, row.last_status_code) == ("delivered", 1, 204)
+
+
+@pytest.mark.parametrize("n,max_events", [(7, 3), (10, 5)])
+def test_n_events_become_ceil_n_over_max_deliveries(db_url, tmp_path, receiver, n, max_events):
+    settings = settings_for(db_url, tmp_path)
+    hid = hook(settings, receiver.url, max_events=max_events, max_wait_s=0)
+    ids = assets(settings, n)
+    emit_done(settings, [[i] for i in ids])
+    dispatch_once(settings)
+    assert len(receiver.requests) == math.ceil(n / max_events)
+    assert all(len(r.events) <= max_events for r in receiver.requests)
+    # each once (deliveries are sent concurrently: arrival order is free)
+    assert sorted(e["data"]["asset_ids"][0] for e in receiver.events()) == ids
+    assert all(d.status == "delivered" for d in deliveries(settings, hid))
+
+
+def test_a_short_batch_waits_for_max_wait(db_url, tmp_path, receiver):
+    settings = settings_for(db_url, tmp_path)
+    hook(settings, receiver.url, max_events=10, max_wait_s=0.6)
+    emit_done(settings, [assets(settings, 2)])
+    assert dispatch_once(settings).sealed == 0 and not receiver.requests  # not full, not old
+    time.sleep(0.7)
+    assert dispatch_once(settings).delivered == 1 and len(receiver.events()) == 1
+
+
+@pytest.mark.parametrize("failure", ["fail", "hang", "refused"])
+def test_failures_are_retried_with_backoff_then_recover(db_url, tmp_path, receiver, failure):
+    settings = settings_for(db_url, tmp_path, timeout_s=0.5, max_attempts=5)
+    receiver.mode = failure if failure != "refused" else "ok"
+    receiver.hang_s = 1.5
+    url = refused_url() if failure == "refused" else receiver.url
+    hid = hook(settings, url, max_wait_s=0)
+    emit_done(settings, [assets(settings, 1)])
+    started = time.monotonic()
+    report = dispatch_once(settings)
+    assert report.failed == 1 and time.monotonic() - started < 3.0  # bounded by the timeout
+    [row] = deliveries(settings, hid)
+    assert row.status == "failed" and row.attempts == 1
+    assert row.last_status_code == (500 if failure == "fail" else None)
+    assert row.last_error
+    # Due again after the backoff (base 0.2 s, jittered down to half at most), not at once.
+    assert row.next_attempt_at is not None and row.next_attempt_at > row.created_at
+    assert dispatch_once(settings).failed == 0
+    time.sleep(0.25)
+    receiver.mode = "ok"
+    if failure == "refused":
+        with session_scope(db_url) as s:  # the receiver comes back (here: at another port)
+            s.execute(sa.text("UPDATE webhooks SET url = :u"), {"u": receiver.url})
+            s.commit()
+    assert dispatch_once(settings).delivered == 1
+    [row] = deliveries(settings, hid)
+    assert row.status == "delivered" and row.attempts == 2 and row.last_error is None
+    assert receiver.requests[-1].verified
+
+
+def test_dead_after_max_attempts_then_replayed(db_url, tmp_path, receiver):
+    settings = settings_for(db_url, tmp_path, max_attempts=3, retry_base_s=0.05, retry_max_s=0.1)
+    receiver.mode = "fail"
+    hid = hook(settings, receiver.url, max_wait_s=0)
+    emit_done(settings, [assets(settings, 1)])
+    for _ in range(3):
+        dispatch_once(settings)
+        time.sleep(0.12)
+    [row] = deliveries(settings, hid)
+    assert (row.status, row.attempts) == ("dead", 3)
+    assert dispatch_once(settings).failed == 0 and len(receiver.requests) == 3  # no more tries
+    receiver.mode = "ok"
+    with session_scope(db_url) as s:
+        assert replay_delivery(s, row.id)
+        s.commit()
+    assert send_now(settings, row.id) == "delivered"
+    assert receiver.requests[-1].body == receiver.requests[0].body  # the same delivery
+    assert receiver.requests[-1].verified
+
+
+def test_collection_filtering(db_url, tmp_path, receiver):
+    settings = settings_for(db_url, tmp_path)
+    with session_scope(db_url) as s:
+        a, b = Collection(name="A"), Collection(name="B")
+        s.add_all([a, b])
+        s.flush()
+        ca, cb = a.id, b.id
+        s.commit()
+    ids = assets(settings, 4)
+    with session_scope(db_url) as s:
+        s.add_all([AssetCollection(collection_id=ca, asset_id=i) for i in ids[:2]])
+        s.add(AssetCollection(collection_id=cb, asset_id=ids[2]))
+        s.commit()
+    other = Receiver(secret=SECRET).start()
+    try:
+        only_a = hook(settings, receiver.url, collection_ids=[ca], max_wait_s=0)
+        every = hook(settings, other.url, max_wait_s=0)
+        emit_done(settings, [ids, [ids[3]]])  # the second event has no asset of A
+        dispatch_once(settings)
+        assert [e["data"]["asset_ids"] for e in receiver.events()] == [ids[:2]]
+        assert [e["data"]["asset_ids"] for e in other.events()] == [ids, [ids[3]]]
+        assert only_a != every
+    finally:
+        other.stop()
+
+
+def test_ssrf_refused_at_registration_and_at_delivery(db_url, tmp_path, receiver):
+    strict = settings_for(db_url, tmp_path, private=False)
+    with session_scope(db_url) as s:
+        for url in (receiver.url, "http://10.0.0.8/hook", "http://[::1]/hook"):
+            with pytest.raises(WebhookError, match="not a public address"):
+                add_webhook(s, strict, url=url, event_types=["asset.done"], created_by="t")
+        for url in ("ftp://example.com/x", "file:///etc/passwd", "http://u:p@example.com/"):
+            with pytest.raises(WebhookError):
+                add_webhook(s, strict, url=url, event_types=["asset.done"], created_by="t")
+        with pytest.raises(WebhookError, match="unknown event type"):
+            add_webhook(s, strict, url="https://example.com/", event_types=["x"], created_by="t")
+    # Registered while private URLs were allowed; the guard runs again at delivery.
+    hid = hook(settings_for(db_url, tmp_path), receiver.url, max_wait_s=0)
+    emit_done(strict, [assets(strict, 1)])
+    assert dispatch_once(strict).failed == 1
+    assert not receiver.requests
+    [row] = deliveries(strict, hid)
+    assert "not a public address" in (row.last_error or "")
+
+
+def test_job_trigger_and_tags_changed_events(db_url, tmp_path, receiver):
+    settings = settings_for(db_url, tmp_path)
+    hook(
+        settings,
+        receiver.url,
+        events=("job.done", "asset.tags_changed", "asset.failed"),
+        max_wait_s=0,
+    )
+    ids = assets(settings, 2)
+    with session_scope(db_url) as s:
+        job = create_job(s, kind="ingest", total=2)
+        update_job(s, job.id, status="running")
+        s.commit()
+        job_id = job.id
+    with session_scope(db_url) as s:
+        update_job(s, job_id, status="failed", error="boom")
+        change_labels(s, ids, "cat", "cat", "add", "tester")
+        mark_failed(s, [ids[0]], "bad file")
+        s.commit()
+    with session_scope(db_url) as s:  # rolled back: no event
+        update_job(s, create_job(s, kind="ingest").id, status="done")
+        s.rollback()
+    dispatch_once(settings)
+    [job_event] = receiver.events("job.done")
+    assert job_event["data"]["job_id"] == job_id
+    assert (job_event["data"]["status"], job_event["data"]["error"]) == ("failed", "boom")
+    [tags] = receiver.events("asset.tags_changed")
+    assert tags["data"]["asset_ids"] == ids and tags["data"]["action"] == "add"
+    [failed] = receiver.events("asset.failed")
+    assert failed["data"] == {"asset_ids": [ids[0]], "error": "bad file"}
+
+
+def test_no_subscriber_no_rows_and_prune(db_url, tmp_path, receiver):
+    settings = settings_for(db_url, tmp_path, event_retention_s=0, delivery_retention_days=0)
+    forget_subscriptions()  # the fixture emptied the tables behind this process's cache
+    ids = assets(settings, 2)
+    emit_done(settings, [ids])
+    with session_scope(db_url) as s:
+        job = create_job(s, kind="ingest")
+        update_job(s, job.id, status="done")
+        s.commit()
+    with session_scope(db_url) as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Event)) == 0
+    hook(settings, receiver.url, max_wait_s=0)
+    emit_done(settings, [ids])
+    dispatch_once(settings)
+    assert len(receiver.requests) == 1
+    with session_scope(db_url) as s:
+        events, sent = prune(s, settings.webhooks)
+        s.commit()
+    assert (events, sent) == (1, 1)
+    with session_scope(db_url) as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Event)) == 0
