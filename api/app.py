@@ -26,6 +26,8 @@ from api.problems import (
 )
 from api.ratelimit import AuthThrottle, CostlySlots
 from api.routers import assets, concepts, exports, health, jobs, labels, search, tags, taxonomy
+from api.routers import sources as sources_router
+from api.routers.collections import router as collections_router
 from api.routers.facets import router as facets_router
 from api.routers.tagging import build_router as tagging_router
 from api.routers.webhooks import router as webhooks_router
@@ -60,12 +62,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         listener = None
         recovery = None
+        scheduler = None
         if not settings.broker.url:
             # Embedded: no worker runs a reconciler, so the server recovers what killed runs
             # left, at start and periodically, in its background thread.
             from indexer.ingest.embedded_recovery import EmbeddedRecovery
 
             recovery = EmbeddedRecovery(services).start()
+            if settings.sources.scheduler:  # sources: due scans and watched folders
+                from indexer.sources.scheduler import SourceScheduler
+
+                scheduler = SourceScheduler(settings, processor=services.processor).start()
         hooks = None
         if settings.webhooks.enabled and not settings.broker.url:
             # Embedded: no worker dispatches webhooks, so the server does (its own thread).
@@ -83,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await run_in_threadpool(services.warmup.stop)
             if recovery is not None:
                 recovery.stop()
+            if scheduler is not None:
+                await run_in_threadpool(scheduler.stop)
             if hooks is not None:
                 await run_in_threadpool(hooks.stop)
             if listener is not None:
@@ -118,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         labels.router,
         exports.router,
         taxonomy.router,
+        sources_router.router,
+        collections_router,  # /collections
         webhooks_router,
     ):
         app.include_router(router)

@@ -57,6 +57,7 @@ class NewKey:
     token: str
     name: str
     scopes: tuple[Scope, ...]
+    collection_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,27 +107,43 @@ def parse_token(token: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
-def create_key(session: Session, *, name: str, scopes: Iterable[str | Scope]) -> NewKey:
+def create_key(
+    session: Session,
+    *,
+    name: str,
+    scopes: Iterable[str | Scope],
+    collection_ids: Iterable[int] | None = None,
+) -> NewKey:
     """Create and store a key; the caller commits. Returns the token to hand to the user.
 
+    Args:
+        collection_ids: limit the key to these collections (it sees their assets, concepts,
+            jobs, sources and webhooks only); None: every collection.
+
     Raises:
-        ValueError: no scope, or an unknown scope.
+        ValueError: no scope, or an unknown scope; an empty collection list.
     """
     parsed = tuple(ordered(Scope(s) for s in scopes))
     if not parsed:
         raise ValueError("a key needs at least one scope: read, write or admin")
+    limits = None if collection_ids is None else tuple(sorted({int(c) for c in collection_ids}))
+    if limits is not None and not limits:
+        raise ValueError("a key limited to collections needs at least one collection")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    session.add(
-        ApiKey(
-            key_id=key_id,
-            secret_hash=hash_secret(secret),
-            name=name,
-            scopes=",".join(parsed),
-        )
+    row = ApiKey(
+        key_id=key_id,
+        secret_hash=hash_secret(secret),
+        name=name,
+        scopes=",".join(parsed),
+        all_collections=limits is None,
     )
+    session.add(row)
     session.flush()
-    return NewKey(key_id, f"{KEY_PREFIX}_{key_id}_{secret}", name, parsed)
+    for collection_id in limits or ():
+        session.add(ApiKeyCollection(api_key_id=row.id, collection_id=collection_id))
+    session.flush()
+    return NewKey(key_id, f"{KEY_PREFIX}_{key_id}_{secret}", name, parsed, limits)
 
 
 def verify_token(session: Session, token: str, *, now: datetime | None = None) -> Principal | None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from api.auth import ANONYMOUS_ADMIN, Principal, Scope, verify_token
 from api.problems import ProblemError
 from api.services import Services
+from indexer.db.collection_scope import CollectionScope
 from indexer.settings import Settings
 
 
@@ -101,6 +102,17 @@ def require(scope: Scope):  # noqa: ANN201 - a dependency callable
     return check
 
 
+def get_scope(principal: Annotated[Principal, Depends(get_principal)]) -> CollectionScope:
+    """What the calling key sees (docs/collections.md): every collection, or only its own.
+
+    Every route that reads or changes assets, concepts, tags or jobs takes this and passes it
+    down; ``tests/test_isolation.py`` walks every route with a key limited to one collection.
+    """
+    return CollectionScope(principal.collection_ids)
+
+
+ScopeDep = Annotated[CollectionScope, Depends(get_scope)]
+
 ReadKey = Annotated[Principal, Depends(require(Scope.read))]
 WriteKey = Annotated[Principal, Depends(require(Scope.write))]
 AdminKey = Annotated[Principal, Depends(require(Scope.admin))]
@@ -113,3 +125,4 @@ AssetId = Annotated[int, Path(ge=1, le=MAX_INT64, description="asset id")]
 JobId = Annotated[int, Path(ge=1, le=MAX_INT64, description="job id")]
 TagId = Annotated[int, Path(ge=1, le=MAX_INT32, description="tag id")]
 ConceptId = Annotated[int, Path(ge=1, le=MAX_INT32, description="concept id")]
+CollectionId = Annotated[int, Path(ge=1, le=MAX_INT32, description="collection id")]

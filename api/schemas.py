@@ -84,6 +84,9 @@ class Me(BaseModel):
     key_id: str | None = Field(description="public id of the key (null when auth is off)")
     name: str
     scopes: list[Scope]
+    collection_ids: list[int] | None = Field(
+        default=None, description="the collections the key is limited to (null: all of them)"
+    )
 
 
 # ---------- jobs ----------
@@ -107,6 +110,9 @@ class JobOut(BaseModel):
     parts: dict[str, int] | None = Field(
         default=None,
         description="a concept backfill: its parts (shared by the model workers) by status",
+    )
+    collection_id: int | None = Field(
+        default=None, description="the collection the job works for (null: global)"
     )
 
 
@@ -193,6 +199,9 @@ class AssetOut(AssetSummary):
     )
     updated_at: datetime
     original_url: str
+    collections: list[int] = Field(
+        default_factory=list, description="ids of the collections it is in (those the key sees)"
+    )
     sources: list[SourceOut]
     tags: list[AssetTagOut] = Field(description="every stored score, best first")
 
@@ -219,6 +228,12 @@ class RegisterRequest(BaseModel):
 
     urls: list[Source] = Field(default_factory=list, max_length=1000)
     paths: list[Source] = Field(default_factory=list, max_length=1000)
+    collection: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**31 - 1,
+        description="the collection the assets go to (a collection-limited key: one of its own)",
+    )
 
 
 # ---------- search ----------
@@ -257,6 +272,11 @@ class SearchRequest(BaseModel):
         description="tag terms also match narrower concepts of the taxonomy (animal: dogs)",
     )
     similar_to: AssetIdValue | None = Field(default=None, description="asset id")
+    collection: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="only assets of these collections (ids; default: every one the key sees)",
+    )
     sort: Literal["relevance", "date"] = "relevance"
     limit: Annotated[int, BeforeValidator(_not_a_bool)] = Field(default=40, ge=1, le=200)
     cursor: Cursor | None = None
@@ -317,6 +337,13 @@ class ConceptCreate(BaseModel):
     generate: bool = Field(default=False, description="ask the configured LLM for descriptions")
     threshold: Probability | None = None
     name_zh: ChineseName | None = None
+    collection: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**31 - 1,
+        description="the collection it belongs to (default: global; a key limited to one "
+        "collection: that one)",
+    )
 
 
 class ConceptOut(BaseModel):
@@ -328,6 +355,9 @@ class ConceptOut(BaseModel):
     tag_id: int | None
     error: str | None
     created_at: datetime
+    collection_id: int | None = Field(
+        default=None, description="the collection it belongs to (null: global)"
+    )
 
 
 class ConceptPage(BaseModel):

@@ -13,9 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from api.model_info import model_name
+from api.problems import ProblemError
 from api.schemas import AssetSummary, Reason, SearchHitOut, SearchPageOut, SearchRequest
 from api.services import Services
 from indexer.db.assets import Asset
+from indexer.db.collection_scope import EVERYTHING, CollectionScope
 from indexer.search import QueryImage, SearchHit, SearchService
 from indexer.search import SearchRequest as Query
 from indexer.search.timing import Phases
@@ -48,8 +50,26 @@ def asset_summaries(session: Session, ids: Sequence[int]) -> dict[int, AssetSumm
     }
 
 
-def to_query(req: SearchRequest, image: QueryImage | None = None) -> Query:
-    """The service's request for an HTTP search request (and an uploaded query image).
+def search_collections(req: SearchRequest, scope: CollectionScope) -> frozenset[int] | None:
+    """The collections a search is limited to: those asked (each must be one the key sees),
+    else the key's own (None: the whole archive, for an unrestricted key asking none).
+
+    Raises:
+        ProblemError: 404 for a collection the key does not see.
+    """
+    if not req.collection:
+        return scope.collection_ids
+    for collection_id in req.collection:
+        if not scope.sees_collection(collection_id):
+            raise ProblemError(404, f"collection {collection_id} does not exist", kind="not-found")
+    return frozenset(req.collection)
+
+
+def to_query(
+    req: SearchRequest, image: QueryImage | None = None, scope: CollectionScope = EVERYTHING
+) -> Query:
+    """The service's request for an HTTP search request (and an uploaded query image), limited
+    to what ``scope`` (the calling key) sees.
 
     Raises:
         InvalidQueryError: contradictory parts (text with a similar image, an empty date range).
@@ -71,6 +91,7 @@ def to_query(req: SearchRequest, image: QueryImage | None = None) -> Query:
         mime=req.mime,
         created_after=req.created_after,
         created_before=req.created_before,
+        collection_ids=search_collections(req, scope),
     )
 
 
@@ -108,6 +129,7 @@ def run_search(
     *,
     image: QueryImage | None = None,
     phases: Phases | None = None,
+    scope: CollectionScope = EVERYTHING,
 ) -> SearchPageOut:
     """One page of results for a search request (blocking: call it from a worker thread).
 
@@ -117,13 +139,15 @@ def run_search(
         req: the search.
         image: an uploaded query image, encoded (similar search by upload).
         phases: where each phase's time is recorded (the ``Server-Timing`` header's).
+        scope: what the calling key sees (its collections; docs/collections.md).
 
     Raises:
         indexer.search errors (bad combinations, unknown tags, bad cursors, missing assets),
         answered as problem documents by the app's handlers.
     """
     phases = phases if phases is not None else Phases()
-    page = SearchService(services).search(to_query(req, image), session=session, phases=phases)
+    query = to_query(req, image, scope)
+    page = SearchService(services).search(query, session=session, phases=phases)
     with phases.phase(PAGE):
         return SearchPageOut(
             hits=[hit_out(h) for h in page.hits],

@@ -23,6 +23,7 @@ from api.warmup import WarmUp
 from indexer.archive import Archive, NothingIngestedError, TextEncoderNotAvailableError
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.base import utcnow
+from indexer.db.collection_scope import CollectionForbiddenError, CollectionRequiredError
 from indexer.db.jobs import Job
 from indexer.models import ModelNotAvailableError
 from indexer.search.errors import (
@@ -212,6 +213,8 @@ _PROBLEMS: tuple[tuple[type[Exception], int, str], ...] = (
     (InvalidCursorError, 400, "invalid-cursor"),
     (BadImageError, 422, "bad-image"),
     (InvalidQueryError, 422, "validation"),
+    (CollectionForbiddenError, 403, "forbidden"),
+    (CollectionRequiredError, 422, "collection-required"),
 )
 
 

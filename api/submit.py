@@ -89,9 +89,10 @@ def _dispatch(services: Services, job_id: int, work: Callable[[], Any], what: st
 
 
 def submit_upload(
-    services: Services, handle: BinaryIO, filename: str | None
+    services: Services, handle: BinaryIO, filename: str | None, collection_id: int | None = None
 ) -> tuple[int, Registered]:
-    """Register one uploaded file and queue it for the model.
+    """Register one uploaded file and queue it for the model (into ``collection_id`` when
+    given: the asset joins it, the job is its, before this returns).
 
     The asset is committed before anything is sent: if the broker (or this process) fails
     right after, the asset's lease runs out and the reconciler sends it.
@@ -113,6 +114,7 @@ def submit_upload(
         params={"sources": [source]},
         owner=owner,
         lease_s=settings.ingest.lease_s,
+        collection_id=collection_id,
     )
     registrar = Registrar(settings, job_id=job_id, owner=owner)
     try:
@@ -165,8 +167,10 @@ def check_sources(urls: list[str], paths: list[str]) -> list[str]:
     return [*urls, *paths]
 
 
-def submit_sources(services: Services, sources: list[str]) -> int:
-    """Queue URLs and server paths (files or folders) for ingest; returns the job id.
+def submit_sources(services: Services, sources: list[str], collection_id: int | None = None) -> int:
+    """Queue URLs and server paths (files or folders) for ingest; returns the job id. With
+    ``collection_id`` the job is that collection's and its assets join it when registration
+    ends.
 
     The job is created first; a default-queue worker (or the app's background thread) registers
     the sources. If that registration is lost (a broker restarted, a worker killed), the
@@ -183,7 +187,14 @@ def submit_sources(services: Services, sources: list[str]) -> int:
         params["redrive"] = {"sources": sources}
         # The registration task takes the lease over when it starts; until then this lease
         # says how long it may sit in the queue before the reconciler sends it again.
-        job_id = start_job(url, JobKind.INGEST, params=params, owner="api", lease_s=lease_s * 4)
+        job_id = start_job(
+            url,
+            JobKind.INGEST,
+            params=params,
+            owner="api",
+            lease_s=lease_s * 4,
+            collection_id=collection_id,
+        )
         from indexer.celery_app import REGISTER_TASK, producer_app
 
         try:
@@ -199,7 +210,14 @@ def submit_sources(services: Services, sources: list[str]) -> int:
     from indexer.ingest.pipeline import ingest
 
     owner = process_owner()
-    job_id = start_job(url, JobKind.INGEST, params=params, owner=owner, lease_s=lease_s)
+    job_id = start_job(
+        url,
+        JobKind.INGEST,
+        params=params,
+        owner=owner,
+        lease_s=lease_s,
+        collection_id=collection_id,
+    )
     keeper_for(settings).hold_job(job_id)  # until the background run takes the job over
     _dispatch(
         services,

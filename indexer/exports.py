@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db.assets import Asset, AssetSource, AssetStatus
+from indexer.db.collection_scope import EVERYTHING, CollectionScope
 from indexer.db.labels import TagSource, label_key
 from indexer.db.tags import Tag, TagOrigin
 from indexer.db.taxonomy import TaxonomyBroader, TaxonomyTerm
@@ -48,13 +49,16 @@ Sessions = Callable[[], AbstractContextManager[Session]]
 @dataclass(frozen=True)
 class Selection:
     """Which assets to export: ids, or a tag query (names as ``ramdex search`` takes them), or
-    all done assets when neither is given; and which tag sources count."""
+    all done assets when neither is given; and which tag sources count. ``scope``: only the
+    assets and tags a collection-limited caller sees, and no source URIs for it (they may be
+    another collection's; docs/collections.md)."""
 
     asset_ids: tuple[int, ...] | None = None
     all_: tuple[str, ...] = ()
     any_: tuple[str, ...] = ()
     none: tuple[str, ...] = ()
     sources: frozenset[TagSource] = frozenset(TagSource)
+    scope: CollectionScope = EVERYTHING
 
     @property
     def is_query(self) -> bool:
@@ -98,10 +102,16 @@ def iter_asset_pages(
     Raises:
         UnknownTagError: a query names no tag of the model.
     """
+    scope = selection.scope
     if selection.asset_ids is not None:
         ids = list(dict.fromkeys(selection.asset_ids))
         for start in range(0, len(ids), page):
-            yield ids[start : start + page]
+            part = ids[start : start + page]
+            if scope.restricted:  # unseen ids are left out, as ids that do not exist are
+                with sessions() as session:
+                    seen = scope.visible_assets(session, part)
+                part = [i for i in part if i in seen]
+            yield part
         return
     if not selection.is_query:
         after = 0
@@ -110,7 +120,11 @@ def iter_asset_pages(
                 ids = list(
                     session.scalars(
                         sa.select(Asset.id)
-                        .where(Asset.status == AssetStatus.DONE.value, Asset.id > after)
+                        .where(
+                            Asset.status == AssetStatus.DONE.value,
+                            Asset.id > after,
+                            *scope.asset_conditions(Asset.id),
+                        )
                         .order_by(Asset.id)
                         .limit(page)
                     )
@@ -127,6 +141,7 @@ def iter_asset_pages(
             found = search_by_tags(
                 session, model_name=model_name, all_=selection.all_, any_=selection.any_,
                 none=selection.none, limit=min(page, 1000), cursor=cursor, order="date",
+                scope=scope,
             )  # fmt: skip
         if found.hits:
             yield [h.asset_id for h in found.hits]
@@ -166,13 +181,16 @@ def select_tags(
     model_name: str,
     asset_ids: Sequence[int],
     sources: Iterable[TagSource] = tuple(TagSource),
+    scope: CollectionScope = EVERYTHING,
 ) -> dict[int, list[TagOnAsset]]:
     """The tags each asset is exported with (module docstring), best first: labelled ones
-    (manual, embedded, accepted) before what only the model says, then by score."""
+    (manual, embedded, accepted) before what only the model says, then by score; tags of
+    collections ``scope`` does not see are left out."""
     wanted = {TagSource(s).value for s in sources}
+    hidden = scope.hidden_tag_ids(session)
     result: dict[int, list[TagOnAsset]] = {}
     for asset_id, views in tags_on_assets(session, model_name, asset_ids).items():
-        kept = [t for t in views if set(t.sources) & wanted]
+        kept = [t for t in views if set(t.sources) & wanted and t.tag_id not in hidden]
         kept.sort(key=lambda t: (t.model_only, -(t.score or 0.0), t.name))
         result[asset_id] = kept
     return result
@@ -203,14 +221,19 @@ def iter_export_assets(
                 )
             }  # fmt: skip
             uris: dict[int, list[str]] = {}
-            for asset_id, uri in session.execute(
+            rows = session.execute(
                 sa.select(AssetSource.asset_id, AssetSource.uri)
                 .where(AssetSource.asset_id.in_(ids))
                 .order_by(AssetSource.id)
-            ):
+            )
+            for asset_id, uri in [] if selection.scope.restricted else rows:
                 uris.setdefault(int(asset_id), []).append(uri)
             tags = select_tags(
-                session, model_name, [i for i in ids if i in assets], selection.sources
+                session,
+                model_name,
+                [i for i in ids if i in assets],
+                selection.sources,
+                selection.scope,
             )
         found = [
             ExportAsset(

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from indexer.db.backfill_parts import PartStatus, part_progress
 from indexer.db.base import UtcDateTime
+from indexer.db.collection_repo import add_job_assets_to_collection
 from indexer.db.job_repo import (
     add_job_assets,
     complete_jobs,
@@ -317,6 +318,7 @@ def start_job(
     *,
     owner: str | None = None,
     lease_s: float | None = None,
+    collection_id: int | None = None,
 ) -> int:
     """Create a ``pending`` job (its sources are being registered) and return its id.
 
@@ -324,9 +326,14 @@ def start_job(
         owner, lease_s: the registering process and its lease; None: no lease (the job is not
             watched by the reconciler until a registering process takes it, see
             :func:`begin_registration`).
+        collection_id: the collection its assets go to (when registration ends) and whose
+            keys see the job.
     """
     with session_scope(url) as session:
         job = create_job(session, kind=kind, total=0, params=params or {})
+        if collection_id is not None:
+            job.collection_id = collection_id
+            session.flush()
         if owner is not None and lease_s is not None:
             job.lease_owner = owner
             session.flush()
@@ -376,6 +383,9 @@ def end_registration(
         if job is not None and extra:
             job.params = {**(job.params or {}), **extra}
             session.flush()
+        if job is not None and job.collection_id is not None:
+            # A collection's ingest: every asset it registered joins the collection.
+            add_job_assets_to_collection(session, job_id, job.collection_id)
         if unregistered:
             session.execute(
                 sa.update(_jobs)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from indexer.db import label_repo
 from indexer.db.asset_repo import get_asset
+from indexer.db.collection_scope import EVERYTHING, CollectionScope
 from indexer.db.errors import NotFoundError, UnknownTagError
 from indexer.db.label_repo import QueueCursor, QueueItem
 from indexer.db.labels import (
@@ -73,9 +74,12 @@ def _synonym(session: Session, name: str) -> str | None:
     return lookup(session, name) if lookup is not None else None
 
 
-def resolve_name(session: Session, model_id: str, name: str) -> ResolvedName:
+def resolve_name(
+    session: Session, model_id: str, name: str, scope: CollectionScope = EVERYTHING
+) -> ResolvedName:
     """What ``name`` is for the model ``model_id``: its vocabulary tag (English name in any
     case, Chinese name, or a synonym the taxonomy maps to a tag's name), else a free keyword.
+    Tags ``scope`` does not see (other collections' concepts') are not tags to it.
 
     Raises:
         RamdexError: an empty or overlong name.
@@ -92,6 +96,8 @@ def resolve_name(session: Session, model_id: str, name: str) -> ResolvedName:
                 Tag.model_name == model_id, sa.func.lower(Tag.english) == concept
             )
             tags = [t for t in session.scalars(stmt) if key_of(t.english) == concept]
+    hidden = scope.hidden_tag_ids(session)
+    tags = [t for t in tags if t.id not in hidden]
     english = {t.english: t for t in tags}
     if len(english) > 1:
         raise AmbiguousNameError(
@@ -120,8 +126,10 @@ def change(
     name: str,
     action: LabelAction | str,
     actor: str,
+    scope: CollectionScope = EVERYTHING,
 ) -> ChangeResult:
-    """Apply ``action`` for the tag or keyword ``name`` to ``asset_ids`` (not committed).
+    """Apply ``action`` for the tag or keyword ``name`` to ``asset_ids`` (not committed);
+    assets ``scope`` does not see count as missing.
 
     Raises:
         UnknownTagError: accept/reject/unreview of a name that is not a vocabulary tag.
@@ -137,7 +145,11 @@ def change(
         raise RamdexError(
             f"unknown action {action!r}", hint="one of: " + ", ".join(sorted(USER_ACTIONS))
         )
-    resolved = resolve_name(session, model_id, name)
+    if scope.restricted:
+        unseen = sorted(set(map(int, asset_ids)) - scope.visible_assets(session, asset_ids))
+        if unseen:
+            raise label_repo.MissingAssetsError(unseen)
+    resolved = resolve_name(session, model_id, name, scope)
     if act in REVIEW_ACTIONS and resolved.tag is None:
         raise UnknownTagError([name], model_id)
     changed, unchanged = label_repo.change_labels(
@@ -146,7 +158,9 @@ def change(
     return ChangeResult(changed, unchanged, resolved)
 
 
-def provenance(session: Session, model_id: str, asset_id: int) -> list[TagOnAsset]:
+def provenance(
+    session: Session, model_id: str, asset_id: int, scope: CollectionScope = EVERYTHING
+) -> list[TagOnAsset]:
     """Every tag the asset has by any source: the model's and concepts' tags scored above
     their threshold and every labelled name; matching tags first, then by score, then name.
 
@@ -154,24 +168,46 @@ def provenance(session: Session, model_id: str, asset_id: int) -> list[TagOnAsse
     removed one); ``matches`` is what a default tag search decides.
 
     Raises:
-        NotFoundError: no such asset.
+        NotFoundError: no such asset, or ``scope`` does not see it.
     """
-    if get_asset(session, asset_id) is None:
-        raise NotFoundError(f"asset {asset_id} does not exist")
+    _visible(session, scope, asset_id)
+    hidden = scope.hidden_tag_ids(session)
     views = tags_on_assets(session, model_id, [asset_id]).get(asset_id, [])
-    shown = [v for v in views if v.matches or v.labelled]
+    shown = [v for v in views if (v.matches or v.labelled) and v.tag_id not in hidden]
     return sorted(shown, key=lambda v: (not v.matches, -(v.score or 0.0), v.name.casefold()))
 
 
-def history(session: Session, asset_id: int, limit: int = 100) -> list[LabelChange]:
-    """The asset's recorded label changes, newest first.
+def history(
+    session: Session,
+    asset_id: int,
+    limit: int = 100,
+    scope: CollectionScope = EVERYTHING,
+    own_actor: str | None = None,
+) -> list[LabelChange]:
+    """The asset's recorded label changes, newest first. For a restricted ``scope``, changes
+    made by anyone but ``own_actor`` name no actor (an asset shared with another collection
+    must not reveal that collection's key names).
 
     Raises:
-        NotFoundError: no such asset.
+        NotFoundError: no such asset, or ``scope`` does not see it.
     """
-    if get_asset(session, asset_id) is None:
+    _visible(session, scope, asset_id)
+    changes = label_repo.history(session, asset_id, limit)
+    if not scope.restricted:
+        return changes
+    for change in changes:
+        if change.actor != own_actor:
+            session.expunge(change)  # shown, never written back
+            change.actor = OTHER_ACTOR
+    return changes
+
+
+OTHER_ACTOR = "another key"
+
+
+def _visible(session: Session, scope: CollectionScope, asset_id: int) -> None:
+    if get_asset(session, asset_id) is None or not scope.sees_asset(session, asset_id):
         raise NotFoundError(f"asset {asset_id} does not exist")
-    return label_repo.history(session, asset_id, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,19 +221,48 @@ class QueuePage:
 
 
 def queue(
-    session: Session, model_id: str, name: str, limit: int = 50, cursor: str | None = None
+    session: Session,
+    model_id: str,
+    name: str,
+    limit: int = 50,
+    cursor: str | None = None,
+    scope: CollectionScope = EVERYTHING,
 ) -> QueuePage:
-    """The review queue of the vocabulary tag ``name`` (see :func:`label_repo.review_queue`).
+    """The review queue of the vocabulary tag ``name`` (see :func:`label_repo.review_queue`),
+    of the assets ``scope`` sees.
 
     Raises:
         UnknownTagError: ``name`` is not a tag of the model.
         InvalidCursorError: a cursor not from this tag's queue.
         ValueError: limit outside 1..1000.
     """
-    resolved = resolve_name(session, model_id, name)
+    resolved = resolve_name(session, model_id, name, scope)
     if resolved.tag is None:
         raise UnknownTagError([name], model_id)
     tag = resolved.tag
     after = QueueCursor.decode(cursor, tag.id) if cursor else None
-    items, following = label_repo.review_queue(session, tag, limit, after)
+    if not scope.restricted:
+        items, following = label_repo.review_queue(session, tag, limit, after)
+    else:
+        items, following = _scoped_queue(session, scope, tag, limit, after)
     return QueuePage(tag, tag.effective_threshold, items, following.encode() if following else None)
+
+
+_QUEUE_ROUNDS = 20  # walks of the score index per page for a collection-limited key
+
+
+def _scoped_queue(
+    session: Session, scope: CollectionScope, tag: Tag, limit: int, after: QueueCursor | None
+) -> tuple[list[QueueItem], QueueCursor | None]:
+    """The queue walked outward as for everyone, keeping the visible assets: each round asks
+    for what the page still lacks, so the cursor never skips an item. A page may come back
+    short (with a cursor) after :data:`_QUEUE_ROUNDS` rounds of invisible assets."""
+    items: list[QueueItem] = []
+    cursor = after
+    for _ in range(_QUEUE_ROUNDS):
+        page, cursor = label_repo.review_queue(session, tag, limit - len(items), cursor)
+        seen = scope.visible_assets(session, [i.asset_id for i in page])
+        items += [i for i in page if i.asset_id in seen]
+        if cursor is None or len(items) >= limit:
+            break
+    return items, cursor

@@ -132,6 +132,7 @@ _SUBCOMMANDS: list[tuple[str, str, str | None]] = [
     ("api.cli.thresholds", "app", "thresholds"),
     ("api.cli.export", "app", "export"),
     ("api.cli.taxonomy", "app", "taxonomy"),
+    ("api.cli.sources", "app", "sources"),
     ("api.cli.collections", "app", "collections"),
     ("api.cli.webhooks", "app", "webhooks"),
     ("api.cli.train", "app", None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -87,14 +88,39 @@ def create(
         list[Scope], typer.Option("--scope", "-s", help="read, write or admin (repeatable)")
     ],
     name: Annotated[str, typer.Option(help="who or what the key is for")] = "cli",
+    collection: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--collection",
+            "-c",
+            help="limit the key to this collection, by name or id (repeatable; default: the "
+            "key sees every collection)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
     from api.auth import create_key
+    from indexer.db.collection_repo import resolve_collection
+    from indexer.db.errors import NotFoundError
     from indexer.db.session import session_scope
+    from indexer.errors import RamdexError
 
     with session_scope() as session:
-        key = create_key(session, name=name, scopes=scope)
+        limits: list[int] | None = None
+        if collection:
+            limits = []
+            for ref in collection:
+                try:
+                    limits.append(resolve_collection(session, ref).id)
+                except NotFoundError as exc:
+                    raise RamdexError(
+                        f"no collection {ref!r}",
+                        hint="see `ramdex collections list`, or create it with "
+                        "`ramdex collections create NAME`",
+                    ) from exc
+        key = create_key(session, name=name, scopes=scope, collection_ids=limits)
+        names = _collection_names(session, key.collection_ids)
     if as_json:
         typer.echo(
             json.dumps(
@@ -102,43 +128,66 @@ def create(
                     "key_id": key.key_id,
                     "name": key.name,
                     "scopes": list(key.scopes),
+                    "collections": names,
                     "token": key.token,
                 }
             )
         )
     else:
         typer.echo(key.token)
+        limited = f"; only collections {', '.join(names)}" if names is not None else ""
         typer.echo(
-            f"key {key.key_id} ({key.name}; {', '.join(key.scopes)}): store it now, "
+            f"key {key.key_id} ({key.name}; {', '.join(key.scopes)}{limited}): store it now, "
             "it cannot be shown again",
             err=True,
         )
+
+
+def _collection_names(session: Any, collection_ids: Sequence[int] | None) -> list[str] | None:
+    """The names of these collections (None: unrestricted)."""
+    if collection_ids is None:
+        return None
+    from indexer.db.collection_repo import get_collection
+
+    found = [get_collection(session, c) for c in collection_ids]
+    return [c.name for c in found if c is not None]
 
 
 @keys_app.command("list")
 def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """List keys (ids, names, scopes, use; never secrets)."""
     from api.auth import list_keys
+    from indexer.db.collection_repo import key_collections
     from indexer.db.session import session_scope
 
     with session_scope() as session:
+        keys = list_keys(session)
+        limits = key_collections(session, [k.id for k in keys])
         rows: list[dict[str, Any]] = [
             {
                 "key_id": k.key_id,
                 "name": k.name,
                 "scopes": k.scopes.split(","),
+                # None: every collection; a list (maybe emptied by deletions): only those
+                "collections": None
+                if k.all_collections
+                else _collection_names(session, limits.get(k.id, [])),
                 "created_at": k.created_at.isoformat() if k.created_at else None,
                 "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
                 "revoked": k.revoked_at is not None,
             }
-            for k in list_keys(session)
+            for k in keys
         ]
     if as_json:
         typer.echo(json.dumps(rows))
         return
     for row in rows:
         state = "revoked" if row["revoked"] else f"last used {row['last_used_at'] or 'never'}"
-        typer.echo(f"{row['key_id']}  {','.join(row['scopes']):<16} {row['name']}  ({state})")
+        seen = row["collections"]
+        where = "all collections" if seen is None else "only " + (", ".join(seen) or "nothing")
+        typer.echo(
+            f"{row['key_id']}  {','.join(row['scopes']):<16} {row['name']}  [{where}]  ({state})"
+        )
 
 
 @keys_app.command("revoke")

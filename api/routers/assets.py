@@ -7,10 +7,21 @@ from pathlib import Path
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 
-from api.deps import MAX_INT64, AdminKey, AssetId, ReadKey, ServicesDep, SessionDep, WriteKey
+from api.deps import (
+    MAX_INT32,
+    MAX_INT64,
+    AdminKey,
+    AssetId,
+    ReadKey,
+    ScopeDep,
+    ServicesDep,
+    SessionDep,
+    WriteKey,
+)
 from api.model_info import model_name
 from api.problems import ProblemError, not_found
 from api.redact import hide_path, hide_paths_in_text, sees_server_paths
@@ -26,9 +37,13 @@ from api.schemas import (
 )
 from api.search import asset_summaries
 from api.submit import check_sources, submit_sources, submit_upload
+from indexer import collection_uploads
 from indexer.allowed_roots import PathNotAllowedError, check_server_paths
 from indexer.db.asset_repo import get_asset, list_sources
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.collection_repo import collections_of_assets
+from indexer.db.collection_scope import CollectionScope
+from indexer.db.errors import NotFoundError
 from indexer.db.job_repo import get_job
 from indexer.db.tag_repo import get_asset_tags
 from indexer.settings import Settings
@@ -78,6 +93,34 @@ def check_allowed_paths(paths: list[str], settings: Settings) -> None:
         ) from exc
 
 
+def visible_asset(session: Session, scope: CollectionScope, asset_id: int) -> Asset:
+    """The asset when it exists and the key sees it; else 404 (the same answer for both, so
+    a collection-limited key never learns that another collection's asset exists)."""
+    row = get_asset(session, asset_id)
+    if row is None or not scope.sees_asset(session, asset_id):
+        raise not_found("asset", asset_id)
+    return row
+
+
+def _target(session: Session, scope: CollectionScope, requested: int | None) -> int | None:
+    """The collection new assets go to (403/422 from the scope; 404: no such collection)."""
+    try:
+        return collection_uploads.upload_target(session, scope, requested)
+    except NotFoundError as exc:
+        raise ProblemError(404, str(exc), kind="not-found") from exc
+
+
+CollectionForm = Annotated[
+    int | None,
+    Form(
+        ge=1,
+        le=MAX_INT32,
+        description="the collection the asset goes to (a key limited to several collections "
+        "must say which; one limited to one: that one by default)",
+    ),
+]
+
+
 def build_router(settings: Settings) -> APIRouter:
     """The asset routes; uploads are capped at ``api.max_upload_bytes``."""
     router = APIRouter(prefix="/assets", tags=["assets"])
@@ -85,12 +128,18 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get("", response_model=AssetPage, summary="Assets, newest first")
     def assets(
         _: ReadKey,
+        scope: ScopeDep,
         session: SessionDep,
         status: Annotated[AssetStatus | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[Cursor | None, Query()] = None,
     ) -> AssetPage:
-        stmt = sa.select(Asset.id).order_by(Asset.id.desc()).limit(limit + 1)
+        stmt = (
+            sa.select(Asset.id)
+            .where(*scope.asset_conditions(Asset.id))
+            .order_by(Asset.id.desc())
+            .limit(limit + 1)
+        )
         if status is not None:
             stmt = stmt.where(Asset.status == status.value)
         if cursor:
@@ -104,14 +153,24 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get("/{asset_id}", response_model=AssetOut, summary="One asset with tags and sources")
     def asset(
-        asset_id: AssetId, principal: ReadKey, services: ServicesDep, session: SessionDep
+        asset_id: AssetId,
+        principal: ReadKey,
+        scope: ScopeDep,
+        services: ServicesDep,
+        session: SessionDep,
     ) -> AssetOut:
-        row = get_asset(session, asset_id)
-        if row is None:
-            raise not_found("asset", asset_id)
-        tags = get_asset_tags(session, asset_id, include_below_threshold=True)
-        sources = list_sources(session, asset_id)
-        shown = sees_server_paths(principal, services.settings)
+        row = visible_asset(session, scope, asset_id)
+        hidden = scope.hidden_tag_ids(session)  # other collections' concept tags
+        tags = [
+            t
+            for t in get_asset_tags(session, asset_id, include_below_threshold=True)
+            if t.tag_id not in hidden
+        ]
+        # A collection-limited key sees no source URI: the same bytes may have come in through
+        # another collection, whose paths and URLs are that collection's (docs/collections.md).
+        sources = [] if scope.restricted else list_sources(session, asset_id)
+        shown = sees_server_paths(principal, services.settings) and not scope.restricted
+        memberships = collections_of_assets(session, [asset_id]).get(asset_id, [])
         return AssetOut(
             id=row.id,
             status=row.status,
@@ -127,6 +186,7 @@ def build_router(settings: Settings) -> APIRouter:
             model_id=row.model_name,
             updated_at=row.updated_at,
             original_url=f"/assets/{asset_id}/original",
+            collections=[c for c in memberships if scope.sees_collection(c)],
             sources=[
                 SourceOut(
                     uri=s.uri if shown else hide_path(s.uri),
@@ -157,11 +217,14 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
     def thumbnail(
-        asset_id: AssetId, request: Request, _: ReadKey, services: ServicesDep, session: SessionDep
+        asset_id: AssetId,
+        request: Request,
+        _: ReadKey,
+        scope: ScopeDep,
+        services: ServicesDep,
+        session: SessionDep,
     ) -> Response:
-        row = get_asset(session, asset_id)
-        if row is None:
-            raise not_found("asset", asset_id)
+        row = visible_asset(session, scope, asset_id)
         etag = f'"t-{row.sha256}"'
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})
@@ -188,11 +251,9 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
     def original(
-        asset_id: AssetId, _: ReadKey, services: ServicesDep, session: SessionDep
+        asset_id: AssetId, _: ReadKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
     ) -> Response:
-        row = get_asset(session, asset_id)
-        if row is None:
-            raise not_found("asset", asset_id)
+        row = visible_asset(session, scope, asset_id)
         path = Path(row.storage_path) if row.storage_path else None
         # Only files inside the media store are served, whatever a row says.
         if path is None or not _inside(path, services.settings.media_dir) or not path.is_file():
@@ -222,11 +283,17 @@ def build_router(settings: Settings) -> APIRouter:
     def upload(
         file: Annotated[UploadFile, File(description="the image file")],
         _: WriteKey,
+        scope: ScopeDep,
         services: ServicesDep,
         session: SessionDep,
         response: Response,
+        collection: CollectionForm = None,
     ) -> Accepted:
-        job_id, registered = submit_upload(services, file.file, file.filename)
+        target = _target(session, scope, collection)
+        # With a collection, the asset (new, failed or a duplicate) and its job are the
+        # collection's before this answers.
+        job_id, registered = submit_upload(services, file.file, file.filename, target)
+        registered = collection_uploads.as_seen_by(session, scope, job_id, registered)
         if registered.state == "failed":
             raise ProblemError(
                 422,
@@ -253,11 +320,16 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
     def register(
-        body: RegisterRequest, _: AdminKey, services: ServicesDep, session: SessionDep
+        body: RegisterRequest,
+        _: AdminKey,
+        scope: ScopeDep,
+        services: ServicesDep,
+        session: SessionDep,
     ) -> Accepted:
         sources = check_sources(body.urls, body.paths)
         check_allowed_paths(body.paths, services.settings)
-        job_id = submit_sources(services, sources)
+        target = _target(session, scope, body.collection)
+        job_id = submit_sources(services, sources, collection_id=target)
         job = get_job(session, job_id)
         assert job is not None  # created by submit_sources just now
         return Accepted(job=job_out(job))
@@ -268,7 +340,16 @@ def build_router(settings: Settings) -> APIRouter:
         response_class=Response,
         summary="Delete an asset from the database, the indexes and the media store",
     )
-    def delete(asset_id: AssetId, _: WriteKey, services: ServicesDep) -> Response:
+    def delete(
+        asset_id: AssetId, _: WriteKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
+    ) -> Response:
+        visible_asset(session, scope, asset_id)
+        if collection_uploads.leave_other_collections(session, scope, asset_id):
+            # Also in collections this key does not see: it leaves the key's collections
+            # only; the other collections keep it (docs/collections.md).
+            session.commit()
+            return Response(status_code=204)
+        session.rollback()
         if not services.delete_asset(asset_id):  # the row, then the stores and caches
             raise not_found("asset", asset_id)
         return Response(status_code=204)

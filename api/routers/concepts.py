@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from api.deps import ConceptId, ReadKey, ServicesDep, SessionDep, WriteKey
+from api.deps import ConceptId, ReadKey, ScopeDep, ServicesDep, SessionDep, WriteKey
 from api.problems import ProblemError, not_found
 from api.routers.jobs import job_out
 from api.schemas import ConceptCreate, ConceptCreated, ConceptOut, ConceptPage
-from indexer.db.concept_repo import create_concept, get_concept, get_concept_by_name, list_concepts
+from indexer.db.collection_repo import get_collection
+from indexer.db.collection_scope import CollectionScope
+from indexer.db.concept_repo import create_concept, find_concept, get_concept, list_concepts
 from indexer.db.concepts import Concept
 from indexer.db.job_repo import create_job
 from indexer.db.jobs import JobKind
@@ -29,7 +32,18 @@ def concept_out(concept: Concept) -> ConceptOut:
         tag_id=concept.tag_id,
         error=concept.error,
         created_at=concept.created_at,
+        collection_id=concept.collection_id,
     )
+
+
+def visible_concept(
+    session: Session, scope: CollectionScope, model_id: str, concept_id: int
+) -> Concept:
+    """The model's concept when the key sees it (global or of its collections); else 404."""
+    row = get_concept(session, concept_id)
+    if row is None or row.model_name != model_id or not scope.sees_concept(row):
+        raise not_found("concept", concept_id)
+    return row
 
 
 @router.post(
@@ -39,7 +53,7 @@ def concept_out(concept: Concept) -> ConceptOut:
     summary="Create a concept and start scoring every archived asset for it",
 )
 def create(
-    body: ConceptCreate, _: WriteKey, services: ServicesDep, session: SessionDep
+    body: ConceptCreate, _: WriteKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
 ) -> ConceptCreated:
     settings = services.settings
     model_id = services.model_id()
@@ -54,9 +68,18 @@ def create(
         spec = ConceptSpec(body.name, tuple(body.descriptions or ()))
     except (TypeError, ValueError) as exc:
         raise ProblemError(422, str(exc), kind="validation") from exc
-    if get_concept_by_name(session, model_id, spec.name) is not None or session.scalar(
-        select(Tag.id).where(
-            Tag.model_name == model_id, func.lower(Tag.english) == spec.name.lower()
+    # A restricted key's concept is its collection's (403 for another's); an unrestricted
+    # key's is global unless it names a collection.
+    collection_id = scope.target_collection(body.collection)
+    if collection_id is not None and get_collection(session, collection_id) is None:
+        raise not_found("collection", collection_id)
+    # Names are unique among the concepts the key sees. Tags are one vocabulary per model:
+    # a name another collection's concept already made a tag is taken (docs/collections.md).
+    if find_concept(session, model_id, spec.name, visible=scope.concept_condition()) or (
+        session.scalar(
+            select(Tag.id).where(
+                Tag.model_name == model_id, func.lower(Tag.english) == spec.name.lower()
+            )
         )
     ):
         raise ProblemError(
@@ -68,8 +91,10 @@ def create(
         name=spec.name,
         descriptions=list(spec.descriptions),
         threshold=body.threshold if body.threshold is not None else 0.5,
+        collection_id=collection_id,
     )
     job = create_job(session, kind=JobKind.BACKFILL, params={"concept_id": concept.id})
+    job.collection_id = collection_id  # the collection's keys follow its backfill
     session.commit()
     concept_id, job_id = concept.id, job.id
     fixed = body.threshold is not None
@@ -91,18 +116,18 @@ def create(
 @router.get(
     "", response_model=ConceptPage, summary="Concepts of the configured model, newest first"
 )
-def concepts(_: ReadKey, services: ServicesDep, session: SessionDep) -> ConceptPage:
-    return ConceptPage(items=[concept_out(c) for c in list_concepts(session, services.model_id())])
+def concepts(
+    _: ReadKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
+) -> ConceptPage:
+    rows = list_concepts(session, services.model_id(), visible=scope.concept_condition())
+    return ConceptPage(items=[concept_out(c) for c in rows])
 
 
 @router.get("/{concept_id}", response_model=ConceptOut, summary="One concept")
 def concept(
-    concept_id: ConceptId, _: ReadKey, services: ServicesDep, session: SessionDep
+    concept_id: ConceptId, _: ReadKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
 ) -> ConceptOut:
-    row = get_concept(session, concept_id)
-    if row is None or row.model_name != services.model_id():
-        raise not_found("concept", concept_id)
-    return concept_out(row)
+    return concept_out(visible_concept(session, scope, services.model_id(), concept_id))
 
 
 @router.delete(
@@ -112,11 +137,11 @@ def concept(
     summary="Delete a concept and its tag",
 )
 def delete(
-    concept_id: ConceptId, _: WriteKey, services: ServicesDep, session: SessionDep
+    concept_id: ConceptId, _: WriteKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
 ) -> Response:
-    row = get_concept(session, concept_id)
-    if row is None or row.model_name != services.model_id():
-        raise not_found("concept", concept_id)
+    row = visible_concept(session, scope, services.model_id(), concept_id)
+    if row.collection_id is None:
+        scope.require_unrestricted("deleting a global concept")  # 403 for a restricted key
     tag = session.get(Tag, row.tag_id) if row.tag_id is not None else None
     session.delete(row)
     if tag is not None:

@@ -19,10 +19,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from api.deps import ReadKey, ServicesDep, WriteKey
+from api.deps import ReadKey, ScopeDep, ServicesDep, WriteKey
 from api.problems import ProblemError
 from api.redact import hide_path, sees_server_paths
 from api.schemas import TagName
+from indexer.db.collection_scope import EVERYTHING, CollectionScope
 from indexer.db.labels import TagSource
 
 router = APIRouter(prefix="/exports", tags=["exports"])
@@ -75,22 +76,29 @@ def _exiftool_or_503() -> None:
         raise ProblemError(503, f"{exc.message}; {exc.hint}", kind="exiftool-missing") from None
 
 
-def _check_tags(services: ServicesDep, model_id: str, names: list[str]) -> None:
+def _check_tags(
+    services: ServicesDep, model_id: str, names: list[str], scope: CollectionScope = EVERYTHING
+) -> None:
     """Unknown query tags answer 422 before anything streams (UnknownTagError's handler)."""
     if names:
         from indexer.db.query_terms import resolve_terms
 
         with services.sessions() as session:  # the names search takes: tags, synonyms, keywords
-            resolve_terms(session, model_id, names)
+            resolve_terms(session, model_id, names, scope=scope)
 
 
 @router.post(
     "/xmp", response_model=XmpExportResult, summary="Write XMP sidecars beside the originals"
 )
-def export_xmp(body: XmpExportRequest, _: WriteKey, services: ServicesDep) -> XmpExportResult:
+def export_xmp(
+    body: XmpExportRequest, _: WriteKey, scope: ScopeDep, services: ServicesDep
+) -> XmpExportResult:
     from indexer import exports
     from indexer.keywords import SidecarName
 
+    # Sidecars land beside originals on the server, which may be files another collection
+    # registered (the same bytes): only a key not limited to collections writes them.
+    scope.require_unrestricted("writing XMP sidecars beside the server's originals")
     if body.asset_ids is not None and (body.all or body.any or body.none):
         raise ProblemError(422, "give asset_ids or a tag query, not both", kind="validation")
     _exiftool_or_503()
@@ -121,6 +129,7 @@ SourcesQuery = Annotated[
 def _stream(
     kind: Literal["csv", "json"],
     principal: ReadKey,
+    scope: ScopeDep,
     services: ServicesDep,
     all_: list[str] | None,
     any_: list[str] | None,
@@ -130,12 +139,13 @@ def _stream(
     from indexer import exports
 
     model_id = services.model_id()
-    _check_tags(services, model_id, [*(all_ or []), *(any_ or []), *(none or [])])
+    _check_tags(services, model_id, [*(all_ or []), *(any_ or []), *(none or [])], scope)
     selection = exports.Selection(
         all_=tuple(all_ or ()),
         any_=tuple(any_ or ()),
         none=tuple(none or ()),
         sources=frozenset(sources or TagSource),
+        scope=scope,
     )
     hide = None if sees_server_paths(principal, services.settings) else hide_path
     pages = exports.iter_export_assets(services.sessions, model_id, selection)
@@ -158,13 +168,14 @@ def _stream(
 )
 def assets_csv(
     principal: ReadKey,
+    scope: ScopeDep,
     services: ServicesDep,
     all_: Annotated[TagQuery, Query(alias="all")] = None,
     any_: Annotated[TagQuery, Query(alias="any")] = None,
     none: TagQuery = None,
     sources: SourcesQuery = None,
 ) -> StreamingResponse:
-    return _stream("csv", principal, services, all_, any_, none, sources)
+    return _stream("csv", principal, scope, services, all_, any_, none, sources)
 
 
 @router.get(
@@ -175,10 +186,11 @@ def assets_csv(
 )
 def assets_json(
     principal: ReadKey,
+    scope: ScopeDep,
     services: ServicesDep,
     all_: Annotated[TagQuery, Query(alias="all")] = None,
     any_: Annotated[TagQuery, Query(alias="any")] = None,
     none: TagQuery = None,
     sources: SourcesQuery = None,
 ) -> StreamingResponse:
-    return _stream("json", principal, services, all_, any_, none, sources)
+    return _stream("json", principal, scope, services, all_, any_, none, sources)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Scope, ordered
-from api.deps import ReadKey, ServicesDep, require
+from api.deps import ReadKey, ScopeDep, ServicesDep, require
 from api.model_info import model_out
 from api.problems import ProblemError
 from api.schemas import CheckOut, Health, Me, Ready
@@ -46,7 +46,17 @@ async def readyz(services: ServicesDep) -> Ready:
 
 @router.get("/me", response_model=Me, summary="The calling key's name and scopes", tags=["auth"])
 def me(principal: ReadKey) -> Me:
-    return Me(key_id=principal.key_id, name=principal.name, scopes=ordered(principal.scopes))
+    limited = principal.collection_ids
+    return Me(
+        key_id=principal.key_id,
+        name=principal.name,
+        scopes=ordered(principal.scopes),
+        collection_ids=None if limited is None else sorted(limited),
+    )
+
+
+def _unrestricted(scope: ScopeDep) -> None:
+    scope.require_unrestricted("reading the archive-wide metrics")
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -57,7 +67,8 @@ def build_router(settings: Settings) -> APIRouter:
     access = settings.api.metrics_access
     if access == "bind":
         return built
-    guard = [Depends(require(Scope.read))] if access == "key" else []
+    # Archive-wide counts: a key limited to collections must not read other collections'.
+    guard = [Depends(require(Scope.read)), Depends(_unrestricted)] if access == "key" else []
 
     @built.get(
         "/metrics",

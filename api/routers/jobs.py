@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import JobId, ReadKey, ServicesDep, SessionDep
+from api.deps import JobId, ReadKey, ScopeDep, ServicesDep, SessionDep
 from api.problems import not_found
 from api.redact import hide_paths_in, hide_paths_in_text, sees_server_paths
 from api.schemas import JobOut, JobPage
@@ -35,26 +35,36 @@ def job_out(job: Job, *, hide_paths: bool = False) -> JobOut:
         eta_s=v.eta_s,
         params=hide_paths_in(v.params) if hide_paths else v.params,
         parts=v.parts,
+        collection_id=job.collection_id,
     )
 
 
 @router.get("", response_model=JobPage, summary="Recent jobs, newest first")
 def jobs(
     principal: ReadKey,
+    scope: ScopeDep,
     services: ServicesDep,
     session: SessionDep,
     status: Annotated[JobStatus | None, Query()] = None,
     kind: Annotated[JobKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> JobPage:
-    rows = list_jobs(session, status=status, kind=kind, limit=limit)
+    rows = list_jobs(
+        session,
+        status=status,
+        kind=kind,
+        limit=limit,
+        visible=scope.job_condition(Job.collection_id),
+    )
     hide = not sees_server_paths(principal, services.settings)
     return JobPage(items=[job_out(j, hide_paths=hide) for j in rows])
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job with its progress")
-def job(job_id: JobId, principal: ReadKey, services: ServicesDep, session: SessionDep) -> JobOut:
+def job(
+    job_id: JobId, principal: ReadKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
+) -> JobOut:
     row = get_job(session, job_id)
-    if row is None:
+    if row is None or not scope.sees_collection(row.collection_id):
         raise not_found("job", job_id)
     return job_out(row, hide_paths=not sees_server_paths(principal, services.settings))

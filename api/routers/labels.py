@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.auth import Principal
-from api.deps import MAX_INT64, AssetId, ReadKey, ServicesDep, SessionDep, WriteKey
+from api.deps import MAX_INT64, AssetId, ReadKey, ScopeDep, ServicesDep, SessionDep, WriteKey
 from api.problems import ProblemError
 from api.schemas import Cursor, TagName
 from indexer import review
@@ -127,10 +127,10 @@ def _bad_name(exc: RamdexError) -> ProblemError:
     "/assets/{asset_id}", response_model=AssetTagsOut, summary="An asset's tags and their sources"
 )
 def asset_tags(
-    asset_id: AssetId, _: ReadKey, services: ServicesDep, session: SessionDep
+    asset_id: AssetId, _: ReadKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
 ) -> AssetTagsOut:
     try:
-        views = review.provenance(session, services.model_id(), asset_id)
+        views = review.provenance(session, services.model_id(), asset_id, scope)
     except NotFoundError as exc:
         raise ProblemError(404, str(exc), kind="not-found") from exc
     return AssetTagsOut(
@@ -141,12 +141,16 @@ def asset_tags(
 
 @router.post("", response_model=LabelChangeOut, summary="Add/remove, accept/reject tags")
 def change_labels(
-    body: LabelChangeIn, principal: WriteKey, services: ServicesDep, session: SessionDep
+    body: LabelChangeIn,
+    principal: WriteKey,
+    scope: ScopeDep,
+    services: ServicesDep,
+    session: SessionDep,
 ) -> LabelChangeOut:
     model_id = services.model_id()
     try:
         result = review.change(
-            session, model_id, body.asset_ids, body.tag, body.action, actor_of(principal)
+            session, model_id, body.asset_ids, body.tag, body.action, actor_of(principal), scope
         )
     except MissingAssetsError as exc:
         raise ProblemError(404, str(exc), kind="not-found", missing=exc.asset_ids) from exc
@@ -163,12 +167,13 @@ def change_labels(
 )
 def history(
     asset_id: AssetId,
-    _: ReadKey,
+    principal: ReadKey,
+    scope: ScopeDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> HistoryOut:
     try:
-        changes = review.history(session, asset_id, limit)
+        changes = review.history(session, asset_id, limit, scope, actor_of(principal))
     except NotFoundError as exc:
         raise ProblemError(404, str(exc), kind="not-found") from exc
     return HistoryOut(
@@ -181,6 +186,7 @@ def history(
 )
 def review_queue(
     _: ReadKey,
+    scope: ScopeDep,
     services: ServicesDep,
     session: SessionDep,
     tag: Annotated[TagName, Query(description="a tag of the vocabulary")],
@@ -188,7 +194,7 @@ def review_queue(
     cursor: Annotated[Cursor | None, Query(description="next_cursor of the previous page")] = None,
 ) -> QueueOut:
     try:
-        page = review.queue(session, services.model_id(), tag, limit, cursor)
+        page = review.queue(session, services.model_id(), tag, limit, cursor, scope)
     except UnknownTagError as exc:
         raise _unknown_tag(exc) from exc
     except RamdexError as exc:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
-from api.deps import ReadKey, ServicesDep, SessionDep
+from api.deps import ReadKey, ScopeDep, ServicesDep, SessionDep
 from api.problems import ProblemError
 from api.query_image import query_decode_options, release_memory
 from api.ratelimit import CostlyGateDep
@@ -40,24 +40,28 @@ def build_router(settings: Settings) -> APIRouter:
         request: Request,
         params: Annotated[SearchRequest, Query()],
         _: ReadKey,
+        scope: ScopeDep,
         services: ServicesDep,
         session: SessionDep,
         costly: CostlyGateDep,
     ) -> SearchPageOut:
         with costly.slot() if params.text else nullcontext():  # concepts: 429 past the limit
-            return run_search(services, session, params, phases=request_phases(request))
+            return run_search(
+                services, session, params, phases=request_phases(request), scope=scope
+            )
 
     @router.post("", response_model=SearchPageOut, summary="Search (JSON body)")
     def search_post(
         request: Request,
         body: SearchRequest,
         _: ReadKey,
+        scope: ScopeDep,
         services: ServicesDep,
         session: SessionDep,
         costly: CostlyGateDep,
     ) -> SearchPageOut:
         with costly.slot() if body.text else nullcontext():  # concepts: 429 past the limit
-            return run_search(services, session, body, phases=request_phases(request))
+            return run_search(services, session, body, phases=request_phases(request), scope=scope)
 
     @router.post(
         "/image",
@@ -69,6 +73,7 @@ def build_router(settings: Settings) -> APIRouter:
         request: Request,
         file: Annotated[UploadFile, File(description="the query image")],
         _: ReadKey,
+        scope: ScopeDep,
         services: ServicesDep,
         session: SessionDep,
         costly: CostlyGateDep,
@@ -82,6 +87,6 @@ def build_router(settings: Settings) -> APIRouter:
         with costly.slot(), phases.phase("encode_image"):  # the image model: 429 past the limit
             image = _query_image(services, data)
         page = SearchRequest(limit=limit, cursor=cursor)
-        return run_search(services, session, page, image=image, phases=phases)
+        return run_search(services, session, page, image=image, phases=phases, scope=scope)
 
     return router

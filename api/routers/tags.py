@@ -9,9 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from api.deps import AdminKey, ReadKey, ServicesDep, SessionDep, TagId
+from api.deps import AdminKey, ReadKey, ScopeDep, ServicesDep, SessionDep, TagId
 from api.problems import ProblemError, not_found
 from api.schemas import Cursor, TagName, TagOut, TagPage, ThresholdUpdate
+from indexer.db.collection_scope import CollectionScope
 from indexer.db.labels import label_key
 from indexer.db.tag_repo import get_tag, list_tags, set_threshold_override
 from indexer.db.tags import Tag, TagOrigin
@@ -62,6 +63,7 @@ def _after(cursor: str) -> str:
 @router.get("", response_model=TagPage, summary="List tags, or those starting with a prefix")
 def tags(
     _: ReadKey,
+    scope: ScopeDep,
     services: ServicesDep,
     session: SessionDep,
     prefix: Annotated[
@@ -78,6 +80,7 @@ def tags(
         origin=origin,
         limit=limit + 1,
         after=_after(cursor) if cursor else None,
+        visible=scope.tag_condition(Tag.id),  # other collections' concept tags left out
     )
     more = len(rows) > limit
     page = rows[:limit]
@@ -89,20 +92,32 @@ def tags(
 
 
 @router.get("/{tag_id}", response_model=TagOut, summary="One tag")
-def tag(tag_id: TagId, _: ReadKey, services: ServicesDep, session: SessionDep) -> TagOut:
+def tag(
+    tag_id: TagId, _: ReadKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
+) -> TagOut:
+    return _with_relations(session, _visible_tag(session, scope, services.model_id(), tag_id))
+
+
+def _visible_tag(session: Session, scope: CollectionScope, model_id: str, tag_id: int) -> Tag:
+    """The model's tag when the key sees it (not another collection's concept's); else 404."""
     row = get_tag(session, tag_id)
-    if row is None or row.model_name != services.model_id():
+    if row is None or row.model_name != model_id or tag_id in scope.hidden_tag_ids(session):
         raise not_found("tag", tag_id)
-    return _with_relations(session, row)
+    return row
 
 
 @router.patch("/{tag_id}", response_model=TagOut, summary="Set or clear a tag's threshold override")
 def set_threshold(
-    tag_id: TagId, body: ThresholdUpdate, _: AdminKey, services: ServicesDep, session: SessionDep
+    tag_id: TagId,
+    body: ThresholdUpdate,
+    _: AdminKey,
+    scope: ScopeDep,
+    services: ServicesDep,
+    session: SessionDep,
 ) -> TagOut:
-    row = get_tag(session, tag_id)
-    if row is None or row.model_name != services.model_id():
-        raise not_found("tag", tag_id)
+    _visible_tag(session, scope, services.model_id(), tag_id)
+    # A threshold changes what every collection's searches match.
+    scope.require_unrestricted("a tag's threshold")
     try:
         row = set_threshold_override(session, tag_id, body.threshold_override)
     except ValueError as exc:

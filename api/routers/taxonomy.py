@@ -23,7 +23,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminKey, ReadKey, SessionDep
+from api.deps import AdminKey, ReadKey, ScopeDep, SessionDep
 from api.problems import ProblemError
 from api.schemas import NO_NUL
 from indexer.db import taxonomy_repo as repo
@@ -165,9 +165,11 @@ def _store(session: SessionDep, data: bytes, content_type: str | None, merge: bo
 async def upload(
     request: Request,
     _: AdminKey,
+    scope: ScopeDep,
     session: SessionDep,
     merge: Annotated[bool, Query(description="merge on top of the stored taxonomy")] = False,
 ) -> ImportOut:
+    scope.require_unrestricted("the taxonomy")  # what every collection's searches match
     data = await request.body()  # capped by the app's body limit (api.max_json_bytes)
     if not data.strip():
         raise ProblemError(

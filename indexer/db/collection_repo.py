@@ -59,6 +59,19 @@ def add_assets_to_collection(session: Session, collection_id: int, asset_ids: It
     return added
 
 
+def add_job_assets_to_collection(session: Session, job_id: int, collection_id: int) -> int:
+    """Put every asset in a job's ledger into a collection (a collection's ingest, when its
+    registration ends; idempotent). Returns how many were new to it."""
+    from indexer.db.jobs import JobAsset
+
+    ledger = table_of(JobAsset)
+    ids = [
+        int(i)
+        for i in session.scalars(sa.select(ledger.c.asset_id).where(ledger.c.job_id == job_id))
+    ]
+    return add_assets_to_collection(session, collection_id, ids)
+
+
 def remove_assets_from_collection(
     session: Session, collection_id: int, asset_ids: Iterable[int]
 ) -> int:

@@ -203,8 +203,8 @@ class CollectionScope:
         """
         if self.collection_ids is not None:
             raise CollectionForbiddenError(
-                f"{what} changes every collection: it needs a key that is not limited to "
-                "collections"
+                f"{what}: that concerns every collection, so it needs a key that is not "
+                "limited to collections"
             )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from indexer.db.collection_scope import EVERYTHING, CollectionScope
 from indexer.db.errors import UnknownTagError
 from indexer.db.labels import AssetLabel, label_key
 from indexer.db.tag_match import FreeKeyword
@@ -46,24 +47,39 @@ class Term:
 
 
 def resolve_terms(
-    session: Session, model_name: str, names: Sequence[str | int], *, narrower: bool = False
+    session: Session,
+    model_name: str,
+    names: Sequence[str | int],
+    *,
+    narrower: bool = False,
+    scope: CollectionScope = EVERYTHING,
 ) -> dict[str | int, Term]:
     """Each of ``names`` (tag names, English or Chinese, tag ids, keywords) as a :class:`Term`.
+
+    ``scope``: a collection-limited caller's; tags made from other collections' concepts and
+    labels only on assets it does not see are unknown to it (never revealed by the answer).
 
     Raises:
         UnknownTagError: names that match no tag, taxonomy term or label.
     """
     out: dict[str | int, Term] = {}
     unknown: list[str | int] = []
+    hidden = scope.hidden_tag_ids(session)
     for name in dict.fromkeys(names):
         if isinstance(name, int):
+            if name in hidden:
+                raise UnknownTagError([name], model_name)
             out[name] = Term(name, list(resolve_tags(session, model_name, [name])[name]))
             continue
         expansions = expand(session, name, descendants=narrower)
         own = label_key(name)
         spelled = {e.key: e.matched_term for e in expansions}
         spelled[own] = " ".join(name.split())
-        tags = _tags_named(session, model_name, list(spelled.values()))
+        tags = [
+            t
+            for t in _tags_named(session, model_name, list(spelled.values()))
+            if t.id not in hidden
+        ]
         term = Term(name)
         seen: set[int] = set()
         for key, written in spelled.items():
@@ -78,7 +94,7 @@ def resolve_terms(
                 term.tags.append(FreeKeyword(-(len(out) * 1000 + len(term.tags) + 1), written))
                 if key != own:
                     term.expanded_from[key] = str(name)
-        if not seen and lookup(session, name) is None and not _has_labels(session, own):
+        if not seen and lookup(session, name) is None and not _has_labels(session, own, scope):
             unknown.append(name)  # no tag, no taxonomy concept, no label: a typo, most likely
         out[name] = term
     if unknown:
@@ -101,5 +117,8 @@ def _tags_named(session: Session, model_name: str, names: list[str]) -> list[Tag
     )
 
 
-def _has_labels(session: Session, key: str) -> bool:
-    return session.execute(sa.select(sa.exists().where(AssetLabel.key == key))).scalar_one()
+def _has_labels(session: Session, key: str, scope: CollectionScope = EVERYTHING) -> bool:
+    visible = scope.asset_conditions(AssetLabel.asset_id)
+    return session.execute(
+        sa.select(sa.exists().where(AssetLabel.key == key, *visible))
+    ).scalar_one()

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from indexer.db._sql import table_of
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.collection_scope import EVERYTHING, CollectionScope
 from indexer.db.errors import CursorOutOfRangeError, InvalidCursorError
 from indexer.db.labels import AssetLabel
 from indexer.db.query_terms import resolve_terms
@@ -175,6 +176,7 @@ def search_by_tags(
     order: Literal["score", "date"] = "score",
     sources: Sequence[str] | None = None,
     narrower: bool = False,
+    scope: CollectionScope = EVERYTHING,
 ) -> SearchPage:
     """Assets matching a boolean tag query, best first (or newest first), one page at a time.
 
@@ -193,6 +195,9 @@ def search_by_tags(
             ``created_at`` first (ties by id), keyset-paged like the score order.
         sources: count only these provenances (``model``, ``concept``, ``manual``,
             ``embedded``; default all, see :mod:`indexer.db.tag_match`).
+        scope: a collection-limited caller's: only assets of its collections (an EXISTS on
+            ``asset_collections`` beside the other asset filters, probed by its primary key),
+            and tag names it may see.
 
     Returns:
         A :class:`SearchPage`.
@@ -213,7 +218,9 @@ def search_by_tags(
         # another: 0.8 ms custom, 34 ms generic at 2 M assets; docs/scale.md). This transaction.
         session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
     names = [*all_, *any_, *none]
-    terms = resolve_terms(session, model_name, names, narrower=narrower) if names else {}
+    terms = (
+        resolve_terms(session, model_name, names, narrower=narrower, scope=scope) if names else {}
+    )
     all_terms = [terms[n].tags for n in all_]
     any_tags = [t for n in any_ for t in terms[n].tags]
     none_tags = [t for n in none for t in terms[n].tags]
@@ -225,7 +232,7 @@ def search_by_tags(
         sources=sources,
         expanded_from=expanded,
     )
-    filters = asset_filters(mime, since, until)
+    filters = asset_filters(mime, since, until) + scope.asset_conditions(_assets.c.id)
     ordered_by_date = order == "date" and bool(all_terms or any_tags)
     after = _decode_cursor(cursor) if cursor and not ordered_by_date else None
 

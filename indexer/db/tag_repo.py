@@ -180,10 +180,12 @@ def list_tags(
     limit: int = 50,
     offset: int = 0,
     after: str | None = None,
+    visible: Any = None,
 ) -> list[Tag]:
     """Tags of a model, optionally those whose English (case-insensitive) or Chinese name starts
     with ``prefix``; ordered by English name (unique per model), after the English name
-    ``after`` when given (keyset paging: a tag added meanwhile shifts no page).
+    ``after`` when given (keyset paging: a tag added meanwhile shifts no page). ``visible``:
+    an SQL condition limiting them (a collection-limited key's view).
 
     Raises:
         ValueError: limit outside 1..10000 or negative offset.
@@ -203,6 +205,8 @@ def list_tags(
         stmt = stmt.where(Tag.origin == TagOrigin(origin).value)
     if after is not None:
         stmt = stmt.where(Tag.english > after)
+    if visible is not None:
+        stmt = stmt.where(visible)
     stmt = stmt.order_by(Tag.english).limit(limit).offset(offset)
     return list(session.scalars(stmt))
 

@@ -62,6 +62,10 @@ class SearchRequest:
             match, rejected never; indexer/db/tag_match.py).
         narrower: tag terms also match the taxonomy's narrower concepts ("animal" finds
             dogs); synonyms always match.
+        collection_ids: only assets of these collections (a collection-limited key's, or a
+            search within collections); None: the whole archive. A filter like the others:
+            planned by selectivity, so a small collection is scored exactly, never recalled
+            from the whole archive and then filtered.
 
     Raises:
         InvalidQueryError: contradictory or out-of-range parts (text with a similar image, a
@@ -84,8 +88,11 @@ class SearchRequest:
     created_before: datetime | None = None
     sources: Sequence[str] = ()
     narrower: bool = False
+    collection_ids: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.collection_ids is not None:
+            object.__setattr__(self, "collection_ids", frozenset(self.collection_ids))
         for name in ("descriptions", "all", "any", "none", "mime", "sources"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         text = self.text.strip() if self.text is not None else None
@@ -128,6 +135,18 @@ class SearchRequest:
     def similar(self) -> bool:
         """Whether the search ranks by image similarity."""
         return self.similar_to is not None or self.image is not None
+
+    @property
+    def filtering(self) -> bool:
+        """Whether anything besides the ranking narrows the assets (tags, type, date or
+        collections)."""
+        return bool(
+            self.tags
+            or self.mime
+            or self.created_after
+            or self.created_before
+            or self.collection_ids is not None
+        )
 
     @property
     def tags(self) -> tuple[str, ...]:

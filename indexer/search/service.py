@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db.assets import Asset, AssetSource, AssetStatus
+from indexer.db.collection_scope import CollectionScope
 from indexer.db.concept_repo import find_concept
 from indexer.db.query_terms import resolve_terms
 
@@ -36,7 +37,7 @@ from indexer.db.query_terms import resolve_terms
 from indexer.db.search import MatchedTag, asset_filters, matched_tags, search_by_tags
 from indexer.db.tag_match import TagMatch, TermTag, has_tag_term, tag_match
 from indexer.search.cursors import decode_offset, encode_offset, is_offset_cursor, query_digest
-from indexer.search.errors import InvalidCursorError
+from indexer.search.errors import AssetNotFoundError, InvalidCursorError
 from indexer.search.filtered import (
     FilteredCandidates,
     SqlFilter,
@@ -130,15 +131,18 @@ class SearchService:
                 hits, next_cursor = self._tag_page(session, model_id, req)
             return SearchPage(hits, next_cursor, model_id, pending, timings=phases)
 
+        if req.similar_to is not None and not _scope(req).sees_asset(session, req.similar_to):
+            raise AssetNotFoundError(f"asset {req.similar_to} does not exist")
         with phases.phase(DB):
             terms = _resolve(session, model_id, req)
-        filtering = bool(req.tags or req.mime or req.created_after or req.created_before)
+        filtering = req.filtering
         ranked = self._ranking(session, model_id, req, phases, terms if filtering else None)
         if filtering:
             with phases.phase(FILTER):
                 ranked = _filter(session, ranked, terms, req)
         image_digest = req.image.digest if req.image is not None else ""
-        digest = query_digest(req, f"{model_id}|{image_digest}")
+        collections = "" if req.collection_ids is None else ",".join(map(str, _scope(req).ids))
+        digest = query_digest(req, f"{model_id}|{image_digest}|{collections}")
         with phases.phase(ROWS):
             hits, next_cursor = _ranked_page(session, ranked, terms, req, digest)
         threshold = ranked.threshold if ranked.kind == "concept" else None
@@ -172,7 +176,9 @@ class SearchService:
             text, described = req.text, tuple(req.descriptions)
             if not described:  # a stored concept (imported, or made by the API) has its own
                 with phases.phase(DB):
-                    stored = find_concept(session, model_id, text)
+                    stored = find_concept(
+                        session, model_id, text, visible=_scope(req).concept_condition()
+                    )
                 described = tuple(stored.descriptions or ()) if stored is not None else ()
             candidates = None
             if allowed is not None:
@@ -256,6 +262,7 @@ class SearchService:
             order="date" if req.sort == "date" else "score",
             sources=req.sources or None,
             narrower=req.narrower,
+            scope=_scope(req),
         )
         facts = asset_facts(session, [h.asset_id for h in page.hits])
         hits = [
@@ -299,9 +306,18 @@ def _hit(row: Any, score: float | None, reasons: Sequence[Reason]) -> SearchHit:
     )
 
 
+def _scope(req: SearchRequest) -> CollectionScope:
+    """The collections a request is limited to, as a scope (unrestricted without)."""
+    return CollectionScope(req.collection_ids)
+
+
 def _resolve(session: Session, model_id: str, req: SearchRequest) -> _Terms:
     names = list(req.tags)
-    terms = resolve_terms(session, model_id, names, narrower=req.narrower) if names else {}
+    terms = (
+        resolve_terms(session, model_id, names, narrower=req.narrower, scope=_scope(req))
+        if names
+        else {}
+    )
     all_terms = [terms[n].tags for n in req.all]
     any_tags = [t for n in req.any for t in terms[n].tags]
     none_tags = [t for n in req.none for t in terms[n].tags]
@@ -322,7 +338,7 @@ def _filter(session: Session, ranked: Ranked, terms: _Terms, req: SearchRequest)
     Without filters the list is kept as it is: it comes from the index of done assets, and
     assets deleted since are dropped when the page is read.
     """
-    if not (req.tags or req.mime or req.created_after or req.created_before):
+    if not req.filtering:
         return ranked
     ids = Asset.__table__.c.id
     conditions = _conditions(terms, req)
@@ -336,6 +352,7 @@ def _conditions(terms: _Terms, req: SearchRequest) -> list[Any]:
     """The request's tag, type and date filters as SQL conditions on ``assets``."""
     ids = Asset.__table__.c.id
     conditions: list[Any] = asset_filters(req.mime or None, req.created_after, req.created_before)
+    conditions += _scope(req).asset_conditions(ids)
     for term in terms.all_terms:
         conditions.append(has_tag_term(ids, term, terms.match))
     if terms.any_tags:
@@ -357,6 +374,7 @@ def _filter_key(req: SearchRequest) -> tuple[Any, ...]:
         req.created_before,
         req.sources,
         req.narrower,
+        None if req.collection_ids is None else tuple(sorted(req.collection_ids)),
     )
 
 
