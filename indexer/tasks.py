@@ -103,6 +103,9 @@ def _shutdown(**_: object) -> None:
     """A stopping worker (or pool process) hands the reconciler's service lease over at once."""
     if _reconciler is not None and _reconciler[0] == os.getpid():
         _reconciler[1].stop()
+    from indexer.sources.scheduler import stop_worker_scheduler
+
+    stop_worker_scheduler()
     stop_worker_dispatcher()
 
 
@@ -113,6 +116,9 @@ def _start_reconciler() -> None:
     if not settings.broker.url or (_reconciler is not None and _reconciler[0] == os.getpid()):
         return
     _reconciler = (os.getpid(), Reconciler(settings).start())
+    from indexer.sources.scheduler import start_worker_scheduler
+
+    start_worker_scheduler(settings)  # sources: due scans, watched folders (one holder)
     start_worker_dispatcher(settings)  # webhooks: same life as the reconciler
 
 
