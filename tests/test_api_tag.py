@@ -490,6 +490,12 @@ def test_bad_input_answers_4xx_and_the_server_keeps_serving(env: Env) -> None:
             "too-many-images",
             "limit of 4",
         ),
+        (  # past what the form parser reads at all: the same answer
+            post("/tag", files=_files(env, *list(env.images)[:7]), headers=read),
+            422,
+            "too-many-images",
+            "limit of 4",
+        ),
         (
             post("/tag", json={"urls": ["http://127.0.0.1:9/x.jpg"]}, headers=read),
             422,

@@ -17,12 +17,12 @@ import asyncio
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -50,7 +50,7 @@ class TagOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    urls: list[str] = Field(
+    urls: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(
         default_factory=list, max_length=256, description="image URLs to fetch (http/https)"
     )
     threshold: float | None = Field(
@@ -61,7 +61,7 @@ class TagOptions(BaseModel):
         default="both", description="name_zh is given for zh and both (when the model has it)"
     )
     all_scores: bool = Field(default=False, description="every tag's probability in `scores`")
-    concepts: list[str] = Field(
+    concepts: list[Annotated[str, StringConstraints(max_length=256)]] = Field(
         default_factory=list,
         max_length=MAX_CONCEPTS,
         description="stored concepts (names or ids) scored as extra tags",
@@ -174,6 +174,8 @@ async def _read_request(request: Request, settings: Settings) -> tuple[TagOption
         try:
             form = await request.form(max_files=limit + 1, max_fields=64 + 2 * MAX_CONCEPTS)
         except Exception as exc:  # Starlette's parser: too many parts, malformed body
+            if "too many files" in str(exc).lower():
+                raise _too_many(limit + 2, limit) from exc
             raise ProblemError(422, f"the form cannot be read: {exc}", kind="validation") from exc
         raw = {}
         for key in form:
@@ -207,6 +209,17 @@ async def _read_request(request: Request, settings: Settings) -> tuple[TagOption
     return options, files
 
 
+def _too_many(count: int, limit: int) -> ProblemError:
+    more = "more than " if count > limit + 1 else ""  # the parser stops counting past limit + 1
+    return ProblemError(
+        422,
+        f"{more}{count - 1 if more else count} images in one request, over the limit of {limit} "
+        "(api.tag_max_images): split them over several requests",
+        kind="too-many-images",
+        max_images=limit,
+    )
+
+
 def _check_counts(options: TagOptions, files: list[_Input], settings: Settings) -> None:
     count = len(files) + len(options.urls)
     if count == 0:
@@ -217,13 +230,7 @@ def _check_counts(options: TagOptions, files: list[_Input], settings: Settings) 
         )
     limit = settings.api.tag_max_images
     if count > limit:
-        raise ProblemError(
-            422,
-            f"{count} images in one request, over the limit of {limit} (api.tag_max_images): "
-            "split them over several requests",
-            kind="too-many-images",
-            max_images=limit,
-        )
+        raise _too_many(count, limit)
     for url in options.urls:
         if not url.lower().startswith(("http://", "https://")):
             raise ProblemError(422, f"not an http(s) URL: {url[:100]!r}", kind="validation")
