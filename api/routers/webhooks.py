@@ -150,7 +150,9 @@ def _visible(session: Session, principal: Principal, webhook_id: int) -> Webhook
 
 
 @router.post("", status_code=201, response_model=WebhookOut, summary="Register a webhook")
-def create(body: WebhookIn, principal: AdminKey, services: ServicesDep, session: SessionDep):
+def create(
+    body: WebhookIn, principal: AdminKey, services: ServicesDep, session: SessionDep
+) -> WebhookOut:
     if principal.collection_ids is not None:
         wanted = set(body.collection_ids or ())
         if body.collection_ids is None or not wanted <= principal.collection_ids:
@@ -217,7 +219,9 @@ def deliveries(
     return DeliveryPage(items=[_delivery_out(r) for r in rows])
 
 
-def _sent(services: ServicesDep, session: Session, webhook_id: int, delivery_id: int):
+def _sent(
+    services: ServicesDep, session: Session, webhook_id: int, delivery_id: int
+) -> DeliveryOut:
     send_now(services.settings, delivery_id)
     session.expire_all()
     row = get_delivery(session, webhook_id, delivery_id)

@@ -5,7 +5,7 @@ ORM or Core, in any module, writes its ``job.done`` / ``concept.backfilled`` eve
 transaction), written only while an active webhook subscribes to the type. NOTE for later
 migrations: on SQLite, ``batch_alter_table("jobs")`` rebuilds the table and drops its
 triggers; such a migration must create them again (``create_job_triggers`` below;
-tests/test_webhooks_events.py checks they exist at head).
+tests/test_webhooks_delivery.py::test_job_trigger_and_tags_changed_events fails without them).
 
 Revision ID: p003
 Revises: p002
