@@ -280,3 +280,53 @@ def test_no_subscriber_no_rows_and_prune(db_url, tmp_path, receiver):
     assert (events, sent) == (1, 1)
     with session_scope(db_url) as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Event)) == 0
+
+
+def test_concept_backfilled_when_its_job_finishes(db_url, tmp_path, receiver):
+    """Whichever code path finishes a backfill job (here a plain status update, as the last
+    part's commit does), the jobs trigger writes concept.backfilled in that transaction; a
+    webhook limited to a collection gets it only for that collection's concepts."""
+    from indexer.db.concept_repo import create_concept
+
+    settings = settings_for(db_url, tmp_path)
+    with session_scope(db_url) as s:
+        team = Collection(name="team")
+        s.add(team)
+        s.flush()
+        team_id = team.id
+        s.commit()
+    other = Receiver(secret=SECRET).start()
+    try:
+        hook(settings, receiver.url, events=("concept.backfilled",), max_wait_s=0)
+        hook(
+            settings,
+            other.url,
+            events=("concept.backfilled",),
+            collection_ids=[team_id],
+            max_wait_s=0,
+        )
+        jobs = {}
+        with session_scope(db_url) as s:
+            for name, cid in (("sunset glow", None), ("team logo", team_id)):
+                concept = create_concept(
+                    s, model_name="m", name=name, descriptions=["a"], collection_id=cid
+                )
+                job = create_job(s, kind="backfill", total=3, params={"concept_id": concept.id})
+                update_job(s, job.id, status="running")
+                jobs[name] = (concept.id, job.id)
+            s.commit()
+        with session_scope(db_url) as s:
+            for _, job_id in jobs.values():
+                s.execute(
+                    sa.text("UPDATE jobs SET done = 3, status = 'done' WHERE id = :i"),
+                    {"i": job_id},
+                )
+            s.commit()
+        dispatch_once(settings)
+        got = {e["data"]["concept"]: e["data"] for e in receiver.events("concept.backfilled")}
+        assert set(got) == {"sunset glow", "team logo"}
+        assert got["sunset glow"]["concept_id"] == jobs["sunset glow"][0]
+        assert (got["sunset glow"]["status"], got["sunset glow"]["assets_scored"]) == ("done", 3)
+        assert [e["data"]["concept"] for e in other.events()] == ["team logo"]
+    finally:
+        other.stop()
