@@ -243,6 +243,7 @@ class _Resolved:
     overrides: dict[int, float]
     collection_id: int | None
     model_id: str
+    shown_model: str | None  # the model's name as responses give it
 
 
 def _resolve(services: Services, principal: Principal, options: TagOptions) -> _Resolved:
@@ -291,7 +292,8 @@ def _resolve(services: Services, principal: Principal, options: TagOptions) -> _
         }
         if options.store:
             collection_id = _store_collection(session, principal, options.collection)
-    return _Resolved(tagger, specs, overrides, collection_id, model_id)
+    # Named once per process (a checkpoint's digest may be hashed): never on the event loop.
+    return _Resolved(tagger, specs, overrides, collection_id, model_id, model_name(services))
 
 
 def _store_collection(session: Any, principal: Principal, ref: str | None) -> int | None:
@@ -327,6 +329,8 @@ def _fetch(settings: Settings, url: str) -> bytes:
     limits = FetchLimits(
         max_bytes=min(base.max_bytes, settings.api.tag_max_bytes),
         timeout_s=base.timeout_s,
+        # A caller waits on this request: the whole download within one timeout, not ten.
+        total_timeout_s=base.timeout_s,
         max_redirects=base.max_redirects,
         allow_private=base.allow_private,
     )
@@ -386,6 +390,28 @@ def _store(
         job_id=job_id,
         reason=registered.reason,
     )
+
+
+def _outputs(
+    tagger: Tagger,
+    ready: list[tuple[_Input, Any]],
+    results: list[Any],
+    resolved: _Resolved,
+    options: TagOptions,
+) -> dict[int, ImageTagsOut]:
+    """Concept scores and each image's selected tags (a worker thread: thousands of
+    probabilities per image are compared, and maybe all serialised)."""
+    if resolved.concepts:
+        tokens = np.stack([r.tokens for r in results])
+        concept_probs = tagger.concept_probabilities(tokens, resolved.concepts)
+    else:
+        concept_probs = np.zeros((len(results), 0), np.float32)
+    return {
+        id(item): _image_out(
+            tagger, item, prep, result, concept_probs[k], resolved, options, resolved.shown_model
+        )
+        for k, ((item, prep), result) in enumerate(zip(ready, results, strict=True))
+    }
 
 
 def _image_out(
@@ -483,19 +509,7 @@ def build_router(settings: Settings) -> APIRouter:
                 images=[{"name": it.name, "error": it.error} for it in items],
             )
         results = await _run_model(tagger, [p for _, p in ready])
-        if resolved.concepts:
-            tokens = np.stack([r.tokens for r in results])
-            concept_probs = await run_in_threadpool(
-                tagger.concept_probabilities, tokens, resolved.concepts
-            )
-        else:
-            concept_probs = np.zeros((len(results), 0), np.float32)
-        shown_model = model_name(services)
-        outs: dict[int, ImageTagsOut] = {}
-        for k, ((item, prep), result) in enumerate(zip(ready, results, strict=True)):
-            outs[id(item)] = _image_out(
-                tagger, item, prep, result, concept_probs[k], resolved, options, shown_model
-            )
+        outs = await run_in_threadpool(_outputs, tagger, ready, results, resolved, options)
         if options.store:
             for item, _ in ready:
                 outs[id(item)].stored = await run_in_threadpool(
@@ -504,7 +518,7 @@ def build_router(settings: Settings) -> APIRouter:
         images = [
             outs.get(id(item)) or ImageTagsOut(name=item.name, error=item.error) for item in items
         ]
-        return TagResponse(images=images, model=shown_model)
+        return TagResponse(images=images, model=resolved.shown_model)
 
     return router
 
