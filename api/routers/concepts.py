@@ -73,12 +73,16 @@ def create(
     collection_id = scope.target_collection(body.collection)
     if collection_id is not None and get_collection(session, collection_id) is None:
         raise not_found("collection", collection_id)
-    # Names are unique among the concepts the key sees. Tags are one vocabulary per model:
-    # a name another collection's concept already made a tag is taken (docs/collections.md).
+    # Names are unique among the concepts and tags the key sees; a collection's concept
+    # becomes a tag named "name [collection]" (concept_repo.tag_name_of), so another
+    # collection's concept of the same name neither clashes nor shows.
+    visible_tag = scope.tag_condition(Tag.id)
     if find_concept(session, model_id, spec.name, visible=scope.concept_condition()) or (
         session.scalar(
             select(Tag.id).where(
-                Tag.model_name == model_id, func.lower(Tag.english) == spec.name.lower()
+                Tag.model_name == model_id,
+                func.lower(Tag.english) == spec.name.lower(),
+                *([] if visible_tag is None else [visible_tag]),
             )
         )
     ):

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from api.deps import MAX_INT64, ReadKey, ServicesDep, SessionDep
+from api.deps import MAX_INT64, ReadKey, ScopeDep, ServicesDep, SessionDep
 from api.model_info import model_name
 from api.ratelimit import CostlyGateDep
 from api.schemas import SearchRequest
@@ -64,6 +64,7 @@ def facets(
     request: Request,
     body: SearchRequest,
     _: ReadKey,
+    scope: ScopeDep,
     services: ServicesDep,
     session: SessionDep,
     costly: CostlyGateDep,
@@ -76,7 +77,9 @@ def facets(
     and ``cursor`` of the body are ignored."""
     request_phases(request)  # Server-Timing: the total time
     with costly.slot() if body.text else nullcontext():  # concepts: 429 past the limit, as /search
-        summary = summarize(SearchService(services), to_query(body), session, top=top, scan=scan)
+        summary = summarize(
+            SearchService(services), to_query(body, scope=scope), session, top=top, scan=scan
+        )
     return SummaryOut(
         total=summary.total,
         exact=summary.exact,
@@ -88,12 +91,19 @@ def facets(
 @router.get("/names", response_model=AssetNames, summary="File names of assets (result cards)")
 def names(
     _: ReadKey,
+    scope: ScopeDep,
     session: SessionDep,
     ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_INT64)]], Query(max_length=200)],
 ) -> AssetNames:
-    """The file name of each asset's first source, in the order asked; unknown ids are left
-    out."""
-    facts = asset_facts(session, ids)
+    """The file name of each asset's first source, in the order asked; unknown ids (and those
+    the key does not see) are left out. A key limited to collections gets no names: the
+    first source may be another collection's upload (docs/collections.md)."""
+    seen = scope.visible_assets(session, ids)
+    facts = asset_facts(session, [i for i in ids if i in seen])
     return AssetNames(
-        items=[AssetName(id=i, name=file_name(facts[i].source)) for i in ids if i in facts]
+        items=[
+            AssetName(id=i, name=None if scope.restricted else file_name(facts[i].source))
+            for i in ids
+            if i in facts
+        ]
     )

@@ -216,6 +216,20 @@ def concept_embeddings(concept: Concept) -> np.ndarray:
     return decode_vectors(concept.embeddings, concept.embedding_dim)
 
 
+def tag_name_of(session: Session, concept: Concept) -> str:
+    """The name of the tag a concept becomes: its own name for a global concept; for a
+    collection's, the name followed by the collection's in brackets (``logo [team-a]``), so
+    that two collections' concepts of one name make two tags (tags are one vocabulary per
+    model, and people's labels are keyed by tag name)."""
+    if concept.collection_id is None:
+        return concept.name
+    from indexer.db.collections import Collection
+
+    owner = session.get(Collection, concept.collection_id)
+    suffix = f" [{owner.name if owner is not None else concept.collection_id}]"
+    return concept.name[: max(1, 256 - len(suffix))] + suffix[:255]
+
+
 def promote_concept(session: Session, concept_id: int, *, chinese: str | None = None) -> Tag:
     """Make a concept a permanent tag of its model (origin ``concept``), status ``promoted``.
 
@@ -236,14 +250,15 @@ def promote_concept(session: Session, concept_id: int, *, chinese: str | None = 
             return tag
     if concept.embeddings is None:
         raise ValueError(f"concept {concept.name!r} has no embeddings; it cannot become a tag")
+    english = tag_name_of(session, concept)
     clash = session.scalars(
-        sa.select(Tag).where(Tag.model_name == concept.model_name, Tag.english == concept.name)
+        sa.select(Tag).where(Tag.model_name == concept.model_name, Tag.english == english)
     ).one_or_none()
     if clash is not None:
-        raise DuplicateError(f"model {concept.model_name!r} already has a tag {concept.name!r}")
+        raise DuplicateError(f"model {concept.model_name!r} already has a tag {english!r}")
     tag = Tag(
         model_name=concept.model_name,
-        english=concept.name,
+        english=english,
         chinese=chinese,
         threshold=concept.threshold,
         origin=TagOrigin.CONCEPT.value,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session
 
+from indexer.db.collection_scope import CollectionScope
 from indexer.provenance import tags_on_assets
 from indexer.search.request import MAX_LIMIT, SearchRequest
 from indexer.search.service import SearchService
@@ -81,9 +82,11 @@ def summarize(
             break
     counts: Counter[str] = Counter()
     first: dict[str, Facet] = {}
+    # Tags made from the concepts of collections the search does not reach are not counted.
+    hidden = CollectionScope(req.collection_ids).hidden_tag_ids(session)
     for views in tags_on_assets(session, model_id, ids).values():
         for view in views:
-            if not view.matches:
+            if not view.matches or view.tag_id in hidden:
                 continue
             counts[view.key] += 1
             first.setdefault(view.key, Facet(view.name, view.chinese, view.tag_id, 0))
