@@ -68,11 +68,11 @@ def swin_b_checkpoint(path: Path) -> Path:
 
     import torch
 
-    from ram_pp.config import load_config
+    from ram_pp.config import get_config
     from ram_pp.convert import save_checkpoint
     from ram_pp.model import RamPlus
 
-    cfg = load_config("ram_plus_swin_base_384")
+    cfg = get_config("ram_plus_swin_base_384")
     cfg = dataclasses.replace(
         cfg, name="bench_swin_b", labels=dataclasses.replace(cfg.labels, descriptions_per_tag=1)
     )
