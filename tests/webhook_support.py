@@ -85,6 +85,19 @@ class Receiver:
                 except OSError:
                     pass  # the sender gave up (timeout)
 
+            def do_GET(self) -> None:  # noqa: N802 - /stats, for a receiver in a subprocess
+                stats = {
+                    "requests": len(receiver.requests),
+                    "verified": sum(r.verified for r in receiver.requests),
+                    "events": sum(len(r.events) for r in receiver.requests),
+                }
+                data = json.dumps(stats).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -110,3 +123,11 @@ def refused_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/hook"
+
+
+if __name__ == "__main__":  # a receiver in its own process (benchmarks): prints its URL
+    import sys
+
+    server = Receiver(secret=sys.argv[1]).start()
+    print(server.url, flush=True)
+    threading.Event().wait()

@@ -145,42 +145,46 @@ def due_delivery_ids(session: Session, limit: int) -> list[int]:
 def claim(
     session: Session, delivery_ids: Sequence[int], owner: str, lease_s: float
 ) -> list[Claimed]:
-    """Take the deliveries among these that are still due (one conditional UPDATE each, so a
-    delivery another sender took meanwhile is skipped) and count the attempt."""
-    taken: list[Claimed] = []
-    for delivery_id in delivery_ids:
-        row = session.execute(
-            sa.update(_deliveries)
-            .where(
-                _deliveries.c.id == delivery_id,
-                _deliveries.c.status.in_(_RETRYABLE),
-                _deliveries.c.next_attempt_at <= db_now(),
-            )
-            .values(
-                attempts=_deliveries.c.attempts + 1,
-                next_attempt_at=db_in(lease_s),
-                claimed_by=owner,
-            )
-            .returning(_deliveries.c.webhook_id, _deliveries.c.body, _deliveries.c.attempts)
-        ).one_or_none()
-        if row is None:
-            continue
-        hook = session.execute(
-            sa.select(_hooks.c.url, _hooks.c.secret).where(_hooks.c.id == row.webhook_id)
-        ).one_or_none()
-        if hook is None:
-            continue
-        taken.append(
-            Claimed(
-                int(delivery_id),
-                int(row.webhook_id),
-                hook.url,
-                hook.secret,
-                row.body,
-                int(row.attempts),
-            )
+    """Take the deliveries among these that are still due and count the attempt: one
+    conditional UPDATE (its condition is checked again on each row it changes, so a delivery
+    another sender took meanwhile is skipped, on both backends)."""
+    if not delivery_ids:
+        return []
+    rows = session.execute(
+        sa.update(_deliveries)
+        .where(
+            _deliveries.c.id.in_(list(delivery_ids)),
+            _deliveries.c.status.in_(_RETRYABLE),
+            _deliveries.c.next_attempt_at <= db_now(),
         )
-    return taken
+        .values(
+            attempts=_deliveries.c.attempts + 1,
+            next_attempt_at=db_in(lease_s),
+            claimed_by=owner,
+        )
+        .returning(
+            _deliveries.c.id, _deliveries.c.webhook_id, _deliveries.c.body, _deliveries.c.attempts
+        )
+    ).all()
+    hook_ids = sorted({int(r.webhook_id) for r in rows})
+    hooks = {
+        int(h.id): h
+        for h in session.execute(
+            sa.select(_hooks.c.id, _hooks.c.url, _hooks.c.secret).where(_hooks.c.id.in_(hook_ids))
+        )
+    }
+    return [
+        Claimed(
+            int(r.id),
+            int(r.webhook_id),
+            hooks[int(r.webhook_id)].url,
+            hooks[int(r.webhook_id)].secret,
+            r.body,
+            int(r.attempts),
+        )
+        for r in sorted(rows, key=lambda r: int(r.id))
+        if int(r.webhook_id) in hooks
+    ]
 
 
 def record_attempt(
