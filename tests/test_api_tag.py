@@ -447,11 +447,23 @@ def test_store_true_ingests_the_image(
 def test_a_limited_key_stores_into_its_collection(env: Env, concepts: dict) -> None:
     limited = {"Authorization": f"Bearer {concepts['key-write']}"}
     data = encode(photo_like(70, 50, seed=4242), "PNG")
+    first = env.client.post(  # an unrestricted key stored it first: in no collection
+        "/tag",
+        files=[("file", ("theirs.png", data))],
+        data={"store": "true"},
+        headers=env.keys.write,
+    )
+    theirs = first.json()["images"][0]["stored"]
+    assert theirs["state"] == "queued"
+    assert wait_for_job(env.client, env.keys.read, theirs["job_id"])["status"] == "done"
     reply = env.client.post(
         "/tag", files=[("file", ("mine.png", data))], data={"store": "true"}, headers=limited
     )
     assert reply.status_code == 200, reply.text
-    asset_id = reply.json()["images"][0]["stored"]["asset_id"]
+    stored = reply.json()["images"][0]["stored"]
+    # As POST /assets answers it: never "duplicate" of an image the key could not see.
+    assert stored["state"] == "queued"
+    asset_id = stored["asset_id"]
     engine = create_engine_for(env.db_url)
     try:
         with engine.connect() as conn:

@@ -26,13 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api.auth import Principal, Scope
-from api.deps import ReadKey, ServicesDep
+from api.auth import Scope
+from api.deps import ReadKey, ScopeDep, ServicesDep
 from api.model_info import model_name
 from api.problems import ProblemError
 from api.query_image import query_decode_options, release_memory
 from api.services import Services
 from api.submit import submit_upload, upload_source
+from indexer.db.collection_scope import CollectionScope
 from indexer.fetch import FetchError, FetchLimits, fetch_url
 from indexer.microbatch import BatcherClosed, BatcherFull
 from indexer.settings import Settings
@@ -246,7 +247,7 @@ class _Resolved:
     shown_model: str | None  # the model's name as responses give it
 
 
-def _resolve(services: Services, principal: Principal, options: TagOptions) -> _Resolved:
+def _resolve(services: Services, scope: CollectionScope, options: TagOptions) -> _Resolved:
     """The tagger (loads the model on first use), the concepts, the threshold overrides and the
     collection to store into: the database part of a request, in a worker thread."""
     import sqlalchemy as sa
@@ -262,13 +263,10 @@ def _resolve(services: Services, principal: Principal, options: TagOptions) -> _
         unknown: list[str] = []
         for ref in dict.fromkeys(r.strip() for r in options.concepts):
             row = get_concept(session, int(ref)) if ref.isdigit() and len(ref) < 10 else None
-            if row is None:
-                row = find_concept(session, model_id, ref)
+            if row is None:  # a collection's own concept wins over a global one of the name
+                row = find_concept(session, model_id, ref, visible=scope.concept_condition())
             # Another model's concept, or one of a collection the key does not see: as absent.
-            hidden = row is not None and row.collection_id is not None
-            if hidden and principal.sees_collection(row.collection_id):  # type: ignore[union-attr]
-                hidden = False
-            if row is None or row.model_name != model_id or hidden:
+            if row is None or row.model_name != model_id or not scope.sees_concept(row):
                 unknown.append(ref)
                 continue
             specs.append(tagger.concept_spec(row))
@@ -291,34 +289,29 @@ def _resolve(services: Services, principal: Principal, options: TagOptions) -> _
             )
         }
         if options.store:
-            collection_id = _store_collection(session, principal, options.collection)
+            collection_id = _store_collection(session, scope, options.collection)
     # Named once per process (a checkpoint's digest may be hashed): never on the event loop.
     return _Resolved(tagger, specs, overrides, collection_id, model_id, model_name(services))
 
 
-def _store_collection(session: Any, principal: Principal, ref: str | None) -> int | None:
-    """The collection stored images go to (None: none), checked against the key."""
+def _store_collection(session: Any, scope: CollectionScope, ref: str | None) -> int | None:
+    """The collection stored images go to (None: none), as ``POST /assets`` decides it: a
+    restricted key's only collection by default, one of its collections when it has several
+    (422 ``collection-required`` otherwise). A name or id the key does not see: as absent."""
+    from indexer import collection_uploads
     from indexer.db.collection_repo import resolve_collection
     from indexer.db.errors import NotFoundError
 
-    if ref is None or not ref.strip():
-        limited = principal.collection_ids
-        if limited is None:
-            return None
-        if len(limited) == 1:  # as POST /assets: a key limited to one collection stores there
-            return next(iter(limited))
-        raise ProblemError(
-            422,
-            "this key is limited to several collections: name one in 'collection' to store into",
-            kind="validation",
-        )
-    try:
-        found = resolve_collection(session, ref)
-    except NotFoundError:
-        found = None
-    if found is None or not principal.sees_collection(found.id):
-        raise ProblemError(422, f"no collection {ref[:100]!r}", kind="unknown-collection")
-    return int(found.id)
+    requested = None
+    if ref is not None and ref.strip():
+        try:
+            found = resolve_collection(session, ref)
+        except NotFoundError:
+            found = None
+        if found is None or not scope.sees_collection(found.id):
+            raise ProblemError(422, f"no collection {ref[:100]!r}", kind="unknown-collection")
+        requested = int(found.id)
+    return collection_uploads.upload_target(session, scope, requested)
 
 
 def _fetch(settings: Settings, url: str) -> bytes:
@@ -374,14 +367,23 @@ def _prepare(tagger: Tagger, settings: Settings, item: _Input, exif: bool | None
 
 
 def _store(
-    services: Services, item: _Input, collection_id: int | None
-) -> StoredOut:  # a worker thread
-    """Ingest one image like ``POST /assets`` (into ``collection_id`` when given)."""
-    job_id, registered = submit_upload(services, io.BytesIO(item.data or b""), item.name)
-    if collection_id is not None and registered.asset_id is not None:
-        from indexer.db.collection_repo import add_assets_to_collection
+    services: Services, scope: CollectionScope, item: _Input, collection_id: int | None
+) -> StoredOut:
+    """Ingest one image as ``POST /assets`` does (a worker thread): into ``collection_id``, and
+    answered as that route answers the key (a duplicate held by collections it does not see
+    reads as new)."""
+    from indexer import collection_uploads
 
-        with services.sessions() as session:
+    job_id, registered = submit_upload(
+        services, io.BytesIO(item.data or b""), item.name, collection_id
+    )
+    with services.sessions() as session:
+        # Judged on the collections that held it before: then, new or a duplicate, the asset
+        # is the collection's (idempotent).
+        registered = collection_uploads.as_seen_by(session, scope, job_id, registered)
+        if collection_id is not None and registered.asset_id is not None:
+            from indexer.db.collection_repo import add_assets_to_collection
+
             add_assets_to_collection(session, collection_id, [int(registered.asset_id)])
             session.commit()
     return StoredOut(
@@ -478,7 +480,9 @@ def build_router(settings: Settings) -> APIRouter:
             503: {"description": "the model queue is full (Retry-After) or no model here"},
         },
     )
-    async def tag(request: Request, principal: ReadKey, services: ServicesDep) -> TagResponse:
+    async def tag(
+        request: Request, principal: ReadKey, scope: ScopeDep, services: ServicesDep
+    ) -> TagResponse:
         settings = services.settings
         options, files = await _read_request(request, settings)
         _check_counts(options, files, settings)
@@ -489,7 +493,7 @@ def build_router(settings: Settings) -> APIRouter:
                 f"(this one has: {', '.join(sorted(principal.scopes)) or 'none'})",
                 kind="forbidden",
             )
-        resolved = await run_in_threadpool(_resolve, services, principal, options)
+        resolved = await run_in_threadpool(_resolve, services, scope, options)
         tagger = resolved.tagger
         items = files + [_Input(url, url=url) for url in options.urls]
         await asyncio.gather(*(_load(settings, item) for item in items))
@@ -513,7 +517,7 @@ def build_router(settings: Settings) -> APIRouter:
         if options.store:
             for item, _ in ready:
                 outs[id(item)].stored = await run_in_threadpool(
-                    _store, services, item, resolved.collection_id
+                    _store, services, scope, item, resolved.collection_id
                 )
         images = [
             outs.get(id(item)) or ImageTagsOut(name=item.name, error=item.error) for item in items
