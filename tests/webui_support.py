@@ -76,3 +76,45 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"  # axe-core 4.14.1, MPL-2.0
+DESKTOP = {"width": 1440, "height": 900}
+PHONES = ({"width": 360, "height": 740}, {"width": 420, "height": 860})
+
+
+def watch(page) -> list[str]:  # noqa: ANN001 - a Playwright page
+    """Collect the page's uncaught errors and Content-Security-Policy violations."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    return errors
+
+
+def open_ui(browser, base: str, key: str | None, viewport: dict | None = None, **context):  # noqa: ANN001, ANN201
+    """A fresh browser context on the UI with ``key`` already saved (as the key form would);
+    returns ``(page, errors)``. Close ``page.context`` when done."""
+    ctx = browser.new_context(viewport=viewport or DESKTOP, **context)
+    if key:
+        ctx.add_init_script(f"localStorage.setItem('ramdex.key', {key!r})")
+    page = ctx.new_page()
+    page.set_default_timeout(15_000)
+    errors = watch(page)
+    page.goto(base + "/")
+    return page, errors
+
+
+def axe_violations(page, impacts=("serious", "critical")) -> list[str]:  # noqa: ANN001
+    """axe-core's WCAG 2 A/AA violations of the page as it is now, at the given impacts, one
+    line each (rule, impact, the first offending elements). The page's context must bypass its
+    CSP (``bypass_csp=True``) for the vendored script to load."""
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate(
+        "async () => (await axe.run(document, {runOnly: {type: 'tag', values: "
+        "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})).violations.map(v => "
+        "({id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}))"
+    )
+    return [f"{v['id']} ({v['impact']}): {v['nodes']}" for v in result if v["impact"] in impacts]

@@ -188,8 +188,9 @@ function renderChips() {
     item.dataset.name = chip.name;
     item.dataset.mode = chip.mode;
     const mode = el("button", { type: "button", className: "mode", textContent: MODE_TEXT[chip.mode] });
+    // The name starts with the visible word (what speech users say to press it).
     mode.setAttribute("aria-label",
-      `${chip.name}: ${MODE_HELP[chip.mode]}. Change to ${MODE_TEXT[next]} (${MODE_HELP[next]})`);
+      `${MODE_TEXT[chip.mode]} (${MODE_HELP[chip.mode]}): ${chip.name}. Change to ${MODE_TEXT[next]} (${MODE_HELP[next]})`);
     mode.title = `${MODE_HELP[chip.mode]}; click: ${MODE_TEXT[next]}`;
     mode.addEventListener("click", () => { chip.mode = next; renderChips(); runSearch(); });
     const name = el("span", { className: "name", textContent: chip.name });
@@ -301,7 +302,7 @@ function currentQuery() {
     created_after: from ? `${from}T00:00:00Z` : null,
     created_before: to ? dayAfter(to) : null,
     sort: $("sort").value,
-    limit: 40,
+    limit: Number($("results").dataset.pageSize) || 40, // data-page-size: tests page small
   };
   if (state.similar && state.similar.kind === "asset") { query.similar_to = state.similar.id; query.text = null; }
   return query;
@@ -313,6 +314,7 @@ function reasonText(reasons) {
 
 function clearResults() {
   $("results").replaceChildren();
+  $("select-results").hidden = true;
   $("facets").replaceChildren();
   $("facets").hidden = true;
   $("more").hidden = true;
@@ -542,6 +544,7 @@ async function runSearch(append = false) {
     if (seq !== state.searchSeq) return; // a newer search is on its way
     const ms = Math.round(performance.now() - t0);
     renderHits(page.hits, append);
+    $("select-results").hidden = !page.hits.length && !append;
     state.cursor = page.next_cursor;
     $("more").hidden = !page.next_cursor;
     if (!append) state.page = { ms, threshold: page.concept_threshold, pending: page.pending_reindex, total: null };
@@ -597,9 +600,10 @@ function renderFacets(facets) {
   for (const f of shown) {
     const b = el("button", { type: "button", className: "facet" }, f.name);
     if (f.name_zh) b.append(" ", el("span", { lang: "zh", className: "zh", textContent: f.name_zh }));
-    b.append(" ", el("span", { className: "count", textContent: String(f.count) }));
+    b.append(" ", el("span", { className: "count", textContent: String(f.count) }),
+      el("span", { className: "visually-hidden", textContent: " results: add as a filter" }));
     b.dataset.name = f.name;
-    b.setAttribute("aria-label", `${f.name}: ${f.count} results. Add as a filter`);
+    b.title = `${f.count} of the results have this tag: add it as a filter`;
     b.addEventListener("click", () => { addChip(f.name, "all"); runSearch(); });
     box.append(b);
   }
@@ -741,7 +745,8 @@ async function stepDetail(step) {
 
 $("detail-prev").addEventListener("click", () => stepDetail(-1));
 $("detail-next").addEventListener("click", () => stepDetail(1));
-$("detail").addEventListener("keydown", (event) => {
+document.addEventListener("keydown", (event) => {
+  if (!$("detail").open || $("confirm").open) return;
   const t = event.target;
   if (t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement) return;
   if (event.key === "ArrowRight") { event.preventDefault(); stepDetail(1); }
