@@ -278,8 +278,8 @@ def _resolve(services: Services, scope: CollectionScope, options: TagOptions) ->
                 kind="unknown-concept",
                 unknown=unknown,
             )
-        overrides = {
-            int(pos): float(value)
+        overrides = {  # position and override are NOT NULL by the WHERE
+            int(pos): float(value)  # type: ignore[arg-type]
             for pos, value in session.execute(
                 sa.select(Tag.position, Tag.threshold_override).where(
                     Tag.model_name == model_id,
