@@ -569,10 +569,17 @@ def count_matching_assets(session: Session, conditions: Sequence[Any]) -> int:
 
 
 def matching_asset_ids(
-    session: Session, conditions: Sequence[Any], among: Sequence[int] | None = None
+    session: Session,
+    conditions: Sequence[Any],
+    among: Sequence[int] | None = None,
+    limit: int | None = None,
 ) -> list[int]:
-    """Ids of the done assets passing ``conditions`` (optionally only ``among`` these)."""
+    """Ids of the done assets passing ``conditions`` (optionally only ``among`` these; at most
+    ``limit``, lowest ids first)."""
     stmt = sa.select(_assets.c.id).where(_assets.c.status == AssetStatus.DONE.value, *conditions)
     if among is not None:
         stmt = stmt.where(_assets.c.id.in_([int(i) for i in among]))
-    return [int(i) for i in session.execute(stmt.order_by(_assets.c.id)).scalars()]
+    stmt = stmt.order_by(_assets.c.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [int(i) for i in session.execute(stmt).scalars()]

@@ -91,10 +91,18 @@ class SqlFilter:
         self._ids: np.ndarray | None = None
 
     def count(self) -> int:
-        from indexer.db.search import count_matching_assets
+        from indexer.db.search import count_matching_assets, matching_asset_ids
 
         if self._count is None:
-            self._count = count_matching_assets(self.session, self.conditions)
+            # One read answers a small filter's count and ids at once (the exact plan needs
+            # both: a collection of 1,000 assets, two statements -> one); a larger one is
+            # counted in the database.
+            probe = matching_asset_ids(self.session, self.conditions, limit=EXACT_MAX + 1)
+            if len(probe) <= EXACT_MAX:
+                self._ids = np.array(probe, np.int64)
+                self._count = len(probe)
+            else:
+                self._count = count_matching_assets(self.session, self.conditions)
         return self._count
 
     def ids(self) -> np.ndarray:
@@ -218,9 +226,10 @@ def filtered_search(
         query: (dim,) float32, unit-norm.
         k: results wanted, >= 1.
         allowed: the filter.
-        read_vectors: reads stored c by id (the database); enables the ``exact`` plan and the
-            exact re-scoring of selector results. Without it the exact plan searches the index
-            with a selector over every list.
+        read_vectors: reads stored c by id (the database); enables the ``exact`` plan on an
+            IVF index and the exact re-scoring of selector results. A flat index holds c
+            itself: its exact plan is a selector search over it (no read). Without a reader
+            an IVF index's exact plan searches it with a selector over every list.
 
     Returns:
         ``(scores, ids, plan)``, best first; fewer than ``k`` only when fewer pass.
@@ -237,7 +246,7 @@ def filtered_search(
         return *empty, Plan("empty", passing, selectivity)
     if strategy == "exact":
         ids = allowed.ids()
-        if read_vectors is not None:
+        if read_vectors is not None and index.params.get("nlist"):
             scores, found = exact_scores(query, ids, read_vectors, k)
             return scores, found, Plan("exact", passing, selectivity, asked=int(ids.size))
         nlist = index.params.get("nlist")  # every list: exact for flat, all codes for IVF
