@@ -346,3 +346,46 @@ def test_concept_backfilled_when_its_job_finishes(db_url, tmp_path, receiver):
         assert [e["data"]["concept"] for e in other.events()] == ["team logo"]
     finally:
         other.stop()
+
+
+def test_two_dispatchers_at_once_send_each_delivery_once(db_url, tmp_path, receiver):
+    """Two processes' passes racing (here two threads with their own owner names and
+    connections) claim deliveries with a conditional UPDATE: none is sent twice."""
+    import threading
+
+    settings = settings_for(db_url, tmp_path, timeout_s=5.0)
+    hid = hook(settings, receiver.url, max_events=1, max_wait_s=0)
+    emit_done(settings, [[i] for i in assets(settings, 40)])
+    from indexer.webhooks.dispatcher import DispatchReport, prepare
+
+    prepare(settings, DispatchReport())  # 40 deliveries sealed, none sent yet
+    errors: list[BaseException] = []
+
+    def run(owner: str) -> None:
+        try:
+            dispatch_once(settings, owner)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f"racer-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    sent = [r.headers["X-Ramdex-Delivery"] for r in receiver.requests]
+    rows = deliveries(settings, hid)
+    assert {d.status for d in rows} == {"delivered"} and len(set(sent)) == 40
+    # A POST sent twice is a recorded retry (one that timed out on a loaded machine), never
+    # two senders holding one delivery: each one's POSTs are exactly its attempts.
+    assert sorted(sent) == sorted(str(d.id) for d in rows for _ in range(d.attempts))
+    tries: dict[str, list[tuple[int, float]]] = {}
+    for r in receiver.requests:
+        tries.setdefault(r.headers["X-Ramdex-Delivery"], []).append(
+            (int(r.headers["X-Ramdex-Attempt"]), r.at)
+        )
+    for seen in tries.values():
+        seen.sort()
+        assert [n for n, _ in seen] == list(range(1, len(seen) + 1))
+        # a next attempt only after the previous one timed out (5 s), never alongside it
+        assert all(b - a >= 4.9 for (_, a), (_, b) in zip(seen, seen[1:]))
