@@ -172,12 +172,11 @@ def scan(
     else:
         from indexer.sources.scan import scan_source
 
-        processor = services.processor if not settings.broker.url else None
-        services.background(
-            lambda: scan_source(
-                settings, source_id, processor=processor() if processor else None, wait=False
-            )
-        )
+        def run() -> None:
+            proc = services.processor() if not settings.broker.url else None
+            scan_source(settings, source_id, processor=proc, wait=False)
+
+        services.background(run)
         detail = "queued on this server"
     return ScanAccepted(source=_out(view, hide=False), detail=detail)
 

@@ -128,12 +128,12 @@ def _collection_for(
     if name:
         text = name.strip()
         if text.isdigit():
-            found = get_collection(session, int(text))
-            if found is None:
+            by_id = get_collection(session, int(text))
+            if by_id is None:
                 raise SourceError(
                     f"no collection {text}", hint="`ramdex collections list` shows them"
                 )
-            return found
+            return by_id
         try:
             return ensure_collection(session, text)
         except ValueError as exc:

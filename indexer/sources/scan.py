@@ -349,7 +349,7 @@ def _ingest(
     )
     report.job_id = job_id
     summary = ingest(
-        items,  # type: ignore[arg-type] - SourceItems register like paths (register_item)
+        items,  # type: ignore[arg-type]  # SourceItems register like paths (register_item)
         settings=settings,
         processor=processor,
         wait=wait,

@@ -102,10 +102,17 @@ class SourceScheduler:
         reports = []
         for watch in list(self.watcher.watches.values()):
             paths, full = watch.take_ready()
-            if full:
-                reports.append(self._scan(watch.source_id))
-            elif paths:
-                reports.append(self._scan(watch.source_id, paths))
+            if not (full or paths):
+                continue
+            report = self._scan(watch.source_id, None if full else paths)
+            if report.skipped:
+                # Another scan of the source holds it: these files are looked at again once
+                # they settle again, not lost (the full scan may have seen them already).
+                for path in paths:
+                    watch.debouncer.touch(path)
+                if full:
+                    watch.full_scan.set()
+            reports.append(report)
         return reports
 
     def _scan(self, source_id: int, paths: list[Path] | None = None) -> ScanReport:
