@@ -328,17 +328,20 @@ class AssetProcessor:
         path = Path(row.storage_path) if row.storage_path else None
         if path is None or not path.is_file():
             path = self.media.find_original(row.sha256)
-        data: bytes | None = None
-        if path is None and is_object_uri(row.storage_path):
+        original: Path | bytes
+        if path is not None:
+            original = path
+        elif is_object_uri(row.storage_path):
             # A source's original left on object storage (no copy_originals): read it back.
             data, problem = read_original(self.settings, str(row.storage_path), row.sha256)
             if data is None:
                 return _Prepared(row, error=problem)
-        elif path is None:
+            original = data
+        else:
             return _Prepared(row, error="the original file is missing from the media store")
         try:
             decoded = decode_image(
-                path if data is None else data,
+                original,
                 max_pixels=self.settings.ingest.max_pixels,
                 apply_exif_orientation=self.settings.model.apply_exif_orientation,
                 draft_size=self.draft_size,

@@ -263,7 +263,7 @@ def expand_sources(
     paths: list[Path] = []
     for source in sources:
         if isinstance(source, SourceItem):
-            items.append(source)  # type: ignore[arg-type] - registered by register_item
+            items.append(source)  # type: ignore[arg-type]  # registered by register_item
             continue
         text = str(source)
         if is_url(text):
