@@ -346,6 +346,7 @@ def _ingest(
         params=params,
         owner=owner,
         lease_s=settings.ingest.lease_s,
+        collection_id=snap.collection_id,  # the collection's keys see the scan's job
     )
     report.job_id = job_id
     summary = ingest(
