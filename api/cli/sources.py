@@ -167,7 +167,9 @@ def _source_id(text: str) -> int:
 
 @app.command("scan")
 def scan_command(
-    source: Annotated[str, typer.Argument(help="Source id, or 'all'.", metavar="ID|all")],
+    source: Annotated[
+        str, typer.Argument(help="Source id, or 'all' for every source.", metavar="ID")
+    ],
     progress: Annotated[
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal)."),
