@@ -376,6 +376,14 @@ def check_upload(w: World) -> None:
     assert reply["job"]["collection_id"] == w.coll_a
     assert status(w.a("GET", f"/assets/{asset_id}", w.a_read), 200)["collections"] == [w.coll_a]
     w.a_assets.append(asset_id)
+    # a key limited to two collections says which one (422 without)
+    other = w.client.post("/collections", json={"name": "alpha-two"}, headers=w.admin).json()["id"]
+    two = _key(w.url, "alpha-two", ["write"], [w.coll_a, other])
+    status(w.a("POST", "/assets", two, files={"file": ("b.jpg", _image(61))}), 422)
+    reply = w.a(
+        "POST", "/assets", two, files={"file": ("b.jpg", _image(61))}, data={"collection": other}
+    )
+    assert status(reply, 202)["job"]["collection_id"] == other
     # B uploading the same bytes does not learn A had them either
     again = _upload(w, w.b_write, "zeta-again.jpg", data)
     assert again["asset_ids"] == [asset_id] and not again["duplicates"]
@@ -447,6 +455,11 @@ def _search_forms(w: World, method: str) -> None:
         else:
             reply = w.client.post("/search", json=form, headers=w.a_read)
         assert reply.status_code == code, (form, reply.text)
+    # an unrestricted key searching within collection A: the same filter, asked for
+    within = w.client.post(
+        "/search", json={"any": [tag], "min_score": 0.0, "collection": [w.coll_a]}, headers=w.admin
+    )
+    assert within.status_code == 200 and set(hits(within.json())) <= visible
     # the same search by the unrestricted key reaches B: the restriction is the key's
     wide = w.client.post(
         "/search", json={"any": [tag], "min_score": 0.0, "limit": 200}, headers=w.admin
