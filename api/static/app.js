@@ -578,7 +578,7 @@ function showSearchStatus() {
   const p = state.page;
   const shown = $("results").querySelectorAll(".hit").length;
   const parts = [];
-  if (p.total) parts.push(`${p.total.total.toLocaleString("en")}${p.total.exact ? "" : "+"} results`);
+  if (p.total) parts.push(`${p.total.total.toLocaleString("en")}${p.total.exact ? "" : "+"} result${p.total.total === 1 && p.total.exact ? "" : "s"}`);
   parts.push(`${shown} shown`, `${p.ms} ms`);
   if (p.threshold !== null && p.threshold !== undefined) {
     const above = $("results").querySelectorAll(".hit.above").length;
@@ -674,8 +674,11 @@ function fileNameOf(asset) {
 // Browsers show these types themselves; others (TIFF, RAW) keep the thumbnail as the preview.
 const VIEWABLE = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/avif", "image/bmp", "image/svg+xml"];
 
-async function openDetail(id) {
+// Shows asset `id` in the dialog; `stepping` (arrows, after a delete) only when it is open
+// already: a dialog closed meanwhile stays closed.
+async function openDetail(id, stepping = false) {
   const dialog = $("detail");
+  if (stepping && !dialog.open) return;
   try {
     const asset = await api(`/assets/${id}`);
     state.detailId = id;
@@ -713,9 +716,9 @@ async function openDetail(id) {
     showPosition();
     // The tag panel's own errors show in the panel; the dialog opens regardless.
     try { await refreshLabels(id); } catch (error) { setStatus($("label-status"), error.message, "error"); }
-    if (!dialog.open) dialog.showModal();
+    if (!dialog.open && !stepping) dialog.showModal();
   } catch (error) {
-    setStatus($("search-status"), error.message, "error");
+    setStatus(dialog.open ? $("detail-status") : $("search-status"), error.message, "error");
   }
 }
 
@@ -736,7 +739,7 @@ function showPosition() {
 async function stepDetail(step) {
   const next = detailNeighbour(step);
   if (next === null) return;
-  await openDetail(next);
+  await openDetail(next, true);
   const card = $("results").querySelector(`.hit[data-asset-id="${next}"]`);
   if (card) card.scrollIntoView({ block: "nearest" });
   // Near the end of the loaded results: load the next page, so → keeps going.
@@ -803,7 +806,7 @@ $("detail-delete").addEventListener("click", async () => {
     if (state.page && state.page.total) state.page.total.total -= 1;
     if (state.page) showSearchStatus();
     setStatus($("search-status"), `${name} deleted · ${$("search-status").textContent}`, "ok");
-    if (next !== null) { await openDetail(next); setStatus($("detail-status"), `${name} deleted`, "ok"); }
+    if (next !== null) { await openDetail(next, true); setStatus($("detail-status"), `${name} deleted`, "ok"); }
     else $("detail").close();
   } catch (error) {
     setStatus($("detail-status"), error.message, "error");

@@ -6,11 +6,20 @@
 const ACTIVE = ["pending", "running"];
 let jobsTimer = null;
 
+function jobWhat(job) {
+  if (job.kind === "backfill" && job.params.concept_id) return `backfill of concept ${job.params.concept_id}`;
+  const sources = job.params.sources || [];
+  if (job.kind === "ingest" && sources.length === 1) return `ingest ${String(sources[0]).replace(/^upload:/, "").split(/[\\/]/).pop()}`;
+  if (job.kind === "ingest" && sources.length > 1) return `ingest of ${sources.length} sources`;
+  return job.kind;
+}
+
 function jobLine(job) {
-  const what = job.kind === "backfill" && job.params.concept_id ? `backfill of concept ${job.params.concept_id}` : job.kind;
+  const what = jobWhat(job);
   const count = job.total ? `${job.done + job.failed}/${job.total}` : `${job.done}`;
   const parts = [`#${job.id} ${what}`, job.status, count];
   if (job.failed) parts.push(`${job.failed} failed`);
+  if (job.params.duplicate) parts.push("duplicate");
   if (ACTIVE.includes(job.status) && job.rate_per_s) parts.push(`${job.rate_per_s.toFixed(1)}/s`);
   if (ACTIVE.includes(job.status) && job.eta_s) parts.push(`about ${Math.ceil(job.eta_s)} s left`);
   return parts.join(" · ");
@@ -20,12 +29,13 @@ function renderJobs(jobs) {
   const list = $("jobs-list");
   list.replaceChildren();
   for (const job of jobs) {
-    const li = el("li", { className: `job ${job.status}` });
+    const li = el("li", { className: `job ${job.status}${job.failed ? " has-failures" : ""}` });
     li.dataset.jobId = String(job.id);
     const bar = el("progress", { max: 100, value: percent(job) });
     bar.setAttribute("aria-label", `job ${job.id} progress`);
     li.append(el("span", { className: "line", textContent: jobLine(job) }), bar);
-    if (job.error) li.append(el("span", { className: "error", textContent: job.error }));
+    const failures = (job.params.failures || []).map((f) => f.reason);
+    for (const reason of [job.error, ...failures.slice(0, 3)].filter(Boolean)) li.append(el("span", { className: "error", textContent: reason }));
     list.append(li);
   }
   const running = jobs.filter((j) => ACTIVE.includes(j.status)).length;
@@ -118,6 +128,8 @@ $("concept-form").addEventListener("submit", async (event) => {
 });
 
 // ---------- start ----------
+// On a phone the panels start folded: the results come first.
+if (matchMedia("(max-width: 900px)").matches) for (const d of document.querySelectorAll(".side details")) d.open = false;
 $("api-key").value = state.key;
 showModel();
 checkKey().then((ok) => { if (ok) { refreshConcepts(); refreshJobs(); runSearch(); } });

@@ -141,7 +141,8 @@ async function startUpload() {
   if (n.duplicate) parts.push(`${n.duplicate} duplicate${n.duplicate > 1 ? "s" : ""}`);
   if (n.failed) parts.push(`${n.failed} failed`);
   if (n.skipped) parts.push(`${n.skipped} skipped`);
-  setStatus(status, `${parts.join(" · ")} (${upload.items.length} files)`, n.failed ? "error" : "ok");
+  // Red only when nothing went in; each failed file says why in the list.
+  setStatus(status, `${parts.join(" · ")} (${upload.items.length} files)`, n.failed && !n.done ? "error" : "ok");
   $("upload-input").value = "";
   $("folder-input").value = "";
   refreshJobs();
