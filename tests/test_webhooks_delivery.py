@@ -229,7 +229,14 @@ def test_ssrf_refused_at_registration_and_at_delivery(db_url, tmp_path, receiver
         for url in (receiver.url, "http://10.0.0.8/hook", "http://[::1]/hook"):
             with pytest.raises(WebhookError, match="not a public address"):
                 add_webhook(s, strict, url=url, event_types=["asset.done"], created_by="t")
-        for url in ("ftp://example.com/x", "file:///etc/passwd", "http://u:p@example.com/"):
+        for url in (
+            "ftp://example.com/x",
+            "file:///etc/passwd",
+            "http://u:p@example.com/",
+            "http://[zz]/",
+            "http://..com/",
+            "http://example.com:99999/",
+        ):
             with pytest.raises(WebhookError):
                 add_webhook(s, strict, url=url, event_types=["asset.done"], created_by="t")
         with pytest.raises(WebhookError, match="unknown event type"):

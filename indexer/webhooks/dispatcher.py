@@ -120,7 +120,11 @@ def send_due(
             return
         futures = {pool.submit(send_one, settings, c): c for c in taken}
         for future in as_completed(futures):
-            status = _record(settings, owner, futures[future], future.result())
+            try:
+                attempt = future.result()
+            except Exception as exc:  # a bug in the sender: a failed attempt, not a dead pass
+                attempt = Attempt(None, f"{type(exc).__name__}: {exc}"[:300], 0.0)
+            status = _record(settings, owner, futures[future], attempt)
             if status == "delivered":
                 report.delivered += 1
             elif status == "failed":

@@ -34,7 +34,11 @@ def parse(url: str) -> tuple[str, str, int, str]:
     """
     if not url or len(url) > MAX_URL_LENGTH:
         raise WebhookError(f"a webhook URL must be 1 to {MAX_URL_LENGTH} characters")
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError as exc:  # a malformed [IPv6] host
+        raise WebhookError(f"not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise WebhookError(
             f"webhook URLs must be http or https, not {parts.scheme or 'none'!r}: {url[:200]}",
@@ -42,14 +46,14 @@ def parse(url: str) -> tuple[str, str, int, str]:
         )
     if parts.username or parts.password:
         raise WebhookError("webhook URLs with credentials are refused (sign, do not embed)")
-    if not parts.hostname:
+    if not host:
         raise WebhookError(f"the webhook URL has no host: {url[:200]}")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise WebhookError(f"bad port in the webhook URL: {exc}") from None
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, parts.hostname, port, path
+    return parts.scheme, host, port, path
 
 
 def check(url: str, *, allow_private: bool) -> Target:
@@ -70,4 +74,6 @@ def check(url: str, *, allow_private: bool) -> Target:
         ) from None
     except FetchError as exc:
         raise WebhookError(f"webhook URL refused: {exc.reason}") from None
+    except (UnicodeError, ValueError) as exc:  # a host name that cannot be encoded (IDNA)
+        raise WebhookError(f"webhook URL refused: bad host name {host[:100]!r} ({exc})") from None
     return Target(scheme, host, port, address, path)
