@@ -71,8 +71,9 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
 
 
 def _not_found(exc: NotFoundError) -> ProblemError:
-    extra = {"missing": exc.asset_ids} if isinstance(exc, service.MissingAssetsError) else {}
-    return ProblemError(404, str(exc), kind="not-found", **extra)
+    if isinstance(exc, service.MissingAssetsError):
+        return ProblemError(404, str(exc), kind="not-found", missing=exc.asset_ids)
+    return ProblemError(404, str(exc), kind="not-found")
 
 
 @router.get("", response_model=CollectionPage, summary="The collections this key sees")

@@ -138,7 +138,7 @@ class CollectionScope:
         if self.collection_ids is None:
             return None
         owner = _concepts.alias("scope_concept")
-        foreign = owner.c.collection_id.is_not(None)
+        foreign: sa.ColumnElement[bool] = owner.c.collection_id.is_not(None)
         if self.collection_ids:
             foreign = sa.and_(foreign, owner.c.collection_id.not_in(self.ids))
         return ~sa.exists().where(owner.c.tag_id == tag_id, foreign)
