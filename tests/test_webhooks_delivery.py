@@ -396,3 +396,26 @@ def test_two_dispatchers_at_once_send_each_delivery_once(db_url, tmp_path, recei
         assert [n for n, _ in seen] == list(range(1, len(seen) + 1))
         # a next attempt only after the previous one timed out (5 s), never alongside it
         assert all(b - a >= 4.9 for (_, a), (_, b) in zip(seen, seen[1:], strict=False))
+
+
+def test_a_hanging_receiver_does_not_hold_back_another_webhook(db_url, tmp_path, receiver):
+    settings = settings_for(db_url, tmp_path, timeout_s=0.5, concurrency=2, max_attempts=1)
+    slow = Receiver(secret=SECRET, mode="hang", hang_s=1.0).start()
+    try:
+        hook(settings, slow.url, max_events=1, max_wait_s=0)  # a backlog of 12 deliveries
+        emit_done(settings, [[i] for i in assets(settings, 12)])
+        hook(settings, receiver.url, max_wait_s=0)
+        emit_done(settings, [assets(settings, 1, start=100)])
+        from indexer.webhooks.dispatcher import DispatchReport, prepare
+
+        prepare(settings, DispatchReport())
+        started = time.time()
+        dispatch_once(settings)
+        # the healthy webhook's delivery went out in the first round (about one timeout),
+        # not after the 12 hanging ones (6 rounds of 2)
+        assert (
+            receiver.requests
+            and receiver.requests[0].at - time.time() + time.monotonic() - started < 1.5
+        )
+    finally:
+        slow.stop()

@@ -132,14 +132,27 @@ def replay_delivery(session: Session, delivery_id: int) -> bool:
 
 
 def due_delivery_ids(session: Session, limit: int) -> list[int]:
-    """Deliveries whose next attempt is due, oldest due first."""
+    """Up to ``limit`` deliveries whose next attempt is due, oldest due first, taken in turn
+    from each webhook (round robin), so one receiver with a long backlog, or one that hangs,
+    does not hold back every other webhook's deliveries."""
     stmt = (
-        sa.select(_deliveries.c.id)
+        sa.select(_deliveries.c.id, _deliveries.c.webhook_id)
         .where(_deliveries.c.status.in_(_RETRYABLE), _deliveries.c.next_attempt_at <= db_now())
         .order_by(_deliveries.c.next_attempt_at, _deliveries.c.id)
-        .limit(limit)
+        .limit(limit * 8)
     )
-    return [int(i) for i in session.execute(stmt).scalars()]
+    queues: dict[int, list[int]] = {}
+    for row in session.execute(stmt):
+        queues.setdefault(int(row.webhook_id), []).append(int(row.id))
+    picked: list[int] = []
+    while len(picked) < limit and queues:
+        for hook_id in list(queues):
+            picked.append(queues[hook_id].pop(0))
+            if not queues[hook_id]:
+                del queues[hook_id]
+            if len(picked) >= limit:
+                break
+    return picked
 
 
 def claim(
