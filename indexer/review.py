@@ -241,28 +241,5 @@ def queue(
         raise UnknownTagError([name], model_id)
     tag = resolved.tag
     after = QueueCursor.decode(cursor, tag.id) if cursor else None
-    if not scope.restricted:
-        items, following = label_repo.review_queue(session, tag, limit, after)
-    else:
-        items, following = _scoped_queue(session, scope, tag, limit, after)
+    items, following = label_repo.review_queue(session, tag, limit, after, scope)
     return QueuePage(tag, tag.effective_threshold, items, following.encode() if following else None)
-
-
-_QUEUE_ROUNDS = 20  # walks of the score index per page for a collection-limited key
-
-
-def _scoped_queue(
-    session: Session, scope: CollectionScope, tag: Tag, limit: int, after: QueueCursor | None
-) -> tuple[list[QueueItem], QueueCursor | None]:
-    """The queue walked outward as for everyone, keeping the visible assets: each round asks
-    for what the page still lacks, so the cursor never skips an item. A page may come back
-    short (with a cursor) after :data:`_QUEUE_ROUNDS` rounds of invisible assets."""
-    items: list[QueueItem] = []
-    cursor = after
-    for _ in range(_QUEUE_ROUNDS):
-        page, cursor = label_repo.review_queue(session, tag, limit - len(items), cursor)
-        seen = scope.visible_assets(session, [i.asset_id for i in page])
-        items += [i for i in page if i.asset_id in seen]
-        if cursor is None or len(items) >= limit:
-            break
-    return items, cursor

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from indexer.db._sql import chunks, table_of, upsert_insert
 from indexer.db.assets import Asset
 from indexer.db.base import Real, db_now
+from indexer.db.collection_scope import EVERYTHING, CollectionScope
 from indexer.db.errors import InvalidCursorError, NotFoundError
 from indexer.db.event_repo import record_asset_event
 from indexer.db.events import EventType
@@ -338,7 +339,11 @@ def _real(value: float) -> sa.ColumnElement[float]:
 
 
 def review_queue(
-    session: Session, tag: Tag, limit: int = 50, after: QueueCursor | None = None
+    session: Session,
+    tag: Tag,
+    limit: int = 50,
+    after: QueueCursor | None = None,
+    scope: CollectionScope = EVERYTHING,
 ) -> tuple[list[QueueItem], QueueCursor | None]:
     """Assets with a stored score for ``tag`` and no decision yet (no review, not manual),
     nearest the tag's effective threshold first (``|score - threshold|``, then asset id).
@@ -357,8 +362,8 @@ def review_queue(
         raise ValueError("limit must be in 1..1000")
     cursor = after or QueueCursor(tag.id)
     threshold = tag.effective_threshold
-    above = _side(session, tag, threshold, cursor.above, up=True, limit=limit + 1)
-    below = _side(session, tag, threshold, cursor.below, up=False, limit=limit + 1)
+    above = _side(session, tag, threshold, cursor.above, up=True, limit=limit + 1, scope=scope)
+    below = _side(session, tag, threshold, cursor.below, up=False, limit=limit + 1, scope=scope)
     merged = sorted(
         [(abs(s - threshold), a, s, True) for s, a in above]
         + [(abs(s - threshold), a, s, False) for s, a in below]
@@ -383,6 +388,7 @@ def _side(
     *,
     up: bool,
     limit: int,
+    scope: CollectionScope = EVERYTHING,
 ) -> list[tuple[float, int]]:
     """(score, asset id) of undecided assets on one side of the threshold, nearest first:
     ``score >= threshold`` ascending (up) or ``score < threshold`` descending, after ``start``."""
@@ -396,6 +402,7 @@ def _side(
             decided.c.key == key,
             sa.or_(decided.c.manual.is_(True), decided.c.review.is_not(None)),
         ),
+        *scope.asset_conditions(scores.c.asset_id),  # a collection-limited key's assets only
     )
     if up:
         stmt = stmt.where(scores.c.score >= _real(threshold))
