@@ -42,6 +42,7 @@ TABLES = [
     "asset_sources",
     "concepts",
     "tags",
+    "job_assets",
     "jobs",
     "assets",
 ]
