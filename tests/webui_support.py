@@ -114,7 +114,8 @@ def axe_violations(page, impacts=("serious", "critical")) -> list[str]:  # noqa:
     page.add_script_tag(path=str(AXE))
     result = page.evaluate(
         "async () => (await axe.run(document, {runOnly: {type: 'tag', values: "
-        "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})).violations.map(v => "
+        "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}, resultTypes: ['violations']}))"
+        ".violations.map(v => "
         "({id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}))"
     )
     return [f"{v['id']} ({v['impact']}): {v['nodes']}" for v in result if v["impact"] in impacts]

@@ -393,6 +393,14 @@ async function fillNames(ids) {
 
 function searchSimilarAsset(id) {
   state.similar = { kind: "asset", id, name: state.names.get(id) || `asset ${id}` };
+  if (!state.names.has(id)) { // clicked before the cards got their names: ask for this one
+    api(`/search/names?ids=${id}`).then((page) => {
+      const name = page.items.length && page.items[0].name;
+      if (!name) return;
+      state.names.set(id, name);
+      if (state.similar && state.similar.id === id) { state.similar.name = name; renderQueryChip(); }
+    }).catch(() => { /* "asset N" stays */ });
+  }
   $("search-input").value = "";
   if ($("detail").open) $("detail").close();
   renderQueryChip();

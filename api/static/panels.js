@@ -129,7 +129,10 @@ $("concept-form").addEventListener("submit", async (event) => {
 
 // ---------- start ----------
 // On a phone the panels start folded: the results come first.
-if (matchMedia("(max-width: 900px)").matches) for (const d of document.querySelectorAll(".side details")) d.open = false;
+const narrow = matchMedia("(max-width: 900px)");
+const foldPanels = () => { for (const d of document.querySelectorAll(".side details")) d.open = !narrow.matches; };
+if (narrow.matches) foldPanels();
+narrow.addEventListener("change", foldPanels);
 $("api-key").value = state.key;
 showModel();
 checkKey().then((ok) => { if (ok) { refreshConcepts(); refreshJobs(); runSearch(); } });
