@@ -145,3 +145,26 @@ def test_cli_collections_and_limited_keys(
     assert "only nothing" in out  # the key's collection is gone: it sees nothing, not all
     code, out = run_ramdex("collections", "show", "team-a")
     assert_first_line_error(code, out, "team-a")
+
+
+def test_pending_reindex_counts_only_the_collections(db_url: str) -> None:
+    """A search's pending_reindex for a collection-limited key counts its collections' assets
+    scored by another model, not the archive's (that would tell it other collections' size)."""
+    import sqlalchemy as sa
+
+    from indexer.db.collection_scope import CollectionScope
+    from indexer.search.service import _pending_in
+
+    ids = _assets(db_url, 5)
+    with session_scope(db_url) as s:
+        s.execute(
+            sa.update(db.Asset)
+            .where(db.Asset.id.in_(ids))
+            .values(status=db.AssetStatus.DONE.value, model_name="old@1")
+        )
+        a = repo.create_collection(s, "a").id
+        repo.add_assets_to_collection(s, a, ids[:2])
+    with session_scope(db_url) as s:
+        assert _pending_in(s, "new@1", CollectionScope(frozenset({a}))) == 2
+        assert _pending_in(s, "new@1", CollectionScope()) == 5
+        assert _pending_in(s, "old@1", CollectionScope(frozenset({a}))) == 0

@@ -125,6 +125,8 @@ class SearchService:
         with phases.phase(DB):
             model_id = archive.model_id()
             pending = archive.pending_reindex(session, model_id)
+            if pending and req.collection_ids is not None:  # the collections' share only
+                pending = _pending_in(session, model_id, _scope(req))
 
         if not req.text and not req.similar:  # the storage layer resolves the tag names itself
             with phases.phase(ROWS):
@@ -304,6 +306,18 @@ def _hit(row: Any, score: float | None, reasons: Sequence[Reason]) -> SearchHit:
         height=row.height,
         created_at=row.created_at,
     )
+
+
+def _pending_in(session: Session, model_id: str, scope: CollectionScope) -> int:
+    """Done assets of the scope scored by another model (the archive's count would tell a
+    collection-limited key how many assets other collections hold)."""
+    table = Asset.__table__.c
+    stmt = sa.select(sa.func.count()).where(
+        table.status == AssetStatus.DONE.value,
+        table.model_name != model_id,
+        *scope.asset_conditions(table.id),
+    )
+    return int(session.execute(stmt).scalar_one())
 
 
 def _scope(req: SearchRequest) -> CollectionScope:
