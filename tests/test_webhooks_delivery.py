@@ -147,34 +147,48 @@ def test_a_short_batch_waits_for_max_wait(db_url, tmp_path, receiver):
     assert dispatch_once(settings).delivered == 1 and len(receiver.events()) == 1
 
 
-@pytest.mark.parametrize("failure", ["fail", "hang", "refused"])
-def test_failures_are_retried_with_backoff_then_recover(db_url, tmp_path, receiver, failure):
+def test_failures_are_retried_with_backoff_then_recover(db_url, tmp_path, receiver):
+    """Three receivers fail three ways at once (HTTP 500, hanging past the timeout, nothing
+    listening): each delivery is failed with the reason and due again after a backoff, the
+    pass bounded by the timeout; once they are back, the retries deliver."""
     settings = settings_for(db_url, tmp_path, timeout_s=0.5, max_attempts=5)
-    receiver.mode = failure if failure != "refused" else "ok"
-    receiver.hang_s = 1.5
-    url = refused_url() if failure == "refused" else receiver.url
-    hid = hook(settings, url, max_wait_s=0)
-    emit_done(settings, [assets(settings, 1)])
-    started = time.monotonic()
-    report = dispatch_once(settings)
-    assert report.failed == 1 and time.monotonic() - started < 3.0  # bounded by the timeout
-    [row] = deliveries(settings, hid)
-    assert row.status == "failed" and row.attempts == 1
-    assert row.last_status_code == (500 if failure == "fail" else None)
-    assert row.last_error
-    # Due again after the backoff (base 0.2 s, jittered down to half at most), not at once.
-    assert row.next_attempt_at is not None and row.next_attempt_at > row.created_at
-    assert dispatch_once(settings).failed == 0
-    time.sleep(0.25)
-    receiver.mode = "ok"
-    if failure == "refused":
-        with session_scope(db_url) as s:  # the receiver comes back (here: at another port)
-            s.execute(sa.text("UPDATE webhooks SET url = :u"), {"u": receiver.url})
+    failing = Receiver(secret=SECRET, mode="fail").start()
+    hanging = Receiver(secret=SECRET, mode="hang", hang_s=1.5).start()
+    try:
+        hooks = {
+            "fail": hook(settings, failing.url, max_wait_s=0),
+            "hang": hook(settings, hanging.url, max_wait_s=0),
+            "refused": hook(settings, refused_url(), max_wait_s=0),
+        }
+        emit_done(settings, [assets(settings, 1)])
+        started = time.monotonic()
+        report = dispatch_once(settings)
+        assert report.failed == 3 and time.monotonic() - started < 3.0  # bounded by the timeout
+        rows = {kind: deliveries(settings, hid)[0] for kind, hid in hooks.items()}
+        assert {r.status for r in rows.values()} == {"failed"}
+        assert all(r.attempts == 1 and r.last_error for r in rows.values())
+        assert rows["fail"].last_status_code == 500 and "HTTP 500" in rows["fail"].last_error
+        assert "timed out" in rows["hang"].last_error
+        assert "connection failed" in rows["refused"].last_error
+        # Due again after the backoff (base 0.2 s, jittered down to half at most), not at once.
+        assert all(r.next_attempt_at > r.created_at for r in rows.values())
+        time.sleep(0.25)
+        failing.mode = hanging.mode = "ok"
+        with session_scope(db_url) as s:  # the third receiver comes back (at another port)
+            s.execute(
+                sa.text("UPDATE webhooks SET url = :u WHERE id = :i"),
+                {"u": receiver.url, "i": hooks["refused"]},
+            )
             s.commit()
-    assert dispatch_once(settings).delivered == 1
-    [row] = deliveries(settings, hid)
-    assert row.status == "delivered" and row.attempts == 2 and row.last_error is None
-    assert receiver.requests[-1].verified
+        assert dispatch_once(settings).delivered == 3
+        for hid in hooks.values():
+            [row] = deliveries(settings, hid)
+            assert (row.status, row.attempts, row.last_error) == ("delivered", 2, None)
+        for r in (failing, hanging, receiver):
+            assert r.requests[-1].verified
+    finally:
+        failing.stop()
+        hanging.stop()
 
 
 def test_dead_after_max_attempts_then_replayed(db_url, tmp_path, receiver):
@@ -419,3 +433,17 @@ def test_a_hanging_receiver_does_not_hold_back_another_webhook(db_url, tmp_path,
         )
     finally:
         slow.stop()
+
+
+def test_backoff_doubles_with_jitter_and_ends_dead():
+    from indexer.webhooks.retry import retry_delay_s
+
+    def delays(attempt: int) -> list[float]:
+        return [
+            retry_delay_s(attempt, base_s=10, max_s=60, max_attempts=6) or -1.0 for _ in range(200)
+        ]
+
+    for attempt, ceiling in ((1, 10), (2, 20), (3, 40), (4, 60), (5, 60)):
+        got = delays(attempt)
+        assert min(got) >= ceiling / 2 and max(got) <= ceiling and len(set(got)) > 100  # jitter
+    assert retry_delay_s(6, base_s=10, max_s=60, max_attempts=6) is None  # the last: dead

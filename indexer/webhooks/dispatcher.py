@@ -111,13 +111,14 @@ def send_due(
 ) -> None:
     """Claim and send due deliveries, ``webhooks.concurrency`` at a time, until none is due."""
     batch = settings.webhooks.concurrency * 2
+    tried: set[int] = set()  # a pass tries each delivery once; retries wait for a later pass
     for _round in range(MAX_SEND_ROUNDS):
         with session_scope(settings.database_url) as session:
-            taken = claim(
-                session, due_delivery_ids(session, batch), owner, _claim_lease_s(settings)
-            )
+            due = [i for i in due_delivery_ids(session, batch + len(tried)) if i not in tried]
+            taken = claim(session, due[:batch], owner, _claim_lease_s(settings))
         if not taken:
             return
+        tried.update(c.id for c in taken)
         futures = {pool.submit(send_one, settings, c): c for c in taken}
         for future in as_completed(futures):
             try:

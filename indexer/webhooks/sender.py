@@ -78,6 +78,8 @@ def post(
         finally:
             response.release_conn()
             response.close()
+    except urllib3.exceptions.NewConnectionError as exc:  # refused, unreachable (a subclass
+        return done(None, f"connection failed: {_reason(exc)}")  # of the timeout error: first)
     except urllib3.exceptions.TimeoutError:
         return done(None, f"timed out after {timeout_s:g} s")
     except urllib3.exceptions.HTTPError as exc:
