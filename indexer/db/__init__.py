@@ -59,20 +59,19 @@ from indexer.db.embedding_repo import (
     ids_updated_since,
     iter_embeddings,
 )
+from indexer.db.errors import DuplicateError, NotFoundError, UnknownTagError
 from indexer.db.events import (  # noqa: F401 - tables of the schema
     Event,
     Webhook,
     WebhookDelivery,
     WebhookPendingEvent,
 )
-from indexer.db.errors import DuplicateError, NotFoundError, UnknownTagError
 from indexer.db.job_repo import add_job_progress, create_job, get_job, list_jobs, update_job
 from indexer.db.jobs import Job, JobKind, JobStatus
 from indexer.db.labels import AssetLabel, LabelChange  # noqa: F401 - tables of the schema
 from indexer.db.leases import ServiceLease  # noqa: F401 - its table is part of the schema
 from indexer.db.manifests import Manifest, ManifestRow  # noqa: F401 - tables of the schema
 from indexer.db.search import MatchedTag, SearchHit, SearchPage, search_by_tags
-from indexer.db.sources import Source, SourceObject  # noqa: F401 - tables of the schema
 from indexer.db.session import (
     create_engine_for,
     dispose_engines,
@@ -80,6 +79,7 @@ from indexer.db.session import (
     get_sessionmaker,
     session_scope,
 )
+from indexer.db.sources import Source, SourceObject  # noqa: F401 - tables of the schema
 from indexer.db.tag_repo import (
     ScoredTag,
     ensure_vocabulary,
