@@ -49,6 +49,17 @@ def test_tags_lists_the_vocabulary_with_counts_after_an_ingest(home: Path, tmp_p
     vocabulary = load_model(demo_checkpoint()).vocabulary
     assert sorted(t["name"] for t in listed) == sorted(vocabulary.english)
     assert all(0 <= t["assets"] <= 3 for t in listed) and sum(t["assets"] for t in listed) > 0
+    # Counts follow the search rule: a person's tag counts, a rejected model tag does not.
+    unused = next(t["name"] for t in listed if t["assets"] == 0)
+    used = next(t["name"] for t in listed if t["assets"] > 0)
+    code, out = run_ramdex("search", "--all", used, "--format", "json")
+    holder = json.loads(out[out.index("{") :])["hits"][0]["asset_id"]
+    assert run_ramdex("review", "add", unused, str(holder))[0] == 0
+    assert run_ramdex("review", "reject", used, str(holder))[0] == 0
+    code, out = run_ramdex("tags", "--format", "json", "--counts", "--limit", "10000")
+    after = {t["name"]: t["assets"] for t in json.loads(out[out.index("[") :])}
+    before = {t["name"]: t["assets"] for t in listed}
+    assert after[unused] == 1 and after[used] == before[used] - 1
     # A prefix narrows (any case); the text form names each tag once per line.
     first = sorted(vocabulary.english)[0]
     code, out = run_ramdex("tags", first[:2].upper())

@@ -24,21 +24,22 @@ class Origin(StrEnum):
     concept = "concept"
 
 
-def _assets_above_threshold(session: Any, tag_ids: list[int]) -> dict[int, int]:
-    """Assets whose stored score of each tag is above its effective threshold (one index range
-    per tag: ``asset_tags`` is keyed and partitioned by tag)."""
-    import sqlalchemy as sa
+def _assets_carrying(session: Any, tags: list[Any]) -> dict[int, int]:
+    """How many done assets carry each tag by the rule every search uses
+    (:func:`indexer.db.tag_match.has_tag_term`: a score above the threshold unless rejected,
+    or a manual, accepted or embedded label), so a count equals what ``ramdex search --all
+    TAG`` finds. One ``COUNT`` per tag."""
+    from indexer.db._sql import table_of
+    from indexer.db.assets import Asset
+    from indexer.db.search import count_matching_assets
+    from indexer.db.tag_match import has_tag_term, tag_match
 
-    from indexer.db.tags import AssetTag, Tag
-
-    threshold = sa.func.coalesce(Tag.threshold_override, Tag.threshold)
-    stmt = (
-        sa.select(AssetTag.tag_id, sa.func.count())
-        .join(Tag, Tag.id == AssetTag.tag_id)
-        .where(AssetTag.tag_id.in_(tag_ids), AssetTag.score > threshold)
-        .group_by(AssetTag.tag_id)
-    )
-    return {int(tag_id): int(n) for tag_id, n in session.execute(stmt)}
+    assets = table_of(Asset)
+    match = tag_match(session, tags)
+    return {
+        int(t.id): count_matching_assets(session, [has_tag_term(assets.c.id, [t], match)])
+        for t in tags
+    }
 
 
 @app.command("tags")
@@ -53,7 +54,10 @@ def tags(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many to list.")] = 100,
     counts: Annotated[
         bool,
-        typer.Option("--counts", help="Also count the assets above each tag's threshold."),
+        typer.Option(
+            "--counts",
+            help="Also count the assets carrying each tag (as `ramdex search --all TAG` finds).",
+        ),
     ] = False,
     output: Annotated[Format, typer.Option("--format", help="text or json.")] = Format.text,
 ) -> None:
@@ -71,7 +75,7 @@ def tags(
         rows = list_tags(
             session, model_id, prefix=(prefix or "").strip() or None, origin=origin, limit=limit
         )
-        carried = _assets_above_threshold(session, [t.id for t in rows]) if counts else {}
+        carried = _assets_carrying(session, rows) if counts else {}
     if not rows:
         what = f" starting with {prefix!r}" if prefix else ""
         raise RamdexError(
