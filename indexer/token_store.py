@@ -51,6 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,23 @@ MANIFEST = "manifest.json"
 READERS = "READERS"
 STORE_VERSION = 1
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+# Scattered reads (a shortlist's records) are issued this many at a time: a virtual or NVMe disk
+# serves parallel requests several times faster than one after another (2,000 random 148 kB
+# records on this project's VM: 0.45 s one at a time, 0.29 s 16 at a time, docs/retroactive.md).
+# The threads only wait on the disk (preadv releases the GIL), so they take no core from scoring.
+READ_PARALLELISM = 16
+PARALLEL_READ_MIN_RUNS = 8  # fewer runs than this: one after another (no thread hand-off)
+_read_pool: ThreadPoolExecutor | None = None
+_read_pool_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's shared pool of reading threads (created on first use)."""
+    global _read_pool
+    with _read_pool_lock:
+        if _read_pool is None:
+            _read_pool = ThreadPoolExecutor(READ_PARALLELISM, thread_name_prefix="ramdex-pread")
+        return _read_pool
 
 
 class TokenStoreError(RuntimeError):
@@ -476,14 +494,26 @@ class TokenStore(SnapshotReader):
             fd = os.open(self.path / f"{shard.name}.bin", os.O_RDONLY)
         except OSError:
             return self._from_map(shard, slots, out)
+        runs = list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+        def read_runs(group: list[tuple[int, int]]) -> bool:
+            for a, b in group:
+                if os.preadv(fd, [view[a * rec : b * rec]], int(slots[a]) * rec) != (b - a) * rec:
+                    return False
+            return True
+
         try:
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                want = (b - a) * rec
-                got = os.preadv(fd, [view[a * rec : b * rec]], int(slots[a]) * rec)
-                if got != want:  # file shorter than the snapshot: use the map
-                    return self._from_map(shard, slots, out)
+            if len(runs) >= PARALLEL_READ_MIN_RUNS and READ_PARALLELISM > 1:
+                # interleaved groups: every thread walks the file forwards, and the requests in
+                # flight at any moment are neighbours (the disk's read-ahead still helps)
+                groups = [runs[i::READ_PARALLELISM] for i in range(READ_PARALLELISM)]
+                complete = all(list(_pool().map(read_runs, groups)))
+            else:
+                complete = read_runs(runs)
         finally:
             os.close(fd)
+        if not complete:  # file shorter than the snapshot: use the map
+            return self._from_map(shard, slots, out)
         return out
 
     @staticmethod

@@ -252,3 +252,18 @@ def test_attention_kernel_setting():
     assert OpenSetScorer(model, dtype="bfloat16").attention == "bmm"
     with pytest.raises(ValueError, match="attention"):
         OpenSetScorer(model, attention="flash")
+
+
+def test_folded_attention_is_the_same_algebra():
+    """The fast dtype's folded projections (W_k^T W_q per head, W_o W_v per head, biases
+    carried through) computed in float64 give the model's own logits: the fold is exact, so
+    bf16 only adds its rounding (the float32 path does not fold)."""
+    model = _biased_head(seed=51)
+    embeds = torch.randn(23, 33, 512, generator=torch.Generator().manual_seed(52))
+    bank = _ragged_bank([2, 5, 1], seed=53)
+    with torch.no_grad():
+        want = model.logits_from_embeddings(embeds, bank)
+    scorer = OpenSetScorer(model, dtype=torch.float64, asset_chunk=8)
+    assert len(scorer.head.folded_layers) == len(scorer.head.layers)
+    assert not OpenSetScorer(model).head.folded_layers
+    torch.testing.assert_close(scorer.logits(embeds, bank), want, atol=1e-4, rtol=1e-5)

@@ -4,6 +4,7 @@ writer process committing while reader threads read."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -330,3 +331,33 @@ def test_storage_order_reads_land_in_place(tmp_path):
     got = store._from_map(shard, np.array([0, 2, 5]), out)
     assert got is out
     np.testing.assert_array_equal(out, np.asarray(shard.data[[0, 2, 5]]))
+
+
+def test_scattered_reads_in_parallel_equal_one_at_a_time(tmp_path, monkeypatch):
+    """A shortlist of scattered records (many runs of one shard) read by the pool of reading
+    threads lands exactly where one-at-a-time reads put it; a file shorter than the snapshot
+    still falls back to the memory map."""
+    import indexer.token_store as token_store
+
+    rng = np.random.default_rng(5)
+    store = TokenStore(tmp_path / "s", tokens=T, dim=C)
+    embeds = _embeds(300, seed=6)
+    store.add(np.arange(300), embeds)
+    want = np.sort(rng.choice(300, size=90, replace=False))  # dozens of runs
+    assert len(np.flatnonzero(np.diff(want) != 1)) + 1 >= 4 * token_store.PARALLEL_READ_MIN_RUNS
+    parallel = store.get(want, dtype=np.float16)
+    monkeypatch.setattr(token_store, "READ_PARALLELISM", 1)
+    serial = store.get(want, dtype=np.float16)
+    np.testing.assert_array_equal(parallel, serial)
+    np.testing.assert_array_equal(parallel, embeds[want].astype(np.float16))
+    monkeypatch.setattr(token_store, "READ_PARALLELISM", 16)
+    calls = []
+    real_preadv = os.preadv
+
+    def short_read(fd, buffers, offset):  # the file lost its tail: every read comes back short
+        calls.append(offset)
+        return real_preadv(fd, buffers, offset) - 1
+
+    monkeypatch.setattr(token_store.os, "preadv", short_read)
+    np.testing.assert_array_equal(store.get(want, dtype=np.float16), serial)
+    assert calls  # the threads did try, and the map answered
