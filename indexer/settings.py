@@ -424,6 +424,53 @@ class WebhookSettings(BaseModel):
     )
 
 
+class MediaSettings(BaseModel):
+    """Video, camera RAW and animated images (docs/media.md)."""
+
+    min_interval_s: float = Field(
+        default=1.0, ge=0.0, description="keyframes of a video are at least this far apart"
+    )
+    max_interval_s: float = Field(
+        default=10.0, gt=0.0, description="a keyframe at least this often, scene change or not"
+    )
+    scene_threshold: float = Field(
+        default=0.3,
+        gt=0.0,
+        le=1.0,
+        description="a frame whose histogram differs this much (0-1) from the last keyframe is a "
+        "scene change",
+    )
+    max_frames: int = Field(
+        default=64, ge=1, le=4096, description="most frames kept per video (or per task range)"
+    )
+    max_decode_s: float = Field(
+        default=120.0, gt=0.0, description="decoding time budget per video (or per task range)"
+    )
+    max_duration_s: float = Field(
+        default=4 * 3600.0, gt=0.0, description="longer videos are indexed over this much only"
+    )
+    animated_frames: int = Field(
+        default=4, ge=1, le=64, description="frames scored from a GIF / WebP / APNG animation"
+    )
+    analysis_size: int = Field(
+        default=64, ge=16, le=512, description="side of the thumbnail scene change is judged on"
+    )
+    raw_preview_min_px: int = Field(
+        default=0,
+        ge=0,
+        description="smallest embedded preview side used for a RAW (0 = the model's input size)",
+    )
+    raw_jpeg_pairs: bool = Field(
+        default=True,
+        description="a RAW file and a JPEG of the same base name in one folder are one asset",
+    )
+    split_s: float = Field(
+        default=600.0,
+        gt=0.0,
+        description="videos longer than this are split into time ranges several workers share",
+    )
+
+
 class LlmSettings(BaseModel):
     """Optional OpenAI-compatible chat-completions endpoint for concept descriptions."""
 
@@ -451,6 +498,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     sources: SourcesSettings = Field(default_factory=SourcesSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
 
     @field_validator("home")
     @classmethod
