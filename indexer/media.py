@@ -7,7 +7,9 @@ renamed into place, so a crash never leaves a half-written file under a final na
 
 Decoding accepts JPEG, PNG, WebP, GIF (first frame), BMP, TIFF (first page), HEIC/HEIF
 (pillow-heif) and AVIF (built into Pillow >= 11.2). Every failure is an
-:class:`ram_pp.preprocess.ImageDecodeError` with a reason a person can act on.
+:class:`ram_pp.preprocess.ImageDecodeError` with a reason a person can act on. Sniffing also
+knows videos (MP4/MOV, Matroska/WebM) and camera RAW files (DNG, CR2, CR3, NEF, ARW, RAF, ORF,
+RW2), which :mod:`indexer.frames` decodes; animated GIF/WebP/APNG are found there too.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ except ImportError:  # pragma: no cover - depends on the installation
     HEIF_AVAILABLE = False
 
 CHUNK_SIZE = 1 << 20  # 1 MiB reads keep hashing at disk speed without holding files in memory
-SNIFF_BYTES = 64  # enough for every signature below
+# Enough for every signature below, including the first IFD of a TIFF-based RAW (DNG, NEF, ARW
+# name themselves in tags there) and a Matroska header's DocType.
+SNIFF_BYTES = 64 * 1024
 
 #: MIME type -> file extension used in the media store.
 EXTENSIONS: dict[str, str] = {
@@ -53,13 +57,43 @@ EXTENSIONS: dict[str, str] = {
     "image/heic": ".heic",
     "image/heif": ".heif",
     "image/avif": ".avif",
+    "video/mp4": ".mp4",
+    "video/quicktime": ".mov",
+    "video/x-matroska": ".mkv",
+    "video/webm": ".webm",
+    "image/x-adobe-dng": ".dng",
+    "image/x-canon-cr2": ".cr2",
+    "image/x-canon-cr3": ".cr3",
+    "image/x-nikon-nef": ".nef",
+    "image/x-sony-arw": ".arw",
+    "image/x-fuji-raf": ".raf",
+    "image/x-olympus-orf": ".orf",
+    "image/x-panasonic-rw2": ".rw2",
 }
 SUPPORTED_MIME = frozenset(EXTENSIONS)
+VIDEO_MIME = frozenset(m for m in EXTENSIONS if m.startswith("video/"))
+RAW_MIME = frozenset(m for m in EXTENSIONS if m.startswith("image/x-"))
+#: Image types that may hold an animation (decided when decoding: most are still images).
+ANIMATABLE_MIME = frozenset({"image/gif", "image/webp", "image/png"})
+#: File extensions of camera RAW files (RAW+JPEG pairs are grouped by base name).
+RAW_EXTENSIONS = frozenset(EXTENSIONS[m] for m in RAW_MIME)
 
 # ISO-BMFF "ftyp" brands: HEIC (HEVC) and generic HEIF / AVIF (AV1) still images and sequences.
 _HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
 _HEIF_BRANDS = {b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
+_CR3_BRANDS = {b"crx "}
+_QUICKTIME_BRANDS = {b"qt  "}
+# MP4 family: ISO base media, MPEG-4, 3GPP, Apple M4V, DASH, Sony XAVC, iPhone.
+_MP4_BRANDS = {
+    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso8", b"iso9", b"mp41", b"mp42",
+    b"avc1", b"hvc1", b"hev1", b"av01", b"dash", b"M4V ", b"M4VH", b"M4VP", b"3gp4", b"3gp5",
+    b"3gp6", b"3g2a", b"XAVC", b"MSNV", b"f4v ", b"mmp4",
+}  # fmt: skip
+# Old QuickTime files start with a top-level atom other than ftyp.
+_QUICKTIME_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
+_TIFF_DNG_VERSION = 0xC612
+_TIFF_MAKE = 0x010F
 
 
 def avif_available() -> bool:
@@ -82,8 +116,22 @@ def sniff_mime(head: bytes) -> str | None:
         return "image/webp"
     if head.startswith(b"BM") and len(head) >= 14:
         return "image/bmp"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    if head.startswith(b"FUJIFILMCCD-RAW"):
+        return "image/x-fuji-raf"
+    if head[:4] in (b"IIRO", b"IIRS", b"MMOR"):
+        return "image/x-olympus-orf"
+    if head[:4] == b"IIU\x00":
+        return "image/x-panasonic-rw2"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        if head[8:10] == b"CR":
+            return "image/x-canon-cr2"
+        return _tiff_raw(head) or "image/tiff"
+    if head[:4] in (b"II+\x00", b"MM\x00+"):
         return "image/tiff"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska and WebM name their DocType early
+        return "video/webm" if b"webm" in head[:64] else "video/x-matroska"
+    if head[4:8] in _QUICKTIME_ATOMS:
+        return "video/quicktime"
     if head[4:8] == b"ftyp":
         # The major brand and the compatible brands follow; any one may name the format.
         box_size = int.from_bytes(head[:4], "big")
@@ -96,6 +144,45 @@ def sniff_mime(head: bytes) -> str | None:
             return "image/heic"
         if any(b in _HEIF_BRANDS for b in brands):
             return "image/heif"
+        if any(b in _CR3_BRANDS for b in brands):
+            return "image/x-canon-cr3"
+        if brands[0] in _QUICKTIME_BRANDS:
+            return "video/quicktime"
+        if any(b in _MP4_BRANDS or b in _QUICKTIME_BRANDS for b in brands):
+            return "video/mp4"
+    return None
+
+
+def _tiff_raw(head: bytes) -> str | None:
+    """The RAW type of a TIFF-structured file from its first IFD (DNGVersion, Make), if any.
+
+    Reads only what ``head`` holds; a TIFF whose first IFD lies further is a plain TIFF.
+    """
+    order = "little" if head[:2] == b"II" else "big"
+    offset = int.from_bytes(head[4:8], order)
+    if offset < 8 or offset + 2 > len(head):
+        return None
+    count = int.from_bytes(head[offset : offset + 2], order)
+    make = b""
+    for i in range(min(count, 512)):
+        entry = head[offset + 2 + 12 * i : offset + 14 + 12 * i]
+        if len(entry) < 12:
+            break
+        tag = int.from_bytes(entry[:2], order)
+        if tag == _TIFF_DNG_VERSION:
+            return "image/x-adobe-dng"
+        if tag == _TIFF_MAKE:
+            size = int.from_bytes(entry[4:8], order)
+            if size <= 4:
+                make = entry[8 : 8 + size]
+            else:
+                at = int.from_bytes(entry[8:12], order)
+                make = head[at : at + min(size, 64)]
+    make = make.upper()
+    if make.startswith(b"NIKON"):
+        return "image/x-nikon-nef"
+    if make.startswith(b"SONY"):
+        return "image/x-sony-arw"
     return None
 
 

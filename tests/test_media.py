@@ -141,7 +141,8 @@ def test_missing_path_and_folder_are_decode_errors(tmp_path):
 def test_sniffing_ignores_names_and_rejects_lookalikes():
     assert sniff_mime(b"") is None
     assert sniff_mime(b"<html><body>") is None
-    assert sniff_mime(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom") is None  # MP4 video
+    # MP4 is a video now (indexer.frames), not an image
+    assert sniff_mime(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom") == "video/mp4"
     assert sniff_mime(b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1heic") == "image/heic"
     assert sniff_mime(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1") == "image/avif"
 
