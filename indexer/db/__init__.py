@@ -66,6 +66,7 @@ from indexer.db.events import (  # noqa: F401 - tables of the schema
     WebhookDelivery,
     WebhookPendingEvent,
 )
+from indexer.db.frames import AssetFrame  # noqa: F401 - a table of the schema
 from indexer.db.job_repo import add_job_progress, create_job, get_job, list_jobs, update_job
 from indexer.db.jobs import Job, JobKind, JobStatus
 from indexer.db.labels import AssetLabel, LabelChange  # noqa: F401 - tables of the schema

@@ -62,6 +62,11 @@ class Asset(Base):
     token_offset: Mapped[int | None] = mapped_column(sa.BigInteger)
     embedding: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     embedding_dim: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    # What the file is (indexer.frames.MediaKind: video, raw, animated; NULL = a still image),
+    # and a video's or animation's length and codec (docs/media.md).
+    kind: Mapped[str | None] = mapped_column(sa.String(16))
+    duration_s: Mapped[float | None] = mapped_column(sa.Float)
+    codec: Mapped[str | None] = mapped_column(sa.String(32))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(
         UtcDateTime, server_default=sa.func.now(), onupdate=db_now()
