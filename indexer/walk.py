@@ -40,6 +40,21 @@ DEFAULT_INCLUDE: tuple[str, ...] = (
     "*.heic",
     "*.heif",
     "*.avif",
+    "*.apng",
+    # videos and camera RAW (indexer.frames, docs/media.md)
+    "*.mp4",
+    "*.m4v",
+    "*.mov",
+    "*.mkv",
+    "*.webm",
+    "*.dng",
+    "*.cr2",
+    "*.cr3",
+    "*.nef",
+    "*.arw",
+    "*.raf",
+    "*.orf",
+    "*.rw2",
 )
 
 

@@ -1,8 +1,10 @@
 """Keyframe choice by scene change, with a minimum and a maximum interval and a frame cap.
 
 A frame's signature is its joint RGB colour histogram (4 x 4 x 4 bins) over a small
-downscaled copy; the difference of two signatures is half their L1 distance, 0 (same colours)
-to 1 (no colour in common), the measure PySceneDetect's histogram detector uses. A frame is
+downscaled copy, plus its brightness on an 8 x 8 grid. The difference of two signatures is the
+larger of half the histograms' L1 distance (0: same colours, 1: no colour in common; the
+measure PySceneDetect's histogram detector uses) and twice the grids' mean absolute difference
+(a new layout in similar colours: a cut between two shots of one room). A frame is
 kept when it is at least ``min_interval_s`` after the last kept one and either differs from it
 by ``scene_threshold`` or is ``max_interval_s`` after it (so a static shot still gets a frame
 now and then). The first frame is always kept.
@@ -17,17 +19,34 @@ import numpy as np
 BINS = 4  # per channel: 64 joint bins, coarse enough for noise and compression, fine for scenes
 
 
+GRID = 8  # brightness layout cells per side
+
+
 def signature(rgb: np.ndarray) -> np.ndarray:
-    """The normalised (64,) joint colour histogram of an (H, W, 3) uint8 picture."""
-    q = (np.asarray(rgb, dtype=np.uint8) >> 6).astype(np.int32)  # 256 / 4 = 64 levels per bin
+    """(64 + 64,) normalised joint colour histogram and 8 x 8 brightness grid (0-1) of an
+    (H, W, 3) uint8 picture."""
+    pixels = np.asarray(rgb, dtype=np.uint8)
+    q = (pixels >> 6).astype(np.int32)  # 256 / 4 = 64 levels per bin
     codes = (q[..., 0] * BINS + q[..., 1]) * BINS + q[..., 2]
     hist = np.bincount(codes.reshape(-1), minlength=BINS**3).astype(np.float32)
-    return hist / max(float(hist.sum()), 1.0)
+    hist /= max(float(hist.sum()), 1.0)
+    grey = pixels.astype(np.float32).mean(axis=-1) / 255.0
+    h, w = grey.shape
+    rows = np.array_split(np.arange(h), min(GRID, h))
+    cols = np.array_split(np.arange(w), min(GRID, w))
+    grid = np.zeros((GRID, GRID), np.float32)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            grid[i, j] = grey[np.ix_(r, c)].mean()
+    return np.concatenate([hist, grid.reshape(-1)])
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> float:
-    """Half the L1 distance of two signatures, in [0, 1]."""
-    return float(0.5 * np.abs(a - b).sum())
+    """How different two frames look, in [0, 1] (see the module's docstring)."""
+    n = BINS**3
+    colours = 0.5 * float(np.abs(a[:n] - b[:n]).sum())
+    layout = min(1.0, 2.0 * float(np.abs(a[n:] - b[n:]).mean()))
+    return max(colours, layout)
 
 
 @dataclass

@@ -32,14 +32,17 @@ from sqlalchemy.orm import Session
 from indexer.db.asset_leases import claim_assets, expire_leases_of, release_assets
 from indexer.db.asset_repo import AssetResult, mark_failed, write_asset_results
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.frame_repo import FrameResult, MediaFacts, frame_counts, write_frames
 from indexer.db.keyword_repo import record_embedded_keywords
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
+from indexer.frame_keys import frame_keys
+from indexer.frames import DecodedMedia, FrameOptions, decode_media
 from indexer.ingest.lease import LeaseKeeper, is_dead_here, keeper_for, process_owner
 from indexer.ingest.register import Failure
 from indexer.jobs import settle
 from indexer.keywords import ingest_keywords
-from indexer.media import MediaStore, decode_image, make_thumbnail
+from indexer.media import ANIMATABLE_MIME, MediaStore, decode_image, make_thumbnail
 from indexer.settings import Settings
 from indexer.sources.originals import is_object_uri, read_original
 from indexer.stores import ensure_schema, open_token_store
@@ -90,6 +93,15 @@ class _Prepared:
     thumbnail_path: str | None = None
     error: str | None = None
     path: str | None = None  # the original read (for its embedded keywords)
+    # A video or animation: every kept frame's model input and timestamp (``pixels`` is the
+    # poster's), and the file's media facts; a RAW has facts and one frame, like an image.
+    frames: list[tuple[np.ndarray, float]] = field(default_factory=list)
+    poster: int = 0  # which frame the asset's own c and E come from
+    facts: MediaFacts | None = None
+
+    def inputs(self) -> list[np.ndarray]:
+        """The model inputs of this asset: its frames, or its one picture."""
+        return [f[0] for f in self.frames] if self.frames else [self.pixels]  # type: ignore[list-item]
 
 
 _MIME_BY_FORMAT = {
@@ -171,6 +183,13 @@ class AssetProcessor:
         # Pillow refuses more than 2 x MAX_IMAGE_PIXELS on its own; follow a raised limit.
         if settings.ingest.max_pixels > 2 * (Image.MAX_IMAGE_PIXELS or 0):
             Image.MAX_IMAGE_PIXELS = settings.ingest.max_pixels // 2 + 1
+        self.frame_options = FrameOptions.from_settings(
+            settings.media,
+            model_size=image_size,
+            thumbnail_size=thumb,
+            max_pixels=settings.ingest.max_pixels,
+            apply_exif_orientation=settings.model.apply_exif_orientation,
+        )
         self._tag_ids: np.ndarray | None = None
         self._tokens: TokenStore | None = None
         self._lock = threading.Lock()
@@ -339,6 +358,15 @@ class AssetProcessor:
             original = data
         else:
             return _Prepared(row, error="the original file is missing from the media store")
+        if row.mime and (
+            row.mime.startswith(("video/", "image/x-")) or row.mime in ANIMATABLE_MIME
+        ):
+            try:
+                media = decode_media(original, row.mime, self.frame_options, str(row.id))
+            except ImageDecodeError as exc:
+                return _Prepared(row, error=exc.reason)
+            if media is not None:
+                return self._prepared_media(row, path, media)
         try:
             decoded = decode_image(
                 original,
@@ -361,19 +389,56 @@ class AssetProcessor:
             thumbnail_path=str(thumb_path),
         )
 
-    def _infer(self, batch: list[_Prepared]) -> list[Any]:
-        """Run the model; on GPU out-of-memory, retry the batch in halves before giving up."""
-        pixels = self.normalize([p.pixels for p in batch])  # type: ignore[misc]
-        sources = [str(p.row.id) for p in batch]
-        sizes = [(p.width, p.height) for p in batch]
+    def _prepared_media(self, row: _Row, path: Path | None, media: DecodedMedia) -> _Prepared:
+        """A decoded video, animation or RAW as model inputs, thumbnail and media facts."""
         try:
-            return self.engine.results_for_batch(pixels, sources, sizes=sizes)
+            thumb = make_thumbnail(media.poster_image(), self.settings.ingest.thumbnail_size)
+        except (OSError, ValueError) as exc:
+            return _Prepared(row, error=f"thumbnail failed: {exc}")
+        thumb_path = self.media.put_thumbnail(row.sha256, thumb)
+        frames = [(self.model_input(f.image), f.timestamp_s) for f in media.frames]
+        poster = next((i for i, f in enumerate(media.frames) if f.image is media.poster_image()), 0)
+        for note in media.notes:
+            log.info("asset %s: %s", row.id, note)
+        many = media.kind != "raw"
+        return _Prepared(
+            row,
+            path=str(path) if path is not None and media.kind == "raw" else None,
+            pixels=frames[poster][0],
+            width=media.width,
+            height=media.height,
+            mime=row.mime,
+            thumbnail_path=str(thumb_path),
+            frames=frames if many else [],
+            poster=poster if many else 0,
+            facts=MediaFacts(str(media.kind), media.duration_s, media.codec),
+        )
+
+    def _infer(self, batch: list[_Prepared]) -> list[Any]:
+        """Run the model over every input of the batch (a video's frames are just more
+        images), in chunks of the batch size; one result list per asset."""
+        inputs = [(i, x) for i, p in enumerate(batch) for x in p.inputs()]
+        flat: list[Any] = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            flat.extend(self._run([x for _, x in chunk], [str(batch[i].row.id) for i, _ in chunk]))
+        grouped: list[list[Any]] = [[] for _ in batch]
+        for (i, _), result in zip(inputs, flat, strict=True):
+            grouped[i].append(result)
+        return grouped
+
+    def _run(self, arrays: list[np.ndarray], sources: list[str]) -> list[Any]:
+        """The model on one chunk; on GPU out-of-memory, retried in halves before giving up."""
+        try:
+            return self.engine.results_for_batch(self.normalize(arrays), sources)
         except torch.cuda.OutOfMemoryError:
-            if len(batch) == 1:
+            if len(arrays) == 1:
                 raise  # transient for the task: it retries later with backoff
             torch.cuda.empty_cache()
-            half = len(batch) // 2
-            return self._infer(batch[:half]) + self._infer(batch[half:])
+            half = len(arrays) // 2
+            return self._run(arrays[:half], sources[:half]) + self._run(
+                arrays[half:], sources[half:]
+            )
 
     def _commit(
         self,
@@ -383,12 +448,23 @@ class AssetProcessor:
         run: _Run,
     ) -> None:
         """Model + token store + one database transaction for a batch and its failures."""
-        results = self._infer(batch) if batch else []
+        grouped = self._infer(batch) if batch else []
+        # An asset's own result: its picture's, or for a video its poster frame's c and E
+        # with every tag's maximum over the frames (so tag search works unchanged).
+        results = [_asset_result(p, g) for p, g in zip(batch, grouped, strict=True)]
         ids = np.array([p.row.id for p in batch], dtype=np.int64)
         if batch:
             # Tokens first: if we die before the commit below, the asset is not done and a
-            # redelivery replaces these records (the store keys by asset id).
-            self.token_store().add(ids, np.stack([r.tokens for r in results]))
+            # redelivery replaces these records (the store keys by asset id, frames by
+            # their frame keys).
+            keys = [ids]
+            tokens = [np.stack([r.tokens for r in results])]
+            for p, g in zip(batch, grouped, strict=True):
+                if p.frames:
+                    keys.append(frame_keys(p.row.id, len(g)))
+                    tokens.append(np.stack([r.tokens for r in g]))
+            self.token_store().add(np.concatenate(keys), np.concatenate(tokens))
+            self._drop_stale_frames(batch)
         if self.before_commit is not None:
             self.before_commit(ids)
         tag_ids = self.tag_ids()
@@ -421,6 +497,22 @@ class AssetProcessor:
                 score_floor=self.settings.index.score_floor,
             )
             done = set(written.written)
+            frame_rows = {
+                p.row.id: [
+                    FrameResult(i, t, r.probabilities, r.embedding)
+                    for i, ((_, t), r) in enumerate(zip(p.frames, g, strict=True))
+                ]
+                for p, g in zip(batch, grouped, strict=True)
+                if p.frames and p.row.id in done
+            }
+            facts = {p.row.id: p.facts for p in batch if p.facts is not None and p.row.id in done}
+            write_frames(
+                session,
+                frame_rows,
+                facts,  # type: ignore[arg-type]
+                tag_ids=tag_ids,
+                score_floor=self.settings.index.score_floor,
+            )
             for p in batch:
                 if p.row.id in done and p.path and keywords.get(p.path):
                     record_embedded_keywords(session, p.row.id, keywords[p.path], self.model_id)
@@ -443,6 +535,19 @@ class AssetProcessor:
                 log.warning(
                     "after-commit hook failed for %d assets (%s)", len(written.written), _why(exc)
                 )
+
+    def _drop_stale_frames(self, batch: list[_Prepared]) -> None:
+        """Token records of frames an earlier run kept and this one did not (fewer frames
+        now): removed so concept search cannot meet them."""
+        with session_scope(self.url) as session:
+            before = frame_counts(session, [p.row.id for p in batch])
+        stale = [
+            frame_keys(p.row.id, before[p.row.id] - len(p.frames), start=len(p.frames))
+            for p in batch
+            if before.get(p.row.id, 0) > len(p.frames)
+        ]
+        if stale:
+            self.token_store().delete(np.concatenate(stale))
 
     def process(
         self,
@@ -579,6 +684,22 @@ class _Run:
 
     def close(self) -> None:
         self.drop(list(self.held))
+
+
+def _asset_result(prepared: _Prepared, results: list[Any]) -> Any:
+    """The asset's own model result from its frames' (see :meth:`AssetProcessor._commit`)."""
+    if len(results) == 1:
+        return results[0]
+    poster = results[prepared.poster]
+    best = np.max(np.stack([r.probabilities for r in results]), axis=0)
+    return _Result(best, poster.embedding, poster.tokens)
+
+
+@dataclass(frozen=True)
+class _Result:
+    probabilities: np.ndarray
+    embedding: np.ndarray
+    tokens: np.ndarray
 
 
 def _is_first_run(row: _Row) -> bool:

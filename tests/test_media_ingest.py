@@ -1,0 +1,123 @@
+"""Videos, camera RAW and animated images through the real ingest path with the demo model:
+one asset per file, frames with timestamps, max-over-frames tag scores, frame keys in the token
+store and FAISS, bad media failed with a reason while everything else is indexed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from indexer.db.assets import Asset
+from indexer.db.frame_repo import read_frames
+from indexer.db.session import session_scope
+from indexer.db.tags import AssetTag, Tag
+from indexer.faiss_index import VectorIndex, index_path
+from indexer.frame_keys import frame_keys
+from indexer.ingest.pipeline import ingest
+from indexer.models import configured_model_id
+from indexer.settings import Settings
+from indexer.stores import open_token_store
+from ram_pp.factory import DEMO_MODEL
+from tests.api_support import fresh_database
+from tests.media_fixtures import animated, build_dng, encode_video, scene_picture, solid
+
+SCENES = [
+    ("white background", "circle", "red"),
+    ("landscape background", "square", "blue"),
+    ("beige background", "star", "yellow"),
+]
+
+
+def _media_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    pictures = [scene_picture(*s) for s in SCENES]
+    encode_video(folder / "clip.mp4", [(p, 2.0) for p in pictures])
+    (folder / "anim.gif").write_bytes(animated(pictures, "GIF", duration_ms=500))
+    (folder / "shot.dng").write_bytes(build_dng(solid("blue", (256, 192)), orientation=6))
+    scratch = encode_video(folder.parent / "scratch.mp4", [(pictures[0], 1.0)])
+    data = scratch.read_bytes()
+    (folder / "cut.mp4").write_bytes(data[: len(data) // 2])
+    ftyp = int.from_bytes(data[:4], "big")
+    (folder / "zero_moov.mp4").write_bytes(data[:ftyp] + b"\x00\x00\x00\x08moov")
+    pictures[1].save(folder / "still.png")
+    return folder
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path):
+    folder = _media_folder(tmp_path / "media")
+    with fresh_database(request.param, tmp_path) as url:
+        settings = Settings(
+            home=tmp_path / "home",
+            database={"url": url},
+            model={"name": DEMO_MODEL, "device": "cpu", "batch_size": 4},
+            broker={"url": ""},
+            media={"min_interval_s": 0.5, "max_interval_s": 5.0},
+        )
+        summary = ingest([folder], settings=settings, progress=False)
+        yield settings, summary
+
+
+def _by_name(session, name: str) -> Asset:
+    from indexer.db.assets import AssetSource
+
+    return session.scalars(
+        sa.select(Asset).join(AssetSource).where(AssetSource.uri.like(f"%{name}"))
+    ).one()
+
+
+def test_media_become_assets_with_frames(archive) -> None:
+    settings, summary = archive
+    assert (summary.done, summary.failed) == (4, 2), summary.failures
+    reasons = {Path(f.source).name: f.reason for f in summary.failures}
+    assert "moov" in reasons["cut.mp4"] and "index (moov) is empty" in reasons["zero_moov.mp4"]
+    model_id = configured_model_id(settings)
+    with session_scope(settings.database_url) as s:
+        video = _by_name(s, "clip.mp4")
+        assert (video.status, video.kind, video.mime, video.codec) == (
+            "done",
+            "video",
+            "video/mp4",
+            "h264",
+        )
+        assert video.duration_s == pytest.approx(6.0, abs=0.2)
+        assert (video.width, video.height) == (128, 128)
+        assert video.thumbnail_path and Path(video.thumbnail_path).is_file()
+        frames = read_frames(s, [video.id])[video.id]
+        assert [round(f.timestamp_s, 1) for f in frames] == [0.0, 2.0, 4.0]
+        # The asset's tag score is the maximum over its frames (recomputed from frame rows).
+        stored = dict(
+            s.execute(
+                sa.select(AssetTag.tag_id, AssetTag.score).where(AssetTag.asset_id == video.id)
+            ).all()
+        )
+        best: dict[int, float] = {}
+        for f in frames:
+            for tag, score in zip(f.tags.tolist(), f.scores.tolist(), strict=True):
+                best[tag] = max(best.get(tag, 0.0), score)
+        assert stored.keys() == best.keys()
+        for tag, score in best.items():
+            assert stored[tag] == pytest.approx(score, abs=1e-3)  # float16 in the frame rows
+        names = {t.id: t.english for t in s.scalars(sa.select(Tag))}
+        assert {"circle", "square", "star"} <= {names[t] for t, v in stored.items() if v > 0.5}
+
+        anim = _by_name(s, "anim.gif")
+        assert anim.kind == "animated" and anim.status == "done"
+        assert len(read_frames(s, [anim.id])[anim.id]) == 3
+        raw = _by_name(s, "shot.dng")
+        assert (raw.kind, raw.mime, raw.width, raw.height) == ("raw", "image/x-adobe-dng", 192, 256)
+        assert read_frames(s, [raw.id]) == {}  # one picture: no frame rows
+        still = _by_name(s, "still.png")
+        assert still.kind is None and still.status == "done"
+        assets = s.scalar(sa.select(sa.func.count()).select_from(Asset))
+        assert assets == 6  # frames are not assets
+        video_id, anim_id = video.id, anim.id
+    # E of every frame in the token store, c of every frame in FAISS, under frame keys.
+    keys = np.concatenate([frame_keys(video_id, 3), frame_keys(anim_id, 3)])
+    store = open_token_store(settings, model_id)
+    assert store.has(keys).all() and store.has(np.array([video_id])).all()
+    index = VectorIndex.load(index_path(settings.index_dir, model_id))
+    assert set(keys.tolist()) <= set(index.ids().tolist())
