@@ -307,10 +307,19 @@ class Reason(BaseModel):
     )
 
 
+class FrameOut(BaseModel):
+    timestamp_s: float = Field(description="where in the video the matching frame is, seconds")
+    score: float = Field(description="the frame's score for the query")
+
+
 class SearchHitOut(BaseModel):
     asset: AssetSummary
     score: float | None = Field(description="ranking score (null when only filters apply)")
     reasons: list[Reason]
+    frames: list[FrameOut] = Field(
+        default_factory=list,
+        description="videos and animations: the moments that matched, best first (docs/media.md)",
+    )
 
 
 class SearchPageOut(BaseModel):

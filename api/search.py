@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 
 from api.model_info import model_name
 from api.problems import ProblemError
-from api.schemas import AssetSummary, Reason, SearchHitOut, SearchPageOut, SearchRequest
+from api.schemas import (
+    AssetSummary,
+    FrameOut,
+    Reason,
+    SearchHitOut,
+    SearchPageOut,
+    SearchRequest,
+)
 from api.services import Services
 from indexer.db.assets import Asset
 from indexer.db.collection_scope import EVERYTHING, CollectionScope
@@ -119,7 +126,8 @@ def hit_out(hit: SearchHit) -> SearchHitOut:
         )
         for r in hit.reasons
     ]
-    return SearchHitOut(asset=asset, score=hit.score, reasons=reasons)
+    frames = [FrameOut(timestamp_s=f.timestamp_s, score=f.score) for f in hit.frames]
+    return SearchHitOut(asset=asset, score=hit.score, reasons=reasons, frames=frames)
 
 
 def run_search(

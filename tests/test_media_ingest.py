@@ -121,3 +121,66 @@ def test_media_become_assets_with_frames(archive) -> None:
     assert store.has(keys).all() and store.has(np.array([video_id])).all()
     index = VectorIndex.load(index_path(settings.index_dir, model_id))
     assert set(keys.tolist()) <= set(index.ids().tolist())
+
+
+def test_search_returns_videos_with_their_moments(archive) -> None:
+    """Tag, similar and concept search on frames: the video comes back once, with the
+    timestamps of the frames that matched (the scene truth comes from the fixture)."""
+    from indexer.archive import Archive
+    from indexer.search import SearchRequest, SearchService
+
+    settings, _ = archive
+    with session_scope(settings.database_url) as s:
+        video = _by_name(s, "clip.mp4").id
+        anim = _by_name(s, "anim.gif").id
+        still = _by_name(s, "still.png").id  # the video's second scene as a still picture
+    with Archive(settings) as opened:
+        service = SearchService(opened)
+        # Tags: the square is in the second scene only (2 s in), the star in the third.
+        for tag, when in (("square", 2.0), ("star", 4.0)):
+            hits = {h.asset_id: h for h in service.search(SearchRequest(all=[tag])).hits}
+            assert video in hits
+            assert [round(f.timestamp_s, 1) for f in hits[video].frames][:1] == [when]
+        # Similar to the still picture: the video's frame at 2 s is the match.
+        page = service.search(SearchRequest(similar_to=still, limit=10))
+        ids = [h.asset_id for h in page.hits]
+        assert len(ids) == len(set(ids)) and still not in ids  # each asset once
+        by_id = {h.asset_id: h for h in page.hits}
+        assert round(by_id[video].frames[0].timestamp_s, 1) == 2.0
+        assert round(by_id[anim].frames[0].timestamp_s, 1) == 0.5
+        # Similar to the video itself: its own frames are not hits.
+        page = service.search(SearchRequest(similar_to=video, limit=10))
+        assert video not in [h.asset_id for h in page.hits]
+        # A concept (free text) scored over the frames' E.
+        page = service.search(SearchRequest(text="star", limit=10))
+        by_id = {h.asset_id: h for h in page.hits}
+        assert video in by_id and round(by_id[video].frames[0].timestamp_s, 1) == 4.0
+
+
+def test_api_serves_video_with_ranges_and_frames(archive) -> None:
+    """GET /assets/{id}/original answers Range requests (the browser seeks to #t=...), and
+    POST /search hits of a video carry ``frames``."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.api_support import make_keys
+
+    settings, _ = archive
+    keys = make_keys(settings.database_url)
+    with session_scope(settings.database_url) as s:
+        video = _by_name(s, "clip.mp4")
+        video_id, size = video.id, Path(video.storage_path).stat().st_size
+    with TestClient(create_app(settings)) as client:
+        whole = client.get(f"/assets/{video_id}/original", headers=keys.read)
+        assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
+        assert whole.headers.get("accept-ranges") == "bytes"
+        part = client.get(
+            f"/assets/{video_id}/original", headers={**keys.read, "Range": "bytes=100-199"}
+        )
+        assert part.status_code == 206 and part.content == whole.content[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{size}"
+        found = client.post("/search", json={"all": ["star"]}, headers=keys.read)
+        assert found.status_code == 200, found.text
+        hit = next(h for h in found.json()["hits"] if h["asset"]["id"] == video_id)
+        assert round(hit["frames"][0]["timestamp_s"], 1) == 4.0
+        assert 0.0 <= hit["frames"][0]["score"] <= 1.0

@@ -324,6 +324,36 @@ function clearResults() {
   clearSelection();
 }
 
+// Asset id -> the timestamp (s) of its best-matching frame in the last results (videos).
+const moments = new Map();
+
+function formatTime(seconds) {
+  const m = Math.floor(seconds / 60), sec = seconds - m * 60;
+  return `${m}:${sec.toFixed(1).padStart(4, "0")}`;
+}
+
+// A video plays from its best moment: the original fetched with the key (a <video> element
+// cannot send headers), as a blob URL with a media fragment (#t=12.5) that seeks there.
+async function showVideo(img, asset) {
+  let video = $("detail-video");
+  if (!video) {
+    video = el("video", { id: "detail-video", controls: true, preload: "metadata" });
+    video.style.maxWidth = "100%";
+    img.after(video);
+  }
+  if (video.dataset.url) URL.revokeObjectURL(video.dataset.url);
+  video.removeAttribute("src");
+  video.hidden = !asset.mime || !asset.mime.startsWith("video/");
+  img.hidden = !video.hidden;
+  if (video.hidden) return;
+  const response = await fetch(asset.original_url, { headers: headers() });
+  if (!response.ok) { img.hidden = false; video.hidden = true; return; }
+  const url = URL.createObjectURL(await response.blob());
+  video.dataset.url = url;
+  const start = moments.get(asset.id);
+  video.src = start ? `${url}#t=${start}` : url;
+}
+
 function renderHits(hits, append) {
   const grid = $("results");
   if (!append) { grid.replaceChildren(); clearSelection(); }
@@ -348,7 +378,11 @@ function renderHits(hits, append) {
       card.classList.add("above");
       line.append(el("span", { className: "above-badge", textContent: "above threshold" }));
     }
-    const why = el("span", { className: "why", textContent: reasonText(hit.reasons) });
+    // Videos and animations: the best-matching moment, where the asset view starts playing.
+    const moment = hit.frames && hit.frames.length ? hit.frames[0].timestamp_s : null;
+    if (moment !== null) moments.set(id, moment); else moments.delete(id);
+    const whyText = reasonText(hit.reasons) + (moment !== null ? ` · at ${formatTime(moment)}` : "");
+    const why = el("span", { className: "why", textContent: whyText });
     why.title = why.textContent;
     caption.append(name, line, why);
     open.append(img, caption);
@@ -717,6 +751,7 @@ async function openDetail(id, stepping = false) {
     loadImage(img, asset.thumbnail_url);
     // The large preview: the original itself when the browser can show it and it is not huge.
     if (VIEWABLE.includes(asset.mime) && (asset.bytes || 0) <= 30 * 1024 * 1024) loadImage(img, asset.original_url, true);
+    showVideo(img, asset).catch(() => { /* the thumbnail stays */ });
     setStatus($("detail-status"), "");
     setStatus($("label-status"), "");
     $("label-add").value = "";

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -191,6 +191,8 @@ class SearchHit:
         reasons: why it matched, the ranking reason first.
         source: where it was first seen (a file path or URL; None if it has no source).
         status, mime, width, height, created_at: facts about the asset (for listings).
+        frames: for a video or animation, the moments that matched, best first
+            (:class:`indexer.search.frames.FrameHit`: ``timestamp_s``, ``score``).
     """
 
     asset_id: int
@@ -202,6 +204,7 @@ class SearchHit:
     width: int | None
     height: int | None
     created_at: datetime
+    frames: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from indexer.search.filtered import (
     database_reader,
     similar_filtered,
 )
+from indexer.search.frames import FrameHit, fold_frames, tag_frames
 from indexer.search.rankings import (
     RECALL,
     Ranked,
@@ -139,6 +140,8 @@ class SearchService:
             terms = _resolve(session, model_id, req)
         filtering = req.filtering
         ranked = self._ranking(session, model_id, req, phases, terms if filtering else None)
+        with phases.phase(DB):
+            ranked, frames = _fold(session, ranked, req)
         if filtering:
             with phases.phase(FILTER):
                 ranked = _filter(session, ranked, terms, req)
@@ -146,7 +149,7 @@ class SearchService:
         collections = "" if req.collection_ids is None else ",".join(map(str, _scope(req).ids))
         digest = query_digest(req, f"{model_id}|{image_digest}|{collections}")
         with phases.phase(ROWS):
-            hits, next_cursor = _ranked_page(session, ranked, terms, req, digest)
+            hits, next_cursor = _ranked_page(session, ranked, terms, req, digest, frames)
         threshold = ranked.threshold if ranked.kind == "concept" else None
         return SearchPage(hits, next_cursor, model_id, pending, threshold, timings=phases)
 
@@ -267,8 +270,11 @@ class SearchService:
             scope=_scope(req),
         )
         facts = asset_facts(session, [h.asset_id for h in page.hits])
+        multi = [h.asset_id for h in page.hits if h.asset_id in facts and facts[h.asset_id].kind]
+        tag_ids = sorted({t.tag_id for h in page.hits for t in h.tags if "model" in t.sources})
+        moments = tag_frames(session, multi, tag_ids) if multi else {}
         hits = [
-            _hit(facts[h.asset_id], h.score, _tag_reasons(h.tags))
+            _hit(facts[h.asset_id], h.score, _tag_reasons(h.tags), moments.get(h.asset_id, ()))
             for h in page.hits
             if h.asset_id in facts  # deleted meanwhile
         ]
@@ -287,14 +293,24 @@ def asset_facts(session: Session, ids: Sequence[int]) -> dict[int, Any]:
         .limit(1)
         .scalar_subquery()
     )
-    cols = (Asset.id, Asset.status, Asset.mime, Asset.width, Asset.height, Asset.created_at)
+    cols = (
+        Asset.id,
+        Asset.status,
+        Asset.mime,
+        Asset.width,
+        Asset.height,
+        Asset.created_at,
+        Asset.kind,
+    )
     rows = session.execute(
         sa.select(*cols, first_source.label("source")).where(Asset.id.in_(list(ids)))
     )
     return {int(r.id): r for r in rows}
 
 
-def _hit(row: Any, score: float | None, reasons: Sequence[Reason]) -> SearchHit:
+def _hit(
+    row: Any, score: float | None, reasons: Sequence[Reason], frames: Sequence[FrameHit] = ()
+) -> SearchHit:
     return SearchHit(
         asset_id=int(row.id),
         score=score,
@@ -305,7 +321,25 @@ def _hit(row: Any, score: float | None, reasons: Sequence[Reason]) -> SearchHit:
         width=row.width,
         height=row.height,
         created_at=row.created_at,
+        frames=tuple(frames),
     )
+
+
+def _fold(
+    session: Session, ranked: Ranked, req: SearchRequest
+) -> tuple[Ranked, dict[int, tuple[FrameHit, ...]]]:
+    """The ranking over assets: frame keys mapped to their video (best position kept), the
+    query asset's own frames left out, the frames that ranked kept for the hits."""
+    ids, scores, frames = fold_frames(
+        session,
+        ranked.ids,
+        ranked.scores,
+        exclude=int(req.similar_to) if req.similar_to is not None else None,
+        min_score=ranked.threshold if ranked.kind == "concept" else None,
+    )
+    if len(ids) == len(ranked.ids) and not frames:
+        return ranked, {}
+    return Ranked(ids, scores, ranked.kind, ranked.name, ranked.threshold), frames
 
 
 def _pending_in(session: Session, model_id: str, scope: CollectionScope) -> int:
@@ -424,7 +458,12 @@ def _tag_reasons(matched: Sequence[MatchedTag]) -> list[Reason]:
 
 
 def _ranked_page(
-    session: Session, ranked: Ranked, terms: _Terms, req: SearchRequest, digest: str
+    session: Session,
+    ranked: Ranked,
+    terms: _Terms,
+    req: SearchRequest,
+    digest: str,
+    frames: dict[int, tuple[FrameHit, ...]] | None = None,
 ) -> tuple[list[SearchHit], str | None]:
     order = _by_date(session, ranked.ids) if req.sort == "date" else np.arange(len(ranked.ids))
     offset = decode_offset(req.cursor, digest, RECALL) if req.cursor else 0
@@ -445,6 +484,7 @@ def _ranked_page(
             above_threshold=None if threshold is None else score > threshold,
         )
         tags = _tag_reasons(matched.get(asset_id, ()))
-        hits.append(_hit(facts[asset_id], score, [reason, *tags]))
+        moments = (frames or {}).get(asset_id, ())
+        hits.append(_hit(facts[asset_id], score, [reason, *tags], moments))
     end = offset + req.limit
     return hits, encode_offset(end, digest) if end < len(order) else None
