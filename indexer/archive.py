@@ -400,7 +400,11 @@ class Archive:
         media = self.settings.media_dir.resolve()
         if deleted.token_shard is not None and deleted.model_name:
             try:
-                open_token_store(self.settings, deleted.model_name).delete([deleted.id])
+                from indexer.frame_keys import FRAMES_PER_ASSET, frame_keys
+
+                # The asset's E and every frame key it may have used (videos, animations).
+                keys = [deleted.id, *frame_keys(deleted.id, FRAMES_PER_ASSET).tolist()]
+                open_token_store(self.settings, deleted.model_name).delete(keys)
             except (TokenStoreError, OSError):
                 log.warning("asset %s: token store delete failed", deleted.id, exc_info=True)
         try:
