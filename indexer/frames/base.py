@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
+
+from ram_pp.preprocess import ImageDecodeError
 
 if TYPE_CHECKING:
     from indexer.settings import MediaSettings
@@ -130,3 +134,18 @@ def downscale(image: Image.Image, side: int) -> Image.Image:
     factor = int(min(width / size[0], height / size[1]) // 2)
     small = image.reduce(factor) if factor > 1 else image  # box pre-shrink: fast, alias-free
     return small.resize(size, Image.Resampling.BILINEAR)
+
+
+def readable_source(source: str | Path | bytes, label: str) -> io.BytesIO | str:
+    """What a decoder opens: the bytes as a file object, or the path as a string, after the
+    checks every decoder makes first (a missing or empty file fails with a reason)."""
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageDecodeError(label, "empty file (0 bytes)")
+        return io.BytesIO(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ImageDecodeError(label, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageDecodeError(label, "empty file (0 bytes)")
+    return str(path)

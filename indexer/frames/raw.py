@@ -20,7 +20,14 @@ import numpy as np
 import rawpy
 from PIL import Image, ImageOps
 
-from indexer.frames.base import DecodedMedia, FrameOptions, MediaFrame, MediaKind, downscale
+from indexer.frames.base import (
+    DecodedMedia,
+    FrameOptions,
+    MediaFrame,
+    MediaKind,
+    downscale,
+    readable_source,
+)
 from ram_pp.preprocess import ImageDecodeError
 
 # LibRaw's flip codes -> the PIL transpose that shows the picture upright.
@@ -32,17 +39,7 @@ _FLIP = {
 
 
 def _open(source: str | Path | bytes, label: str) -> Any:
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageDecodeError(label, "empty file (0 bytes)")
-        target: Any = io.BytesIO(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ImageDecodeError(label, "file not found")
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(label, "empty file (0 bytes)")
-        target = str(path)
+    target = readable_source(source, label)
     try:
         return rawpy.imread(target)
     except rawpy.LibRawFileUnsupportedError as exc:

@@ -18,7 +18,6 @@ A file FFmpeg cannot open, without a video stream, or without one decodable fram
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from indexer.frames.base import DecodedMedia, FrameOptions, MediaFrame, MediaKind
+from indexer.frames.base import DecodedMedia, FrameOptions, MediaFrame, MediaKind, readable_source
 from indexer.frames.select import KeyframeSelector, signature
 from ram_pp.preprocess import ImageDecodeError
 
@@ -51,17 +50,7 @@ class VideoInfo:
 
 
 def _open(source: str | Path | bytes, label: str) -> Any:
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageDecodeError(label, "empty file (0 bytes)")
-        target: Any = io.BytesIO(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ImageDecodeError(label, "file not found")
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(label, "empty file (0 bytes)")
-        target = str(path)
+    target = readable_source(source, label)
     try:
         return av.open(target, mode="r", metadata_errors="ignore")
     except _AV_ERRORS as exc:
