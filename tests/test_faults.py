@@ -121,6 +121,34 @@ def test_bad_files_and_unreadable_paths_fail_with_reasons(tmp_path, micro):
     assert (again.done, again.failed) == (2, 0)
 
 
+def test_a_decoder_that_raises_fails_only_its_asset(tmp_path, micro, monkeypatch):
+    """An exception no decoder foresaw (a library bug, an unexpected Pillow error) fails that
+    asset with the error as its reason; the rest of the batch and the next ingest go on.
+    The decoder is replaced for one file because no real file is known to trigger such a bug."""
+    import indexer.ingest.process as process_module
+
+    settings = _settings(tmp_path, f"sqlite:///{tmp_path / 'bug.sqlite3'}")
+    processor = AssetProcessor(settings, loaded=micro, model_id=MODEL_ID)
+    folder = tmp_path / "in"
+    paths = write_images(folder, 4)
+    cursed = hashlib.sha256(paths[1].read_bytes()).hexdigest()
+    real_decode = process_module.decode_image
+
+    def decode_or_raise(source, **kwargs):
+        data = source.read_bytes() if isinstance(source, Path) else source
+        if hashlib.sha256(data).hexdigest() == cursed:
+            raise RuntimeError("decoder bug")
+        return real_decode(source, **kwargs)
+
+    monkeypatch.setattr(process_module, "decode_image", decode_or_raise)
+    summary = ingest([folder], settings=settings, processor=processor, progress=False)
+    assert (summary.done, summary.failed) == (3, 1)
+    [failure] = summary.failures
+    assert Path(failure.source).name == paths[1].name
+    assert "RuntimeError: decoder bug" in failure.reason
+    _assert_every_asset_final(settings.database_url)
+
+
 @pytest.mark.postgres
 def test_same_file_submitted_twice_at_once(tmp_path, micro):
     with postgres_database() as url:

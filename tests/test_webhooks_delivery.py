@@ -403,18 +403,23 @@ def test_two_dispatchers_at_once_send_each_delivery_once(db_url, tmp_path, recei
     # POST may time out (5 s): recorded as a failed attempt with its reason, retried later.
     assert len(delivered) >= 36 and all(d.last_error for d in rows if d.status == "failed")
     # A POST sent twice is a recorded retry (one that timed out on a loaded machine), never
-    # two senders holding one delivery: each one's POSTs are exactly its attempts.
-    assert sorted(sent) == sorted(str(d.id) for d in rows for _ in range(d.attempts))
+    # two senders holding one delivery: every POST received is one of its recorded attempts,
+    # none twice. (On a loaded machine an attempt can time out before the receiver has read
+    # it, so an attempt may have no POST on record; never a POST without its attempt.)
+    attempts = {str(d.id): d.attempts for d in rows}
     tries: dict[str, list[tuple[int, float]]] = {}
     for r in receiver.requests:
         tries.setdefault(r.headers["X-Ramdex-Delivery"], []).append(
             (int(r.headers["X-Ramdex-Attempt"]), r.at)
         )
-    for seen in tries.values():
+    for delivery, seen in tries.items():
         seen.sort()
-        assert [n for n, _ in seen] == list(range(1, len(seen) + 1))
+        numbers = [n for n, _ in seen]
+        assert len(set(numbers)) == len(numbers), (delivery, numbers)
+        assert all(1 <= n <= attempts[delivery] for n in numbers), (delivery, numbers)
         # a next attempt only after the previous one timed out (5 s), never alongside it
         assert all(b - a >= 4.9 for (_, a), (_, b) in zip(seen, seen[1:], strict=False))
+    assert sum(attempts.values()) >= len(sent)
 
 
 def test_a_hanging_receiver_does_not_hold_back_another_webhook(db_url, tmp_path, receiver):

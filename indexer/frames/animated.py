@@ -30,8 +30,8 @@ def is_animated(source: str | Path | bytes) -> bool:
         stream = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
         with Image.open(stream) as opened:
             return opened.format in ANIMATED_FORMATS and getattr(opened, "n_frames", 1) > 1
-    except (OSError, ValueError, SyntaxError, EOFError):
-        return False  # the still-image decoder reports what is wrong with it
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return False  # the still-image decoder reports what is wrong with it (or its size)
 
 
 def _display_rgb(image: Image.Image) -> Image.Image:

@@ -341,9 +341,20 @@ class AssetProcessor:
         return batch.sub_(prep.mean.unsqueeze(0)).div_(prep.std.unsqueeze(0))
 
     def _prepare(self, row: _Row) -> _Prepared:
-        """Decode, thumbnail and pre-process one asset (runs in a decode thread)."""
+        """Decode, thumbnail and pre-process one asset (runs in a decode thread).
+
+        Any error a decoder did not foresee fails this asset with its reason instead of
+        ending the whole run: one hostile file must not take the batch (or the worker) down.
+        """
         if self.before_prepare is not None:
             self.before_prepare(row.sha256)
+        try:
+            return self._prepare_unguarded(row)
+        except Exception as exc:  # noqa: BLE001 - reported on the asset, logged with its trace
+            log.exception("asset %s: decoding raised", row.id)
+            return _Prepared(row, error=f"could not decode the file: {type(exc).__name__}: {exc}")
+
+    def _prepare_unguarded(self, row: _Row) -> _Prepared:
         path = Path(row.storage_path) if row.storage_path else None
         if path is None or not path.is_file():
             path = self.media.find_original(row.sha256)

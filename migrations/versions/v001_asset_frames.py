@@ -50,9 +50,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop the frames table and the asset columns."""
+    """Drop the frames table and the asset columns.
+
+    Plain ``DROP COLUMN`` (SQLite >= 3.35) rather than a batch rebuild: rebuilding ``assets``
+    drops the old table, and with foreign keys on that cascades into every asset's tags."""
     op.drop_table("asset_frames")
-    with op.batch_alter_table("assets") as batch:
-        batch.drop_column("codec")
-        batch.drop_column("duration_s")
-        batch.drop_column("kind")
+    for column in ("codec", "duration_s", "kind"):
+        op.drop_column("assets", column)
