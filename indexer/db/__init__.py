@@ -94,6 +94,7 @@ from indexer.db.tag_repo import (
 from indexer.db.tags import AssetTag, Tag, TagOrigin
 from indexer.db.taxonomy import TaxonomyBroader, TaxonomyTerm  # noqa: F401 - tables of the schema
 from indexer.db.vectors import decode_vector, decode_vectors, encode_vectors
+from indexer.db.video_parts import VideoPart  # noqa: F401 - a table of the schema
 
 __all__ = [
     "ApiKey",
