@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db._sql import chunks, table_of
-from indexer.db.assets import Asset
+from indexer.db.assets import Asset, AssetStatus
 from indexer.db.frames import AssetFrame
 from indexer.db.vectors import encode_vectors
+from indexer.frame_keys import FRAME_KEY_BASE, FRAMES_PER_ASSET
 
 _frames = table_of(AssetFrame)
 _assets = table_of(Asset)
@@ -153,3 +155,52 @@ def read_frames(session: Session, asset_ids: Sequence[int]) -> dict[int, list[St
                 )
             )
     return out
+
+
+# Frame keys computed in SQL (indexer.frame_keys.frame_key), so a filter's frames are read as
+# keys without a round trip per asset.
+_frame_key = (
+    sa.literal(FRAME_KEY_BASE, sa.BigInteger)
+    + _frames.c.asset_id * FRAMES_PER_ASSET
+    + _frames.c.idx
+)
+
+
+def frame_keys_of(session: Session, asset_ids: Sequence[int]) -> np.ndarray:
+    """The frame keys (:mod:`indexer.frame_keys`) of these assets' frames that have a c, in
+    (asset, idx) order (int64; empty for still images)."""
+    out: list[int] = []
+    for part in chunks(sorted({int(i) for i in asset_ids})):
+        stmt = (
+            sa.select(_frame_key)
+            .where(_frames.c.asset_id.in_(part), _frames.c.embedding.is_not(None))
+            .order_by(_frames.c.asset_id, _frames.c.idx)
+        )
+        out += [int(k) for k in session.execute(stmt).scalars()]
+    return np.array(out, np.int64)
+
+
+def _frames_where(conditions: Sequence[Any]) -> sa.Select:
+    """Frames (with a c) of the done assets passing ``conditions`` (SQL on ``assets``)."""
+    return (
+        sa.select(_frame_key)
+        .select_from(_frames.join(_assets, _assets.c.id == _frames.c.asset_id))
+        .where(
+            _assets.c.status == AssetStatus.DONE.value,
+            _frames.c.embedding.is_not(None),
+            *conditions,
+        )
+    )
+
+
+def count_matching_frames(session: Session, conditions: Sequence[Any]) -> int:
+    """How many frames the done assets passing ``conditions`` have (a filtered vector search's
+    selectivity counts them beside the assets: the index holds both)."""
+    stmt = sa.select(sa.func.count()).select_from(_frames_where(conditions).subquery())
+    return int(session.execute(stmt).scalar_one())
+
+
+def matching_frame_keys(session: Session, conditions: Sequence[Any]) -> np.ndarray:
+    """The frame keys of the done assets passing ``conditions``, in (asset, idx) order."""
+    stmt = _frames_where(conditions).order_by(_frames.c.asset_id, _frames.c.idx)
+    return np.fromiter((int(k) for k in session.execute(stmt).scalars()), np.int64)

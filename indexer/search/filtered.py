@@ -46,14 +46,15 @@ VectorReader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class FilterSet(Protocol):
-    """The assets a filter passes (backed by the database in the service, by arrays in tests)."""
+    """The ids a filter passes (backed by the database in the service, by arrays in tests):
+    asset ids, and frame keys when the filter reaches frames (:class:`SqlFilter`)."""
 
     def count(self) -> int:
-        """How many assets pass (the selectivity's numerator)."""
+        """How many ids pass (the selectivity's numerator)."""
         ...
 
     def ids(self) -> np.ndarray:
-        """Every passing asset id (int64)."""
+        """Every passing id (int64)."""
         ...
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
@@ -82,15 +83,28 @@ class IdFilter:
 
 class SqlFilter:
     """A filter given by SQL conditions on ``assets`` (done assets only): counted once, its ids
-    read only when the plan needs them."""
+    read only when the plan needs them.
 
-    def __init__(self, session: Session, conditions: Sequence[object]) -> None:
+    With ``frames`` (the default) the filter also passes the frames of the passing assets under
+    their frame keys (:mod:`indexer.frame_keys`): the index and the token store hold a video's
+    frames beside its poster, and a filtered search must reach the moment that matches, as the
+    unfiltered one does (the ranking is folded onto assets afterwards,
+    :func:`indexer.search.frames.fold_frames`). ``count`` then counts vectors (assets and
+    frames), which is what the planner compares with the index's size.
+    """
+
+    def __init__(
+        self, session: Session, conditions: Sequence[object], *, frames: bool = True
+    ) -> None:
         self.session = session
         self.conditions = list(conditions)
+        self.frames = frames
         self._count: int | None = None
         self._ids: np.ndarray | None = None
+        self._assets: np.ndarray | None = None  # the passing asset ids, when read
 
     def count(self) -> int:
+        from indexer.db.frame_repo import count_matching_frames, frame_keys_of
         from indexer.db.search import count_matching_assets, matching_asset_ids
 
         if self._count is None:
@@ -99,28 +113,46 @@ class SqlFilter:
             # counted in the database.
             probe = matching_asset_ids(self.session, self.conditions, limit=EXACT_MAX + 1)
             if len(probe) <= EXACT_MAX:
-                self._ids = np.array(probe, np.int64)
-                self._count = len(probe)
+                self._assets = np.array(probe, np.int64)
+                keys = frame_keys_of(self.session, probe) if self.frames else _NO_IDS
+                self._ids = np.concatenate([self._assets, keys])
+                self._count = int(self._ids.size)
             else:
                 self._count = count_matching_assets(self.session, self.conditions)
+                if self.frames:
+                    self._count += count_matching_frames(self.session, self.conditions)
         return self._count
 
     def ids(self) -> np.ndarray:
+        from indexer.db.frame_repo import matching_frame_keys
         from indexer.db.search import matching_asset_ids
 
         if self._ids is None:
-            self._ids = np.array(matching_asset_ids(self.session, self.conditions), np.int64)
+            assets = np.array(matching_asset_ids(self.session, self.conditions), np.int64)
+            keys = matching_frame_keys(self.session, self.conditions) if self.frames else _NO_IDS
+            self._assets, self._ids = assets, np.concatenate([assets, keys])
         return self._ids
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         from indexer.db.search import matching_asset_ids
+        from indexer.frame_keys import asset_of, is_frame_key
 
-        if self._ids is not None:
-            return np.isin(ids, self._ids)
-        passing: list[int] = []
-        for part in chunks(ids):
-            passing += matching_asset_ids(self.session, self.conditions, among=part.tolist())
-        return np.isin(ids, np.array(passing, np.int64))
+        ids = np.asarray(ids, np.int64)
+        owners = ids.copy()  # a frame passes when its asset does
+        frame = is_frame_key(ids)
+        if self.frames:
+            owners[frame] = asset_of(ids[frame])
+        if self._assets is not None:
+            passes = np.isin(owners, self._assets)
+        else:
+            passing: list[int] = []
+            for part in chunks(np.unique(owners[~frame | self.frames])):
+                passing += matching_asset_ids(self.session, self.conditions, among=part.tolist())
+            passes = np.isin(owners, np.array(passing, np.int64))
+        return passes if self.frames else passes & ~frame
+
+
+_NO_IDS = np.zeros(0, np.int64)
 
 
 def database_reader(session: Session, model_name: str) -> VectorReader:
@@ -143,17 +175,26 @@ def similar_filtered(
     exclude: int | None = None,
     phases: Phases | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` assets passing ``allowed`` most similar to ``vector`` (the planned search):
-    ``(ids, scores)``, best first; ``exclude`` (the query asset) left out."""
+    """The ``k`` vectors passing ``allowed`` most similar to ``vector`` (the planned search):
+    ``(ids, scores)``, best first, ids of assets and of their frames (frame keys; the caller
+    folds them onto assets); ``exclude`` (the query asset) left out with its frames."""
+    from indexer.db.frame_repo import frame_counts
+    from indexer.frame_keys import asset_of, is_frame_key
     from indexer.search.timing import SIMILAR, Phases
 
     index = archive.vector_index()
     phases = phases if phases is not None else Phases()
     read = database_reader(session, index.model_name or archive.model_id())
+    # The query asset's own frames are its nearest neighbours: ask for enough beyond them
+    # (they are left out here, as the unfiltered search's fold leaves them out).
+    own = 1 + (frame_counts(session, [exclude]).get(exclude, 0) if exclude is not None else 0)
     with archive.timer("similar_search"), phases.phase(SIMILAR):
-        scores, ids, plan = filtered_search(index, vector, k + 1, allowed, read_vectors=read)
+        scores, ids, plan = filtered_search(index, vector, k + own, allowed, read_vectors=read)
     phases.notes["plan"] = plan.strategy
-    keep = ids != (exclude if exclude is not None else -1)
+    owners = ids.copy()
+    frames = is_frame_key(ids)
+    owners[frames] = asset_of(ids[frames])
+    keep = owners != (exclude if exclude is not None else -1)
     return ids[keep][:k], scores[keep][:k].astype(np.float32)
 
 
@@ -163,7 +204,7 @@ class Plan:
 
     Attributes:
         strategy: ``empty``, ``exact``, ``selector`` or ``widen``.
-        passing: assets passing the filter.
+        passing: vectors passing the filter (assets, and their frames for a frame-aware one).
         selectivity: passing over the vectors in the index.
         nprobe: IVF lists visited (selector and widen on an IVF index).
         asked: results asked of FAISS in the last round (widen), or candidates scored (exact).
