@@ -469,6 +469,11 @@ class MediaSettings(BaseModel):
         gt=0.0,
         description="videos longer than this are split into time ranges several workers share",
     )
+    max_video_bytes: int = Field(
+        default=20 * 1024**3,
+        ge=1,
+        description="largest accepted video file (footage: ingest.max_bytes bounds the others)",
+    )
 
 
 class LlmSettings(BaseModel):
