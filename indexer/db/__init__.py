@@ -40,6 +40,7 @@ from indexer.db.collections import (  # noqa: F401 - tables of the schema
     AssetCollection,
     Collection,
 )
+from indexer.db.companions import AssetCompanion  # noqa: F401 - a table of the schema
 from indexer.db.concept_repo import (
     concept_embeddings,
     create_concept,
