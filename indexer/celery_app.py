@@ -40,6 +40,7 @@ REGISTER_TASK = "ramdex.register_sources"
 SYNC_TASK = "ramdex.sync_index"
 BACKFILL_TASK = "ramdex.backfill_concept"
 BACKFILL_PART_TASK = "ramdex.backfill_part"
+VIDEO_PART_TASK = "ramdex.video_part"
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -63,6 +64,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
             PROCESS_TASK: {"queue": broker.model_queue},
             BACKFILL_TASK: {"queue": broker.model_queue},  # runs the model's open-set head
             BACKFILL_PART_TASK: {"queue": broker.model_queue},
+            VIDEO_PART_TASK: {"queue": broker.model_queue},  # decodes and tags a video range
             REGISTER_TASK: {"queue": broker.default_queue},
             SYNC_TASK: {"queue": broker.default_queue},
         },

@@ -47,6 +47,7 @@ from indexer.celery_app import (
     PROCESS_TASK,
     REGISTER_TASK,
     SYNC_TASK,
+    VIDEO_PART_TASK,
     app,
     producer_app,
 )
@@ -126,6 +127,7 @@ def worker_processor() -> AssetProcessor:
     """This process's processor for the configured model (loaded on first use, once)."""
     with _processor_lock:
         proc = shared_processor(get_settings())
+        proc.split_videos = True  # long videos go out as parts any worker takes
         if proc.on_committed is None:
             proc.on_committed = _after_commit_hook(proc)
         return proc
@@ -245,6 +247,32 @@ def process_assets(
         _fail_all(asset_ids, f"internal error: {type(exc).__name__}: {exc}")
         raise
     return outcome.to_dict()
+
+
+@app.task(
+    bind=True,
+    name=VIDEO_PART_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=MAX_RETRIES,
+)
+def video_part(self, asset_id: int, part: int) -> dict[str, object]:
+    """Decode and tag one time range of a split video (idempotent; the part that finishes last
+    finishes the asset): see :mod:`indexer.ingest.video_parts`. Transient errors retry with
+    backoff (the part was given back); a killed worker's part is sent again by the reconciler."""
+    from indexer.ingest.video_parts import run_video_part
+
+    try:
+        outcome = run_video_part(worker_processor(), asset_id, part)
+    except Exception as exc:
+        transient = is_transient(exc) or isinstance(exc, ModelNotAvailableError | CheckpointError)
+        if transient and self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
+        # A bug, or retries spent: the part is pending again (given back), so the reconciler
+        # sends it again later, and after MAX_PART_ATTEMPTS runs it is failed with a reason.
+        log.exception("video_part(%s, %s) failed", asset_id, part)
+        raise
+    return {"status": outcome.status, "frames": outcome.frames, "asset": outcome.finished_asset}
 
 
 @app.task(bind=True, name=REGISTER_TASK, acks_late=True, max_retries=MAX_RETRIES)

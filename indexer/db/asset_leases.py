@@ -19,6 +19,7 @@ from indexer.db._sql import chunks, rowcount, table_of
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.base import UtcDateTime, db_now
 from indexer.db.leases import db_in
+from indexer.db.video_parts import has_open_parts
 
 _assets = table_of(Asset)
 
@@ -73,9 +74,13 @@ def claim_assets(
     Returns:
         The ids now processing under ``owner``'s lease.
     """
-    claimable = sa.or_(
-        _assets.c.status == AssetStatus.PENDING.value,
-        sa.and_(_assets.c.status == AssetStatus.PROCESSING.value, _free_or(owner)),
+    claimable = sa.and_(
+        sa.or_(
+            _assets.c.status == AssetStatus.PENDING.value,
+            sa.and_(_assets.c.status == AssetStatus.PROCESSING.value, _free_or(owner)),
+        ),
+        # A split video's running parts hold it (a duplicate message must not split it again).
+        ~has_open_parts(),
     )
     return _lease_where(
         session, asset_ids, claimable, owner, lease_s, status=AssetStatus.PROCESSING.value
@@ -97,7 +102,7 @@ def lease_assets(
     return _lease_where(
         session,
         asset_ids,
-        sa.and_(_assets.c.status.in_(_UNFINISHED), _free_or(owner)),
+        sa.and_(_assets.c.status.in_(_UNFINISHED), _free_or(owner), ~has_open_parts()),
         owner,
         lease_s,
         status=AssetStatus.PENDING.value,
@@ -226,9 +231,12 @@ def orphaned_assets(
     expired = sa.select(_assets.c.id).where(
         _assets.c.status.in_(_UNFINISHED), _assets.c.lease_until < now
     )
-    # Processing without any lease: left by a version that did not lease (claims always do).
+    # Processing without any lease: left by a version that did not lease (claims always do),
+    # or a split video, which its parts hold (the reconciler watches those instead).
     leaseless = sa.select(_assets.c.id).where(
-        _assets.c.status == AssetStatus.PROCESSING.value, _assets.c.lease_until.is_(None)
+        _assets.c.status == AssetStatus.PROCESSING.value,
+        _assets.c.lease_until.is_(None),
+        ~has_open_parts(),
     )
     pending = _assets.c.status == AssetStatus.PENDING.value
     unleased = _assets.c.lease_owner.is_(None)

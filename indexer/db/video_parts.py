@@ -314,17 +314,23 @@ def stopped_video_parts(
     return [(int(a), int(p)) for a, p in session.execute(stmt)]
 
 
-def touch_video_parts(session: Session, keys: Sequence[tuple[int, int]]) -> None:
-    """Mark pending parts as sent now (so a lost-message check measures from the resend)."""
+def requeue_video_parts(session: Session, keys: Sequence[tuple[int, int]]) -> None:
+    """Parts about to be sent again: pending, unleased, sent now (the lost-message clock and
+    the stopped-run check both restart from here)."""
     for asset_id, part in keys:
         session.execute(
             sa.update(_parts)
             .where(
                 _parts.c.asset_id == asset_id,
                 _parts.c.part == part,
-                _parts.c.status == VideoPartStatus.PENDING.value,
+                _parts.c.status.in_(_OPEN),
             )
-            .values(updated_at=db_now())
+            .values(
+                status=VideoPartStatus.PENDING.value,
+                lease_owner=None,
+                lease_until=None,
+                updated_at=db_now(),
+            )
         )
 
 

@@ -19,6 +19,7 @@ from indexer.db.asset_leases import renew_asset_leases
 from indexer.db.backfill_parts import renew_part
 from indexer.db.job_repo import renew_job_lease
 from indexer.db.session import session_scope
+from indexer.db.video_parts import renew_video_part
 from indexer.jobs import renew_job_run
 from indexer.settings import Settings
 
@@ -99,6 +100,7 @@ class LeaseKeeper:
         self._jobs: set[int] = set()
         self._runs: set[int] = set()  # running jobs whose work this process does (backfills)
         self._parts: set[tuple[int, int]] = set()  # (job, part) of backfills run here
+        self._video_parts: set[tuple[int, int]] = set()  # (asset, part) of split videos
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,6 +150,18 @@ class LeaseKeeper:
         with self._lock:
             self._parts.discard((int(job_id), int(part)))
 
+    def hold_video_part(self, asset_id: int, part: int) -> None:
+        """Renew the lease of a split video's part this process runs until
+        :meth:`drop_video_part`."""
+        with self._lock:
+            self._video_parts.add((int(asset_id), int(part)))
+            self._start()
+
+    def drop_video_part(self, asset_id: int, part: int) -> None:
+        """Stop renewing the video part's lease."""
+        with self._lock:
+            self._video_parts.discard((int(asset_id), int(part)))
+
     def held_assets(self) -> list[int]:
         """The assets whose leases this keeper renews."""
         with self._lock:
@@ -160,7 +174,8 @@ class LeaseKeeper:
             jobs = list(self._jobs)
             runs = list(self._runs)
             parts = list(self._parts)
-        if not assets and not jobs and not runs and not parts:
+            video_parts = list(self._video_parts)
+        if not assets and not jobs and not runs and not parts and not video_parts:
             return
         try:
             with session_scope(self.url) as session:
@@ -172,6 +187,8 @@ class LeaseKeeper:
                     renew_job_run(session, job_id, self.owner, self.lease_s)
                 for job_id, part in parts:
                     renew_part(session, job_id, part, self.owner, self.lease_s)
+                for asset_id, part in video_parts:
+                    renew_video_part(session, asset_id, part, self.owner, self.lease_s)
         except Exception as exc:  # the database may be away; leases run out if it stays away
             log.warning("lease renewal failed (%s: %s)", type(exc).__name__, exc)
 

@@ -32,17 +32,21 @@ from sqlalchemy.orm import Session
 from indexer.db.asset_leases import claim_assets, expire_leases_of, release_assets
 from indexer.db.asset_repo import AssetResult, mark_failed, write_asset_results
 from indexer.db.assets import Asset, AssetStatus
-from indexer.db.frame_repo import FrameResult, MediaFacts, frame_counts, write_frames
+from indexer.db.frame_repo import FrameResult, MediaFacts, write_frames
+from indexer.db.frames import AssetFrame
 from indexer.db.keyword_repo import record_embedded_keywords
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
-from indexer.frame_keys import frame_keys
+from indexer.db.video_parts import PartPlan, replace_parts
+from indexer.frame_keys import frame_key, frame_keys
 from indexer.frames import DecodedMedia, FrameOptions, decode_media
+from indexer.frames.video import probe_video
 from indexer.ingest.lease import LeaseKeeper, is_dead_here, keeper_for, process_owner
 from indexer.ingest.register import Failure
+from indexer.ingest.video_parts import plan_parts, send_video_parts
 from indexer.jobs import settle
 from indexer.keywords import ingest_keywords
-from indexer.media import ANIMATABLE_MIME, MediaStore, decode_image, make_thumbnail
+from indexer.media import ANIMATABLE_MIME, VIDEO_MIME, MediaStore, decode_image, make_thumbnail
 from indexer.settings import Settings
 from indexer.sources.originals import is_object_uri, read_original
 from indexer.stores import ensure_schema, open_token_store
@@ -98,6 +102,8 @@ class _Prepared:
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)
     poster: int = 0  # which frame the asset's own c and E come from
     facts: MediaFacts | None = None
+    # A long video to split into parts for other workers (broker mode): nothing decoded here.
+    split: list[PartPlan] | None = None
 
     def inputs(self) -> list[np.ndarray]:
         """The model inputs of this asset: its frames, or its one picture."""
@@ -201,6 +207,9 @@ class AssetProcessor:
         #: Called with an asset's sha256 before it is decoded (fault-injection point for tests
         #: of files that crash the process).
         self.before_prepare: Callable[[str], None] | None = None
+        #: Whether long videos are split into parts other workers share (Celery workers;
+        #: an embedded run is one process, which gains nothing from it).
+        self.split_videos = False
         self._debug_hooks_from_env()
 
     def _debug_hooks_from_env(self) -> None:
@@ -355,20 +364,14 @@ class AssetProcessor:
             return _Prepared(row, error=f"could not decode the file: {type(exc).__name__}: {exc}")
 
     def _prepare_unguarded(self, row: _Row) -> _Prepared:
-        path = Path(row.storage_path) if row.storage_path else None
-        if path is None or not path.is_file():
-            path = self.media.find_original(row.sha256)
-        original: Path | bytes
-        if path is not None:
-            original = path
-        elif is_object_uri(row.storage_path):
-            # A source's original left on object storage (no copy_originals): read it back.
-            data, problem = read_original(self.settings, str(row.storage_path), row.sha256)
-            if data is None:
-                return _Prepared(row, error=problem)
-            original = data
-        else:
-            return _Prepared(row, error="the original file is missing from the media store")
+        original, problem = self.original_of(row.sha256, row.storage_path)
+        if original is None:
+            return _Prepared(row, error=problem)
+        path = original if isinstance(original, Path) else None
+        if self.split_videos and row.mime in VIDEO_MIME:
+            split = self._split_plan(row, original)
+            if split is not None:
+                return split
         if row.mime and (
             row.mime.startswith(("video/", "image/x-")) or row.mime in ANIMATABLE_MIME
         ):
@@ -399,6 +402,85 @@ class AssetProcessor:
             mime=_MIME_BY_FORMAT.get(decoded.format, row.mime),
             thumbnail_path=str(thumb_path),
         )
+
+    def original_of(
+        self, sha256: str, storage_path: str | None
+    ) -> tuple[Path | bytes | None, str | None]:
+        """The asset's original: its path (as registered, or in the media store), or its
+        bytes read back from object storage; else None and what is wrong."""
+        path = Path(storage_path) if storage_path else None
+        if path is None or not path.is_file():
+            path = self.media.find_original(sha256)
+        if path is not None:
+            return path, None
+        if is_object_uri(storage_path):
+            # A source's original left on object storage (no copy_originals): read it back.
+            return read_original(self.settings, str(storage_path), sha256)
+        return None, "the original file is missing from the media store"
+
+    def _split_plan(self, row: _Row, original: Path | bytes) -> _Prepared | None:
+        """A video long enough to share among workers, as parts to send (None: decode here)."""
+        try:
+            info = probe_video(original, str(row.id))
+        except ImageDecodeError as exc:
+            return _Prepared(row, error=exc.reason)
+        plans = plan_parts(info.duration_s, self.settings.media)
+        if plans is None:
+            return None
+        return _Prepared(
+            row,
+            width=info.width,
+            height=info.height,
+            mime=row.mime,
+            facts=MediaFacts("video", info.duration_s, info.codec),
+            split=plans,
+        )
+
+    def put_thumbnail(self, sha256: str, image: Image.Image) -> str:
+        """Store the asset's thumbnail made from ``image``; returns its path."""
+        thumb = make_thumbnail(image, self.settings.ingest.thumbnail_size)
+        return str(self.media.put_thumbnail(sha256, thumb))
+
+    def score_images(self, inputs: list[np.ndarray], sources: list[str]) -> list[Any]:
+        """The model over :meth:`model_input` arrays, in chunks of the batch size."""
+        out: list[Any] = []
+        for start in range(0, len(inputs), self.batch_size):
+            end = start + self.batch_size
+            out.extend(self._run(inputs[start:end], sources[start:end]))
+        return out
+
+    def _split(self, item: _Prepared, run: _Run) -> None:
+        """Record a long video's parts and send them to the model queue; the asset stays
+        unfinished, without a lease, until its last part finishes it
+        (:mod:`indexer.ingest.video_parts`)."""
+        assert item.split is not None and item.facts is not None
+        asset_id = item.row.id
+        with session_scope(self.url) as session:
+            replace_parts(session, asset_id, item.split)
+            session.execute(
+                sa.update(Asset)
+                .where(Asset.id == asset_id, Asset.lease_owner == self.owner)
+                .values(
+                    width=item.width,
+                    height=item.height,
+                    kind=item.facts.kind,
+                    duration_s=item.facts.duration_s,
+                    codec=item.facts.codec,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+        run.drop([asset_id])
+        log.info(
+            "asset %s: a %.0f s video, split into %d parts",
+            asset_id,
+            item.facts.duration_s or 0.0,
+            len(item.split),
+        )
+        try:
+            send_video_parts(self.settings, asset_id, list(range(len(item.split))))
+        except Exception as exc:  # broker away: the reconciler sends the pending parts later
+            log.warning("asset %s: could not send its parts yet (%s)", asset_id, _why(exc))
 
     def _prepared_media(self, row: _Row, path: Path | None, media: DecodedMedia) -> _Prepared:
         """A decoded video, animation or RAW as model inputs, thumbnail and media facts."""
@@ -549,16 +631,17 @@ class AssetProcessor:
 
     def _drop_stale_frames(self, batch: list[_Prepared]) -> None:
         """Token records of frames an earlier run kept and this one did not (fewer frames
-        now): removed so concept search cannot meet them."""
+        now, or the slices of an earlier split): removed so concept search cannot meet them."""
+        counts = {p.row.id: len(p.frames) for p in batch}
         with session_scope(self.url) as session:
-            before = frame_counts(session, [p.row.id for p in batch])
-        stale = [
-            frame_keys(p.row.id, before[p.row.id] - len(p.frames), start=len(p.frames))
-            for p in batch
-            if before.get(p.row.id, 0) > len(p.frames)
-        ]
+            stored = session.execute(
+                sa.select(AssetFrame.asset_id, AssetFrame.idx).where(
+                    AssetFrame.asset_id.in_(list(counts))
+                )
+            ).all()
+        stale = [frame_key(int(a), int(i)) for a, i in stored if int(i) >= counts.get(int(a), 0)]
         if stale:
-            self.token_store().delete(np.concatenate(stale))
+            self.token_store().delete(np.array(stale, dtype=np.int64))
 
     def process(
         self,
@@ -597,6 +680,11 @@ class AssetProcessor:
                     on_progress(count)
 
         def take(item: _Prepared) -> None:
+            if item.split is not None and not item.error:
+                self._split(item, run)
+                if on_progress:
+                    on_progress(1)
+                return
             (failures if item.error else batch).append(item)
             if len(batch) >= self.batch_size or len(failures) >= self.batch_size:
                 flush()

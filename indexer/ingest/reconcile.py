@@ -16,6 +16,8 @@ rows say is unfinished and nobody holds, and makes it runnable again:
   reason (:func:`indexer.jobs.settle_legacy_jobs`);
 - **quiet jobs**: running jobs without progress are settled from their assets' states (and a
   reindex job whose messages were lost is re-driven);
+- **parts of split videos** (:mod:`indexer.ingest.video_parts`): a part whose lease ran out
+  or whose message was lost is sent again;
 - **the FAISS index**: re-synced when the database has done assets it lacks.
 
 It runs at the start of every ``ramdex ingest`` and ``reindex`` (:func:`recover`; embedded runs
@@ -57,6 +59,7 @@ from indexer.ingest.backfills import Resume, watch_backfills
 from indexer.ingest.dispatch import dispatch, model_queue_depth, request_index_sync
 from indexer.ingest.lease import is_dead_here, local_prefix, process_owner
 from indexer.ingest.queue_mark import lost_before, redispatch_after_s
+from indexer.ingest.video_parts import watch_video_parts
 from indexer.jobs import settle_legacy_jobs
 from indexer.settings import Settings
 from indexer.stores import index_is_behind
@@ -99,6 +102,7 @@ class ReconcileReport:
     jobs_completed: int = 0
     backfills_resumed: int = 0
     backfills_failed: int = 0
+    video_parts_resent: int = 0
     index_synced: bool = False
     queue_depth: int | None = None
     elapsed_ms: float = 0.0
@@ -309,6 +313,10 @@ def reconcile_once(
             report.dispatched += len(found.assets)
         except Exception as exc:  # the broker is down: the leases run out, a later pass retries
             log.warning("reconciler could not dispatch: %s: %s", type(exc).__name__, exc)
+    try:
+        report.video_parts_resent = watch_video_parts(settings, queue_empty=depth == 0)
+    except Exception as exc:  # the broker or database is away: a later pass does it
+        log.warning("reconciler could not check video parts: %s: %s", type(exc).__name__, exc)
     settle_quiet_jobs(settings, depth == 0, report)
     if model_id is not None and index_is_behind(settings, model_id, full=full):
         request_index_sync(settings, final=True, model_id=model_id)
@@ -321,6 +329,7 @@ def reconcile_once(
         or report.dispatched
         or report.backfills_resumed
         or report.backfills_failed
+        or report.video_parts_resent
     ):
         log.warning("reconciler: %s", report.to_dict())
     return report
