@@ -175,6 +175,19 @@ class SourceOut(BaseModel):
     last_seen: datetime
 
 
+class CompanionOut(BaseModel):
+    """A file recorded with the asset without being one (docs/media.md): the camera JPEG of a
+    RAW+JPEG pair."""
+
+    uri: str
+    role: str = Field(description="what the file is to the asset: jpeg (of a RAW+JPEG pair)")
+    mime: str | None
+    bytes: int | None
+    sha256: str | None
+    first_seen: datetime
+    last_seen: datetime
+
+
 class AssetSummary(BaseModel):
     """What a result grid needs about an asset."""
 
@@ -203,6 +216,10 @@ class AssetOut(AssetSummary):
         default_factory=list, description="ids of the collections it is in (those the key sees)"
     )
     sources: list[SourceOut]
+    companions: list[CompanionOut] = Field(
+        default_factory=list,
+        description="files grouped with this asset: the camera JPEG of a RAW+JPEG pair",
+    )
     tags: list[AssetTagOut] = Field(description="every stored score, best first")
 
 

@@ -134,6 +134,7 @@ def ingest_command(
             f"({summary.rate:.1f}/s): {summary.done} done{resumed}, {summary.duplicate} "
             f"duplicate, {summary.failed} failed"
             + (f", {summary.queued} queued" if summary.queued else "")
+            + (f", {summary.paired} RAW+JPEG pairs grouped" if summary.paired else "")
         )
         if summary.recovered:
             typer.echo(f"  also finished {summary.recovered} assets earlier runs left unfinished")

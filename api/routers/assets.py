@@ -31,6 +31,7 @@ from api.schemas import (
     AssetOut,
     AssetPage,
     AssetTagOut,
+    CompanionOut,
     Cursor,
     RegisterRequest,
     SourceOut,
@@ -43,6 +44,7 @@ from indexer.db.asset_repo import get_asset, list_sources
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.collection_repo import collections_of_assets
 from indexer.db.collection_scope import CollectionScope
+from indexer.db.companion_repo import list_companions
 from indexer.db.errors import NotFoundError
 from indexer.db.job_repo import get_job
 from indexer.db.tag_repo import get_asset_tags
@@ -169,6 +171,7 @@ def build_router(settings: Settings) -> APIRouter:
         # A collection-limited key sees no source URI: the same bytes may have come in through
         # another collection, whose paths and URLs are that collection's (docs/collections.md).
         sources = [] if scope.restricted else list_sources(session, asset_id)
+        companions = [] if scope.restricted else list_companions(session, asset_id)
         shown = sees_server_paths(principal, services.settings) and not scope.restricted
         memberships = collections_of_assets(session, [asset_id]).get(asset_id, [])
         return AssetOut(
@@ -194,6 +197,18 @@ def build_router(settings: Settings) -> APIRouter:
                     last_seen=s.last_seen,
                 )
                 for s in sources
+            ],
+            companions=[
+                CompanionOut(
+                    uri=c.uri if shown else hide_path(c.uri),
+                    role=c.role,
+                    mime=c.mime,
+                    bytes=c.size_bytes,
+                    sha256=c.sha256,
+                    first_seen=c.first_seen,
+                    last_seen=c.last_seen,
+                )
+                for c in companions
             ],
             tags=[
                 AssetTagOut(

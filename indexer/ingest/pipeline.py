@@ -46,7 +46,13 @@ from indexer.ingest.dispatch import (
 from indexer.ingest.lease import LeaseKeeper, keeper_for, process_owner
 from indexer.ingest.process import AssetProcessor, shared_processor
 from indexer.ingest.reconcile import Reconciler, recover
-from indexer.ingest.register import Failure, Registered, Registrar, expand_sources
+from indexer.ingest.register import (
+    Failure,
+    Registered,
+    Registrar,
+    expand_sources,
+    group_raw_jpeg_pairs,
+)
 from indexer.ingest.transient import TRANSIENT, retry_transient
 from indexer.jobs import (
     MAX_RECORDED_FAILURES,
@@ -80,6 +86,9 @@ class IngestSummary:
             queued): counted in ``done``, ``failed`` or ``queued`` as well.
         recovered: unfinished assets of earlier runs, not among these sources, that this run
             took over (they belong to their own jobs).
+        paired: camera JPEGs recorded as the companion of their RAW's asset (RAW+JPEG pairs,
+            ``media.raw_jpeg_pairs``): sources that are no asset of their own, counted in
+            nothing else (``submitted == done + duplicate + failed + queued + paired``).
         asset_ids: every asset this run registered or met, in submission order.
         elapsed_s: wall time of the run.
     """
@@ -92,6 +101,7 @@ class IngestSummary:
     queued: int = 0
     resumed: int = 0
     recovered: int = 0
+    paired: int = 0
     failures: list[Failure] = field(default_factory=list)
     asset_ids: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -112,6 +122,7 @@ class IngestSummary:
             "queued": self.queued,
             "resumed": self.resumed,
             "recovered": self.recovered,
+            "paired": self.paired,
             "elapsed_s": round(self.elapsed_s, 3),
             "failures": [
                 {"source": f.source, "reason": f.reason, "asset_id": f.asset_id}
@@ -136,12 +147,17 @@ class _Tally:
         self.work: list[int] = []  # queued and resumed assets, whose outcome this run reports
         self.resumed: set[int] = set()
         self.duplicate = 0
+        self.paired = 0  # JPEGs recorded as their RAW asset's companion
         self.failures: list[Failure] = []
         self.asset_ids: list[int] = []
         self.source_of: dict[int, str] = {}
 
     def add(self, reg: Registered) -> None:
         with self.lock:
+            if reg.companion is not None:
+                self.paired += 1
+            if reg.state == "companion":
+                return  # the JPEG's RAW asset was registered (and is counted) before
             if reg.asset_id is not None:
                 self.asset_ids.append(reg.asset_id)
                 self.source_of.setdefault(reg.asset_id, reg.source)
@@ -159,6 +175,7 @@ class _Tally:
         with self.lock:
             return {
                 "duplicate": self.duplicate,
+                "paired": self.paired,
                 "resumed": len(self.resumed),
                 "register_failed": len(self.failures),
                 "failures": [
@@ -176,19 +193,20 @@ class _Tally:
 def _register_all(
     registrar: Registrar, items: Sequence[str | Path], workers: int
 ) -> Iterator[Registered]:
-    """Register in a few threads (hashing and downloads wait on I/O), results in input order."""
+    """Register in a few threads (hashing and downloads wait on I/O), results in input order
+    (a RAW+JPEG pair that does not hold gives two)."""
     if workers <= 1:
         for item in items:
-            yield registrar.register(item)
+            yield from registrar.register_group(item)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="ramdex-register") as pool:
-        pending: deque[Future[Registered]] = deque()
+        pending: deque[Future[list[Registered]]] = deque()
         for item in items:
-            pending.append(pool.submit(registrar.register, item))
+            pending.append(pool.submit(registrar.register_group, item))
             if len(pending) >= workers * 4:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()
 
 
 def _final_statuses(url: str, ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
@@ -252,6 +270,9 @@ def ingest(
     ensure_schema(url)
     started = time.monotonic()
     items, problems = expand_sources(sources, include, exclude, follow_symlinks)
+    submitted = len(items) + len(problems)
+    if settings.media.raw_jpeg_pairs:  # a RAW and its camera JPEG: one asset (docs/media.md)
+        items, _ = group_raw_jpeg_pairs(items)
     if not items and not problems and job_id is None:
         return IngestSummary(elapsed_s=time.monotonic() - started)
     owner = process_owner()
@@ -267,7 +288,7 @@ def ingest(
     else:
         begin_registration(url, job_id, owner, lease_s)
     keeper.hold_job(job_id)
-    summary = IngestSummary(job_id=job_id, submitted=len(items) + len(problems))
+    summary = IngestSummary(job_id=job_id, submitted=submitted)
     tally = _Tally()
     tally.failures.extend(problems)
     bar = progress_bar(summary.submitted, progress, "ingest")
@@ -299,6 +320,7 @@ def ingest(
         bar.close()
 
     summary.duplicate = tally.duplicate
+    summary.paired = tally.paired
     summary.asset_ids = tally.asset_ids
     summary.failures = list(tally.failures)
     work = list(dict.fromkeys(tally.work))
@@ -401,6 +423,8 @@ def _run_embedded(
                 if stop.is_set():
                     return
                 run.tally.add(reg)
+                if reg.companion is not None and reg.state != "companion":
+                    run.bar.update(1)  # the pair's JPEG: no asset, so nothing processes it
                 if reg.held:
                     run.hold([reg.asset_id])  # type: ignore[list-item]
                 if reg.state in ("queued", "resumed"):
@@ -513,6 +537,9 @@ def _run_with_broker(
             if reg.held and reg.asset_id not in run.held:
                 run.hold([reg.asset_id])  # type: ignore[list-item]
                 d.add(reg.asset_id)  # type: ignore[arg-type]
+            if reg.companion is not None and reg.state != "companion":
+                registered_only += 1  # the pair's JPEG
+                run.bar.update(1)
             if reg.state not in ("queued", "resumed"):
                 registered_only += 1
                 run.bar.update(1)

@@ -60,6 +60,7 @@ class ScanReport:
         new, changed: objects read (registered and ingested); unchanged: not read.
         back: gone objects listed again unchanged; gone: objects no longer listed.
         failed: objects read that did not become done assets (unreadable, not images ...).
+        paired: camera JPEGs recorded as their RAW asset's companion (RAW+JPEG pairs).
         job_id: the ingest job of what was read (None when nothing was).
         error: why the scan stopped (the store did not answer ...); None when it completed.
         skipped: another scan of the source was running (nothing done).
@@ -74,6 +75,7 @@ class ScanReport:
     gone: int = 0
     failed: int = 0
     queued: int = 0
+    paired: int = 0
     job_id: int | None = None
     error: str | None = None
     skipped: bool = False
@@ -359,3 +361,4 @@ def _ingest(
     )
     report.failed = summary.failed
     report.queued = summary.queued
+    report.paired = summary.paired
