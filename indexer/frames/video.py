@@ -205,6 +205,17 @@ def decode_video(
         look_every = max(options.min_interval_s / 2, 0.04)
         last_look: float | None = None
         last_key: float | None = None
+
+        def every_frame_from_start() -> KeyframeSelector:
+            """Start over from the range's start decoding every frame (key frames too sparse
+            for the interval rule): what was kept is dropped, a fresh selector returned."""
+            ctx.skip_frame = "DEFAULT"
+            kept.clear()
+            _seek(container, stream, start_s)
+            return KeyframeSelector(
+                options.min_interval_s, options.max_interval_s, options.scene_threshold, cap
+            )
+
         if start_s > 0:
             _seek(container, stream, start_s)
         while True:
@@ -242,13 +253,7 @@ def decode_video(
                         seek_to = t + stride
                         break
             if restart:
-                ctx.skip_frame = "DEFAULT"
-                kept.clear()
-                selector = KeyframeSelector(
-                    options.min_interval_s, options.max_interval_s, options.scene_threshold, cap
-                )
-                last_look = None
-                _seek(container, stream, start_s)
+                selector, last_look = every_frame_from_start(), None
                 continue
             if seek_to is not None and (end <= 0 or seek_to < end) and not budget.over():
                 _seek(container, stream, seek_to)
@@ -257,13 +262,7 @@ def decode_video(
             sparse_tail = gap > options.max_interval_s
             if not dense and not evenly and sparse_tail and not selector.full and not budget.over():
                 dense = True  # one key frame for longer than max_interval_s: look at every frame
-                ctx.skip_frame = "DEFAULT"
-                kept.clear()
-                selector = KeyframeSelector(
-                    options.min_interval_s, options.max_interval_s, options.scene_threshold, cap
-                )
-                last_look = None
-                _seek(container, stream, start_s)
+                selector, last_look = every_frame_from_start(), None
                 continue
             break
         if not kept:
