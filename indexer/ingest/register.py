@@ -514,9 +514,11 @@ def _split(source: Path | SourceItem) -> tuple[tuple[object, ...], str, str] | N
         folder, name = posixpath.split(source.key)
         stem, ext = posixpath.splitext(name)
         return ("item", source.source_id, folder), stem, ext.lower()
-    if isinstance(source, Path):
-        path = Path(os.path.abspath(source))
-        return ("path", str(path.parent)), path.stem, path.suffix.lower()
+    if isinstance(source, Path):  # string functions: a walk may yield millions of paths
+        text = os.fspath(source)
+        folder, name = os.path.split(text if os.path.isabs(text) else os.path.abspath(text))
+        stem, ext = os.path.splitext(name)
+        return ("path", folder), stem, ext.lower()
     return None
 
 
