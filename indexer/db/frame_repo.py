@@ -59,6 +59,52 @@ def frame_counts(session: Session, asset_ids: Sequence[int]) -> dict[int, int]:
     return out
 
 
+def _frame_rows(
+    asset_id: int, frames: Sequence[FrameResult], tag_ids: np.ndarray, score_floor: float
+) -> list[dict[str, object]]:
+    """``asset_frames`` rows: c as float32, the scores at or above the floor compactly."""
+    rows = []
+    for frame in frames:
+        scores = np.asarray(frame.scores, dtype=np.float32)
+        keep = np.nonzero(scores >= score_floor)[0]
+        rows.append(
+            {
+                "asset_id": asset_id,
+                "idx": frame.idx,
+                "timestamp_s": float(frame.timestamp_s),
+                "embedding": encode_vectors(frame.embedding),
+                "embedding_dim": int(np.asarray(frame.embedding).size),
+                "score_tags": tag_ids[keep].astype("<i4").tobytes(),
+                "score_values": scores[keep].astype("<f2").tobytes(),
+            }
+        )
+    return rows
+
+
+def replace_frame_slice(
+    session: Session,
+    asset_id: int,
+    first_idx: int,
+    count: int,
+    frames: Sequence[FrameResult],
+    *,
+    tag_ids: np.ndarray,
+    score_floor: float,
+) -> None:
+    """Frames ``first_idx .. first_idx + count - 1`` of one asset are replaced by ``frames``
+    (a split video's part, :mod:`indexer.ingest.video_parts`), in the caller's transaction."""
+    session.execute(
+        sa.delete(_frames).where(
+            _frames.c.asset_id == asset_id,
+            _frames.c.idx >= first_idx,
+            _frames.c.idx < first_idx + count,
+        )
+    )
+    rows = _frame_rows(asset_id, frames, np.asarray(tag_ids, dtype=np.int64), score_floor)
+    if rows:
+        session.execute(sa.insert(_frames), rows)
+
+
 def write_frames(
     session: Session,
     frames_by_asset: dict[int, Sequence[FrameResult]],
@@ -78,22 +124,11 @@ def write_frames(
     if not ids:
         return 0
     session.execute(sa.delete(_frames).where(_frames.c.asset_id.in_(ids)))
-    rows = []
-    for asset_id, frames in frames_by_asset.items():
-        for frame in frames:
-            scores = np.asarray(frame.scores, dtype=np.float32)
-            keep = np.nonzero(scores >= score_floor)[0]
-            rows.append(
-                {
-                    "asset_id": asset_id,
-                    "idx": frame.idx,
-                    "timestamp_s": float(frame.timestamp_s),
-                    "embedding": encode_vectors(frame.embedding),
-                    "embedding_dim": int(np.asarray(frame.embedding).size),
-                    "score_tags": tag_ids[keep].astype("<i4").tobytes(),
-                    "score_values": scores[keep].astype("<f2").tobytes(),
-                }
-            )
+    rows = [
+        row
+        for asset_id, frames in frames_by_asset.items()
+        for row in _frame_rows(asset_id, frames, tag_ids, score_floor)
+    ]
     if rows:
         session.execute(sa.insert(_frames), rows)
     update = (

@@ -144,6 +144,16 @@ def part_numbers(session: Session, asset_id: int, *, unfinished: bool = False) -
     return [int(p) for p in session.execute(stmt.order_by(_parts.c.part)).scalars()]
 
 
+def _running_under(owner: str, asset_id: int, part: int) -> tuple[sa.ColumnElement[bool], ...]:
+    """The part, running under ``owner``'s lease."""
+    return (
+        _parts.c.asset_id == asset_id,
+        _parts.c.part == part,
+        _parts.c.status == VideoPartStatus.RUNNING.value,
+        _parts.c.lease_owner == owner,
+    )
+
+
 def claim_video_part(
     session: Session, asset_id: int, part: int, owner: str, lease_s: float
 ) -> ClaimedVideoPart | None:
@@ -196,12 +206,7 @@ def renew_video_part(
     """Extend ``owner``'s lease on a running part (the heartbeat)."""
     renewed = session.execute(
         sa.update(_parts)
-        .where(
-            _parts.c.asset_id == asset_id,
-            _parts.c.part == part,
-            _parts.c.status == VideoPartStatus.RUNNING.value,
-            _parts.c.lease_owner == owner,
-        )
+        .where(*_running_under(owner, asset_id, part))
         .values(lease_until=db_in(lease_s))
     )
     return bool(rowcount(renewed))
@@ -231,12 +236,7 @@ def finish_video_part(
     longer holds it (its lease ran out and another process took it over)."""
     done = session.execute(
         sa.update(_parts)
-        .where(
-            _parts.c.asset_id == claimed.asset_id,
-            _parts.c.part == claimed.part,
-            _parts.c.status == VideoPartStatus.RUNNING.value,
-            _parts.c.lease_owner == owner,
-        )
+        .where(*_running_under(owner, claimed.asset_id, claimed.part))
         .values(
             status=VideoPartStatus.DONE.value,
             frames=frames,
@@ -281,12 +281,7 @@ def release_video_part(session: Session, asset_id: int, part: int, owner: str) -
     """Give a running part back (a transient error): pending, unleased, run again later."""
     session.execute(
         sa.update(_parts)
-        .where(
-            _parts.c.asset_id == asset_id,
-            _parts.c.part == part,
-            _parts.c.status == VideoPartStatus.RUNNING.value,
-            _parts.c.lease_owner == owner,
-        )
+        .where(*_running_under(owner, asset_id, part))
         .values(status=VideoPartStatus.PENDING.value, lease_owner=None, lease_until=None)
     )
 

@@ -36,10 +36,10 @@ import sqlalchemy as sa
 from indexer.celery_app import VIDEO_PART_TASK, producer_app
 from indexer.db.asset_repo import AssetResult, mark_failed, write_asset_results
 from indexer.db.assets import Asset, AssetStatus
-from indexer.db.frame_repo import FrameResult
+from indexer.db.frame_repo import FrameResult, replace_frame_slice
 from indexer.db.frames import AssetFrame
 from indexer.db.session import session_scope
-from indexer.db.vectors import decode_vector, encode_vectors
+from indexer.db.vectors import decode_vector
 from indexer.db.video_parts import (
     ClaimedVideoPart,
     PartPlan,
@@ -205,7 +205,15 @@ def _run_claimed(proc: AssetProcessor, claimed: ClaimedVideoPart) -> PartRun:
     with session_scope(proc.url) as session:
         if lock_asset(session, claimed.asset_id) is None:
             return PartRun("gone")
-        _replace_frame_slice(session, claimed, rows, tag_ids, floor)
+        replace_frame_slice(
+            session,
+            claimed.asset_id,
+            claimed.first_idx,
+            claimed.max_frames,
+            rows,
+            tag_ids=tag_ids,
+            score_floor=floor,
+        )
         if thumbnail is not None:
             session.execute(
                 sa.update(Asset)
@@ -226,41 +234,6 @@ def _run_claimed(proc: AssetProcessor, claimed: ClaimedVideoPart) -> PartRun:
         finished = _finish_if_last(session, proc, claimed.asset_id)
     _after_commit(proc, claimed.asset_id, finished)
     return PartRun("done", len(rows), finished)
-
-
-def _replace_frame_slice(
-    session: sa.orm.Session,
-    claimed: ClaimedVideoPart,
-    frames: list[FrameResult],
-    tag_ids: np.ndarray,
-    floor: float,
-) -> None:
-    """The part's frames replace whatever its slice of frame indices held."""
-    session.execute(
-        sa.delete(_frames).where(
-            _frames.c.asset_id == claimed.asset_id,
-            _frames.c.idx >= claimed.first_idx,
-            _frames.c.idx < claimed.first_idx + claimed.max_frames,
-        )
-    )
-    if not frames:
-        return
-    rows = []
-    for frame in frames:
-        scores = np.asarray(frame.scores, dtype=np.float32)
-        keep = np.nonzero(scores >= floor)[0]
-        rows.append(
-            {
-                "asset_id": claimed.asset_id,
-                "idx": frame.idx,
-                "timestamp_s": float(frame.timestamp_s),
-                "embedding": encode_vectors(frame.embedding),
-                "embedding_dim": int(np.asarray(frame.embedding).size),
-                "score_tags": tag_ids[keep].astype("<i4").tobytes(),
-                "score_values": scores[keep].astype("<f2").tobytes(),
-            }
-        )
-    session.execute(sa.insert(_frames), rows)
 
 
 def _fail_part(proc: AssetProcessor, claimed: ClaimedVideoPart, reason: str) -> PartRun:
