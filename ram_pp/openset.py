@@ -188,14 +188,18 @@ class _Head(nn.Module):
         self.embed_dim = int(sa.key.in_features)
         head_dim = self.hidden // self.num_heads
         shape = (self.num_heads, head_dim, self.embed_dim)
-        # Per layer: W_k per head with the 1/sqrt(d) softmax scale folded in, W_v per head.
+        # Per layer: W_k per head with the 1/sqrt(d) softmax scale folded in, W_v per head
+        # (float32 only: the fast dtypes use the folded projections below instead).
+        exact = dtype == torch.float32
         self.w_k = [
             (layer.crossattention.self.key.weight.view(shape) * head_dim**-0.5).detach().to(dtype)
             for layer in self.layers
+            if exact
         ]
         self.w_v = [
             layer.crossattention.self.value.weight.view(shape).detach().to(dtype)
             for layer in self.layers
+            if exact
         ]
         # Weight matrices of every Linear in the compute dtype (the same tensors in float32).
         self._weights = {
@@ -205,9 +209,7 @@ class _Head(nn.Module):
             id(m): m.bias.detach().to(dtype) for m in self.modules() if isinstance(m, nn.Linear)
         }
         # The folded attention projections of the fast dtype (:meth:`_fold`), one set per layer.
-        self.folded_layers = (
-            [] if dtype == torch.float32 else [self._fold(i) for i in range(len(self.layers))]
-        )
+        self.folded_layers = [] if exact else [self._fold(i) for i in range(len(self.layers))]
 
     @torch.no_grad()
     def _fold(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
