@@ -217,6 +217,32 @@ def test_a_raw_libraw_cannot_open_does_not_hide_its_jpeg(tmp_path, micro) -> Non
     assert _counts(url) == (2, 0)
 
 
+def test_a_raw_that_opens_but_does_not_decode_is_tagged_from_its_jpeg(tmp_path, micro) -> None:
+    """A DNG cut short (its sensor data missing, no preview): LibRaw opens it, so the pair
+    holds, but cannot decode it. The asset (still the RAW) is tagged from the camera JPEG;
+    the same cut DNG without a JPEG fails with LibRaw's reason."""
+    url = f"sqlite:///{tmp_path / 'ramdex.sqlite3'}"
+    cut = build_dng(solid("blue", (96, 64)))[:1000]
+    folder = tmp_path / "card"
+    folder.mkdir()
+    (folder / "IMG_0030.DNG").write_bytes(cut)
+    jpg = _jpeg(folder / "IMG_0030.JPG", 30)
+    (folder / "IMG_0031.DNG").write_bytes(cut + b"\0")  # alone (and not a duplicate)
+    summary = _run(_settings(tmp_path, url), micro, folder)
+    assert summary.paired == 1
+    assert (summary.done, summary.failed) == (1, 1)
+    assert "IMG_0031.DNG" in summary.failures[0].source
+    with session_scope(url) as s:
+        asset = _asset_of(s, folder / "IMG_0030.DNG")
+        assert asset is not None and asset.status == "done"
+        assert asset.sha256 == _sha(folder / "IMG_0030.DNG") and asset.kind == "raw"
+        assert asset.mime == "image/x-adobe-dng"
+        assert (asset.width, asset.height) == (96, 64)  # the JPEG's picture
+        assert asset.thumbnail_path and Path(asset.thumbnail_path).is_file()
+    assert _counts(url) == (2, 1)
+    assert jpg.is_file()
+
+
 def test_grouping_rules(tmp_path) -> None:
     a = tmp_path / "a"
     items = [

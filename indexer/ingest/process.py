@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from indexer.db.asset_leases import claim_assets, expire_leases_of, release_assets
 from indexer.db.asset_repo import AssetResult, mark_failed, write_asset_results
 from indexer.db.assets import Asset, AssetStatus
+from indexer.db.companion_repo import list_companions
 from indexer.db.frame_repo import FrameResult, MediaFacts, write_frames
 from indexer.db.frames import AssetFrame
 from indexer.db.keyword_repo import record_embedded_keywords
@@ -46,7 +47,14 @@ from indexer.ingest.register import Failure
 from indexer.ingest.video_parts import plan_parts, send_video_parts
 from indexer.jobs import settle
 from indexer.keywords import ingest_keywords
-from indexer.media import ANIMATABLE_MIME, VIDEO_MIME, MediaStore, decode_image, make_thumbnail
+from indexer.media import (
+    ANIMATABLE_MIME,
+    RAW_MIME,
+    VIDEO_MIME,
+    MediaStore,
+    decode_image,
+    make_thumbnail,
+)
 from indexer.settings import Settings
 from indexer.sources.originals import is_object_uri, read_original
 from indexer.stores import ensure_schema, open_token_store
@@ -378,9 +386,30 @@ class AssetProcessor:
             try:
                 media = decode_media(original, row.mime, self.frame_options, str(row.id))
             except ImageDecodeError as exc:
-                return _Prepared(row, error=exc.reason)
+                fallback = self._camera_jpeg(row) if row.mime in RAW_MIME else None
+                if fallback is None:
+                    return _Prepared(row, error=exc.reason)
+                # LibRaw opened the RAW at registration but cannot decode it: the camera's
+                # JPEG of the pair shows the same picture (the asset stays the RAW).
+                log.info(
+                    "asset %s: %s; tagged from its camera JPEG %s", row.id, exc.reason, fallback
+                )
+                still = self._prepare_still(row, fallback, path)
+                if not still.error:
+                    still.mime, still.facts = row.mime, MediaFacts("raw")
+                return still
             if media is not None:
                 return self._prepared_media(row, path, media)
+        return self._prepare_still(row, original, path)
+
+    def _camera_jpeg(self, row: _Row) -> Path | None:
+        """The JPEG companion of a RAW+JPEG pair, if it is still on disk."""
+        with session_scope(self.url) as session:
+            uris = [c.uri for c in list_companions(session, row.id)]
+        return next((Path(u) for u in uris if not is_object_uri(u) and Path(u).is_file()), None)
+
+    def _prepare_still(self, row: _Row, original: Path | bytes, path: Path | None) -> _Prepared:
+        """A still image: decoded, thumbnailed, resized for the model."""
         try:
             decoded = decode_image(
                 original,
