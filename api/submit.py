@@ -24,7 +24,13 @@ from indexer.ingest.dispatch import dispatch
 from indexer.ingest.lease import keeper_for, process_owner
 from indexer.ingest.register import Registered, Registrar, is_url
 from indexer.jobs import end_registration, fail_job, start_job
-from indexer.media import CHUNK_SIZE
+from indexer.media import (
+    CHUNK_SIZE,
+    FileTooLargeError,
+    HeadSniffer,
+    SizeLimits,
+    check_stream_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +53,33 @@ def upload_source(filename: str | None) -> str:
 def _store_stream(
     services: Services, registrar: Registrar, handle: BinaryIO, source: str
 ) -> Registered:
-    """Copy an upload into the media store in one hashing pass, then register it."""
-    limit = services.settings.ingest.max_bytes
+    """Copy an upload into the media store in one hashing pass, then register it.
+
+    The body itself is capped by ``api.max_upload_bytes`` (the route's limit, before this
+    runs); the file is then held to the same limits as any ingest: ``ingest.max_bytes``, or
+    ``media.max_video_bytes`` for a video (told by its first bytes).
+    """
+    limits = SizeLimits.of(services.settings)
     media = registrar.media
     media.tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=media.tmp_dir, prefix="upload-", suffix=".part")
     temp = Path(name)
     try:
-        digest, size = hashlib.sha256(), 0
+        digest, size, sniffer = hashlib.sha256(), 0, HeadSniffer()
         with os.fdopen(fd, "wb") as out:
-            while chunk := handle.read(CHUNK_SIZE):
-                size += len(chunk)
-                if size > limit:
-                    raise ProblemError(
-                        413, f"the file is over the ingest limit of {limit} bytes", kind="too-large"
-                    )
+            while True:
+                chunk = handle.read(CHUNK_SIZE)
+                if chunk:
+                    sniffer.feed(chunk)
+                    size += len(chunk)
+                else:
+                    sniffer.finish()
+                try:
+                    check_stream_size(limits, size, sniffer, declared=False)
+                except FileTooLargeError as exc:
+                    raise ProblemError(413, str(exc), kind="too-large") from exc
+                if not chunk:
+                    break
                 digest.update(chunk)
                 out.write(chunk)
         stored = media.adopt(temp, digest.hexdigest(), size)
@@ -102,7 +120,8 @@ def submit_upload(
         ``duplicate`` or ``failed``.
 
     Raises:
-        ProblemError: 413 when the file is over the ingest size limit.
+        ProblemError: 413 when the file is over its ingest size limit (``ingest.max_bytes``,
+            ``media.max_video_bytes`` for a video).
     """
     settings = services.settings
     url = settings.database_url

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image
 from PIL import features as pil_features
@@ -32,6 +32,9 @@ from ram_pp.preprocess import (
     DecodeOptions,
 )
 from ram_pp.preprocess import decode_image as _decode
+
+if TYPE_CHECKING:
+    from indexer.settings import Settings
 
 try:  # HEIC/HEIF through pillow-heif (a declared dependency; guarded so a broken wheel is visible)
     from pillow_heif import register_heif_opener
@@ -75,6 +78,8 @@ VIDEO_MIME = frozenset(m for m in EXTENSIONS if m.startswith("video/"))
 RAW_MIME = frozenset(m for m in EXTENSIONS if m.startswith("image/x-"))
 #: Image types that may hold an animation (decided when decoding: most are still images).
 ANIMATABLE_MIME = frozenset({"image/gif", "image/webp", "image/png"})
+#: File extensions of videos: only a hint (types are sniffed), used where no byte is read yet.
+VIDEO_EXTENSIONS = frozenset(EXTENSIONS[m] for m in VIDEO_MIME) | {".m4v"}
 #: File extensions of camera RAW files (RAW+JPEG pairs are grouped by base name).
 RAW_EXTENSIONS = frozenset(EXTENSIONS[m] for m in RAW_MIME)
 
@@ -219,6 +224,118 @@ class FileTooLargeError(ValueError):
 
 
 @dataclass(frozen=True)
+class SizeLimits:
+    """The largest original accepted, by kind of file: videos have their own limit
+    (``media.max_video_bytes``, footage runs to gigabytes), everything else
+    ``ingest.max_bytes``. The kind is known from a file's first bytes (:func:`sniff_mime`), so
+    a stream is checked against :attr:`largest` until its head is read, then against its own.
+
+    Attributes:
+        default: the limit of every file that is not a video.
+        video: the limit of video files (None: ``default``).
+        video_hint: added to the reason a video (or a file of a kind not known yet) is
+            refused for (what to do about it).
+    """
+
+    default: int
+    video: int | None = None
+    video_hint: str = ""
+
+    @classmethod
+    def of(cls, settings: Settings) -> SizeLimits:
+        """The limits configured in ``settings``."""
+        return cls(settings.ingest.max_bytes, settings.media.max_video_bytes)
+
+    @property
+    def largest(self) -> int:
+        """The limit of a file whose kind is not known yet."""
+        return max(self.default, self.video or 0)
+
+    def for_mime(self, mime: str | None) -> int:
+        """The limit of a file of this sniffed type."""
+        return self.video if mime in VIDEO_MIME and self.video is not None else self.default
+
+    def check(
+        self,
+        size: int,
+        mime: str | None,
+        *,
+        grew: bool = False,
+        known: bool = True,
+        size_known: bool = True,
+    ) -> None:
+        """Raise :class:`FileTooLargeError` when ``size`` bytes of this type are over its limit;
+        the reason names the setting to raise. ``known=False``: the type is not known yet (the
+        largest limit applies); ``grew``: found while reading (past a size declared before);
+        ``size_known=False``: ``size`` is what was read so far, not the file's size."""
+        if not known:
+            limit, what = self.largest, "file"
+            larger = self.video is not None and self.video > self.default
+            setting = "media.max_video_bytes" if larger else "ingest.max_bytes"
+        elif mime in VIDEO_MIME and self.video is not None:
+            limit, setting, what = self.video, "media.max_video_bytes", "video"
+        else:
+            limit, setting, what = self.default, "ingest.max_bytes", "file"
+        if size <= limit:
+            return
+        hinted = not known or mime in VIDEO_MIME
+        told = f"{size} bytes, over" if size_known else "over"
+        raise FileTooLargeError(
+            f"{what} is {told} the limit of {limit} bytes ({setting})"
+            + (" (it grew while read)" if grew else "")
+            + (f"; {self.video_hint}" if self.video_hint and hinted else "")
+        )
+
+
+Limit = int | SizeLimits | None  # an int: one limit for every kind of file
+
+
+def size_limits(limit: Limit) -> SizeLimits | None:
+    """``limit`` as :class:`SizeLimits` (an int applies to every kind of file)."""
+    if limit is None or isinstance(limit, SizeLimits):
+        return limit
+    return SizeLimits(int(limit), None)
+
+
+class HeadSniffer:
+    """The first :data:`SNIFF_BYTES` of a stream, gathered from its chunks, and the type they
+    show once complete (None until then, or when not a supported type)."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.done = False
+        self.mime: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next chunk (only its part within the head is kept)."""
+        if self.done:
+            return
+        self.head += chunk[: SNIFF_BYTES - len(self.head)]
+        if len(self.head) >= SNIFF_BYTES:
+            self.finish()
+
+    def finish(self) -> str | None:
+        """The stream ended (or the head is complete): sniff what was gathered."""
+        if not self.done:
+            self.done, self.mime = True, sniff_mime(self.head)
+        return self.mime
+
+
+def check_stream_size(
+    limits: SizeLimits | None, size: int, sniffer: HeadSniffer, *, declared: bool = True
+) -> None:
+    """While reading a stream: its ``size`` so far against the limit of its kind (the largest
+    limit until its head is complete). ``declared``: the stream's size was checked before
+    reading (a file's, a listing's), so going over means it grew."""
+    if limits is None:
+        return
+    if sniffer.done:
+        limits.check(size, sniffer.mime, grew=declared, size_known=False)
+    elif size > limits.largest:  # over every limit before the head is complete
+        limits.check(size, sniff_mime(sniffer.head), grew=declared, size_known=False)
+
+
+@dataclass(frozen=True)
 class StoredOriginal:
     """An original file in the media store."""
 
@@ -262,32 +379,36 @@ class MediaStore:
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="in-", suffix=".part")
         return fd, Path(name)
 
-    def put_file(self, source: str | Path, max_bytes: int | None = None) -> StoredOriginal:
-        """Copy a file into the store, hashing it in the same pass.
+    def put_file(self, source: str | Path, max_bytes: Limit = None) -> StoredOriginal:
+        """Copy a file into the store, hashing it in the same pass (in chunks: a video of
+        gigabytes is never in memory).
 
         Unsupported content (not a known image signature) is hashed but not kept.
 
+        Args:
+            source: the file.
+            max_bytes: the size limit, one for all files or :class:`SizeLimits` by kind.
+
         Raises:
             OSError: the file cannot be read (missing, permission denied, a folder ...).
-            FileTooLargeError: the file is larger than ``max_bytes``.
+            FileTooLargeError: the file is larger than its kind's limit.
         """
         source = Path(source)
+        limits = size_limits(max_bytes)
         with open(source, "rb") as handle:
-            if max_bytes is not None:
+            if limits is not None:
                 size = os.fstat(handle.fileno()).st_size
-                if size > max_bytes:
-                    raise FileTooLargeError(
-                        f"file is {size} bytes, over the limit of {max_bytes} bytes"
-                    )
-            return self._put_stream(handle, max_bytes)
+                if size > limits.default:  # a video may be allowed more: look at its head
+                    limits.check(size, sniff_mime(handle.read(SNIFF_BYTES)))
+                    handle.seek(0)
+            return self._put_stream(handle, limits)
 
-    def put_bytes(self, data: bytes, max_bytes: int | None = None) -> StoredOriginal:
+    def put_bytes(self, data: bytes, max_bytes: Limit = None) -> StoredOriginal:
         """Store bytes (an upload) like :meth:`put_file`."""
-        if max_bytes is not None and len(data) > max_bytes:
-            raise FileTooLargeError(
-                f"file is {len(data)} bytes, over the limit of {max_bytes} bytes"
-            )
-        return self._put_stream(io.BytesIO(data), max_bytes)
+        limits = size_limits(max_bytes)
+        if limits is not None:
+            limits.check(len(data), sniff_mime(data[:SNIFF_BYTES]))
+        return self._put_stream(io.BytesIO(data), limits)
 
     def adopt(self, temp_path: Path, sha256: str, size: int) -> StoredOriginal:
         """Move an already hashed file (a finished download) into the store."""
@@ -297,25 +418,22 @@ class MediaStore:
             return StoredOriginal(sha256, size, None, None)
         return self._place(temp_path, sha256, size, mime)
 
-    def _put_stream(self, handle: BinaryIO, max_bytes: int | None) -> StoredOriginal:
+    def _put_stream(self, handle: BinaryIO, limits: SizeLimits | None) -> StoredOriginal:
         digest = hashlib.sha256()
         size = 0
-        head = b""
+        sniffer = HeadSniffer()
         fd, temp = self._temp()
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in iter_chunks(handle):
-                    if not head:
-                        head = chunk[:SNIFF_BYTES]
+                    sniffer.feed(chunk)
                     size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise FileTooLargeError(
-                            f"file is over the limit of {max_bytes} bytes (it grew while read)"
-                        )
+                    check_stream_size(limits, size, sniffer)
                     digest.update(chunk)
                     out.write(chunk)
             sha = digest.hexdigest()
-            mime = sniff_mime(head)
+            mime = sniffer.finish()
+            check_stream_size(limits, size, sniffer)  # a stream shorter than its head
             if mime is None:
                 temp.unlink(missing_ok=True)
                 return StoredOriginal(sha, size, None, None)

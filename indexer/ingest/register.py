@@ -45,6 +45,7 @@ from indexer.media import (
     SNIFF_BYTES,
     FileTooLargeError,
     MediaStore,
+    SizeLimits,
     StoredOriginal,
     iter_chunks,
     sniff_mime,
@@ -206,7 +207,7 @@ class Registrar:
             except PathNotAllowedError as exc:
                 return Registered(uri, "failed", reason=exc.reason)
         try:
-            stored = self.media.put_file(path, max_bytes=self.settings.ingest.max_bytes)
+            stored = self.media.put_file(path, max_bytes=SizeLimits.of(self.settings))
         except FileTooLargeError as exc:
             return Registered(uri, "failed", reason=str(exc))
         except IsADirectoryError:
@@ -238,7 +239,7 @@ class Registrar:
         ``source_objects`` row and collection membership commit with the asset (and with a
         pair's ``companion``, the JPEG's row too)."""
         try:
-            got = read_item(item, self.media, self.settings.ingest.max_bytes)
+            got = read_item(item, self.media, SizeLimits.of(self.settings))
         except FileTooLargeError as exc:
             reason = str(exc)
         except Exception as exc:  # network or file errors of a remote read fail this object only
@@ -261,7 +262,7 @@ class Registrar:
     def register_bytes(self, data: bytes, source: str) -> Registered:
         """Register uploaded bytes under a source name (for example ``upload:<file name>``)."""
         try:
-            stored = self.media.put_bytes(data, max_bytes=self.settings.ingest.max_bytes)
+            stored = self.media.put_bytes(data, max_bytes=SizeLimits.of(self.settings))
         except FileTooLargeError as exc:
             return Registered(source, "failed", reason=str(exc))
         return self._record(source, stored.sha256, stored.size, stored.mime, stored.path)

@@ -1,16 +1,27 @@
-"""Read a source's object once: hash while streaming, bounded by ``ingest.max_bytes``, sniff
-its type, and copy it into the media store only when the source says ``copy_originals``."""
+"""Read a source's object once: hash while streaming, bounded by ``ingest.max_bytes``
+(``media.max_video_bytes`` for a video), sniff its type, and copy it into the media store only
+when the source says ``copy_originals``."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from indexer.media import CHUNK_SIZE, SNIFF_BYTES, FileTooLargeError, MediaStore, sniff_mime
+from indexer.media import (
+    CHUNK_SIZE,
+    VIDEO_EXTENSIONS,
+    HeadSniffer,
+    Limit,
+    MediaStore,
+    check_stream_size,
+    size_limits,
+)
 from indexer.sources.items import SourceItem
+from indexer.sources.originals import is_object_uri
 
 
 @dataclass(frozen=True)
@@ -24,18 +35,40 @@ class ReadObject:
     storage: str | None
 
 
-def read_item(item: SourceItem, media: MediaStore, max_bytes: int) -> ReadObject:
-    """Stream the object through sha256 (and into a media-store temp file when copying).
+def read_item(item: SourceItem, media: MediaStore, max_bytes: Limit) -> ReadObject:
+    """Stream the object through sha256 (and into a media-store temp file when copying), in
+    chunks: a video of gigabytes is never in memory.
+
+    Args:
+        max_bytes: one limit for every object, or :class:`indexer.media.SizeLimits` by kind
+            (the listed size against the video limit for an object named like a video, else
+            against ``default``; the bytes read against their kind's once the head shows
+            it). A video left on object storage (no ``copy_originals``) gets the still
+            images' limit: processing reads it back whole.
 
     Raises:
-        FileTooLargeError: listed or read over ``max_bytes``.
+        FileTooLargeError: listed or read over the limit.
         OSError, SourceError: the bytes could not be read.
     """
-    if item.size > max_bytes:
-        raise FileTooLargeError(f"file is {item.size} bytes, over the limit of {max_bytes} bytes")
+    limits = size_limits(max_bytes)
+    if limits is not None and not item.copy and is_object_uri(item.storage):
+        # An original left on object storage is read back whole into memory when processed
+        # (indexer.sources.originals): a video there gets the still images' limit, so footage
+        # needs copy_originals (then it streams into the media store and is decoded from disk).
+        limits = replace(
+            limits,
+            video=None,
+            video_hint="a source without copy_originals keeps it on object storage, where it is "
+            "read back into memory: set copy_originals to ingest footage",
+        )
+    if limits is not None:
+        # The listed size, before any byte is read: only an object named like a video may be
+        # larger than ingest.max_bytes (its bytes then decide), the others are not fetched.
+        named_video = posixpath.splitext(item.key.lower())[1] in VIDEO_EXTENSIONS
+        limits.check(item.size, None, known=not named_video)
     digest = hashlib.sha256()
     size = 0
-    head = b""
+    sniffer = HeadSniffer()
     out = None
     temp: Path | None = None
     if item.copy:
@@ -46,13 +79,9 @@ def read_item(item: SourceItem, media: MediaStore, max_bytes: int) -> ReadObject
         stream = item.opener()
         try:
             while chunk := stream.read(CHUNK_SIZE):
-                if len(head) < SNIFF_BYTES:
-                    head += chunk[: SNIFF_BYTES - len(head)]
+                sniffer.feed(chunk)
                 size += len(chunk)
-                if size > max_bytes:
-                    raise FileTooLargeError(
-                        f"file is over the limit of {max_bytes} bytes (it grew while read)"
-                    )
+                check_stream_size(limits, size, sniffer)
                 digest.update(chunk)
                 if out is not None:
                     out.write(chunk)
@@ -60,7 +89,8 @@ def read_item(item: SourceItem, media: MediaStore, max_bytes: int) -> ReadObject
             stream.close()
         if out is not None:
             out.close()
-        sha, mime = digest.hexdigest(), sniff_mime(head)
+        sha, mime = digest.hexdigest(), sniffer.finish()
+        check_stream_size(limits, size, sniffer)  # an object shorter than a head
         if temp is not None:
             stored = media.adopt(temp, sha, size)  # removes the temp file when not an image
             temp = None
