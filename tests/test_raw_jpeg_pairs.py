@@ -22,7 +22,7 @@ from indexer.db.companions import AssetCompanion
 from indexer.db.session import session_scope
 from indexer.ingest.pipeline import IngestSummary, ingest
 from indexer.ingest.process import AssetProcessor
-from indexer.ingest.register import RawJpegPair, group_raw_jpeg_pairs
+from indexer.ingest.raw_pairs import RawJpegPair, group_raw_jpeg_pairs
 from indexer.settings import Settings
 from indexer.sources.manage import add_source
 from indexer.sources.scan import scan_source

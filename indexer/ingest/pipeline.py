@@ -45,13 +45,13 @@ from indexer.ingest.dispatch import (
 )
 from indexer.ingest.lease import LeaseKeeper, keeper_for, process_owner
 from indexer.ingest.process import AssetProcessor, shared_processor
+from indexer.ingest.raw_pairs import group_raw_jpeg_pairs
 from indexer.ingest.reconcile import Reconciler, recover
 from indexer.ingest.register import (
     Failure,
     Registered,
     Registrar,
     expand_sources,
-    group_raw_jpeg_pairs,
 )
 from indexer.ingest.transient import TRANSIENT, retry_transient
 from indexer.jobs import (

@@ -10,8 +10,9 @@ With a job, every outcome is written into the job's ledger in the same transacti
 waits for exactly these assets). With an owner, new and resumed assets are leased to it: it
 promises to dispatch or process them, and its lease running out says it could not.
 
-RAW+JPEG pairs (``media.raw_jpeg_pairs``, docs/media.md): :func:`group_raw_jpeg_pairs` turns a
-camera RAW and the JPEG of the same base name in the same folder into one :class:`RawJpegPair`;
+RAW+JPEG pairs (``media.raw_jpeg_pairs``, docs/media.md): ``group_raw_jpeg_pairs``
+(:mod:`indexer.ingest.raw_pairs`) turns a camera RAW and the JPEG of the same base name in the
+same folder into one ``RawJpegPair``;
 :meth:`Registrar.register_pair` makes the RAW the asset and records the JPEG as its companion
 (``asset_companions``) in the same transaction. A JPEG met alone whose RAW sibling is already an
 asset (a watcher saw the RAW first) joins that asset the same way.
@@ -23,7 +24,7 @@ import hashlib
 import os
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from indexer.db.job_repo import add_job_assets
 from indexer.db.jobs import JobOutcome
 from indexer.db.session import session_scope
 from indexer.fetch import FetchError, FetchLimits, fetch_url
+from indexer.ingest.raw_pairs import PAIR_JPEG_EXTENSIONS, RawJpegPair, libraw_opens
 from indexer.media import (
     RAW_EXTENSIONS,
     RAW_MIME,
@@ -56,9 +58,6 @@ from indexer.sources.reading import read_item
 from indexer.walk import WalkError, walk_files
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-#: Extensions of the camera JPEG of a RAW+JPEG pair (matched case-insensitively).
-PAIR_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 
 
 @dataclass(frozen=True)
@@ -79,18 +78,6 @@ class Registered:
     reason: str | None = None
     held: bool = False
     companion: str | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class RawJpegPair:
-    """A camera RAW and the JPEG of the same base name in the same folder: one asset (the
-    RAW) when registered together. ``str()`` is the RAW's, so job params and progress name it."""
-
-    raw: Path | SourceItem
-    jpeg: Path | SourceItem
-
-    def __str__(self) -> str:
-        return str(self.raw)
 
 
 @dataclass(frozen=True)
@@ -283,7 +270,7 @@ class Registrar:
         if companion is None or size == 0 or mime not in RAW_MIME:
             return None
         local = Path(stored) if stored is not None and not is_url(str(stored)) else None
-        if local is not None and local.is_file() and not _libraw_opens(local):
+        if local is not None and local.is_file() and not libraw_opens(local):
             return None
         return companion
 
@@ -496,68 +483,3 @@ def _hash_stream(handle: object, max_bytes: int | None) -> tuple[str, int, bytes
             raise FileTooLargeError(f"file is over the limit of {max_bytes} bytes")
         digest.update(chunk)
     return digest.hexdigest(), size, head
-
-
-def _libraw_opens(path: Path) -> bool:
-    """Whether LibRaw opens the RAW (parses its headers; no sensor data is read)."""
-    import rawpy  # imported here: only pairs need it at registration
-
-    try:
-        with rawpy.imread(str(path)):
-            return True
-    except Exception:  # noqa: BLE001 - unsupported, corrupt, truncated: not a usable master
-        return False
-
-
-def _split(source: Path | SourceItem) -> tuple[tuple[object, ...], str, str] | None:
-    """(folder, stem, lower-case extension) of a file or a source's object; None for others."""
-    if isinstance(source, SourceItem):
-        folder, name = posixpath.split(source.key)
-        stem, ext = posixpath.splitext(name)
-        return ("item", source.source_id, folder), stem, ext.lower()
-    if isinstance(source, Path):  # string functions: a walk may yield millions of paths
-        text = os.fspath(source)
-        folder, name = os.path.split(text if os.path.isabs(text) else os.path.abspath(text))
-        stem, ext = os.path.splitext(name)
-        return ("path", folder), stem, ext.lower()
-    return None
-
-
-def group_raw_jpeg_pairs(
-    items: Iterable[str | Path | SourceItem],
-) -> tuple[list[str | Path | SourceItem | RawJpegPair], int]:
-    """Group each camera RAW with the JPEG of the same base name in the same folder.
-
-    Base names match exactly, extensions case-insensitively (``IMG_0001.CR2`` with
-    ``IMG_0001.JPG`` or ``.jpeg``). Only a name with exactly one RAW and exactly one JPEG pairs:
-    ``IMG_0001.CR2`` + ``IMG_0001.DNG`` + ``IMG_0001.JPG`` is ambiguous and stays three files.
-    URLs never pair. The pair takes the RAW's place in the order; the JPEG leaves the list.
-
-    Returns:
-        The items with pairs grouped, and how many pairs were formed.
-    """
-    items = list(items)
-    groups: dict[tuple[object, str], tuple[list[int], list[int]]] = {}
-    for i, item in enumerate(items):
-        parts = _split(item) if not isinstance(item, str) else None
-        if parts is None:
-            continue
-        folder, stem, ext = parts
-        if ext in RAW_EXTENSIONS:
-            groups.setdefault((folder, stem), ([], []))[0].append(i)
-        elif ext in PAIR_JPEG_EXTENSIONS:
-            groups.setdefault((folder, stem), ([], []))[1].append(i)
-    pair_at: dict[int, int] = {}  # RAW index -> JPEG index
-    for raws, jpegs in groups.values():
-        if len(raws) == 1 and len(jpegs) == 1:
-            pair_at[raws[0]] = jpegs[0]
-    companions = set(pair_at.values())
-    out: list[str | Path | SourceItem | RawJpegPair] = []
-    for i, item in enumerate(items):
-        if i in companions:
-            continue
-        if i in pair_at:
-            out.append(RawJpegPair(item, items[pair_at[i]]))  # type: ignore[arg-type]
-        else:
-            out.append(item)
-    return out, len(pair_at)
