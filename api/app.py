@@ -25,7 +25,18 @@ from api.problems import (
     install_problem_handlers,
 )
 from api.ratelimit import AuthThrottle, CostlySlots
-from api.routers import assets, concepts, exports, health, jobs, labels, search, tags, taxonomy
+from api.routers import (
+    assets,
+    concepts,
+    exports,
+    health,
+    jobs,
+    labels,
+    media_links,
+    search,
+    tags,
+    taxonomy,
+)
 from api.routers import sources as sources_router
 from api.routers.collections import router as collections_router
 from api.routers.facets import router as facets_router
@@ -130,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sources_router.router,
         collections_router,  # /collections
         webhooks_router,
+        media_links.build_router(),  # signed links: <video src> streams an original
     ):
         app.include_router(router)
     _mount_ui(app)

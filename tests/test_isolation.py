@@ -358,6 +358,29 @@ def check_original(w: World) -> None:
     assert reply.status_code == 200 and len(reply.content) > 100
 
 
+def check_media_link(w: World) -> None:
+    for asset_id in w.b_only:
+        status(w.a("POST", f"/assets/{asset_id}/link", w.a_read), 404)
+    link = status(w.a("POST", f"/assets/{w.shared}/link", w.a_read), 200)
+    assert link["url"].startswith(f"/media/{w.shared}?")
+
+
+def check_media(w: World) -> None:
+    """A signed link opens what its key sees: one A signs itself for B's asset (the key's
+    holder can compute the signature) is refused like a wrong one."""
+    from api.auth import hash_secret, parse_token
+    from api.routers.media_links import LINK_TTL_S, sign
+
+    link = status(w.a("POST", f"/assets/{w.shared}/link", w.a_read), 200)
+    reply = w.a("GET", link["url"], {})
+    assert reply.status_code == 200 and len(reply.content) > 100
+    key_id, secret = parse_token(w.a_read["Authorization"].split(" ", 1)[1])  # type: ignore[misc]
+    exp = int(time.time()) + LINK_TTL_S // 2
+    for asset_id in w.b_only:
+        sig = sign(hash_secret(secret), asset_id, exp)
+        status(w.a("GET", f"/media/{asset_id}?key={key_id}&exp={exp}&sig={sig}", {}), 404)
+
+
 def check_upload(w: World) -> None:
     data = _image(60)
     status(
@@ -826,6 +849,8 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("GET", "/assets/{asset_id}"): check_asset,
     ("GET", "/assets/{asset_id}/thumbnail"): check_thumbnail,
     ("GET", "/assets/{asset_id}/original"): check_original,
+    ("POST", "/assets/{asset_id}/link"): check_media_link,
+    ("GET", "/media/{asset_id}"): check_media,
     ("GET", "/search"): check_search_get,
     ("POST", "/search"): check_search_post,
     ("POST", "/search/image"): check_search_image,

@@ -332,8 +332,9 @@ function formatTime(seconds) {
   return `${m}:${sec.toFixed(1).padStart(4, "0")}`;
 }
 
-// A video plays from its best moment: the original fetched with the key (a <video> element
-// cannot send headers), as a blob URL with a media fragment (#t=12.5) that seeks there.
+// A video plays from its best moment, streamed: a <video> element cannot send the key header,
+// so the server signs a short-lived link to the original (POST /assets/{id}/link) that the
+// browser reads with Range requests; the media fragment (#t=12.5) seeks to the moment.
 async function showVideo(img, asset) {
   let video = $("detail-video");
   if (!video) {
@@ -341,17 +342,20 @@ async function showVideo(img, asset) {
     video.style.maxWidth = "100%";
     img.after(video);
   }
-  if (video.dataset.url) URL.revokeObjectURL(video.dataset.url);
   video.removeAttribute("src");
   video.hidden = !asset.mime || !asset.mime.startsWith("video/");
   img.hidden = !video.hidden;
   if (video.hidden) return;
-  const response = await fetch(asset.original_url, { headers: headers() });
-  if (!response.ok) { img.hidden = false; video.hidden = true; return; }
-  const url = URL.createObjectURL(await response.blob());
-  video.dataset.url = url;
+  const shown = asset.id;
+  let link;
+  try {
+    link = await api(`/assets/${asset.id}/link`, { method: "POST" });
+  } catch {
+    img.hidden = false; video.hidden = true; return;
+  }
+  if (state.detailAsset && state.detailAsset.id !== shown) return; // another asset opened meanwhile
   const start = moments.get(asset.id);
-  video.src = start ? `${url}#t=${start}` : url;
+  video.src = start ? `${link.url}#t=${start}` : link.url;
 }
 
 function renderHits(hits, append) {
