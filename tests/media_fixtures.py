@@ -54,16 +54,21 @@ def encode_video(
     codec: str = "libx264",
     gop: int = 5,
     pix_fmt: str = "yuv420p",
+    display_rotation: int = 0,
 ) -> Path:
     """Encode ``(picture, seconds)`` scenes one after the other; returns ``path``.
 
     ``gop``: frames between key frames (the selector sees only key frames).
+    ``display_rotation``: the container's display matrix, degrees counter-clockwise (-90: a
+    phone held upright, shown turned 90 degrees clockwise).
     """
     width, height = scenes[0][0].size
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.codec_context.gop_size = gop
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "g": str(gop), "keyint_min": str(gop)}
         elif codec == "libvpx-vp9":

@@ -105,6 +105,22 @@ def test_long_video_is_sampled_evenly_by_seeking(three_scenes: Path) -> None:
     assert media.frames_decoded <= 6  # three seeks, not the twelve key frames
 
 
+def test_phone_video_shot_upright_is_turned_by_its_display_matrix(tmp_path: Path) -> None:
+    """Coded landscape (64x32, left half white), displayed portrait: the frames the model and
+    the thumbnail get are 32 wide and 64 tall, the white half on top (90 degrees clockwise)."""
+    coded = np.zeros((32, 64, 3), np.uint8)
+    coded[:, :32] = 255
+    path = encode_video(
+        tmp_path / "upright.mp4", [(Image.fromarray(coded), 1.0)], display_rotation=-90
+    )
+    media = decode_video(path, OPTIONS, "upright")
+    assert (media.width, media.height) == (32, 64)  # the asset's size as displayed
+    picture = np.asarray(media.frames[0].image.convert("L"), dtype=np.float32)
+    assert picture.shape[0] > picture.shape[1]  # portrait
+    height = picture.shape[0]
+    assert picture[: height // 2].mean() > 200 and picture[height // 2 :].mean() < 50
+
+
 def test_time_range(three_scenes: Path) -> None:
     media = decode_video(three_scenes, OPTIONS, "rgb.mp4", start_s=2.5, end_s=5.0)
     times = [f.timestamp_s for f in media.frames]

@@ -116,10 +116,15 @@ def _picture(frame: Any, side: int) -> Image.Image:
     """The frame downscaled (longer side ``side``) as RGB, display rotation applied."""
     width, height = _target_size(frame.width, frame.height, side)
     image = frame.reformat(width=width, height=height, format="rgb24").to_image()
-    rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    rotation = _rotation(frame)
     if rotation in (90, 180, 270):  # the display matrix's counter-clockwise rotation
         image = image.rotate(rotation, expand=True)
     return image
+
+
+def _rotation(frame: Any) -> int:
+    """The frame's display rotation in degrees counter-clockwise, 0-359 (phones: 270)."""
+    return int(round(getattr(frame, "rotation", 0) or 0)) % 360
 
 
 def _analysis(frame: Any, size: int) -> np.ndarray:
@@ -200,6 +205,7 @@ def decode_video(
         ctx.skip_frame = "NONKEY"
         ctx.thread_type = "AUTO"
         kept: list[MediaFrame] = []
+        turned = False  # displayed a quarter turn from how it is coded (a phone held upright)
         decoded = 0
         dense = False
         look_every = max(options.min_interval_s / 2, 0.04)
@@ -247,6 +253,7 @@ def decode_video(
                     continue
                 if selector.offer(t, signature(_analysis(frame, options.analysis_size))):
                     kept.append(MediaFrame(_picture(frame, options.frame_side), t))
+                    turned = _rotation(frame) in (90, 270)
                     if selector.full:
                         break
                     if evenly:  # the next sample is a stride away: seek there, skip the rest
@@ -274,8 +281,8 @@ def decode_video(
         return DecodedMedia(
             kind=MediaKind.VIDEO,
             frames=kept,
-            width=width,
-            height=height,
+            width=height if turned else width,  # as displayed
+            height=width if turned else height,
             format=container.format.name,
             duration_s=duration if duration > 0 else None,
             codec=ctx.name,
