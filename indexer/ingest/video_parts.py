@@ -214,11 +214,12 @@ def _run_claimed(proc: AssetProcessor, claimed: ClaimedVideoPart) -> PartRun:
             tag_ids=tag_ids,
             score_floor=floor,
         )
-        if thumbnail is not None:
+        if thumbnail is not None:  # part 0: the poster, and the size as displayed (a phone
+            # video's header gives the coded size, a quarter turn from what is shown)
             session.execute(
                 sa.update(Asset)
                 .where(Asset.id == claimed.asset_id)
-                .values(thumbnail_path=thumbnail)
+                .values(thumbnail_path=thumbnail, width=media.width, height=media.height)
             )
         if not finish_video_part(
             session,
