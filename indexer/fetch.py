@@ -34,7 +34,7 @@ import urllib3
 from indexer.media import SNIFF_BYTES, sniff_mime
 
 REDIRECT_CODES = {301, 302, 303, 307, 308}
-ACCEPTED_CONTENT_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+ACCEPTED_CONTENT_TYPES = ("image/", "video/", "application/octet-stream", "binary/octet-stream")
 USER_AGENT = "ramdex-ingest/0.1 (+https://github.com/ramdex)"
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
@@ -57,7 +57,9 @@ class FetchLimits:
     """Limits for one download.
 
     Attributes:
-        max_bytes: the largest body accepted.
+        max_bytes: the largest body accepted (a video's: ``max_video_bytes``).
+        max_video_bytes: the largest video accepted (None: ``max_bytes``); a body is a video
+            when its bytes say so (sniffed), or its Content-Type before they are read.
         timeout_s: connect and per-read timeout.
         total_timeout_s: deadline for the whole download (None: 10 x ``timeout_s``).
         max_redirects: redirects followed before giving up.
@@ -65,10 +67,18 @@ class FetchLimits:
     """
 
     max_bytes: int = 200 * 1024 * 1024
+    max_video_bytes: int | None = None
     timeout_s: float = 20.0
     total_timeout_s: float | None = None
     max_redirects: int = 3
     allow_private: bool = False
+
+    def limit_for(self, mime: str | None) -> int:
+        """The largest body of this (sniffed or declared) type; None: not known yet."""
+        video = self.max_video_bytes if self.max_video_bytes is not None else self.max_bytes
+        if mime is None:
+            return max(self.max_bytes, video)
+        return video if mime.startswith("video/") else self.max_bytes
 
     @classmethod
     def from_settings(cls, settings) -> FetchLimits:  # noqa: ANN001 - indexer.settings.Settings
@@ -76,6 +86,7 @@ class FetchLimits:
         ingest = settings.ingest
         return cls(
             max_bytes=ingest.max_bytes,
+            max_video_bytes=settings.media.max_video_bytes,
             timeout_s=ingest.url_timeout_s,
             max_redirects=ingest.url_max_redirects,
             allow_private=ingest.allow_private_urls,
@@ -201,7 +212,7 @@ def _open(
     headers = {
         "Host": host_header,
         "User-Agent": USER_AGENT,
-        "Accept": "image/*",
+        "Accept": "image/*, video/*",
         "Accept-Encoding": "identity",  # no transparent gunzip: a gzip bomb stays a small file
     }
     try:
@@ -225,7 +236,8 @@ def _open(
 
 
 def fetch_url(url: str, dest_dir: str | Path, limits: FetchLimits = FetchLimits()) -> FetchedFile:
-    """Download an image URL into a temporary file under ``dest_dir``, hashing it on the way.
+    """Download an image or video URL into a temporary file under ``dest_dir``, hashing it on
+    the way.
 
     Raises:
         BlockedAddressError: the URL (or a redirect) targets a non-public address.
@@ -262,13 +274,17 @@ def _read_body(
     content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if not content_type.startswith(ACCEPTED_CONTENT_TYPES):
         raise FetchError(
-            final_url, f"server says the content is {content_type or 'untyped'}, not an image"
+            final_url,
+            f"server says the content is {content_type or 'untyped'}, not an image or a video",
         )
+    # Until the first bytes say what it is, the declared type sets the limit (a generic
+    # binary type: the larger one).
+    limit = limits.limit_for(
+        content_type if content_type.startswith(("image/", "video/")) else None
+    )
     declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-        raise FetchError(
-            final_url, f"file is {declared} bytes, over the limit of {limits.max_bytes} bytes"
-        )
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FetchError(final_url, f"file is {declared} bytes, over the limit of {limit} bytes")
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=dest, prefix="url-", suffix=".part")
@@ -289,19 +305,25 @@ def _read_body(
                 if not chunk:
                     break
                 size += len(chunk)
-                if size > limits.max_bytes:
-                    raise FetchError(
-                        final_url, f"response is over the limit of {limits.max_bytes} bytes"
-                    )
                 if len(head) < SNIFF_BYTES:
                     head += chunk[: SNIFF_BYTES - len(head)]
+                    if len(head) >= SNIFF_BYTES:  # the bytes say what it is: their limit
+                        limit = limits.limit_for(sniff_mime(head) or content_type)
+                if size > limit:
+                    raise FetchError(final_url, f"response is over the limit of {limit} bytes")
                 digest.update(chunk)
                 out.write(chunk)
         if size == 0:
             raise FetchError(final_url, "empty response (0 bytes)")
         mime = sniff_mime(head)
         if mime is None:
-            raise FetchError(final_url, "the response is not a supported image (unknown signature)")
+            raise FetchError(
+                final_url, "the response is not a supported image or video (unknown signature)"
+            )
+        if size > limits.limit_for(mime):  # shorter than the sniffing window, of another type
+            raise FetchError(
+                final_url, f"response is over the limit of {limits.limit_for(mime)} bytes"
+            )
         return FetchedFile(url, final_url, temp, size, digest.hexdigest(), content_type, mime)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from indexer.settings import Settings
 from tests.ingest_fixtures import encode, photo_like
 
 JPEG = encode(photo_like(64, 48, seed=11), "JPEG")
+VIDEO: bytes = b""  # an MP4 made once by the ``video`` fixture (PyAV), served at /clip.mp4
 SEEN_HOSTS: list[str] = []
 
 
@@ -80,6 +81,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(JPEG + b"\x00" * 200_000)
             except OSError:
                 pass
+        elif path == "/clip.mp4":
+            self._send(200, VIDEO, "video/mp4")
+        elif path == "/clip-as-binary":
+            self._send(200, VIDEO, "application/octet-stream")
         elif path == "/slow":
             time.sleep(1.5)
             self._send(200, JPEG)
@@ -232,6 +237,73 @@ def test_size_cap_declared_and_streamed(server, tmp_path):
     with pytest.raises(FetchError, match="over the limit"):
         fetch_url(f"{base}/big-undeclared", tmp_path, limits)
     assert list(tmp_path.iterdir()) == []  # partial downloads removed
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> bytes:
+    global VIDEO
+    from tests.media_fixtures import encode_video, solid
+
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    VIDEO = encode_video(path, [(solid(c), 1.0) for c in ("red", "blue")]).read_bytes()
+    return VIDEO
+
+
+def test_videos_have_their_own_size_limit(server, video, tmp_path):
+    """A video URL is accepted up to ``max_video_bytes`` even when it is over ``max_bytes``
+    (the limit of everything else), whether the server says video/mp4 or a generic binary type
+    (then the bytes say it is a video)."""
+    base, _ = server
+    small = len(video) // 2
+    loose = FetchLimits(allow_private=True, timeout_s=5.0, max_bytes=small, max_video_bytes=None)
+    with pytest.raises(FetchError, match="over the limit"):
+        fetch_url(f"{base}/clip.mp4", tmp_path, loose)  # no video limit: max_bytes holds
+    limits = FetchLimits(
+        allow_private=True, timeout_s=5.0, max_bytes=small, max_video_bytes=len(video)
+    )
+    for path in ("/clip.mp4", "/clip-as-binary"):
+        got = fetch_url(f"{base}{path}", tmp_path, limits)
+        assert got.mime == "video/mp4" and got.size == len(video)
+        assert got.sha256 == hashlib.sha256(video).hexdigest()
+        got.path.unlink()
+    tight = FetchLimits(
+        allow_private=True, timeout_s=5.0, max_bytes=small, max_video_bytes=len(video) - 1
+    )
+    with pytest.raises(FetchError, match="over the limit"):
+        fetch_url(f"{base}/clip.mp4", tmp_path, tight)
+    # An image is still held to max_bytes, whatever the video limit.
+    with pytest.raises(FetchError, match="over the limit"):
+        fetch_url(
+            f"{base}/img.jpg",
+            tmp_path,
+            FetchLimits(allow_private=True, max_bytes=len(JPEG) - 1, max_video_bytes=10**9),
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_video_url_is_ingested_with_its_frames(server, video, tmp_path):
+    from indexer.db.frame_repo import read_frames
+    from indexer.db.session import session_scope
+    from indexer.ingest.pipeline import ingest
+    from indexer.ingest.process import AssetProcessor
+    from ram_pp.factory import random_model
+
+    base, _ = server
+    settings = Settings(
+        home=tmp_path / "home",
+        database={"url": f"sqlite:///{tmp_path / 'url.sqlite3'}"},
+        broker={"url": ""},
+        ingest={"allow_private_urls": True},
+        media={"min_interval_s": 0.5, "max_interval_s": 1.0},
+    )
+    proc = AssetProcessor(
+        settings, loaded=random_model("test_micro", seed=0), model_id="test_micro@random"
+    )
+    summary = ingest([f"{base}/clip.mp4"], settings=settings, processor=proc, progress=False)
+    assert (summary.done, summary.failed) == (1, 0), summary.failures
+    with session_scope(settings.database_url) as s:
+        frames = next(iter(read_frames(s, [1]).values()))
+    assert len(frames) >= 2 and frames[-1].timestamp_s >= 1.0  # red, then blue
 
 
 def test_timeout(server, tmp_path):
