@@ -161,6 +161,13 @@ def test_embedded_serve_delivers_upload_events(env):
         jobs = [e for e in receiver.events("job.done") if e["data"]["job_id"] == job_id]
         return bool(done and jobs)
 
+    # The upload is processed first (slow on a machine loaded by a whole suite: the ingest's
+    # own pace, up to two minutes), then its events must arrive within the usual 30 s.
+    def ended() -> bool:
+        job = client.get(f"/jobs/{job_id}", headers=keys.write).json()
+        return job["status"] in ("done", "failed")
+
+    wait_until(ended, timeout_s=120.0)
     wait_until(got)
     assert all(r.verified for r in receiver.requests)
     client.delete(f"/webhooks/{hid}", headers=keys.admin)
