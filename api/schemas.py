@@ -188,6 +188,13 @@ class CompanionOut(BaseModel):
     last_seen: datetime
 
 
+class StoredFrameOut(BaseModel):
+    """A kept frame of a video or animation (docs/media.md)."""
+
+    idx: int = Field(description="its place in the asset (frame key slot)")
+    timestamp_s: float = Field(description="where it is in the file, seconds")
+
+
 class AssetSummary(BaseModel):
     """What a result grid needs about an asset."""
 
@@ -219,6 +226,14 @@ class AssetOut(AssetSummary):
     companions: list[CompanionOut] = Field(
         default_factory=list,
         description="files grouped with this asset: the camera JPEG of a RAW+JPEG pair",
+    )
+    kind: str | None = Field(
+        default=None, description="video, animated or raw (null: a still image)"
+    )
+    duration_s: float | None = Field(default=None, description="a video's length, seconds")
+    codec: str | None = Field(default=None, description="a video's codec (h264, vp9, ...)")
+    frames: list[StoredFrameOut] = Field(
+        default_factory=list, description="the frames scored, in time order (videos, animations)"
     )
     tags: list[AssetTagOut] = Field(description="every stored score, best first")
 

@@ -157,6 +157,31 @@ def test_search_returns_videos_with_their_moments(archive) -> None:
         assert video in by_id and round(by_id[video].frames[0].timestamp_s, 1) == 4.0
 
 
+def test_cli_search_says_where_in_the_video(archive, monkeypatch) -> None:
+    """``ramdex search`` prints the moments of a video hit (text) and lists them (JSON)."""
+    import json
+
+    from tests.cli_support import run_ramdex
+
+    settings, _ = archive
+    monkeypatch.setenv("RAMDEX_HOME", str(settings.home))
+    monkeypatch.setenv("RAMDEX_DATABASE__URL", settings.database_url)
+    monkeypatch.setenv("RAMDEX_MODEL__NAME", settings.model.name)
+    monkeypatch.setenv("RAMDEX_BROKER__URL", "")
+    code, out = run_ramdex("search", "--all", "star")
+    assert code == 0, out
+    [line] = [x for x in out.splitlines() if x.rstrip().split("  [")[0].endswith("0:04.0")]
+    assert "clip.mp4 at 0:04.0" in line
+    code, out = run_ramdex("search", "--all", "star", "--format", "json")
+    assert code == 0, out
+    hits = json.loads(out)["hits"]
+    video = next(h for h in hits if h["mime"] == "video/mp4")
+    assert round(video["frames"][0]["timestamp_s"], 1) == 4.0
+    code, out = run_ramdex("assets", "show", str(video["asset_id"]))
+    assert code == 0, out
+    assert "video: 6.0 s, h264" in out and "frames: " in out and "0:02.0" in out, out
+
+
 def test_api_serves_video_with_ranges_and_frames(archive) -> None:
     """GET /assets/{id}/original answers Range requests (the browser seeks to #t=...), and
     POST /search hits of a video carry ``frames``."""
@@ -184,3 +209,9 @@ def test_api_serves_video_with_ranges_and_frames(archive) -> None:
         hit = next(h for h in found.json()["hits"] if h["asset"]["id"] == video_id)
         assert round(hit["frames"][0]["timestamp_s"], 1) == 4.0
         assert 0.0 <= hit["frames"][0]["score"] <= 1.0
+        # The asset itself: kind, duration, codec and its frames' moments.
+        shown = client.get(f"/assets/{video_id}", headers=keys.read).json()
+        assert (shown["kind"], shown["codec"]) == ("video", "h264")
+        assert shown["duration_s"] == pytest.approx(6.0, abs=0.2)
+        stamps = [round(f["timestamp_s"], 1) for f in shown["frames"]]
+        assert stamps == sorted(stamps) and {0.0, 2.0, 4.0} <= set(stamps)

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from api.cli.moments import clock
+
 app = typer.Typer(help="Look at or delete one asset.", no_args_is_help=True)
 
 AssetIdArgument = Annotated[
@@ -32,6 +34,8 @@ def _missing(asset_id: int) -> Exception:
 def asset_json(session: Any, asset_id: int, model_name: Any) -> dict[str, Any] | None:
     """An asset's facts, sources and every stored tag score (None: no such asset)."""
     from indexer.db.asset_repo import get_asset, list_sources
+    from indexer.db.companion_repo import list_companions
+    from indexer.db.frame_repo import read_frames
     from indexer.db.tag_repo import get_asset_tags
 
     row = get_asset(session, asset_id)
@@ -50,9 +54,20 @@ def asset_json(session: Any, asset_id: int, model_name: Any) -> dict[str, Any] |
         "model_id": row.model_name,
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
+        "kind": row.kind,
+        "duration_s": row.duration_s,
+        "codec": row.codec,
+        "frames": [
+            {"idx": f.idx, "timestamp_s": f.timestamp_s}
+            for f in read_frames(session, [asset_id]).get(asset_id, [])
+        ],
         "sources": [
             {"uri": s.uri, "first_seen": s.first_seen.isoformat()}
             for s in list_sources(session, asset_id)
+        ],
+        "companions": [
+            {"uri": c.uri, "role": c.role, "mime": c.mime}
+            for c in list_companions(session, asset_id)
         ],
         "tags": [
             {
@@ -93,8 +108,17 @@ def show(
     if shown["error"]:
         typer.echo(f"  error: {shown['error']}")
     typer.echo(f"  model: {shown['model'] or '-'}   ingested {shown['created_at']}")
+    if shown["kind"] == "video":
+        length = f"{shown['duration_s']:.1f} s" if shown["duration_s"] else "length unknown"
+        typer.echo(f"  video: {length}, {shown['codec'] or 'codec unknown'}")
+    if shown["frames"]:
+        moments = ", ".join(clock(f["timestamp_s"]) for f in shown["frames"][:12])
+        more = f" (+{len(shown['frames']) - 12} more)" if len(shown["frames"]) > 12 else ""
+        typer.echo(f"  frames: {len(shown['frames'])} at {moments}{more}")
     for source in shown["sources"]:
         typer.echo(f"  source: {source['uri']}")
+    for companion in shown["companions"]:
+        typer.echo(f"  with: {companion['uri']} ({companion['role']})")
     tags = [t for t in shown["tags"] if all_tags or t["above_threshold"]]
     label = "stored scores" if all_tags else "tags"
     typer.echo(f"  {label}: " + (", ".join(_tag_text(t) for t in tags) or "none"))

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from api.cli.moments import clock
+
 if TYPE_CHECKING:
     from indexer.archive import Archive
     from indexer.search import SearchHit, SearchPage, SearchRequest
@@ -325,6 +327,10 @@ def hit_json(hit: SearchHit) -> dict[str, Any]:
         "width": hit.width,
         "height": hit.height,
         "created_at": hit.created_at.isoformat(),
+        # A video's (or animation's) moments that matched, best first, as the API gives them.
+        "frames": [
+            {"timestamp_s": f.timestamp_s, "score": f.score} for f in getattr(hit, "frames", ())
+        ],
     }
 
 
@@ -356,6 +362,12 @@ def reason_text(reason: Any) -> str:
     return f"similar to {reason.name}: {reason.score:.3f}"
 
 
+def _moments(hit: SearchHit) -> str:
+    """`` at 0:12.5, 0:48.0``: where in a video the hit matched (best first, at most three)."""
+    frames = list(getattr(hit, "frames", ()))[:3]
+    return " at " + ", ".join(clock(f.timestamp_s) for f in frames) if frames else ""
+
+
 def _print_page(page: SearchPage, model: str) -> None:
     threshold = (
         f"; concept threshold {page.concept_threshold:.3f}"
@@ -366,7 +378,7 @@ def _print_page(page: SearchPage, model: str) -> None:
     for hit in page.hits:
         score = "    -" if hit.score is None else f"{hit.score:.3f}"
         why = "; ".join(reason_text(r) for r in hit.reasons) or "listed"
-        typer.echo(f"{hit.asset_id:>8}  {score}  {hit.source or '-'}  [{why}]")
+        typer.echo(f"{hit.asset_id:>8}  {score}  {hit.source or '-'}{_moments(hit)}  [{why}]")
     if page.pending_reindex:
         typer.echo(
             f"{page.pending_reindex} asset(s) scored by another model are not searched: "

@@ -35,6 +35,7 @@ from api.schemas import (
     Cursor,
     RegisterRequest,
     SourceOut,
+    StoredFrameOut,
 )
 from api.search import asset_summaries
 from api.submit import check_sources, submit_sources, submit_upload
@@ -46,6 +47,7 @@ from indexer.db.collection_repo import collections_of_assets
 from indexer.db.collection_scope import CollectionScope
 from indexer.db.companion_repo import list_companions
 from indexer.db.errors import NotFoundError
+from indexer.db.frame_repo import read_frames
 from indexer.db.job_repo import get_job
 from indexer.db.tag_repo import get_asset_tags
 from indexer.settings import Settings
@@ -174,6 +176,7 @@ def build_router(settings: Settings) -> APIRouter:
         companions = [] if scope.restricted else list_companions(session, asset_id)
         shown = sees_server_paths(principal, services.settings) and not scope.restricted
         memberships = collections_of_assets(session, [asset_id]).get(asset_id, [])
+        frames = read_frames(session, [asset_id]).get(asset_id, [])
         return AssetOut(
             id=row.id,
             status=row.status,
@@ -210,6 +213,10 @@ def build_router(settings: Settings) -> APIRouter:
                 )
                 for c in companions
             ],
+            kind=row.kind,
+            duration_s=row.duration_s,
+            codec=row.codec,
+            frames=[StoredFrameOut(idx=f.idx, timestamp_s=f.timestamp_s) for f in frames],
             tags=[
                 AssetTagOut(
                     id=t.tag_id,
