@@ -73,7 +73,9 @@ def test_a_link_opens_one_asset_until_it_expires_or_its_key_is_revoked(linked) -
     assert client.get(_with(link, exp=str(int(query["exp"]) + 1))).status_code == 404  # longer
     assert client.get(_with(link, path=f"/media/{asset_id + 1}")).status_code == 404  # other asset
     assert client.get(_with(link, exp=str(int(time.time()) - 1))).status_code == 404  # expired
-    assert client.get(f"/media/{asset_id}?exp={query['exp']}").status_code == 404  # unsigned
+    assert (
+        client.get(f"/media/{asset_id}?exp={query['exp']}").status_code == 401
+    )  # unsigned: no link at all
     assert client.post("/assets/999999/link", headers=read).status_code == 404
     assert client.get(link).status_code == 200
     with session_scope(url) as session:

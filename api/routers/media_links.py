@@ -91,20 +91,32 @@ def build_router() -> APIRouter:
         "/media/{asset_id}",
         summary="The original through a signed link (no key header; Range answered)",
         response_class=Response,
-        responses={404: {"description": "a wrong, expired or revoked link"}},
+        responses={
+            401: {"description": "no signed link (key, exp, sig)"},
+            404: {"description": "a wrong, expired or revoked link"},
+        },
     )
     def media(
         asset_id: AssetId,
         services: ServicesDep,
         session: SessionDep,
-        exp: Annotated[int, Query(ge=0, le=2**40)],
+        exp: Annotated[int | None, Query(ge=0, le=2**40)] = None,
         key: Annotated[str, Query(max_length=32)] = "",
         sig: Annotated[str, Query(max_length=128)] = "",
     ) -> Response:
+        require_auth = services.settings.api.require_auth
+        if exp is None or (require_auth and not (key and sig)):
+            # No link at all: what every data route says without credentials.
+            raise ProblemError(
+                401,
+                "an API key's signed link is needed: POST /assets/{id}/link with the key",
+                kind="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="ramdex"'},
+            )
         now = int(time.time())
         if exp < now or exp > now + LINK_TTL_S + 60:
             raise _denied()
-        if services.settings.api.require_auth:
+        if require_auth:
             scope = _scope_of_link(session, key, asset_id, exp, sig)
         else:
             scope = CollectionScope(None)
