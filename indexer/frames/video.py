@@ -62,6 +62,10 @@ def _open(source: str | Path | bytes, label: str) -> Any:
 
 
 def _short(exc: BaseException) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input"), without the errno
+    and the media store's path it quotes (the user knows the file by its source)."""
+    if isinstance(exc, av.FFmpegError) and getattr(exc, "strerror", None):
+        return str(exc.strerror)
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 
