@@ -947,7 +947,7 @@ def _assert_end_state(stack: FaultStack, sets: list[ImageSet], model_id: str) ->
 
 _TASK_RESULT = re.compile(
     r"process_assets\[[0-9a-f-]+\] succeeded in [0-9.]+s: "
-    r"\{'done': (\d+), 'failed': (\d+), 'skipped': (\d+)\}"
+    r"\{'done': (\d+), 'failed': (\d+), 'skipped': (\d+), 'split': \d+\}"
 )
 
 

@@ -128,6 +128,7 @@ def test_parts_in_any_order_make_one_asset(in_process, tmp_path: Path) -> None:
     job_id, [asset_id] = _register(settings, [_video(tmp_path / "long.mp4")])
     outcome = proc.process([asset_id])
     assert outcome.done == [] and outcome.failed == []  # split, nothing decoded here
+    assert outcome.split == [asset_id] and outcome.to_dict()["split"] == 1
     with session_scope(settings.database_url) as s:
         parts = part_outcomes(s, asset_id)
         plans = s.execute(

@@ -73,12 +73,14 @@ class ProcessOutcome:
     done: list[int] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # already done by this model, or gone
+    split: list[int] = field(default_factory=list)  # long videos sent out as parts
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "done": len(self.done),
             "failed": len(self.failed),
             "skipped": len(self.skipped),
+            "split": len(self.split),
         }
 
 
@@ -711,6 +713,7 @@ class AssetProcessor:
         def take(item: _Prepared) -> None:
             if item.split is not None and not item.error:
                 self._split(item, run)
+                outcome.split.append(item.row.id)
                 if on_progress:
                     on_progress(1)
                 return
