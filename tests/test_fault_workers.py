@@ -319,3 +319,20 @@ def _model_id(stack: FaultStack) -> str:
     from indexer.models import configured_model_id
 
     return configured_model_id(stack.settings)
+
+
+def test_a_worker_on_a_new_database_creates_the_schema(make_stack):
+    """A new user starts `ramdex worker` before anything else: it migrates the empty database
+    itself instead of logging a missing table from its reconciler every few seconds."""
+    import sqlalchemy as sa
+
+    stack: FaultStack = make_stack()
+    worker = stack.start_worker("fresh")  # waits for " ready."
+    time.sleep(3.0)  # three reconciler intervals
+    assert "does not exist" not in worker.log(), worker.log()[-3000:]
+    engine = sa.create_engine(stack.db_url)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"alembic_version", "assets", "video_parts", "service_leases"} <= tables

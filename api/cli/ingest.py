@@ -229,7 +229,11 @@ def worker_command(
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
     loglevel: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     hostname: Annotated[
-        str | None, typer.Option(help="Worker name (default: ramdex@<host>).")
+        str | None,
+        typer.Option(
+            help="Worker name (default: ramdex@<host>, which container health checks ping); "
+            "give each worker on one machine its own, e.g. --hostname gpu0@%h."
+        ),
     ] = None,
 ) -> None:
     """Run a Celery worker for ramdex tasks (needs RAMDEX_BROKER__URL)."""
@@ -244,7 +248,11 @@ def worker_command(
         )
     from api.cli.model_notice import announce_configured
     from indexer.celery_app import app as celery_app
+    from indexer.stores import ensure_schema
 
+    # The schema first (migrations are idempotent and safe to race): on a new database the
+    # reconciler and webhook threads would otherwise log a missing table every few seconds.
+    ensure_schema(settings.database_url)
     announce_configured(settings)  # model workers tag with it: the demo model says so
     wanted = queues or f"{settings.broker.model_queue},{settings.broker.default_queue}"
     argv = [
