@@ -434,7 +434,7 @@ class MediaSettings(BaseModel):
         default=10.0, gt=0.0, description="a keyframe at least this often, scene change or not"
     )
     scene_threshold: float = Field(
-        default=0.3,
+        default=0.2,
         gt=0.0,
         le=1.0,
         description="a frame whose histogram differs this much (0-1) from the last keyframe is a "

@@ -105,6 +105,20 @@ def test_long_video_is_sampled_evenly_by_seeking(three_scenes: Path) -> None:
     assert media.frames_decoded <= 6  # three seeks, not the twelve key frames
 
 
+def test_a_new_subject_on_a_similar_background_is_a_scene_change(tmp_path: Path) -> None:
+    """A red circle on white, then a blue square on a pale grid (the subject about a quarter of
+    the picture): a new scene at 3 s with the default threshold, not only when
+    ``max_interval_s`` forces a frame."""
+    from tests.media_fixtures import scene_picture
+
+    first = scene_picture("white background", "circle", "red", 128)
+    second = scene_picture("grid background", "square", "blue", 128)
+    path = encode_video(tmp_path / "subjects.mp4", [(first, 3.0), (second, 3.0)])
+    options = FrameOptions(frame_side=128, min_interval_s=0.5, max_interval_s=30.0)
+    times = [round(f.timestamp_s, 1) for f in decode_video(path, options, "subjects").frames]
+    assert times == [0.0, 3.0]
+
+
 def test_phone_video_shot_upright_is_turned_by_its_display_matrix(tmp_path: Path) -> None:
     """Coded landscape (64x32, left half white), displayed portrait: the frames the model and
     the thumbnail get are 32 wide and 64 tall, the white half on top (90 degrees clockwise)."""

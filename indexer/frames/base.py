@@ -47,7 +47,7 @@ class FrameOptions:
     frame_side: int = 384
     min_interval_s: float = 1.0
     max_interval_s: float = 10.0
-    scene_threshold: float = 0.3
+    scene_threshold: float = 0.2
     max_frames: int = 64
     max_decode_s: float = 120.0
     max_duration_s: float = 4 * 3600.0
