@@ -51,6 +51,29 @@ def test_signed_link_streams_with_ranges(linked) -> None:
     part = client.get(link["url"], headers={"Range": "bytes=100-299"})
     assert part.status_code == 206 and part.content == data[100:300]
     assert part.headers["content-range"] == f"bytes 100-299/{len(data)}"
+    # Saved under the name it was uploaded as, not the media store's sha256 name.
+    for reply in (whole, client.get(f"/assets/{asset_id}/original", headers=read)):
+        assert 'filename="clip.mp4"' in reply.headers["content-disposition"]
+
+
+def test_the_access_log_does_not_keep_usable_links() -> None:
+    """uvicorn's access line names the path with its query; the signature is masked, so a log
+    reader cannot replay the link while it is valid."""
+    import logging
+
+    from api.routers.media_links import HideLinkSignatures, build_router
+
+    build_router()  # as the app does: the filter is on uvicorn's access logger
+    access = logging.getLogger("uvicorn.access").filters
+    assert sum(isinstance(f, HideLinkSignatures) for f in access) == 1
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', None, None
+    )
+    record.args = ("127.0.0.1:5", "GET", "/media/7?key=abc&exp=99&sig=0badc0ffee", "1.1", 206)
+    assert HideLinkSignatures().filter(record)
+    line = record.getMessage()
+    assert "0badc0ffee" not in line and "/media/7?key=abc&exp=99&sig=..." in line
 
 
 def _with(url: str, **changed: str) -> str:

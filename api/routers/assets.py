@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -72,6 +73,18 @@ def _after(cursor: str) -> int:
     if not 1 <= value <= MAX_INT64:
         raise invalid
     return value
+
+
+def download_name(session: Session, scope: CollectionScope, asset_id: int, stored: Path) -> str:
+    """The name a download is saved under: the file name the asset came in as (its first
+    source), with the stored file's extension when it has none; the stored name (its sha256)
+    for a collection-limited key, which sees no source."""
+    if not scope.restricted:
+        for source in list_sources(session, asset_id):
+            name = re.split(r"[\\/]", source.uri.removeprefix("upload:").split("?")[0])[-1]
+            if name:
+                return name if Path(name).suffix else name + stored.suffix
+    return stored.name
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -287,7 +300,7 @@ def build_router(settings: Settings) -> APIRouter:
             media_type=row.mime or "application/octet-stream",
             headers={"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
             content_disposition_type="inline",
-            filename=path.name,
+            filename=download_name(session, scope, asset_id, path),
         )
 
     @router.post(
