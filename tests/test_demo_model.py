@@ -250,7 +250,7 @@ def test_ramdex_demo_runs_offline_and_finds_the_right_assets(tmp_path: Path) -> 
     def found(title: str) -> tuple[int, int, int]:
         """(shown, right, in the archive) of one printed search."""
         match = re.search(
-            rf"{title}: top (\d+), (\d+) of them truly '[^']+' \((\d+) in the archive\)", out
+            rf"{title}: top (\d+), (\d+) of them truly '[^']+' \((\d+) in the archive[;)]", out
         )
         assert match, out
         return int(match.group(1)), int(match.group(2)), int(match.group(3))

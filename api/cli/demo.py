@@ -36,15 +36,23 @@ def _truth(tag_file: Path) -> dict[str, set[str]]:
 
 
 def _print_hits(
-    title: str, hits: list[tuple[str, float, bool]], wanted: str, in_archive: int
+    title: str,
+    hits: list[tuple[str, float, bool]],
+    wanted: str,
+    in_archive: int,
+    truth: dict[str, set[str]] | None = None,
 ) -> None:
+    """The hits, ``+`` where the picture truly has ``wanted``; a wrong hit says what the
+    picture holds (``truth``), so a mistake reads as one (pink taken for red), not as noise."""
     right = sum(ok for _, _, ok in hits)
     typer.echo(
         f"\n{title}: top {len(hits)}, {right} of them truly '{wanted}' "
-        f"({in_archive} in the archive)"
+        f"({in_archive} in the archive; + right, - wrong)"
     )
     for name, score, ok in hits:
-        typer.echo(f"  {'+' if ok else '-'} {name}  {score:.3f}")
+        shown = ", ".join(sorted(truth.get(name, ()))) if truth and not ok else ""
+        holds = f"  (it holds {shown})" if shown else ""
+        typer.echo(f"  {'+' if ok else '-'} {name}  {score:.3f}{holds}")
 
 
 def _golden_fallback() -> None:
@@ -122,7 +130,7 @@ def _run_demo(home: Path, n_images: int, top: int) -> None:
 
     with Archive(settings) as archive:
         service = SearchService(archive)
-        _tag_search(service, truth, top)
+        _tag_search(service, truth, top, samples)
         _similar_search(service, names, truth, top)
         for concept in heldout_concepts():
             if concept.name in DEMO_CONCEPTS:
@@ -169,13 +177,22 @@ def _name(hit: Any) -> str:
     return Path(hit.source).name
 
 
-def _tag_search(service: Any, truth: dict[str, set[str]], top: int) -> None:
+def _tag_search(service: Any, truth: dict[str, set[str]], top: int, samples: Path) -> None:
     from indexer.search import SearchRequest
 
     page = service.search(SearchRequest(all=[DEMO_TAG], limit=top))
     hits = [(_name(h), h.score, DEMO_TAG in truth[_name(h)]) for h in page.hits]
     in_archive = sum(DEMO_TAG in tags for tags in truth.values())
-    _print_hits(f"Tag search '{DEMO_TAG}'", hits, DEMO_TAG, in_archive)
+    # A wrong hit says what the picture holds that the model never learned (a pink object is
+    # "red" to a model that never saw pink), else its true tags.
+    heldout = _truth(samples / "heldout_test.txt")
+    shown = {
+        name: {f"{', '.join(sorted(heldout[name]))}: never learned by this model"}
+        if heldout.get(name)
+        else tags
+        for name, tags in truth.items()
+    }
+    _print_hits(f"Tag search '{DEMO_TAG}'", hits, DEMO_TAG, in_archive, shown)
 
 
 def _similar_search(
