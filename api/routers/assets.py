@@ -75,6 +75,24 @@ def _after(cursor: str) -> int:
     return value
 
 
+def original_response(
+    session: Session, scope: CollectionScope, row: Asset, media_dir: Path
+) -> FileResponse:
+    """The asset's stored original (Range requests answered), named as it came in; 404 when
+    it is not in the media store. Only files inside the media store are served, whatever a
+    row says."""
+    path = Path(row.storage_path) if row.storage_path else None
+    if path is None or not _inside(path, media_dir) or not path.is_file():
+        raise ProblemError(404, f"the original of asset {row.id} is not stored", kind="not-found")
+    return FileResponse(
+        path,
+        media_type=row.mime or "application/octet-stream",
+        headers={"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
+        content_disposition_type="inline",
+        filename=download_name(session, scope, row.id, path),
+    )
+
+
 def download_name(session: Session, scope: CollectionScope, asset_id: int, stored: Path) -> str:
     """The name a download is saved under: the file name the asset came in as (its first
     source), with the stored file's extension when it has none; the stored name (its sha256)
@@ -289,19 +307,7 @@ def build_router(settings: Settings) -> APIRouter:
         asset_id: AssetId, _: ReadKey, scope: ScopeDep, services: ServicesDep, session: SessionDep
     ) -> Response:
         row = visible_asset(session, scope, asset_id)
-        path = Path(row.storage_path) if row.storage_path else None
-        # Only files inside the media store are served, whatever a row says.
-        if path is None or not _inside(path, services.settings.media_dir) or not path.is_file():
-            raise ProblemError(
-                404, f"the original of asset {asset_id} is not stored", kind="not-found"
-            )
-        return FileResponse(
-            path,
-            media_type=row.mime or "application/octet-stream",
-            headers={"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
-            content_disposition_type="inline",
-            filename=download_name(session, scope, asset_id, path),
-        )
+        return original_response(session, scope, row, services.settings.media_dir)
 
     @router.post(
         "",

@@ -20,11 +20,9 @@ import hmac
 import logging
 import re
 import time
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,7 +30,7 @@ from sqlalchemy.orm import Session
 from api.auth import Scope, grants
 from api.deps import AssetId, ReadKey, ScopeDep, ServicesDep, SessionDep
 from api.problems import ProblemError
-from api.routers.assets import _inside, download_name, visible_asset
+from api.routers.assets import original_response, visible_asset
 from indexer.db.api_keys import ApiKey
 from indexer.db.collection_scope import CollectionScope
 from indexer.db.collections import ApiKeyCollection
@@ -150,18 +148,7 @@ def build_router() -> APIRouter:
             row = visible_asset(session, scope, asset_id)
         except ProblemError:
             raise _denied() from None
-        path = Path(row.storage_path) if row.storage_path else None
-        if path is None or not _inside(path, services.settings.media_dir) or not path.is_file():
-            raise ProblemError(
-                404, f"the original of asset {asset_id} is not stored", kind="not-found"
-            )
-        return FileResponse(
-            path,
-            media_type=row.mime or "application/octet-stream",
-            headers={"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
-            content_disposition_type="inline",
-            filename=download_name(session, scope, asset_id, path),
-        )
+        return original_response(session, scope, row, services.settings.media_dir)
 
     return router
 
