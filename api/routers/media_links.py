@@ -36,7 +36,6 @@ from indexer.db.collection_scope import CollectionScope
 from indexer.db.collections import ApiKeyCollection
 
 LINK_TTL_S = 3600  # a link outlives one viewing (the browser asks ranges while it plays)
-_IMMUTABLE = "private, max-age=3600"  # the bytes under an asset id never change
 
 
 class MediaLink(BaseModel):
