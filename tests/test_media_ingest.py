@@ -157,6 +157,24 @@ def test_search_returns_videos_with_their_moments(archive) -> None:
         assert video in by_id and round(by_id[video].frames[0].timestamp_s, 1) == 4.0
 
 
+def test_a_videos_own_frames_do_not_crowd_out_similar_assets(archive, monkeypatch) -> None:
+    """Similar to a video: its own frames are the nearest vectors of all; they are asked for
+    on top of the recall and left out, so the recall is filled with other assets' vectors
+    (here a recall of 1, which the video's poster frame alone would fill: no hit at all)."""
+    import indexer.search.rankings as rankings
+    from indexer.archive import Archive
+    from indexer.search import SearchRequest, SearchService
+
+    settings, _ = archive
+    with session_scope(settings.database_url) as s:
+        video = _by_name(s, "clip.mp4").id
+    monkeypatch.setattr(rankings, "RECALL", 1)
+    with Archive(settings) as opened:
+        page = SearchService(opened).search(SearchRequest(similar_to=video, limit=10))
+    ids = [h.asset_id for h in page.hits]
+    assert ids and video not in ids
+
+
 def test_cli_search_says_where_in_the_video(archive, monkeypatch) -> None:
     """``ramdex search`` prints the moments of a video hit (text) and lists them (JSON)."""
     import json

@@ -18,7 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from indexer.db.assets import Asset
+from indexer.db.frame_repo import frame_counts
 from indexer.db.vectors import decode_vector
+from indexer.frame_keys import asset_of, is_frame_key
 from indexer.search.errors import (
     AssetNotFoundError,
     BadImageError,
@@ -133,9 +135,18 @@ def similar_ranking(
     phases = phases if phases is not None else Phases()
     with archive.timer("similar_search"), phases.phase(SIMILAR):
         query = np.asarray(vector, np.float32).reshape(-1)
-        all_scores, all_ids = index.search(query.reshape(1, -1), RECALL + 1)
+        # The query video's own frames are as near as it gets: asked for on top of the recall
+        # and left out, so they do not crowd other assets out.
+        own_frames = (
+            frame_counts(session, [exclude]).get(exclude, 0)
+            if exclude is not None and session is not None
+            else 0
+        )
+        all_scores, all_ids = index.search(query.reshape(1, -1), RECALL + 1 + own_frames)
         ids, scores = all_ids[0], all_scores[0].astype(np.float32)
         keep = (ids != (exclude if exclude is not None else -1)) & (ids >= 0)
+        if exclude is not None:
+            keep &= ~(is_frame_key(ids) & (asset_of(ids) == exclude))
         ids, scores = ids[keep], scores[keep]
         if index.kind == IVFPQ and session is not None and ids.size:
             read = database_reader(session, index.model_name or archive.model_id())
