@@ -41,14 +41,20 @@ def app_settings(home: Path, url: str, *, private: bool = True) -> Settings:
     )
 
 
-@pytest.fixture(scope="module")
-def env(api_db_url, tmp_path_factory):
-    settings = app_settings(tmp_path_factory.mktemp("hooks-home"), api_db_url)
-    keys = make_keys(api_db_url)
-    receiver = Receiver(secret=SECRET).start()
-    with TestClient(create_app(settings)) as client:
-        yield client, keys, settings, receiver
-    receiver.stop()
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def env(request, tmp_path_factory):
+    # A database of its own: webhooks other modules left in the session's shared one (pointing
+    # at receivers long gone) would get this module's events too, and their timeouts would
+    # hold this module's deliveries back on a loaded machine.
+    from tests.api_support import fresh_database
+
+    with fresh_database(request.param, tmp_path_factory.mktemp("hooks-db")) as url:
+        settings = app_settings(tmp_path_factory.mktemp("hooks-home"), url)
+        keys = make_keys(url)
+        receiver = Receiver(secret=SECRET).start()
+        with TestClient(create_app(settings)) as client:
+            yield client, keys, settings, receiver
+        receiver.stop()
 
 
 def wait_until(check, timeout_s: float = 30.0):

@@ -124,6 +124,25 @@ def test_signed_delivery_verified_by_the_receiver(db_url, tmp_path, receiver):
     assert (row.status, row.attempts, row.last_status_code) == ("delivered", 1, 204)
 
 
+def test_a_new_webhook_gets_only_what_happens_after_it_is_made(db_url, tmp_path, receiver):
+    """An event recorded for an older webhook and not yet fanned out when a new one appears is
+    not news to the new one: it gets the events from its creation on."""
+    settings = settings_for(db_url, tmp_path)
+    old = hook(settings, receiver.url, max_wait_s=0)
+    before, after = assets(settings, 2)
+    emit_done(settings, [[before]])  # recorded for the old webhook only
+    time.sleep(0.01)  # distinct timestamps on a coarse clock
+    new = hook(settings, receiver.url, max_wait_s=0)
+    emit_done(settings, [[after]])
+    dispatch_once(settings)
+    got: dict[int, list[int]] = {}
+    for r in receiver.requests:
+        got.setdefault(int(r.headers["X-Ramdex-Webhook"]), []).extend(
+            e["data"]["asset_ids"][0] for e in r.events
+        )
+    assert sorted(got[old]) == [before, after] and got[new] == [after], got
+
+
 @pytest.mark.parametrize("n,max_events", [(7, 3), (10, 5)])
 def test_n_events_become_ceil_n_over_max_deliveries(db_url, tmp_path, receiver, n, max_events):
     settings = settings_for(db_url, tmp_path)

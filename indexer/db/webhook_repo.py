@@ -40,7 +40,9 @@ class Claimed:
 
 def create_webhook(session: Session, **values: Any) -> Webhook:
     """Store a subscription (values already checked, see :mod:`indexer.webhooks.subscriptions`)."""
-    hook = Webhook(**values)
+    # Sub-second creation time (SQLite's default has whole seconds): a hook gets the events
+    # recorded from this instant on (indexer.webhooks.batching.fan_out).
+    hook = Webhook(**{"created_at": db_now(), **values})
     session.add(hook)
     session.flush()
     forget_subscriptions()

@@ -53,6 +53,7 @@ class _Hook:
     collections: frozenset[int] | None
     max_events: int
     max_wait_s: float
+    created_at: datetime
 
 
 def _active_hooks(session: Session) -> list[_Hook]:
@@ -63,6 +64,7 @@ def _active_hooks(session: Session) -> list[_Hook]:
             _hooks.c.collection_ids,
             _hooks.c.max_events,
             _hooks.c.max_wait_s,
+            _hooks.c.created_at,
         )
         .where(_hooks.c.active)
         .order_by(_hooks.c.id)
@@ -74,6 +76,7 @@ def _active_hooks(session: Session) -> list[_Hook]:
             None if r.collection_ids is None else frozenset(int(c) for c in r.collection_ids),
             max(1, int(r.max_events)),
             float(r.max_wait_s),
+            r.created_at,
         )
         for r in rows
     ]
@@ -93,11 +96,13 @@ def fan_out(session: Session, limit: int = FAN_OUT_LIMIT) -> int:
     if not events:
         return 0
     hooks = _active_hooks(session)
+    # A webhook gets what happened since it was made: an event recorded for an older one
+    # (and fanned out after this one appeared) is not news to it.
     rows = [
         {"webhook_id": h.id, "event_id": int(e.id), "created_at": e.created_at}
         for e in events
         for h in hooks
-        if e.type in h.types
+        if e.type in h.types and e.created_at >= h.created_at
     ]
     for part in chunks(rows, 1000):
         session.execute(
