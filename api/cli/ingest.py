@@ -129,12 +129,17 @@ def ingest_command(
     else:
         resumed = f" ({summary.resumed} resumed)" if summary.resumed else ""
         typer.echo(
-            f"job {summary.job_id} (model {model.label}): {summary.submitted} sources in "
+            f"job {summary.job_id} (model {model.label}): {summary.submitted} "
+            f"source{'' if summary.submitted == 1 else 's'} in "
             f"{summary.elapsed_s:.1f} s "
             f"({summary.rate:.1f}/s): {summary.done} done{resumed}, {summary.duplicate} "
             f"duplicate, {summary.failed} failed"
             + (f", {summary.queued} queued" if summary.queued else "")
-            + (f", {summary.paired} RAW+JPEG pairs grouped" if summary.paired else "")
+            + (
+                f", {summary.paired} RAW+JPEG pair{'' if summary.paired == 1 else 's'} grouped"
+                if summary.paired
+                else ""
+            )
         )
         if summary.recovered:
             typer.echo(f"  also finished {summary.recovered} assets earlier runs left unfinished")
