@@ -17,13 +17,9 @@ import pytest
 
 from indexer.archive import Archive
 from indexer.db.session import session_scope
-from indexer.ingest.pipeline import ingest
 from indexer.search import SearchRequest, SearchService
 from indexer.search.timing import Phases
-from indexer.settings import Settings
-from ram_pp.factory import DEMO_MODEL
-from tests.api_support import fresh_database
-from tests.test_media_ingest import _by_name, _media_folder
+from tests.test_media_ingest import _by_name, media_archive
 
 # clip.mp4 (tests/test_media_ingest.py): a red circle 0-2 s (the poster), a blue square 2-4 s,
 # a yellow star 4-6 s; still.png is the square scene as a still picture.
@@ -33,16 +29,7 @@ SQUARE_AT, STAR_AT = 2.0, 4.0
 @pytest.fixture(params=["sqlite", "postgresql"])
 def indexed(request: pytest.FixtureRequest, tmp_path: Path):
     """The media folder ingested with the demo model: (settings, asset ids by file name)."""
-    folder = _media_folder(tmp_path / "media")
-    with fresh_database(request.param, tmp_path) as url:
-        settings = Settings(
-            home=tmp_path / "home",
-            database={"url": url},
-            model={"name": DEMO_MODEL, "device": "cpu", "batch_size": 4},
-            broker={"url": ""},
-            media={"min_interval_s": 0.5, "max_interval_s": 5.0},
-        )
-        summary = ingest([folder], settings=settings, progress=False)
+    with media_archive(request.param, tmp_path) as (settings, summary):
         assert summary.done == 4, summary.failures
         with session_scope(settings.database_url) as s:
             ids = {n: _by_name(s, n).id for n in ("clip.mp4", "anim.gif", "still.png")}

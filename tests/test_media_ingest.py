@@ -4,6 +4,8 @@ store and FAISS, bad media failed with a reason while everything else is indexed
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from indexer.db.session import session_scope
 from indexer.db.tags import AssetTag, Tag
 from indexer.faiss_index import VectorIndex, index_path
 from indexer.frame_keys import frame_keys
-from indexer.ingest.pipeline import ingest
+from indexer.ingest.pipeline import IngestSummary, ingest
 from indexer.models import configured_model_id
 from indexer.settings import Settings
 from indexer.stores import open_token_store
@@ -46,10 +48,11 @@ def _media_folder(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def archive(request: pytest.FixtureRequest, tmp_path: Path):
+@contextlib.contextmanager
+def media_archive(backend: str, tmp_path: Path) -> Iterator[tuple[Settings, IngestSummary]]:
+    """The media folder ingested with the demo model on ``backend``: (settings, summary)."""
     folder = _media_folder(tmp_path / "media")
-    with fresh_database(request.param, tmp_path) as url:
+    with fresh_database(backend, tmp_path) as url:
         settings = Settings(
             home=tmp_path / "home",
             database={"url": url},
@@ -57,8 +60,13 @@ def archive(request: pytest.FixtureRequest, tmp_path: Path):
             broker={"url": ""},
             media={"min_interval_s": 0.5, "max_interval_s": 5.0},
         )
-        summary = ingest([folder], settings=settings, progress=False)
-        yield settings, summary
+        yield settings, ingest([folder], settings=settings, progress=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archive(request: pytest.FixtureRequest, tmp_path: Path):
+    with media_archive(request.param, tmp_path) as made:
+        yield made
 
 
 def _by_name(session, name: str) -> Asset:
