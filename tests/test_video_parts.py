@@ -309,3 +309,35 @@ def test_two_workers_share_a_video_and_survive_a_kill(tmp_path: Path) -> None:
             for worker in workers:
                 worker.stop()
             cleanup_redis(settings)
+
+
+def test_a_rescore_with_fewer_frames_drops_the_others_tokens(tmp_path: Path, micro) -> None:
+    """Re-scored with fewer frames (an unsplit, embedded run here), the frames it no longer
+    keeps lose their token records too, so concept search cannot meet them."""
+
+    def processor(max_frames: int) -> AssetProcessor:
+        settings = Settings(
+            home=tmp_path / "home",
+            database={"url": f"sqlite:///{tmp_path / 'rescore.sqlite3'}"},
+            broker={"url": ""},
+            ingest={"decode_workers": 1},
+            media={"min_interval_s": 0.5, "max_interval_s": 2.0, "max_frames": max_frames},
+        )
+        ensure_schema(settings.database_url)
+        return AssetProcessor(settings, loaded=micro, model_id=MODEL_ID)
+
+    first = processor(12)
+    _, [asset_id] = _register(first.settings, [_video(tmp_path / "v.mp4", 2.0)])
+    assert first.process([asset_id]).done == [asset_id]
+    store = TokenStore(token_store_path(first.settings, MODEL_ID), read_only=True)
+    before = sorted(store.ids().tolist())
+    assert len(before) >= 3  # the asset and its frames
+    again = processor(1)
+    assert again.process([asset_id], force=True).done == [asset_id]
+    store.refresh()
+    with session_scope(again.settings.database_url) as s:
+        frames = read_frames(s, [asset_id])[asset_id]
+    assert sorted(store.ids().tolist()) == sorted(
+        [asset_id, *(frame_key(asset_id, f.idx) for f in frames)]
+    )
+    assert len(frames) == 1

@@ -335,6 +335,8 @@ class PartOutcome:
 
     part: int
     status: str
+    first_idx: int  # its slice of frame indices: first_idx .. first_idx + max_frames - 1
+    max_frames: int
     frames: int
     poster_idx: int | None
     tag_ids: np.ndarray
@@ -349,6 +351,8 @@ def part_outcomes(session: Session, asset_id: int) -> list[PartOutcome]:
         PartOutcome(
             int(r.part),
             str(r.status),
+            int(r.first_idx),
+            int(r.max_frames),
             int(r.frames or 0),
             None if r.poster_idx is None else int(r.poster_idx),
             np.frombuffer(r.score_tags or b"", dtype="<i4"),

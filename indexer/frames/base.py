@@ -123,6 +123,11 @@ class DecodedMedia:
         """The poster (the first frame when none was chosen)."""
         return self.poster if self.poster is not None else self.frames[0].image
 
+    def poster_index(self) -> int:
+        """Which of :attr:`frames` the poster is (0 when none was chosen)."""
+        poster = self.poster_image()
+        return next((i for i, f in enumerate(self.frames) if f.image is poster), 0)
+
 
 def downscale(image: Image.Image, side: int) -> Image.Image:
     """``image`` with its longer side at most ``side`` (aspect kept; never enlarged)."""

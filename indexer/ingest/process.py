@@ -33,13 +33,12 @@ from indexer.db.asset_leases import claim_assets, expire_leases_of, release_asse
 from indexer.db.asset_repo import AssetResult, mark_failed, write_asset_results
 from indexer.db.assets import Asset, AssetStatus
 from indexer.db.companion_repo import list_companions
-from indexer.db.frame_repo import FrameResult, MediaFacts, write_frames
-from indexer.db.frames import AssetFrame
+from indexer.db.frame_repo import FrameResult, MediaFacts, frame_keys_of, write_frames
 from indexer.db.keyword_repo import record_embedded_keywords
 from indexer.db.session import session_scope
 from indexer.db.tag_repo import ensure_vocabulary
 from indexer.db.video_parts import PartPlan, replace_parts
-from indexer.frame_keys import frame_key, frame_keys
+from indexer.frame_keys import asset_of, frame_keys, index_of
 from indexer.frames import DecodedMedia, FrameOptions, decode_media
 from indexer.frames.video import probe_video
 from indexer.ingest.lease import LeaseKeeper, is_dead_here, keeper_for, process_owner
@@ -419,8 +418,7 @@ class AssetProcessor:
                 apply_exif_orientation=self.settings.model.apply_exif_orientation,
                 draft_size=self.draft_size,
             )
-            thumb = make_thumbnail(decoded.display_rgb(), self.settings.ingest.thumbnail_size)
-            thumb_path = self.media.put_thumbnail(row.sha256, thumb)
+            thumb_path = self.put_thumbnail(row.sha256, decoded.display_rgb())
             pixels = self.model_input(decoded.model_rgb())
         except ImageDecodeError as exc:
             return _Prepared(row, error=exc.reason)
@@ -521,7 +519,7 @@ class AssetProcessor:
             return _Prepared(row, error=f"thumbnail failed: {exc}")
         thumb_path = self.media.put_thumbnail(row.sha256, thumb)
         frames = [(self.model_input(f.image), f.timestamp_s) for f in media.frames]
-        poster = next((i for i, f in enumerate(media.frames) if f.image is media.poster_image()), 0)
+        poster = media.poster_index()
         for note in media.notes:
             log.info("asset %s: %s", row.id, note)
         many = media.kind != "raw"
@@ -542,10 +540,7 @@ class AssetProcessor:
         """Run the model over every input of the batch (a video's frames are just more
         images), in chunks of the batch size; one result list per asset."""
         inputs = [(i, x) for i, p in enumerate(batch) for x in p.inputs()]
-        flat: list[Any] = []
-        for start in range(0, len(inputs), self.batch_size):
-            chunk = inputs[start : start + self.batch_size]
-            flat.extend(self._run([x for _, x in chunk], [str(batch[i].row.id) for i, _ in chunk]))
+        flat = self.score_images([x for _, x in inputs], [str(batch[i].row.id) for i, _ in inputs])
         grouped: list[list[Any]] = [[] for _ in batch]
         for (i, _), result in zip(inputs, flat, strict=True):
             grouped[i].append(result)
@@ -665,14 +660,11 @@ class AssetProcessor:
         now, or the slices of an earlier split): removed so concept search cannot meet them."""
         counts = {p.row.id: len(p.frames) for p in batch}
         with session_scope(self.url) as session:
-            stored = session.execute(
-                sa.select(AssetFrame.asset_id, AssetFrame.idx).where(
-                    AssetFrame.asset_id.in_(list(counts))
-                )
-            ).all()
-        stale = [frame_key(int(a), int(i)) for a, i in stored if int(i) >= counts.get(int(a), 0)]
-        if stale:
-            self.token_store().delete(np.array(stale, dtype=np.int64))
+            stored = frame_keys_of(session, list(counts))
+        kept = np.array([counts[int(a)] for a in asset_of(stored)], dtype=np.int64)
+        stale = stored[index_of(stored) >= kept]
+        if stale.size:
+            self.token_store().delete(stale)
 
     def process(
         self,

@@ -42,6 +42,7 @@ from indexer.db.session import session_scope
 from indexer.db.vectors import decode_vector
 from indexer.db.video_parts import (
     ClaimedVideoPart,
+    PartOutcome,
     PartPlan,
     VideoPartStatus,
     claim_video_part,
@@ -190,7 +191,8 @@ def _run_claimed(proc: AssetProcessor, claimed: ClaimedVideoPart) -> PartRun:
     proc.token_store().add(keys, np.stack([r.tokens for r in results]))
     if proc.before_commit is not None:  # fault injection (tests): die between E and the commit
         proc.before_commit(keys)
-    poster = next((i for i, f in enumerate(frames) if f.image is media.poster_image()), 0)
+    poster = media.poster_index()
+    poster = poster if poster < len(frames) else 0
     thumbnail = None
     if claimed.part == 0:
         thumbnail = proc.put_thumbnail(row.sha256, media.poster_image())
@@ -255,19 +257,23 @@ def _finish_if_last(session: sa.orm.Session, proc: AssetProcessor, asset_id: int
     outcomes = part_outcomes(session, asset_id)
     if any(o.status in (VideoPartStatus.PENDING, VideoPartStatus.RUNNING) for o in outcomes):
         return None
-    return finish_asset(session, proc, asset_id)
+    return finish_asset(session, proc, asset_id, outcomes)
 
 
-def finish_asset(session: sa.orm.Session, proc: AssetProcessor, asset_id: int) -> str:
+def finish_asset(
+    session: sa.orm.Session, proc: AssetProcessor, asset_id: int, outcomes: list[PartOutcome]
+) -> str:
     """Turn the finished parts into the asset's result (in the caller's transaction, the asset
     row locked): done with every tag's maximum over the parts and the poster frame's c and E,
     or failed with the first part's reason when no part found a frame. Frames beyond the
-    parts' slices (left by an earlier, longer split or an unsplit run) are removed."""
-    outcomes = part_outcomes(session, asset_id)
+    parts' slices (left by an earlier, longer split or an unsplit run) are removed.
+
+    Args:
+        outcomes: every part of the asset (:func:`indexer.db.video_parts.part_outcomes`).
+    """
     done = [o for o in outcomes if o.status == VideoPartStatus.DONE and o.frames > 0]
-    slice_end = max((o.part + 1) for o in outcomes) if outcomes else 0
-    per_part = _per_part(session, asset_id)
-    _drop_frames_from(session, proc, asset_id, slice_end * per_part)
+    slices_end = max((o.first_idx + o.max_frames for o in outcomes), default=0)
+    _drop_frames_from(session, proc, asset_id, slices_end)
     if not done:
         reason = next((o.error for o in outcomes if o.error), None) or "no decodable video frame"
         mark_failed(session, [asset_id], reason)
@@ -318,15 +324,6 @@ def finish_asset(session: sa.orm.Session, proc: AssetProcessor, asset_id: int) -
     )
     settle(session, done=[asset_id])
     return AssetStatus.DONE.value
-
-
-def _per_part(session: sa.orm.Session, asset_id: int) -> int:
-    from indexer.db.video_parts import VideoPart
-
-    value = session.execute(
-        sa.select(sa.func.max(VideoPart.max_frames)).where(VideoPart.asset_id == asset_id)
-    ).scalar_one_or_none()
-    return int(value or 0)
 
 
 def _drop_frames_from(
